@@ -1,0 +1,72 @@
+"""The node server: a Flask app that queues tasks in memory and scales workers.
+
+``create_app`` builds the app and its state and starts nothing: the scaler thread is started
+by ``nodeapp.background.start_background``, which gunicorn calls once in its worker process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from nodeapp import errors
+from nodeapp.config import NodeConfig
+from nodeapp.context import EXTENSION_KEY, NodeContext
+from nodeapp.peer import PeerClient
+from nodeapp.scaling import Scaler
+from nodeapp.state import NodeState
+from provisioning.launchers import Launcher, make_launcher
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    settings: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    launcher: Launcher | None = None,
+) -> Flask:
+    """Build a node.
+
+    Args:
+        settings: overrides by NodeConfig field name (``{"max_workers": 2}``); these win over
+            the environment.
+        environ: where to read the environment variables from (default ``os.environ``).
+        launcher: the worker launcher; by default the one LAUNCHER names.
+
+    Raises:
+        ConfigError: a setting is invalid; the message names the variable and its range.
+    """
+    config = NodeConfig.load(environ, settings)
+    if not config.cluster_token:
+        logging.getLogger(__name__).warning(
+            "CLUSTER_TOKEN is not set: internal endpoints answer 401, so no worker or peer can talk to this node")
+    app = Flask(__name__)
+    app.json.sort_keys = False
+    state = NodeState(
+        max_workers=config.max_workers,
+        lease_seconds=config.lease_seconds,
+        max_attempts=config.max_attempts,
+        max_queued=config.max_queued,
+        results_retention=config.results_retention,
+    )
+    peer = PeerClient(config.peer_url, config.cluster_token, config.node_name)
+    if launcher is None:
+        launcher = make_launcher(
+            config.launcher, token=config.cluster_token, idle_seconds=config.worker_idle_seconds,
+            node_name=config.node_name,
+        )
+    scaler = Scaler(
+        state, launcher, peer,
+        node_url=config.node_url, scale_wait=config.scale_wait, hash_rate=config.hash_rate,
+        boot_timeout=config.boot_timeout,
+    )
+    app.extensions[EXTENSION_KEY] = NodeContext(config, state, peer, launcher, scaler)
+    errors.init_app(app)
+    from nodeapp.api import bp
+
+    app.register_blueprint(bp)
+    return app

@@ -1,0 +1,276 @@
+"""The HTTP endpoints of SPEC.md: public ones for clients, internal ones for nodes and workers."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import re
+from functools import wraps
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from nodeapp.context import get_context
+from nodeapp.errors import ApiError
+from nodeapp.peer import PEER_HEADER
+from nodeapp.state import Draining, QueueFull
+from nodeapp.version import __version__
+
+bp = Blueprint("nodeapp", __name__)
+
+_DIGITS = re.compile(r"[0-9]{1,20}")
+#: Bodies are read in pieces of this size, so an oversized one is refused after MAX_BODY_BYTES + 1.
+_READ_CHUNK = 64 * 1024
+#: The largest JSON body an internal endpoint accepts (results and claims are small).
+MAX_JSON_BYTES = 4 * 1024 * 1024
+
+
+def _positive_int(name: str, code: str, high: int | None = None) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        raise ApiError(400, code, f"query parameter '{name}' is required")
+    if not _DIGITS.fullmatch(raw) or int(raw) < 1:
+        raise ApiError(400, code, f"'{name}' must be a positive integer, got {raw!r}")
+    value = int(raw)
+    if high is not None and value > high:
+        raise ApiError(400, code, f"'{name}' must be at most {high}, got {value}")
+    return value
+
+
+def _read_body(limit: int) -> bytes:
+    """Read the request body, refusing it as soon as it exceeds ``limit`` bytes.
+
+    A declared Content-Length over the limit is refused before anything is read; a chunked
+    body is read piece by piece and refused once the limit is crossed.
+    """
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise ApiError(413, "body_too_large", f"body is {declared} bytes; the limit is {limit} (MAX_BODY_BYTES)")
+    stream = request.stream
+    parts, size = [], 0
+    while True:
+        part = stream.read(min(_READ_CHUNK, limit + 1 - size))
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"body exceeds the limit of {limit} bytes (MAX_BODY_BYTES)")
+    return b"".join(parts)
+
+
+def _json_body() -> dict[str, Any]:
+    body = _read_body(MAX_JSON_BYTES)
+    if not body:
+        return {}
+    try:
+        data = current_app.json.loads(body)
+    except ValueError:
+        raise ApiError(400, "bad_json", "request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "request body must be a JSON object")
+    return data
+
+
+def _field(data: dict, name: str, kind: type | tuple[type, ...], required: bool = True, default: Any = None) -> Any:
+    if name not in data:
+        if required:
+            raise ApiError(400, "bad_request", f"field '{name}' is required")
+        return default
+    value = data[name]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ApiError(400, "bad_request", f"field '{name}' must be of type {names}")
+    return value
+
+
+def internal(view):
+    """Require the cluster token (constant-time compare) on an internal endpoint."""
+
+    @wraps(view)
+    def checked(*args, **kwargs):
+        ctx = get_context()
+        given = request.headers.get("X-Cluster-Token", "")
+        if not ctx.config.cluster_token or not hmac.compare_digest(given.encode(), ctx.config.cluster_token.encode()):
+            raise ApiError(401, "unauthorized", "missing or wrong X-Cluster-Token")
+        return view(*args, **kwargs)
+
+    return checked
+
+
+def _from_peer() -> bool:
+    """A request forwarded by the peer is answered from local state only (no ping-pong)."""
+    return PEER_HEADER in request.headers
+
+
+# ------------------------------------------------------------------ public
+@bp.put("/enqueue")
+def enqueue():
+    ctx = get_context()
+    iterations = _positive_int("iterations", "bad_iterations", ctx.config.max_iterations)
+    data = _read_body(ctx.config.max_body_bytes)
+    try:
+        task_id = ctx.state.submit(data, iterations)
+    except QueueFull:
+        raise ApiError(503, "queue_full", f"the queue holds MAX_QUEUED={ctx.config.max_queued} tasks; retry later",
+                       headers={"Retry-After": "1"}) from None
+    except Draining:
+        raise ApiError(503, "shutting_down", "this node is shutting down; send the task to the other node",
+                       headers={"Retry-After": "1"}) from None
+    return jsonify(id=task_id), 201
+
+
+@bp.post("/pullCompleted")
+def pull_completed():
+    ctx = get_context()
+    top = _positive_int("top", "bad_top")
+    top = min(top, ctx.config.results_retention * 2)
+    results = ctx.state.newest_results(top)
+    headers = {}
+    if not _from_peer() and ctx.peer.url:
+        theirs = ctx.peer.newest_results(top)
+        if theirs is None:
+            headers["X-Peer-Unavailable"] = "1"
+        else:
+            results = merge_newest(results, theirs, top)
+    return jsonify(results), 200, headers
+
+
+def merge_newest(ours: list[dict], theirs: list[dict], top: int) -> list[dict]:
+    """Both lists newest first; the ``top`` newest of both, each id once."""
+    seen: set[str] = set()
+    merged = []
+    for item in sorted(ours + theirs, key=lambda r: r.get("completed_at") or 0, reverse=True):
+        if item.get("id") in seen:
+            continue
+        seen.add(item.get("id"))
+        merged.append(item)
+        if len(merged) == top:
+            break
+    return merged
+
+
+@bp.get("/status/<task_id>")
+def status(task_id: str):
+    ctx = get_context()
+    task = ctx.state.status(task_id)
+    headers = {}
+    if task is None and not _from_peer() and ctx.peer.url:
+        answered, task = ctx.peer.status(task_id)
+        if not answered:
+            headers["X-Peer-Unavailable"] = "1"
+    if task is None:
+        raise ApiError(404, "unknown_task", f"no task with id {task_id!r} on either node", headers=headers)
+    return jsonify(task), 200, headers
+
+
+@bp.get("/health")
+def health():
+    ctx = get_context()
+    return jsonify(status="ok", node=ctx.config.node_name, version=__version__,
+                   draining=ctx.state.draining)
+
+
+@bp.get("/stats")
+def stats():
+    ctx = get_context()
+    return jsonify(ctx.stats())
+
+
+@bp.get("/metrics")
+def metrics():
+    ctx = get_context()
+    body, content_type = ctx.metrics.render()
+    return Response(body, content_type=content_type)
+
+
+# ---------------------------------------------------------------- internal
+@bp.post("/worker_down/<instance_id>")
+@internal
+def worker_down(instance_id: str):
+    ctx = get_context()
+    data = _json_body()
+    named = _field(data, "instance_id", str, required=False, default=instance_id)
+    if named != instance_id:
+        raise ApiError(400, "bad_request", "instance_id in the body differs from the one in the path")
+    returned = _field(data, "returned", list, required=False, default=[])
+    gone = ctx.state.worker_down(instance_id, [r for r in returned if isinstance(r, str)])
+    return jsonify(removed=gone.removed, requeued=gone.requeued, failed=gone.failed)
+
+
+@bp.get("/try_get_node_quota")
+@internal
+def try_get_node_quota():
+    granted = get_context().state.try_lend()
+    return jsonify(granted=granted)
+
+
+@bp.post("/return_quota")
+@internal
+def return_quota():
+    return jsonify(max=get_context().state.take_back())
+
+
+@bp.post("/claim")
+@internal
+def claim():
+    ctx = get_context()
+    data = _json_body()
+    worker_id = _field(data, "worker_id", str)
+    max_tasks = _field(data, "max_tasks", int, required=False, default=1)
+    max_iterations = _field(data, "max_iterations", int, required=False, default=None)
+    if not worker_id or max_tasks < 1 or (max_iterations is not None and max_iterations < 1):
+        raise ApiError(400, "bad_request", "worker_id must be non-empty; max_tasks and max_iterations >= 1")
+    budget = int(ctx.config.hash_rate * ctx.config.claim_seconds)
+    max_iterations = budget if max_iterations is None else min(max_iterations, budget)
+    tasks = ctx.state.claim(worker_id, min(max_tasks, 1000), max_iterations)
+    return jsonify(
+        tasks=[{"id": t.id, "iterations": t.iterations, "data": base64.b64encode(t.data or b"").decode()}
+               for t in tasks],
+        lease_seconds=ctx.config.lease_seconds,
+    )
+
+
+@bp.post("/complete")
+@internal
+def complete():
+    ctx = get_context()
+    data = _json_body()
+    worker_id = _field(data, "worker_id", str)
+    results = _field(data, "results", list)
+    pairs = []
+    for item in results:
+        if not (isinstance(item, dict) and isinstance(item.get("id"), str) and isinstance(item.get("result"), str)):
+            raise ApiError(400, "bad_request", "each result must be an object with string 'id' and 'result'")
+        pairs.append((item["id"], item["result"]))
+    return jsonify(accepted=ctx.state.complete(worker_id, pairs))
+
+
+@bp.post("/heartbeat")
+@internal
+def heartbeat():
+    ctx = get_context()
+    data = _json_body()
+    worker_id = _field(data, "worker_id", str)
+    task_ids = _field(data, "task_ids", list, required=False, default=[])
+    renewed = ctx.state.heartbeat(worker_id, [t for t in task_ids if isinstance(t, str)])
+    return jsonify(renewed=renewed, lease_seconds=ctx.config.lease_seconds)
+
+
+@bp.post("/configure")
+@internal
+def configure():
+    ctx = get_context()
+    data = _json_body()
+    unknown = set(data) - {"peer_url", "max_workers"}
+    if unknown:
+        raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
+    peer_url = _field(data, "peer_url", str, required=False)
+    max_workers = _field(data, "max_workers", int, required=False)
+    if peer_url is not None and peer_url and not peer_url.startswith(("http://", "https://")):
+        raise ApiError(400, "bad_request", "peer_url must be an http:// or https:// URL (or empty)")
+    if max_workers is not None and not 0 <= max_workers <= 1000:
+        raise ApiError(400, "bad_request", "max_workers must be from 0 to 1000")
+    ctx.configure(peer_url=peer_url, max_workers=max_workers)
+    return jsonify(peer_url=ctx.peer.url or None, max_workers=ctx.state.stats()["workers"]["max"])
+

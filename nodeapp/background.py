@@ -1,0 +1,46 @@
+"""The only APScheduler code: start the scaler job once per node process, stop it on exit."""
+
+from __future__ import annotations
+
+import logging
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from flask import Flask
+
+from nodeapp.context import EXTENSION_KEY, NodeContext
+
+log = logging.getLogger(__name__)
+
+
+def start_background(app: Flask, node_url: str | None = None) -> BackgroundScheduler:
+    """Start the scaler job for ``app``. Idempotent: a second call returns the running scheduler.
+
+    ``node_url`` (the URL workers use to reach this node) fills in NODE_URL when it was not set.
+    """
+    ctx: NodeContext = app.extensions[EXTENSION_KEY]
+    with ctx.background_lock:
+        if ctx.scheduler is not None:
+            return ctx.scheduler
+        if node_url and not ctx.scaler.node_url:
+            ctx.scaler.node_url = node_url.rstrip("/")
+        scheduler = BackgroundScheduler(daemon=True)
+        scheduler.add_job(
+            ctx.scaler.tick, "interval", seconds=ctx.config.scale_interval, id="scale",
+            max_instances=1, coalesce=True, replace_existing=True,
+        )
+        scheduler.start()
+        ctx.scheduler = scheduler
+        log.info("scaler started: every %gs, launcher %s, node url %s",
+                 ctx.config.scale_interval, ctx.launcher.kind, ctx.scaler.node_url)
+        return scheduler
+
+
+def stop_background(app: Flask) -> None:
+    """Stop the scaler and every worker the launcher started. Safe to call twice."""
+    ctx: NodeContext = app.extensions[EXTENSION_KEY]
+    ctx.state.start_draining()
+    with ctx.background_lock:
+        scheduler, ctx.scheduler = ctx.scheduler, None
+    if scheduler is not None:
+        scheduler.shutdown(wait=False)
+    ctx.launcher.stop_all()

@@ -1,0 +1,57 @@
+"""The per-app bundle of node objects, kept in ``app.extensions["nodeapp"]``."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import current_app
+
+from nodeapp.config import NodeConfig
+from nodeapp.metrics import Metrics
+from nodeapp.peer import PeerClient
+from nodeapp.scaling import Scaler
+from nodeapp.state import NodeState
+from provisioning.launchers import Launcher
+
+EXTENSION_KEY = "nodeapp"
+
+
+@dataclass
+class NodeContext:
+    """Everything one node owns. Built by ``create_app``; the scheduler is added by ``start_background``."""
+
+    config: NodeConfig
+    state: NodeState
+    peer: PeerClient
+    launcher: Launcher
+    scaler: Scaler
+    metrics: Metrics = field(init=False)
+    scheduler: Any = None
+    background_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(self.stats, self.config.node_name)
+
+    def stats(self) -> dict:
+        stats = self.state.stats()
+        stats["node"] = self.config.node_name
+        stats["peer"] = self.peer.info()
+        stats["scaler"] = {
+            "running": self.scheduler is not None,
+            "launcher": self.launcher.kind,
+            "decisions": self.scaler.decisions()[:20],
+        }
+        return stats
+
+    def configure(self, peer_url: str | None = None, max_workers: int | None = None) -> None:
+        """Settings that ``run_program.py`` sends after start (``POST /configure``)."""
+        if peer_url is not None:
+            self.peer.url = peer_url
+        if max_workers is not None:
+            self.state.set_max_workers(max_workers)
+
+
+def get_context() -> NodeContext:
+    return current_app.extensions[EXTENSION_KEY]

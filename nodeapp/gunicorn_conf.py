@@ -1,0 +1,94 @@
+"""gunicorn settings and hooks for a node (loaded through the top-level ``gunicorn.conf.py``).
+
+A node is ONE gunicorn worker process with threads: the queue lives in that process's memory.
+A second worker process would hold a second, separate queue and run a second scaler, and worker
+recycling (max_requests, reload) would silently drop the queue, so the node refuses to start
+with any of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+# ------------------------------------------------------------------ process model
+workers = 1  # a literal on purpose: never from WEB_CONCURRENCY (see module docstring)
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+preload_app = False
+max_requests = 0
+reload = False
+# gunicorn >= 27 has a runtime control socket that can add worker processes: off for a node.
+control_socket_disable = True
+
+# ------------------------------------------------------------------ network and timeouts
+bind = [os.environ.get("BIND", "0.0.0.0:8000")]
+backlog = 2048
+keepalive = 5
+timeout = 60  # the gthread main loop heartbeats on its own; requests never take this long
+graceful_timeout = 10  # SIGTERM: requests in flight get this long to finish
+
+# ------------------------------------------------------------------ logging
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+accesslog = os.environ.get("ACCESS_LOG") or None
+errorlog = "-"
+
+
+class RefuseToStart(SystemExit):
+    """Raised from ``on_starting``: the configuration would split or drop the in-memory queue."""
+
+
+def _problems(cfg) -> list[str]:
+    found = []
+    if cfg.workers != 1:
+        found.append(f"workers={cfg.workers}: a node must run exactly 1 gunicorn worker process, "
+                     "because its queue lives in that process's memory (use threads for concurrency)")
+    if cfg.max_requests:
+        found.append(f"max_requests={cfg.max_requests}: worker recycling would drop the in-memory queue")
+    if cfg.reload:
+        found.append("reload=True: reloading restarts the worker and drops the in-memory queue")
+    return found
+
+
+def on_starting(server):
+    problems = _problems(server.cfg)
+    if problems:
+        for problem in problems:
+            server.log.error("refusing to start: %s", problem)
+        raise RefuseToStart(2)
+
+
+def _node_url_from_bind(cfg) -> str:
+    host, _, port = cfg.bind[0].rpartition(":")
+    if host in ("", "0.0.0.0", "[::]"):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+def post_worker_init(worker):
+    """In the serving process, after the app is loaded: start the scaler, hook SIGTERM."""
+    from nodeapp.background import start_background
+    from nodeapp.logs import configure_logging
+
+    configure_logging(worker.cfg.loglevel)
+    app = worker.wsgi
+    state = app.extensions["nodeapp"].state
+    gunicorn_handler = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        state.start_draining()  # new enqueues answer 503 while requests in flight finish
+        if callable(gunicorn_handler):
+            gunicorn_handler(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    start_background(app, node_url=_node_url_from_bind(worker.cfg))
+
+
+def worker_exit(server, worker):
+    from nodeapp.background import stop_background
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None and hasattr(app, "extensions") and "nodeapp" in app.extensions:
+        stop_background(app)
+        logging.getLogger("nodeapp").info("node stopped")

@@ -1,0 +1,106 @@
+"""Calls from this node to its peer node.
+
+Every call carries the cluster token and the ``X-Peer-Request`` header, which tells the peer
+to answer from its own state only, so two nodes never forward a request back and forth. Every
+call gives up within ``PEER_TIMEOUT`` seconds and returns ``None`` instead of raising.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import requests
+
+log = logging.getLogger(__name__)
+
+PEER_HEADER = "X-Peer-Request"
+#: (connect, read) timeouts; together they stay under the 2 s that SPEC.md allows.
+PEER_TIMEOUT = (0.8, 1.0)
+
+
+class PeerClient:
+    """The other node, as seen from this one. The URL may be set later by ``/configure``."""
+
+    def __init__(self, url: str, token: str, node_name: str = "") -> None:
+        self._lock = threading.Lock()
+        self._url = url.rstrip("/")
+        self._token = token
+        self._session = requests.Session()
+        self._session.headers.update({"X-Cluster-Token": token, PEER_HEADER: node_name or "1"})
+        self._reachable: bool | None = None
+        self._last_contact: float | None = None
+
+    @property
+    def url(self) -> str:
+        with self._lock:
+            return self._url
+
+    @url.setter
+    def url(self, value: str) -> None:
+        with self._lock:
+            self._url = value.rstrip("/")
+            self._reachable = None
+
+    def info(self) -> dict:
+        with self._lock:
+            return {"url": self._url or None, "reachable": self._reachable, "last_contact": self._last_contact}
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response | None:
+        url = self.url
+        if not url:
+            return None
+        try:
+            response = self._session.request(method, url + path, timeout=PEER_TIMEOUT, **kwargs)
+        except requests.RequestException as exc:
+            self._mark(False)
+            log.warning("peer %s unreachable on %s %s: %s", url, method, path, exc.__class__.__name__)
+            return None
+        # A 5xx means the peer is there but unhealthy; anything else is an answer.
+        self._mark(response.status_code < 500)
+        return response
+
+    def _mark(self, ok: bool) -> None:
+        with self._lock:
+            self._reachable = ok
+            if ok:
+                self._last_contact = time.time()
+
+    def _json(self, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs: Any) -> Any:
+        response = self._call(method, path, **kwargs)
+        if response is None or response.status_code not in ok:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            self._mark(False)
+            return None
+
+    # One method per peer endpoint the node uses.
+    def newest_results(self, top: int) -> list[dict] | None:
+        data = self._json("POST", "/pullCompleted", params={"top": top})
+        return data if isinstance(data, list) else None
+
+    def status(self, task_id: str) -> tuple[bool, dict | None]:
+        """(answered, task): answered is False when the peer could not be asked."""
+        response = self._call("GET", f"/status/{task_id}")
+        if response is None or response.status_code not in (200, 404):
+            return False, None
+        if response.status_code == 404:
+            return True, None
+        try:
+            return True, response.json()
+        except ValueError:
+            return False, None
+
+    def try_get_quota(self) -> bool:
+        data = self._json("GET", "/try_get_node_quota")
+        return bool(isinstance(data, dict) and data.get("granted") is True)
+
+    def return_quota(self) -> bool:
+        return self._json("POST", "/return_quota") is not None
+
+    def ping(self) -> bool:
+        return self._json("GET", "/health") is not None

@@ -1,0 +1,177 @@
+"""When to launch workers (a pure decision) and the scaler job that acts on it."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+from nodeapp.peer import PeerClient
+from nodeapp.state import PENDING, NodeState, ScalingFigures
+from provisioning.launchers import Launcher
+
+log = logging.getLogger(__name__)
+
+#: The scaler sizes the fleet to drain the backlog in about this many seconds (or SCALE_WAIT if longer).
+MIN_DRAIN_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How many workers to launch on our own quota, and how many more slots to borrow."""
+
+    launch: int
+    borrow: int
+    needed: int
+    reason: str
+
+
+def decide(f: ScalingFigures, *, scale_wait: float, hash_rate: float) -> Decision:
+    """Decide from a snapshot of the figures; no side effects.
+
+    Work waits "too long" when the oldest task has waited more than ``scale_wait`` seconds or
+    the queued iterations exceed what the live workers do in ``scale_wait``. Then the backlog
+    *needs* enough workers to drain it in about ``max(scale_wait, 1 s)``, never more than one
+    per queued task. Pending workers count as already on their way, and launches never go above
+    ``max_workers``; what is still needed beyond it is asked of the peer as borrowed slots.
+    """
+    if f.queued == 0:
+        return Decision(0, 0, 0, "no backlog")
+    backlog_seconds = f.queued_iterations / hash_rate
+    too_old = f.oldest_wait > scale_wait
+    too_big = backlog_seconds > f.live * max(scale_wait, MIN_DRAIN_SECONDS)
+    needed = min(f.queued, max(1, math.ceil(backlog_seconds / max(scale_wait, MIN_DRAIN_SECONDS))))
+    if not (too_old or too_big):
+        return Decision(0, 0, needed, "live workers keep up")
+    wanted = max(0, needed - f.pending)
+    if wanted == 0:
+        return Decision(0, 0, needed, f"{f.pending} pending workers cover the backlog")
+    free = max(0, f.max_workers - f.live - f.pending)
+    launch = min(wanted, free)
+    borrow = wanted - launch
+    why = "oldest task waited %.1fs" % f.oldest_wait if too_old else "backlog %.1fs of work" % backlog_seconds
+    return Decision(launch, borrow, needed, why + (f", at max {f.max_workers}" if borrow else ""))
+
+
+class Scaler:
+    """One scaler run (``tick``): requeue expired leases, reconcile workers, launch, borrow.
+
+    Runs in the APScheduler thread; every figure it reads or changes goes through NodeState.
+    """
+
+    def __init__(
+        self,
+        state: NodeState,
+        launcher: Launcher,
+        peer: PeerClient,
+        *,
+        node_url: str,
+        scale_wait: float,
+        hash_rate: float,
+        boot_timeout: float,
+        history: int = 50,
+    ) -> None:
+        self.state = state
+        self.launcher = launcher
+        self.peer = peer
+        self.node_url = node_url
+        self.scale_wait = scale_wait
+        self.hash_rate = hash_rate
+        self.boot_timeout = boot_timeout
+        self._history: deque[dict] = deque(maxlen=history)
+        self._history_lock = threading.Lock()
+        self._tick_lock = threading.Lock()
+
+    def decisions(self) -> list[dict]:
+        """The last decisions that changed something, newest first."""
+        with self._history_lock:
+            return list(reversed(self._history))
+
+    def tick(self) -> None:
+        """One scaler run. Never raises: one failure must not stop scaling."""
+        if not self._tick_lock.acquire(blocking=False):
+            return  # a previous run is still going
+        try:
+            self._tick()
+        except Exception:
+            log.exception("scaler run failed")
+        finally:
+            self._tick_lock.release()
+
+    def _tick(self) -> None:
+        requeued, failed = self.state.requeue_expired()
+        if requeued or failed:
+            log.warning("leases expired: %d tasks requeued, %d failed", requeued, failed)
+        self._reconcile()
+        self._give_back_quota()
+        if self.peer.url and self.peer.info()["reachable"] is not True:
+            self.peer.ping()
+        figures = self.state.scaling_figures()
+        decision = decide(figures, scale_wait=self.scale_wait, hash_rate=self.hash_rate)
+        launched = self._launch(decision.launch, borrowed=False)
+        borrowed = 0
+        for _ in range(decision.borrow):
+            if not self.peer.try_get_quota():
+                break
+            self.state.add_borrowed_slot()
+            log.info("quota borrowed from peer %s", self.peer.url)
+            if self._launch(1, borrowed=True):
+                borrowed += 1
+            else:
+                self.state.release_borrowed_slot()
+        if decision.launch or decision.borrow:
+            self._record(figures, decision, launched, borrowed)
+
+    def _launch(self, count: int, *, borrowed: bool) -> int:
+        if count <= 0:
+            return 0
+        urls = [self.node_url] + ([self.peer.url] if self.peer.url else [])
+        try:
+            ids = self.launcher.launch(count, urls)
+        except Exception:
+            log.exception("launching %d worker(s) failed", count)
+            return 0
+        self.state.add_workers(ids, borrowed=borrowed)
+        for worker_id in ids:
+            log.info("worker launched: %s%s", worker_id, " (borrowed slot)" if borrowed else "")
+        return len(ids)
+
+    def _reconcile(self) -> None:
+        """Forget workers the launcher no longer has; terminate those that never showed up."""
+        departed = self.state.take_departed()
+        if departed:
+            self.launcher.terminate(departed)
+        alive = self.launcher.running()
+        now = time.time()
+        for worker in self.state.workers():
+            if alive is not None and worker.id not in alive:
+                why = "exited without worker_down"
+            elif worker.state == PENDING and now - worker.launched_at > self.boot_timeout:
+                why = f"not seen within BOOT_TIMEOUT={self.boot_timeout:g}s"
+                self.launcher.terminate([worker.id])
+            else:
+                continue
+            gone = self.state.worker_down(worker.id)
+            self.state.take_departed()
+            log.warning("worker lost: %s %s; %d task(s) requeued", worker.id, why, gone.requeued)
+
+    def _give_back_quota(self) -> None:
+        owed = self.state.take_quota_owed()
+        for returned in range(owed):
+            if not self.peer.return_quota():
+                self.state.owe_quota(owed - returned)
+                log.warning("could not return %d quota unit(s) to peer; will retry", owed - returned)
+                return
+            log.info("quota returned to peer %s", self.peer.url)
+
+    def _record(self, figures: ScalingFigures, decision: Decision, launched: int, borrowed: int) -> None:
+        entry = {"at": time.time(), **asdict(decision), "launched": launched, "borrowed": borrowed,
+                 "figures": asdict(figures)}
+        log.info("scale: %s -> launched %d, borrowed %d (queued %d, live %d, pending %d, max %d)",
+                 decision.reason, launched, borrowed, figures.queued, figures.live, figures.pending,
+                 figures.max_workers)
+        with self._history_lock:
+            self._history.append(entry)

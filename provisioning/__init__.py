@@ -1,0 +1,1 @@
+"""Getting compute: worker launchers (local processes, EC2) and the AWS cluster set-up."""

@@ -1,0 +1,125 @@
+"""The launcher seam: how a node gets worker processes or machines.
+
+A launcher asks a resource manager for workers and returns as soon as the request is accepted;
+it never waits for a worker to boot. The scaler counts what it launched as *pending* until the
+worker's first claim. ``make_launcher(kind, ...)`` picks an implementation by name.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Launcher(Protocol):
+    """What the scaler needs from a source of workers."""
+
+    kind: str
+
+    def launch(self, count: int, node_urls: list[str]) -> list[str]:
+        """Start ``count`` workers that pull from ``node_urls`` (own node first); return their ids."""
+
+    def running(self) -> set[str] | None:
+        """Ids of workers that still exist, or None if that cannot be known right now."""
+
+    def terminate(self, worker_ids: Iterable[str]) -> None:
+        """Stop these workers if they still run. Never waits for them to be gone."""
+
+    def stop_all(self) -> None:
+        """The node is stopping: stop every worker this launcher started."""
+
+
+class LocalProcessLauncher:
+    """Workers as local processes: ``sys.executable -m workerapp``.
+
+    The token reaches the worker through its environment, never its command line (which
+    ``ps`` shows). Exited processes are reaped in ``running()``.
+    """
+
+    kind = "local"
+
+    def __init__(
+        self,
+        *,
+        token: str,
+        idle_seconds: float,
+        node_name: str = "node",
+        extra_env: Mapping[str, str] | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self._token = token
+        self._idle_seconds = idle_seconds
+        self._prefix = f"local-{node_name}-{os.getpid()}"
+        self._extra_env = dict(extra_env or {})
+        self._python = python
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._numbers = itertools.count(1)
+
+    def launch(self, count: int, node_urls: list[str]) -> list[str]:
+        env = {**os.environ, **self._extra_env, "CLUSTER_TOKEN": self._token}
+        ids = []
+        for _ in range(count):
+            worker_id = f"{self._prefix}-{next(self._numbers)}"
+            cmd = [self._python, "-m", "workerapp", "--worker-id", worker_id,
+                   "--idle-seconds", str(self._idle_seconds), *node_urls]
+            self._procs[worker_id] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+            ids.append(worker_id)
+        return ids
+
+    def running(self) -> set[str]:
+        for worker_id, proc in list(self._procs.items()):
+            if proc.poll() is not None:
+                del self._procs[worker_id]
+                if proc.returncode != 0:
+                    log.warning("worker %s exited with code %s", worker_id, proc.returncode)
+        return set(self._procs)
+
+    def pids(self) -> dict[str, int]:
+        return {worker_id: proc.pid for worker_id, proc in self._procs.items()}
+
+    def terminate(self, worker_ids: Iterable[str]) -> None:
+        for worker_id in worker_ids:
+            proc = self._procs.get(worker_id)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def stop_all(self, grace: float = 4.0) -> None:
+        self.terminate(list(self._procs))
+        deadline = time.monotonic() + grace
+        for proc in self._procs.values():
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+
+
+def _ec2_launcher(**kwargs: Any) -> Launcher:
+    from provisioning.ec2_launcher import Ec2Launcher  # boto3 is only imported for AWS mode
+
+    return Ec2Launcher.from_environment(**kwargs)
+
+
+LAUNCHERS: dict[str, Callable[..., Launcher]] = {
+    "local": LocalProcessLauncher,
+    "ec2": _ec2_launcher,
+}
+
+
+def make_launcher(kind: str, **kwargs: Any) -> Launcher:
+    """Build the launcher called ``kind`` (``local`` or ``ec2``)."""
+    try:
+        factory = LAUNCHERS[kind]
+    except KeyError:
+        raise ValueError(f"unknown launcher {kind!r}: expected one of {', '.join(LAUNCHERS)}") from None
+    return factory(**kwargs)

@@ -1,0 +1,61 @@
+"""Test helpers: a recording launcher, and waiting on conditions with deadlines."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+
+class FakeLauncher:
+    """A launcher that records calls; workers 'run' until terminated or ``vanish``ed."""
+
+    kind = "fake"
+
+    def __init__(self) -> None:
+        self.launched: list[tuple[str, list[str]]] = []
+        self.alive: set[str] = set()
+        self.terminated: list[str] = []
+        self.stopped = False
+        self._n = 0
+
+    def launch(self, count: int, node_urls: list[str]) -> list[str]:
+        ids = []
+        for _ in range(count):
+            self._n += 1
+            worker_id = f"fake-{self._n}"
+            self.launched.append((worker_id, list(node_urls)))
+            self.alive.add(worker_id)
+            ids.append(worker_id)
+        return ids
+
+    def running(self) -> set[str]:
+        return set(self.alive)
+
+    def terminate(self, worker_ids: Iterable[str]) -> None:
+        for worker_id in worker_ids:
+            self.terminated.append(worker_id)
+            self.alive.discard(worker_id)
+
+    def vanish(self, worker_id: str) -> None:
+        self.alive.discard(worker_id)
+
+    def stop_all(self) -> None:
+        self.stopped = True
+        self.alive.clear()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll ``condition`` until it returns a truthy value; fail with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # a condition may poll a server that is still starting
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what or condition}"
+                         + (f" (last error: {last_error!r})" if last_error else ""))

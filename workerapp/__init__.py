@@ -1,0 +1,1 @@
+"""The worker: claims tasks from its node (then the peer), computes them, posts results."""

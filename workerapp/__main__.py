@@ -1,0 +1,58 @@
+"""``python -m workerapp [options] OWN_NODE_URL [PEER_NODE_URL]``: run one worker until idle.
+
+The cluster token comes from the CLUSTER_TOKEN environment variable (never the command line,
+which other users can see in ``ps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+
+from nodeapp.logs import configure_logging
+from workerapp.client import NodeClient
+from workerapp.worker import Worker
+
+log = logging.getLogger("workerapp")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m workerapp", description=__doc__.split("\n\n")[0])
+    parser.add_argument("nodes", nargs="+", metavar="NODE_URL", help="own node first, then the peer")
+    parser.add_argument("--worker-id", default=os.environ.get("WORKER_ID"),
+                        help="this worker's id, as its node knows it (env WORKER_ID; default: host-pid)")
+    parser.add_argument("--idle-seconds", type=float, default=float(os.environ.get("WORKER_IDLE_SECONDS", "60")),
+                        help="exit after this long without a task (env WORKER_IDLE_SECONDS, default 60)")
+    parser.add_argument("--claim-seconds", type=float, default=float(os.environ.get("CLAIM_SECONDS", "1.0")),
+                        help="work to claim at once, in seconds at the measured hash rate (default 1.0)")
+    parser.add_argument("--max-batch", type=int, default=256, help="at most this many tasks per claim")
+    args = parser.parse_args(argv)
+    if len(args.nodes) > 2:
+        parser.error("give at most two node URLs: own node, then the peer")
+    if args.idle_seconds <= 0 or args.claim_seconds <= 0 or args.max_batch < 1:
+        parser.error("--idle-seconds and --claim-seconds must be > 0, --max-batch >= 1")
+    args.worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging()
+    token = os.environ.get("CLUSTER_TOKEN", "")
+    if not token:
+        log.error("CLUSTER_TOKEN is not set: the nodes would refuse every call")
+        return 2
+    clients = [NodeClient(url, token, args.worker_id) for url in args.nodes]
+    worker = Worker(clients, idle_seconds=args.idle_seconds, claim_seconds=args.claim_seconds,
+                    max_batch=args.max_batch)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: worker.request_stop())
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

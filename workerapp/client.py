@@ -1,0 +1,61 @@
+"""HTTP calls from a worker to one node, with explicit timeouts and the cluster token."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import requests
+
+#: (connect, read) seconds; a claim or a result post is small and quick.
+TIMEOUT = (2.0, 10.0)
+
+
+class NodeUnavailable(Exception):
+    """The node could not be reached or answered with a server error."""
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    id: str
+    iterations: int
+    data: bytes
+
+
+class NodeClient:
+    """One node's internal endpoints, as a worker uses them."""
+
+    def __init__(self, url: str, token: str, worker_id: str, session: requests.Session | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.worker_id = worker_id
+        self.session = session or requests.Session()
+        self.session.headers["X-Cluster-Token"] = token
+
+    def _post(self, path: str, body: dict) -> dict:
+        try:
+            response = self.session.post(self.url + path, json=body, timeout=TIMEOUT)
+        except requests.RequestException as exc:
+            raise NodeUnavailable(f"{self.url}{path}: {exc.__class__.__name__}") from exc
+        if response.status_code >= 500:
+            raise NodeUnavailable(f"{self.url}{path}: HTTP {response.status_code}")
+        if response.status_code != 200:
+            # 401/400 are configuration errors that retrying will not fix.
+            raise RuntimeError(f"{self.url}{path}: HTTP {response.status_code} {response.text[:200]}")
+        return response.json()
+
+    def claim(self, max_tasks: int, max_iterations: int) -> tuple[list[ClaimedTask], float]:
+        data = self._post("/claim", {"worker_id": self.worker_id, "max_tasks": max_tasks,
+                                     "max_iterations": max_iterations})
+        tasks = [ClaimedTask(t["id"], int(t["iterations"]), base64.b64decode(t["data"])) for t in data["tasks"]]
+        return tasks, float(data.get("lease_seconds", 30.0))
+
+    def complete(self, results: list[tuple[str, str]]) -> int:
+        body = {"worker_id": self.worker_id, "results": [{"id": i, "result": r} for i, r in results]}
+        return int(self._post("/complete", body)["accepted"])
+
+    def heartbeat(self, task_ids: list[str]) -> int:
+        return int(self._post("/heartbeat", {"worker_id": self.worker_id, "task_ids": task_ids})["renewed"])
+
+    def worker_down(self, returned: list[str] | None = None) -> bool:
+        body = {"instance_id": self.worker_id, "returned": returned or []}
+        return bool(self._post(f"/worker_down/{self.worker_id}", body)["removed"])

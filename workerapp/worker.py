@@ -1,0 +1,216 @@
+"""The worker loop: claim from the own node first, then the peer; compute; post results in batches.
+
+A batch is as many tasks as add up to about ``claim_seconds`` of work at this worker's measured
+hash rate, so small tasks cost one claim and one result post per batch, while long tasks are
+claimed one at a time and their leases renewed by a heartbeat thread. ``request_stop()`` (wired
+to SIGTERM) makes the loop finish the task in hand, give the rest back, and exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from workerapp.client import ClaimedTask, NodeClient, NodeUnavailable
+from workerapp.compute import compute, measure_hash_rate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Source:
+    """A node and when it may be asked again after failures (capped exponential backoff)."""
+
+    client: NodeClient
+    retry_at: float = 0.0
+    backoff: float = 0.0
+    failures: int = 0
+
+
+@dataclass
+class _Holding:
+    """Tasks claimed from one node and not yet reported, for the heartbeat thread."""
+
+    source: _Source | None = None
+    task_ids: list[str] = field(default_factory=list)
+    lease_seconds: float = 30.0
+    since: float = 0.0
+
+
+class Worker:
+    """Args:
+        nodes: own node first, then the peer.
+        idle_seconds: exit after this long without a task from any node.
+        claim_seconds: how much work (at the measured rate) to claim at once.
+        max_batch: at most this many tasks per claim.
+        hash_rate: iterations per second; measured at start when None.
+    """
+
+    def __init__(
+        self,
+        nodes: list[NodeClient],
+        *,
+        idle_seconds: float = 60.0,
+        claim_seconds: float = 1.0,
+        max_batch: int = 256,
+        hash_rate: float | None = None,
+        min_poll: float = 0.02,
+        max_poll: float = 0.5,
+        max_backoff: float = 5.0,
+        compute_fn: Callable[[bytes, int], str] = compute,
+    ) -> None:
+        if not nodes:
+            raise ValueError("a worker needs at least one node")
+        self.sources = [_Source(node) for node in nodes]
+        self.idle_seconds = idle_seconds
+        self.claim_seconds = claim_seconds
+        self.max_batch = max_batch
+        self.hash_rate = hash_rate
+        self.min_poll, self.max_poll, self.max_backoff = min_poll, max_poll, max_backoff
+        self.compute_fn = compute_fn
+        self.completed = 0
+        self._stop = threading.Event()
+        self._holding = _Holding()
+        self._holding_lock = threading.Lock()
+
+    # ------------------------------------------------------------- control
+    def request_stop(self) -> None:
+        """Finish the task in hand, give the rest back, call worker_down, exit (SIGTERM)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # ---------------------------------------------------------------- loop
+    def run(self) -> int:
+        """Work until idle for ``idle_seconds`` or stopped; returns the process exit code (0)."""
+        if self.hash_rate is None:
+            self.hash_rate = measure_hash_rate()
+        heartbeats = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        heartbeats.start()
+        own = self.sources[0].client
+        log.info("worker %s started: nodes %s, %.0f iterations/s", own.worker_id,
+                 ", ".join(s.client.url for s in self.sources), self.hash_rate)
+        last_task = time.monotonic()
+        poll = self.min_poll
+        while not self._stop.is_set():
+            if self._work_once():
+                last_task, poll = time.monotonic(), self.min_poll
+                continue
+            if time.monotonic() - last_task >= self.idle_seconds:
+                log.info("idle for %.1fs: exiting", self.idle_seconds)
+                break
+            self._stop.wait(poll)
+            poll = min(poll * 2, self.max_poll)
+        self._say_goodbye()
+        self._stop.set()
+        heartbeats.join(timeout=2)
+        log.info("worker %s exiting after %d task(s)", own.worker_id, self.completed)
+        return 0
+
+    def _work_once(self) -> bool:
+        """Ask each node in order for a batch; process the first one found. True if any task ran."""
+        budget = max(1, int(self.hash_rate * self.claim_seconds))
+        for source in self.sources:
+            if self._stop.is_set():
+                return False
+            if time.monotonic() < source.retry_at:
+                continue
+            try:
+                tasks, lease = source.client.claim(self.max_batch, budget)
+            except NodeUnavailable as exc:
+                self._failed(source, exc)
+                continue
+            self._recovered(source)
+            if tasks:
+                self._process(source, tasks, lease)
+                return True
+        return False
+
+    def _process(self, source: _Source, tasks: list[ClaimedTask], lease: float) -> None:
+        with self._holding_lock:
+            self._holding = _Holding(source, [t.id for t in tasks], lease, time.monotonic())
+        results: list[tuple[str, str]] = []
+        returned: list[str] = []
+        for i, task in enumerate(tasks):
+            if self._stop.is_set():
+                returned = [t.id for t in tasks[i:]]
+                break
+            results.append((task.id, self.compute_fn(task.data, task.iterations)))
+        if results:
+            self._post_results(source, results, lease)
+        with self._holding_lock:
+            self._holding = _Holding()
+        if returned:
+            self._give_back(source, returned)
+
+    def _post_results(self, source: _Source, results: list[tuple[str, str]], lease: float) -> None:
+        """Post a batch; retry (capped backoff) while the lease could still hold."""
+        deadline = time.monotonic() + lease
+        delay = 0.1
+        while True:
+            try:
+                accepted = source.client.complete(results)
+            except NodeUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    log.error("giving up on %d result(s) for %s: %s (the node will requeue them)",
+                              len(results), source.client.url, exc)
+                    return
+                log.warning("posting results failed (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+                continue
+            self.completed += accepted
+            if accepted != len(results):
+                log.info("%d of %d result(s) were not accepted (lease lost)", len(results) - accepted, len(results))
+            return
+
+    def _give_back(self, source: _Source, task_ids: list[str]) -> None:
+        try:
+            source.client.worker_down(returned=task_ids)
+        except (NodeUnavailable, RuntimeError) as exc:
+            log.warning("could not hand back %d task(s) to %s: %s (their lease will run out)",
+                        len(task_ids), source.client.url, exc)
+
+    def _say_goodbye(self) -> None:
+        own = self.sources[0].client
+        for attempt in range(3):
+            try:
+                own.worker_down()
+                return
+            except (NodeUnavailable, RuntimeError) as exc:
+                log.warning("worker_down on %s failed (%s), attempt %d", own.url, exc, attempt + 1)
+                time.sleep(0.2 * (attempt + 1))
+
+    # ------------------------------------------------------------ failures
+    def _failed(self, source: _Source, exc: Exception) -> None:
+        source.failures += 1
+        source.backoff = min(self.max_backoff, max(0.1, source.backoff * 2))
+        source.retry_at = time.monotonic() + source.backoff
+        level = logging.WARNING if source.failures in (1, 10) or source.failures % 50 == 0 else logging.DEBUG
+        log.log(level, "node %s unavailable (%s); failure %d, next try in %.1fs",
+                source.client.url, exc, source.failures, source.backoff)
+
+    def _recovered(self, source: _Source) -> None:
+        if source.failures:
+            log.info("node %s reachable again after %d failure(s)", source.client.url, source.failures)
+        source.failures, source.backoff, source.retry_at = 0, 0.0, 0.0
+
+    # ----------------------------------------------------------- heartbeat
+    def _heartbeat_loop(self) -> None:
+        """Renew the leases of tasks held longer than a third of the lease."""
+        while not self._stop.wait(0.2):
+            with self._holding_lock:
+                holding = self._holding
+                due = holding.source and time.monotonic() - holding.since >= holding.lease_seconds / 3
+                if due:
+                    holding.since = time.monotonic()
+            if due:
+                try:
+                    holding.source.client.heartbeat(list(holding.task_ids))
+                except (NodeUnavailable, RuntimeError) as exc:
+                    log.warning("heartbeat to %s failed: %s", holding.source.client.url, exc)
