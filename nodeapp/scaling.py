@@ -7,6 +7,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from nodeapp.peer import PeerClient
@@ -73,6 +74,7 @@ class Scaler:
         hash_rate: float,
         boot_timeout: float,
         history: int = 50,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.state = state
         self.launcher = launcher
@@ -81,6 +83,7 @@ class Scaler:
         self.scale_wait = scale_wait
         self.hash_rate = hash_rate
         self.boot_timeout = boot_timeout
+        self._clock = clock
         self._history: deque[dict] = deque(maxlen=history)
         self._history_lock = threading.Lock()
         self._tick_lock = threading.Lock()
@@ -145,7 +148,7 @@ class Scaler:
         if departed:
             self.launcher.terminate(departed)
         alive = self.launcher.running()
-        now = time.time()
+        now = self._clock()
         for worker in self.state.workers():
             if alive is not None and worker.id not in alive:
                 why = "exited without worker_down"
@@ -168,7 +171,7 @@ class Scaler:
             log.info("quota returned to peer %s", self.peer.url)
 
     def _record(self, figures: ScalingFigures, decision: Decision, launched: int, borrowed: int) -> None:
-        entry = {"at": time.time(), **asdict(decision), "launched": launched, "borrowed": borrowed,
+        entry = {"at": self._clock(), **asdict(decision), "launched": launched, "borrowed": borrowed,
                  "figures": asdict(figures)}
         log.info("scale: %s -> launched %d, borrowed %d (queued %d, live %d, pending %d, max %d)",
                  decision.reason, launched, borrowed, figures.queued, figures.live, figures.pending,

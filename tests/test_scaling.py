@@ -1,0 +1,208 @@
+"""The scaling decision as a table, and the scaler run against a recording launcher.
+
+The peer is a PeerClient subclass backed by a real NodeState, so quota arithmetic is the real
+one on both sides; only the HTTP hop is left out (the end-to-end tests cover it).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from nodeapp.peer import PeerClient
+from nodeapp.scaling import Decision, Scaler, decide
+from nodeapp.state import NodeState, ScalingFigures
+from tests.helpers import FakeLauncher
+
+RATE = 1_000_000  # iterations per second per worker, for round numbers
+
+
+def figures(queued=0, iters=0, oldest=0.0, live=0, pending=0, max_workers=5, running=0):
+    return ScalingFigures(queued, iters, oldest, live, pending, max_workers, running)
+
+
+@pytest.mark.parametrize(
+    "f,launch,borrow",
+    [
+        (figures(), 0, 0),  # nothing waits
+        (figures(queued=1, iters=1), 1, 0),  # first task: one worker, at once
+        (figures(queued=1, iters=1, pending=1), 0, 0),  # one is already on its way
+        (figures(queued=2000, iters=2000), 1, 0),  # many tiny tasks: one worker drains them
+        (figures(queued=2000, iters=2000, live=1), 0, 0),  # and a live one keeps up
+        (figures(queued=3, iters=3, oldest=5.0, live=2), 1, 0),  # small backlog, but it waited too long
+        (figures(queued=4, iters=4 * 10 * RATE), 4, 0),  # never more workers than tasks
+        (figures(queued=50, iters=50 * RATE), 5, 20),  # 50 s of work: up to max, borrow the rest
+        (figures(queued=50, iters=50 * RATE, live=5), 0, 25),  # at max: only borrow
+        (figures(queued=50, iters=50 * RATE, live=3, pending=2), 0, 23),  # pending count as coming
+        (figures(queued=10, iters=10 * RATE, live=0, max_workers=0), 0, 5),  # no own quota at all
+    ],
+)
+def test_decide_table(f, launch, borrow):
+    d = decide(f, scale_wait=2.0, hash_rate=RATE)
+    assert (d.launch, d.borrow) == (launch, borrow), d
+    assert d.launch + d.borrow <= f.queued
+
+
+def test_decide_never_exceeds_max_and_is_pure():
+    f = figures(queued=100, iters=100 * RATE, live=4, pending=1, max_workers=5)
+    first = decide(f, scale_wait=1.0, hash_rate=RATE)
+    assert first == decide(f, scale_wait=1.0, hash_rate=RATE)
+    assert first.launch == 0 and isinstance(first, Decision)
+
+
+def drain(state: NodeState, worker_id: str) -> None:
+    """Play a worker that completes everything queued."""
+    while tasks := state.claim(worker_id, 100):
+        assert state.complete(worker_id, [(t.id, "r") for t in tasks]) == len(tasks)
+
+
+class StatePeer(PeerClient):
+    """A peer whose quota calls go straight to another NodeState."""
+
+    def __init__(self, state: NodeState, reachable: bool = True) -> None:
+        super().__init__("http://127.0.0.1:9", "token")
+        self.peer_state = state
+        self.up = reachable
+
+    def try_get_quota(self) -> bool:
+        return self.up and self.peer_state.try_lend()
+
+    def return_quota(self) -> bool:
+        if self.up:
+            self.peer_state.take_back()
+        return self.up
+
+    def ping(self) -> bool:
+        return self.up
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def cluster():
+    clock = Clock()
+    ours = NodeState(max_workers=2, lease_seconds=10, clock=clock)
+    theirs = NodeState(max_workers=2, clock=clock)
+    launcher = FakeLauncher()
+    peer = StatePeer(theirs)
+    scaler = Scaler(ours, launcher, peer, node_url="http://127.0.0.1:1", scale_wait=1.0,
+                    hash_rate=RATE, boot_timeout=30, clock=clock)
+    return clock, ours, theirs, launcher, peer, scaler
+
+
+def test_backlog_launches_once_and_counts_pending(cluster):
+    clock, ours, _, launcher, peer, scaler = cluster
+    ours.submit(b"x", 10)
+    scaler.tick()
+    scaler.tick()
+    clock.now += 0.5
+    scaler.tick()
+    assert [w for w, _ in launcher.launched] == ["fake-1"]
+    assert launcher.launched[0][1] == ["http://127.0.0.1:1", peer.url]
+    assert ours.stats()["workers"] == {**ours.stats()["workers"], "pending": 1, "live": 0}
+    decision = scaler.decisions()[0]
+    assert decision["launched"] == 1 and decision["figures"]["queued"] == 1
+
+
+def test_claim_makes_a_worker_live(cluster):
+    _, ours, _, launcher, _, scaler = cluster
+    ours.submit(b"x", 1)
+    scaler.tick()
+    assert ours.claim("fake-1")
+    assert ours.stats()["workers"]["live"] == 1 and ours.stats()["workers"]["pending"] == 0
+
+
+def test_at_max_borrows_from_peer_and_returns_the_slot(cluster):
+    _, ours, theirs, launcher, _, scaler = cluster
+    for _ in range(6):
+        ours.submit(b"x", 5 * RATE)
+    scaler.tick()
+    # 2 on our own quota, then the peer lends both of its free slots.
+    assert len(launcher.launched) == 4
+    assert ours.stats()["quota"]["borrowed"] == 2 and ours.stats()["workers"]["max"] == 4
+    assert theirs.stats()["quota"]["lent"] == 2 and theirs.stats()["workers"]["max"] == 0
+    assert not theirs.try_lend()  # nothing left to lend
+    drain(ours, "fake-1")
+    for worker_id, _ in launcher.launched:
+        ours.worker_down(worker_id)
+    scaler.tick()  # returns the owed slots
+    assert ours.stats()["quota"] == {"lent": 0, "borrowed": 0, "owed": 0}
+    assert theirs.stats()["quota"]["lent"] == 0
+    assert ours.stats()["workers"]["max"] + theirs.stats()["workers"]["max"] == 4
+
+
+def test_quota_return_retried_while_peer_is_down(cluster):
+    _, ours, theirs, launcher, peer, scaler = cluster
+    for _ in range(3):
+        ours.submit(b"x", 5 * RATE)
+    scaler.tick()
+    borrowed = [w for w, _ in launcher.launched][2:]
+    assert borrowed and ours.stats()["quota"]["borrowed"] == 1
+    drain(ours, "fake-1")
+    peer.up = False
+    ours.worker_down(borrowed[0])
+    scaler.tick()
+    assert ours.stats()["quota"]["owed"] == 1 and theirs.stats()["quota"]["lent"] == 1
+    peer.up = True
+    scaler.tick()
+    assert ours.stats()["quota"]["owed"] == 0 and theirs.stats()["quota"]["lent"] == 0
+
+
+def test_worker_that_vanished_is_reconciled_and_its_tasks_requeued(cluster):
+    _, ours, _, launcher, _, scaler = cluster
+    task_id = ours.submit(b"x", 1)
+    scaler.tick()
+    assert [t.id for t in ours.claim("fake-1")] == [task_id]
+    launcher.vanish("fake-1")
+    scaler.tick()
+    assert ours.status(task_id)["state"] == "queued"
+    assert ours.workers() == [] or all(w.id != "fake-1" for w in ours.workers())
+
+
+def test_pending_worker_past_boot_timeout_is_terminated(cluster):
+    clock, ours, _, launcher, _, scaler = cluster
+    ours.submit(b"x", 1)
+    scaler.tick()
+    clock.now += 31
+    scaler.tick()
+    assert "fake-1" in launcher.terminated
+    assert all(w.id != "fake-1" for w in ours.workers())
+
+
+def test_worker_down_is_passed_on_to_the_launcher(cluster):
+    _, ours, _, launcher, _, scaler = cluster
+    ours.submit(b"x", 1)
+    scaler.tick()
+    ours.claim("fake-1")
+    assert ours.worker_down("fake-1").removed
+    scaler.tick()
+    assert launcher.terminated == ["fake-1"]
+
+
+def test_expired_leases_are_requeued_by_the_tick(cluster):
+    clock, ours, _, _, _, scaler = cluster
+    task_id = ours.submit(b"x", 1)
+    ours.claim("someone")
+    clock.now += 11
+    scaler.tick()
+    assert ours.status(task_id)["state"] == "queued"
+    assert ours.stats()["leases_expired"] == 1
+
+
+def test_a_failing_launcher_does_not_stop_the_scaler(cluster, caplog):
+    _, ours, _, launcher, _, scaler = cluster
+
+    def broken(count, urls):
+        raise RuntimeError("capacity")
+
+    launcher.launch = broken
+    ours.submit(b"x", 1)
+    scaler.tick()
+    scaler.tick()
+    assert "launching 1 worker(s) failed" in caplog.text
+    assert ours.stats()["workers"]["pending"] == 0
