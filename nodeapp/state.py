@@ -39,6 +39,7 @@ class Task:
     result: str | None = None
     completed_at: float | None = None
     reason: str | None = None
+    seq: int = 0  # submission order: requeued tasks keep it even when timestamps tie
 
     def public(self) -> dict:
         """The task as ``GET /status`` shows it."""
@@ -143,6 +144,7 @@ class NodeState:
         self._departed: list[str] = []  # workers gone down, for the launcher to terminate
         self._quota_owed = 0  # borrowed slots freed but not yet given back to the peer
         self.counters = Counters()
+        self._seq = 0
 
     # ----------------------------------------------------------------- tasks
     def submit(self, data: bytes, iterations: int) -> str:
@@ -158,7 +160,8 @@ class NodeState:
             if len(self._queue) >= self.max_queued:
                 self.counters.rejected_full += 1
                 raise QueueFull()
-            task = Task(uuid.uuid4().hex, iterations, self._clock(), data)
+            self._seq += 1
+            task = Task(uuid.uuid4().hex, iterations, self._clock(), data, seq=self._seq)
             self._queue.append(task)
             self._active[task.id] = task
             self._queued_iterations += iterations
@@ -404,7 +407,7 @@ class NodeState:
     def _lose_leases(self, tasks: list[Task], why: str) -> tuple[int, int]:
         """Requeue leased tasks at the head (oldest first) or fail them after max_attempts."""
         requeued = failed = 0
-        for task in sorted(tasks, key=lambda t: t.enqueued_at, reverse=True):
+        for task in sorted(tasks, key=lambda t: t.seq, reverse=True):
             del self._running[task.id]
             task.attempts += 1
             task.worker_id = None
