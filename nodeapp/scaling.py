@@ -171,10 +171,16 @@ class Scaler:
             log.info("quota returned to peer %s", self.peer.url)
 
     def _record(self, figures: ScalingFigures, decision: Decision, launched: int, borrowed: int) -> None:
-        entry = {"at": self._clock(), **asdict(decision), "launched": launched, "borrowed": borrowed,
-                 "figures": asdict(figures)}
+        """Keep the decision in the bounded history. Runs that launch nothing in a row (say, at max
+        and the peer has no free slot) share one entry with a ``repeats`` count."""
+        with self._history_lock:
+            last = self._history[-1] if self._history else None
+            if not launched and not borrowed and last is not None and not last["launched"] and not last["borrowed"]:
+                last.update(reason=decision.reason, figures=asdict(figures), last_at=self._clock())
+                last["repeats"] += 1
+                return
+            self._history.append({"at": self._clock(), **asdict(decision), "launched": launched,
+                                  "borrowed": borrowed, "figures": asdict(figures), "repeats": 0})
         log.info("scale: %s -> launched %d, borrowed %d (queued %d, live %d, pending %d, max %d)",
                  decision.reason, launched, borrowed, figures.queued, figures.live, figures.pending,
                  figures.max_workers)
-        with self._history_lock:
-            self._history.append(entry)
