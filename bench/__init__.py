@@ -1,0 +1,1 @@
+"""Benchmarks: the cluster against its ceilings and against RQ and Celery (see bench/README.md)."""
