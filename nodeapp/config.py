@@ -38,9 +38,10 @@ class Setting:
         if self.kind is str:
             return "a string"
         word = "an integer" if self.kind is int else "a number"
+        low, high = (f"{v:d}" if self.kind is int else f"{v:g}" for v in (self.low, self.high or 0))
         if self.high is None:
-            return f"{word} >= {self.low:g}"
-        return f"{word} from {self.low:g} to {self.high:g}"
+            return f"{word} >= {low}"
+        return f"{word} from {low} to {high}"
 
     def parse(self, raw: Any) -> Any:
         if self.kind is str:
@@ -85,6 +86,7 @@ SETTINGS: dict[str, Setting] = {
     "max_queued": Setting("MAX_QUEUED", int, 100_000, 1, 10**8, help="queued tasks before enqueue answers 503"),
     "results_retention": Setting("RESULTS_RETENTION", int, 100_000, 1, 10**8, help="completed results kept per node"),
     "hash_rate": Setting("HASH_RATE", float, 500_000.0, 1, 10**10, help="SHA-512 iterations per second one worker is assumed to do (for scaling)"),
+    "summary_seconds": Setting("LOG_SUMMARY_SECONDS", float, 60.0, 0, 86400, help="seconds between summary log lines; 0 = none"),
     "claim_seconds": Setting("CLAIM_SECONDS", float, 1.0, 0.01, 60, help="work a worker may claim at once, in seconds"),
 }
 
@@ -111,6 +113,7 @@ class NodeConfig:
     results_retention: int = 100_000
     hash_rate: float = 500_000.0
     claim_seconds: float = 1.0
+    summary_seconds: float = 60.0
 
     @classmethod
     def load(
