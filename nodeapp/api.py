@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import logging
 import re
 from functools import wraps
 from typing import Any
@@ -17,6 +18,7 @@ from nodeapp.state import Draining, QueueFull
 from nodeapp.version import __version__
 
 bp = Blueprint("nodeapp", __name__)
+log = logging.getLogger(__name__)
 
 _DIGITS = re.compile(r"[0-9]{1,20}")
 #: Bodies are read in pieces of this size, so an oversized one is refused after MAX_BODY_BYTES + 1.
@@ -195,6 +197,9 @@ def worker_down(instance_id: str):
         raise ApiError(400, "bad_request", "instance_id in the body differs from the one in the path")
     returned = _field(data, "returned", list, required=False, default=[])
     gone = ctx.state.worker_down(instance_id, [r for r in returned if isinstance(r, str)])
+    if gone.removed or gone.requeued:
+        log.info("worker down: %s (%s), %d task(s) requeued, %d failed", instance_id,
+                 "ours" if gone.removed else "peer's", gone.requeued, gone.failed)
     return jsonify(removed=gone.removed, requeued=gone.requeued, failed=gone.failed)
 
 
@@ -202,13 +207,16 @@ def worker_down(instance_id: str):
 @internal
 def try_get_node_quota():
     granted = get_context().state.try_lend()
+    log.log(logging.INFO if granted else logging.DEBUG, "quota %s to peer", "lent" if granted else "refused")
     return jsonify(granted=granted)
 
 
 @bp.post("/return_quota")
 @internal
 def return_quota():
-    return jsonify(max=get_context().state.take_back())
+    new_max = get_context().state.take_back()
+    log.info("quota returned by peer: max now %d", new_max)
+    return jsonify(max=new_max)
 
 
 @bp.post("/claim")

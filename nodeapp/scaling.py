@@ -75,6 +75,7 @@ class Scaler:
         boot_timeout: float,
         history: int = 50,
         clock: Callable[[], float] = time.time,
+        summary_seconds: float = 60.0,
     ) -> None:
         self.state = state
         self.launcher = launcher
@@ -84,6 +85,9 @@ class Scaler:
         self.hash_rate = hash_rate
         self.boot_timeout = boot_timeout
         self._clock = clock
+        self.summary_seconds = summary_seconds
+        self._summary_at = clock()
+        self._summary_counts = (0, 0)
         self._history: deque[dict] = deque(maxlen=history)
         self._history_lock = threading.Lock()
         self._tick_lock = threading.Lock()
@@ -127,6 +131,19 @@ class Scaler:
                 self.state.release_borrowed_slot()
         if decision.launch or decision.borrow:
             self._record(figures, decision, launched, borrowed)
+        self._summarize(figures)
+
+    def _summarize(self, figures: ScalingFigures) -> None:
+        """Every ``summary_seconds``, one line: tasks accepted and completed since the last one."""
+        now = self._clock()
+        if not self.summary_seconds or now - self._summary_at < self.summary_seconds:
+            return
+        stats = self.state.stats()
+        counts = (stats["enqueued"], stats["completed"])
+        log.info("summary: %d accepted, %d completed in %.0fs; queued %d, running %d, workers %d live + %d pending / max %d",
+                 counts[0] - self._summary_counts[0], counts[1] - self._summary_counts[1], now - self._summary_at,
+                 figures.queued, figures.running, figures.live, figures.pending, figures.max_workers)
+        self._summary_at, self._summary_counts = now, counts
 
     def _launch(self, count: int, *, borrowed: bool) -> int:
         if count <= 0:

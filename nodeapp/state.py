@@ -7,12 +7,15 @@ for short, bounded work.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, COMPLETED, FAILED = "queued", "running", "completed", "failed"
 PENDING, LIVE = "pending", "live"
@@ -397,6 +400,8 @@ class NodeState:
     def _seen(self, worker_id: str, now: float) -> None:
         info = self._workers.get(worker_id)
         if info is not None:
+            if info.state == PENDING:
+                log.info("worker seen: %s, %.1fs after launch", worker_id, now - info.launched_at)
             info.state, info.last_seen = LIVE, now
 
     def _remember(self, kept: OrderedDict[str, Task], task: Task) -> None:
@@ -418,6 +423,7 @@ class NodeState:
                 task.reason = f"{why} {task.attempts} times (MAX_ATTEMPTS={self.max_attempts})"
                 self._remember(self._failed, task)
                 self.counters.failed += 1
+                log.warning("task failed: %s, %s", task.id, task.reason)
                 failed += 1
             else:
                 task.state = QUEUED

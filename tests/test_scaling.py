@@ -206,3 +206,17 @@ def test_a_failing_launcher_does_not_stop_the_scaler(cluster, caplog):
     scaler.tick()
     assert "launching 1 worker(s) failed" in caplog.text
     assert ours.stats()["workers"]["pending"] == 0
+
+
+def test_summary_line_every_interval(cluster, caplog):
+    clock, ours, _, _, _, scaler = cluster
+    caplog.set_level("INFO", logger="nodeapp.scaling")
+    for _ in range(3):
+        ours.submit(b"secret-body", 1)
+    drain(ours, "w")
+    scaler.tick()
+    assert "summary:" not in caplog.text
+    clock.now += 61
+    scaler.tick()
+    assert "summary: 3 accepted, 3 completed in 61s" in caplog.text
+    assert "secret-body" not in caplog.text
