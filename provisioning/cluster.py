@@ -1,0 +1,299 @@
+"""Create and remove a whole AWS cluster. The only module that waits (botocore waiters, polling).
+
+``Provisioner.provision`` runs named steps and records every resource right after it is made;
+if a step fails, ``StepFailed`` names the step and lists what exists, which ``teardown``
+removes. ``teardown`` finds everything by the cluster's tag and IAM path, so it needs no local
+state and can run any number of times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import requests
+from botocore.exceptions import BotoCoreError, ClientError, WaiterError
+
+from provisioning import policies
+from provisioning.artifacts import ArtifactBucket, Wheel
+from provisioning.iam import IamWrapper
+from provisioning.instances import (
+    ALIVE_STATES, NOT_GONE_STATES, architecture, cluster_instances, latest_ami, run_request, tag_value,
+)
+from provisioning.naming import NODE_PORT, TAG_ROLE, ClusterNames
+from provisioning.network import NetworkWrapper
+from provisioning.secrets import TokenStore
+from provisioning.userdata import Delivery, node_script
+
+NODE_NAMES = ("node-1", "node-2")
+#: A new instance profile takes a while to be usable by RunInstances (IAM is eventually consistent).
+PROFILE_PROPAGATION_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """What to build. ``node_env`` holds extra node settings (never the token)."""
+
+    name: str
+    region: str
+    allow_cidr: str
+    node_instance_type: str = "t3.micro"
+    worker_instance_type: str = "t3.micro"
+    max_workers: int = 5
+    ssh_cidr: str | None = None
+    key_name: str | None = None
+    node_env: Mapping[str, str] = field(default_factory=dict)
+    port: int = NODE_PORT
+
+
+@dataclass(frozen=True)
+class NodeInstance:
+    name: str
+    instance_id: str
+    public_ip: str
+    private_ip: str
+
+    @property
+    def private_url(self) -> str:
+        return f"http://{self.private_ip}:{NODE_PORT}"
+
+
+@dataclass
+class AwsClients:
+    ec2: Any
+    iam: Any
+    ssm: Any
+    s3: Any
+    sts: Any
+
+    @classmethod
+    def from_session(cls, session: Any, region: str) -> AwsClients:
+        return cls(*(session.client(name, region_name=region) for name in ("ec2", "iam", "ssm", "s3", "sts")))
+
+
+class StepFailed(RuntimeError):
+    """A provisioning step failed; ``created`` lists what already exists."""
+
+    def __init__(self, step: str, cause: BaseException, created: list[str]) -> None:
+        self.step, self.cause, self.created = step, cause, list(created)
+        super().__init__(f"step '{step}' failed: {describe_error(cause)}")
+
+
+def describe_error(err: BaseException) -> str:
+    if isinstance(err, ClientError):
+        error = err.response.get("Error", {})
+        return f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip()
+    return f"{type(err).__name__}: {err}"
+
+
+class Provisioner:
+    """Builds, finds and removes the resources of one cluster."""
+
+    def __init__(self, clients: AwsClients, spec: ClusterSpec, *, out: TextIO,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+        self.c = clients
+        self.spec = spec
+        self.out = out
+        self.sleep = sleep
+        self.clock = clock
+        self.created: list[str] = []
+        self._names: ClusterNames | None = None
+
+    # ------------------------------------------------------------ helpers
+    @property
+    def names(self) -> ClusterNames:
+        if self._names is None:
+            account = self.c.sts.get_caller_identity()["Account"]
+            self._names = ClusterNames(self.spec.name, account, self.spec.region)
+        return self._names
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.say(f"{name} ...")
+        try:
+            yield
+        except (ClientError, BotoCoreError, WaiterError, ValueError, RuntimeError) as err:
+            raise StepFailed(name, err, self.created) from err
+
+    # ------------------------------------------------------------ finding
+    def nodes(self) -> list[NodeInstance]:
+        """The cluster's node instances that are pending or running, by node name."""
+        found = []
+        for instance in cluster_instances(self.c.ec2, self.spec.name, role="node", states=ALIVE_STATES):
+            found.append(NodeInstance(tag_value(instance, "Name") or instance["InstanceId"],
+                                      instance["InstanceId"], instance.get("PublicIpAddress", ""),
+                                      instance.get("PrivateIpAddress", "")))
+        return sorted(found, key=lambda n: n.name)
+
+    def leftovers(self) -> list[str]:
+        """Resources of this cluster that exist (used to refuse building over a half cluster)."""
+        names = self.names
+        found = [f"instance {i['InstanceId']}" for i in cluster_instances(self.c.ec2, self.spec.name)]
+        found += [f"security group {g['GroupName']}" for g in NetworkWrapper(self.c.ec2).cluster_groups(self.spec.name)]
+        found += [f"role {r['RoleName']}" for r in IamWrapper(self.c.iam).roles(names.iam_path)]
+        if TokenStore(self.c.ssm).exists(names.token_parameter):
+            found.append(f"parameter {names.token_parameter}")
+        if ArtifactBucket(self.c.s3, self.spec.region).exists(names.bucket):
+            found.append(f"bucket {names.bucket}")
+        return found
+
+    # ------------------------------------------------------------ building
+    def provision(self, wheel: Wheel, token: str | None = None) -> tuple[list[NodeInstance], str]:
+        """Build the cluster; returns its nodes and token. Raises StepFailed."""
+        spec = self.spec
+        tags = None
+        with self.step("look up the account, default VPC and subnets"):
+            names = self.names
+            tags = names.tags()
+            net = NetworkWrapper(self.c.ec2)
+            vpc = net.default_vpc()
+            subnets = net.default_subnets(vpc)
+        with self.step("look up the Amazon Linux 2023 AMIs (public SSM parameter)"):
+            node_ami = latest_ami(self.c.ssm, architecture(self.c.ec2, spec.node_instance_type))
+            worker_ami = latest_ami(self.c.ssm, architecture(self.c.ec2, spec.worker_instance_type))
+        with self.step("store the cluster token in SSM Parameter Store (SecureString)"):
+            token = TokenStore(self.c.ssm).create(names.token_parameter, tags, token)
+            self.created.append(f"parameter {names.token_parameter}")
+        wheel_key = f"wheels/{wheel.filename}"
+        with self.step(f"upload {wheel.filename} to the cluster bucket"):
+            bucket = ArtifactBucket(self.c.s3, spec.region)
+            bucket.create(names.bucket, tags)
+            self.created.append(f"bucket {names.bucket}")
+            wheel_uri = bucket.upload(names.bucket, wheel_key, wheel)
+        with self.step("create the security groups"):
+            node_sg = net.create_group(names.security_group("node"), "task manager nodes", vpc, tags)
+            self.created.append(f"security group {names.security_group('node')} ({node_sg})")
+            worker_sg = net.create_group(names.security_group("worker"), "task manager workers (no inbound)",
+                                         vpc, tags)
+            self.created.append(f"security group {names.security_group('worker')} ({worker_sg})")
+            net.open_node_port(node_sg, worker_sg, spec.port, spec.allow_cidr,
+                               spec.ssh_cidr if spec.key_name else None)
+        node_subnets = [subnets[i % len(subnets)] for i in range(len(NODE_NAMES))]
+        scope = policies.WorkerLaunchScope(worker_ami, spec.worker_instance_type, tuple(dict.fromkeys(node_subnets)),
+                                           worker_sg, wheel_key)
+        with self.step("create the IAM roles, policies and instance profiles"):
+            iam = IamWrapper(self.c.iam)
+            for kind, document in (("worker", policies.worker_policy(names, wheel_key)),
+                                   ("node", policies.node_policy(names, scope))):
+                iam.create_role(names.role(kind), names.iam_path, policies.trust_policy(), tags)
+                self.created.append(f"role {names.role(kind)}")
+                policy_arn = iam.create_policy(names.policy(kind), names.iam_path, document, tags)
+                self.created.append(f"policy {names.policy(kind)}")
+                iam.attach(names.role(kind), policy_arn)
+                iam.create_instance_profile(names.profile(kind), names.iam_path, names.role(kind), tags)
+                self.created.append(f"instance profile {names.profile(kind)}")
+        delivery = Delivery(spec.region, wheel_uri, names.token_parameter)
+        ids = []
+        for node_name, subnet in zip(NODE_NAMES, node_subnets):
+            with self.step(f"create {node_name} ({spec.node_instance_type})"):
+                env = {**spec.node_env, "NODE_NAME": node_name, "LAUNCHER": "ec2",
+                       "MAX_NUM_OF_WORKERS": str(spec.max_workers),
+                       "TM_CLUSTER": spec.name, "TM_REGION": spec.region,
+                       "TM_WORKER_AMI": worker_ami, "TM_WORKER_INSTANCE_TYPE": spec.worker_instance_type,
+                       "TM_WORKER_SUBNET": subnet, "TM_WORKER_SECURITY_GROUP": worker_sg,
+                       "TM_WORKER_INSTANCE_PROFILE": names.profile_arn("worker"),
+                       "TM_WHEEL_URI": wheel_uri, "TM_TOKEN_PARAMETER": names.token_parameter}
+                request = run_request(
+                    ami_id=node_ami, instance_type=spec.node_instance_type, subnet_id=subnet,
+                    security_group_id=node_sg, profile_arn=names.profile_arn("node"),
+                    user_data=node_script(delivery, env, spec.port),
+                    tags=names.tags(**{TAG_ROLE: "node", "Name": node_name}), key_name=spec.key_name)
+                instance_id = self._run_when_profile_ready(request)
+                self.created.append(f"instance {instance_id} ({node_name})")
+                ids.append(instance_id)
+        with self.step("wait for both nodes to be running"):
+            self.c.ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": 60})
+            nodes = self.nodes()
+        return nodes, token
+
+    def _run_when_profile_ready(self, request: dict) -> str:
+        deadline = self.clock() + PROFILE_PROPAGATION_SECONDS
+        while True:
+            try:
+                return self.c.ec2.run_instances(**request)["Instances"][0]["InstanceId"]
+            except ClientError as err:
+                message = err.response["Error"].get("Message", "").lower()
+                if not ("instance profile" in message or "iaminstanceprofile" in message) or self.clock() > deadline:
+                    raise
+                self.say("  the new instance profile is not visible to EC2 yet; retrying in 5s")
+                self.sleep(5)
+
+    # ------------------------------------------------------------ removing
+    def teardown(self) -> list[str]:
+        """Remove every resource of the cluster; returns what was removed. Idempotent."""
+        names = self.names
+        removed: list[str] = []
+        for _ in range(5):  # nodes may launch a worker while we terminate: go until none is left
+            instances = cluster_instances(self.c.ec2, self.spec.name, states=NOT_GONE_STATES)
+            if not instances:
+                break
+            ids = [i["InstanceId"] for i in instances]
+            self.say(f"terminating {len(ids)} instance(s) and waiting for them to be gone ...")
+            self.c.ec2.terminate_instances(InstanceIds=ids)
+            self.c.ec2.get_waiter("instance_terminated").wait(InstanceIds=ids,
+                                                              WaiterConfig={"Delay": 5, "MaxAttempts": 120})
+            removed += [f"instance {i['InstanceId']} ({tag_value(i, 'Name') or tag_value(i, TAG_ROLE)})"
+                        for i in instances]
+        removed += self._with_retry(lambda: NetworkWrapper(self.c.ec2).delete_cluster_groups(self.spec.name))
+        removed += IamWrapper(self.c.iam).delete_path(names.iam_path)
+        if TokenStore(self.c.ssm).delete(names.token_parameter):
+            removed.append(f"parameter {names.token_parameter}")
+        if ArtifactBucket(self.c.s3, self.spec.region).delete(names.bucket):
+            removed.append(f"bucket {names.bucket}")
+        return removed
+
+    def _with_retry(self, action: Callable[[], list[str]], attempts: int = 24) -> list[str]:
+        """Security groups stay in use for a short while after their instances are gone."""
+        for attempt in range(attempts):
+            try:
+                return action()
+            except ClientError as err:
+                if err.response["Error"]["Code"] != "DependencyViolation" or attempt == attempts - 1:
+                    raise
+                self.sleep(5)
+        return []
+
+
+# ---------------------------------------------------------------- talking to the nodes
+def wait_healthy(urls: Mapping[str, str], timeout: float, out: TextIO, *,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 interval: float = 5.0) -> bool:
+    """Poll ``GET /health`` of each named URL until all answer 200 or ``timeout`` passes."""
+    started = clock()
+    up: set[str] = set()
+    while True:
+        for name, url in urls.items():
+            if name in up:
+                continue
+            try:
+                if requests.get(url + "/health", timeout=3).status_code == 200:
+                    up.add(name)
+            except requests.RequestException:
+                pass
+        elapsed = clock() - started
+        status = ", ".join(f"{name} {'up' if name in up else 'booting'}" for name in urls)
+        print(f"  [{elapsed:4.0f}s/{timeout:.0f}s] {status}", file=out, flush=True)
+        if len(up) == len(urls):
+            return True
+        if elapsed >= timeout:
+            return False
+        sleep(interval)
+
+
+def configure_nodes(nodes: list[NodeInstance], urls: Mapping[str, str], token: str, max_workers: int) -> dict:
+    """``POST /configure`` each node with its peer's private URL and MAX_NUM_OF_WORKERS."""
+    answers = {}
+    for node, peer in ((nodes[0], nodes[1]), (nodes[1], nodes[0])):
+        reply = requests.post(urls[node.name] + "/configure", timeout=10,
+                              headers={"X-Cluster-Token": token},
+                              json={"peer_url": peer.private_url, "max_workers": max_workers})
+        reply.raise_for_status()
+        answers[node.name] = reply.json()
+    return answers

@@ -1,0 +1,94 @@
+"""The IAM policy documents of a cluster, as plain dicts (pure: no AWS call).
+
+Least privilege, statement by statement:
+
+* nodes may run instances only with the cluster's tags, the worker profile, the worker
+  instance type, IMDSv2 required, from the worker AMI into the cluster's subnets and worker
+  security group; may tag only as part of that launch; may terminate only the cluster's
+  workers; may describe instances (a read action that cannot be scoped); may pass only the
+  worker role, and only to EC2; may read only the cluster's token and wheel.
+* workers may read the cluster's token and wheel, nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from provisioning.naming import TAG_CLUSTER, TAG_ROLE, ClusterNames
+
+VERSION = "2012-10-17"
+
+
+def trust_policy() -> dict:
+    """Only EC2 may assume the cluster's roles."""
+    return {"Version": VERSION, "Statement": [{
+        "Effect": "Allow",
+        "Principal": {"Service": "ec2.amazonaws.com"},
+        "Action": "sts:AssumeRole",
+    }]}
+
+
+@dataclass(frozen=True)
+class WorkerLaunchScope:
+    """What a node's worker launches are allowed to use."""
+
+    ami_id: str
+    instance_type: str
+    subnet_ids: tuple[str, ...]
+    security_group_id: str
+    wheel_key: str
+
+
+def _read_statements(names: ClusterNames, wheel_key: str) -> list[dict]:
+    return [
+        {"Sid": "ReadClusterToken", "Effect": "Allow", "Action": "ssm:GetParameter",
+         "Resource": names.token_parameter_arn},
+        {"Sid": "FetchWheel", "Effect": "Allow", "Action": "s3:GetObject",
+         "Resource": f"arn:aws:s3:::{names.bucket}/{wheel_key}"},
+    ]
+
+
+def worker_policy(names: ClusterNames, wheel_key: str) -> dict:
+    return {"Version": VERSION, "Statement": _read_statements(names, wheel_key)}
+
+
+def node_policy(names: ClusterNames, scope: WorkerLaunchScope) -> dict:
+    ec2 = f"arn:aws:ec2:{names.region}:{names.account}"
+    cluster_tag = f"aws:RequestTag/{TAG_CLUSTER}"
+    statements = [
+        {"Sid": "RunOnlyTaggedImdsv2Workers", "Effect": "Allow", "Action": "ec2:RunInstances",
+         "Resource": f"{ec2}:instance/*",
+         "Condition": {
+             "StringEquals": {
+                 cluster_tag: names.cluster,
+                 f"aws:RequestTag/{TAG_ROLE}": "worker",
+                 "ec2:MetadataHttpTokens": "required",
+                 "ec2:InstanceType": scope.instance_type,
+             },
+             "ArnEquals": {"ec2:InstanceProfile": names.profile_arn("worker")},
+         }},
+        {"Sid": "RunWithClusterResources", "Effect": "Allow", "Action": "ec2:RunInstances",
+         "Resource": [
+             f"arn:aws:ec2:{names.region}::image/{scope.ami_id}",
+             *(f"{ec2}:subnet/{subnet}" for subnet in scope.subnet_ids),
+             f"{ec2}:security-group/{scope.security_group_id}",
+             f"{ec2}:network-interface/*",
+         ]},
+        {"Sid": "RunWithTaggedVolumes", "Effect": "Allow", "Action": "ec2:RunInstances",
+         "Resource": f"{ec2}:volume/*",
+         "Condition": {"StringEquals": {cluster_tag: names.cluster}}},
+        {"Sid": "TagOnlyAtLaunch", "Effect": "Allow", "Action": "ec2:CreateTags",
+         "Resource": [f"{ec2}:instance/*", f"{ec2}:volume/*"],
+         "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances", cluster_tag: names.cluster}}},
+        {"Sid": "TerminateOnlyClusterWorkers", "Effect": "Allow", "Action": "ec2:TerminateInstances",
+         "Resource": f"{ec2}:instance/*",
+         "Condition": {"StringEquals": {f"aws:ResourceTag/{TAG_CLUSTER}": names.cluster,
+                                        f"aws:ResourceTag/{TAG_ROLE}": "worker"}}},
+        {"Sid": "DescribeInstances", "Effect": "Allow", "Action": "ec2:DescribeInstances",
+         "Resource": "*"},  # Describe* actions support no resource-level scoping
+        {"Sid": "PassOnlyWorkerRoleToEc2", "Effect": "Allow", "Action": "iam:PassRole",
+         "Resource": names.role_arn("worker"),
+         "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}},
+        *_read_statements(names, scope.wheel_key),
+    ]
+    return {"Version": VERSION, "Statement": statements}

@@ -1,0 +1,54 @@
+"""Fixtures and helpers for the AWS tests: moto's mock_aws with fake credentials, loopback nodes.
+
+Import the fixtures into a test module with ``from tests.aws_helpers import aws  # noqa: F401``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+REGION = "us-east-1"
+
+
+@pytest.fixture
+def aws(monkeypatch) -> Iterator[object]:
+    """A boto3 Session inside ``mock_aws``; clients are created inside the mock, never at import."""
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION,
+                       "MOTO_EC2_LOAD_DEFAULT_AMIS": "false", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        yield boto3.session.Session(region_name=REGION)
+
+
+class LoopbackNode:
+    """A real node app (FakeLauncher) served on 127.0.0.1 by werkzeug in a thread."""
+
+    def __init__(self, name: str, token: str) -> None:
+        from werkzeug.serving import make_server
+
+        from nodeapp import create_app
+        from tests.helpers import FakeLauncher
+
+        self.launcher = FakeLauncher()
+        self.app = create_app({"cluster_token": token, "node_name": name, "node_url": "http://127.0.0.1:1"},
+                              launcher=self.launcher)
+        self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def context(self):
+        return self.app.extensions["nodeapp"]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)

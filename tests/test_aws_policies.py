@@ -1,0 +1,140 @@
+"""The IAM documents checked against the least-privilege rules (moto does not enforce IAM)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from provisioning import policies
+from provisioning.naming import ClusterNames
+
+NAMES = ClusterNames("demo", "123456789012", "eu-west-1")
+SCOPE = policies.WorkerLaunchScope("ami-0123456789abcdef0", "t3.small", ("subnet-aaa", "subnet-bbb"),
+                                   "sg-0worker", "wheels/scalable_task_manager-0.1.0-py3-none-any.whl")
+WRITE_ACTIONS = {"ec2:RunInstances", "ec2:CreateTags", "ec2:TerminateInstances", "iam:PassRole"}
+#: The only actions a node's policy may grant, and a worker's.
+NODE_ACTIONS = WRITE_ACTIONS | {"ec2:DescribeInstances", "ssm:GetParameter", "s3:GetObject"}
+WORKER_ACTIONS = {"ssm:GetParameter", "s3:GetObject"}
+
+
+def statements(document: dict) -> list[dict]:
+    return document["Statement"]
+
+
+def actions(statement: dict) -> list[str]:
+    value = statement["Action"]
+    return [value] if isinstance(value, str) else value
+
+
+def resources(statement: dict) -> list[str]:
+    value = statement["Resource"]
+    return [value] if isinstance(value, str) else value
+
+
+def by_action(document: dict, action: str) -> list[dict]:
+    return [s for s in statements(document) if action in actions(s)]
+
+
+@pytest.fixture(params=["node", "worker"])
+def document(request) -> dict:
+    if request.param == "node":
+        return policies.node_policy(NAMES, SCOPE)
+    return policies.worker_policy(NAMES, SCOPE.wheel_key)
+
+
+def test_no_wildcard_action_and_only_allow(document):
+    for statement in statements(document):
+        assert statement["Effect"] == "Allow"
+        assert "NotAction" not in statement and "NotResource" not in statement
+        for action in actions(statement):
+            assert "*" not in action, action
+
+
+def test_resource_star_only_on_describe(document):
+    for statement in statements(document):
+        if "*" in resources(statement):
+            assert actions(statement) == ["ec2:DescribeInstances"]
+
+
+def test_node_policy_grants_only_what_a_node_does():
+    document = policies.node_policy(NAMES, SCOPE)
+    granted = {a for s in statements(document) for a in actions(s)}
+    assert granted == NODE_ACTIONS
+
+
+def test_worker_policy_is_reading_the_secret_and_the_wheel_only():
+    document = policies.worker_policy(NAMES, SCOPE.wheel_key)
+    granted = {a: resources(s) for s in statements(document) for a in actions(s)}
+    assert granted == {
+        "ssm:GetParameter": ["arn:aws:ssm:eu-west-1:123456789012:parameter/tm/demo/cluster-token"],
+        "s3:GetObject": [f"arn:aws:s3:::{NAMES.bucket}/{SCOPE.wheel_key}"],
+    }
+
+
+def test_run_instances_requires_cluster_tags_imdsv2_profile_and_type():
+    document = policies.node_policy(NAMES, SCOPE)
+    run = by_action(document, "ec2:RunInstances")
+    on_instance = [s for s in run if any(":instance/" in r for r in resources(s))]
+    assert len(on_instance) == 1
+    condition = on_instance[0]["Condition"]
+    assert condition["StringEquals"]["aws:RequestTag/tm-cluster"] == "demo"
+    assert condition["StringEquals"]["aws:RequestTag/tm-role"] == "worker"
+    assert condition["StringEquals"]["ec2:MetadataHttpTokens"] == "required"
+    assert condition["StringEquals"]["ec2:InstanceType"] == "t3.small"
+    assert condition["ArnEquals"]["ec2:InstanceProfile"] == NAMES.profile_arn("worker")
+    # the other resources of the launch are the cluster's own, or created by it with its tag
+    others = [r for s in run if s is not on_instance[0] for r in resources(s)]
+    assert "arn:aws:ec2:eu-west-1::image/ami-0123456789abcdef0" in others
+    assert "arn:aws:ec2:eu-west-1:123456789012:security-group/sg-0worker" in others
+    assert {r for r in others if ":subnet/" in r} == {
+        "arn:aws:ec2:eu-west-1:123456789012:subnet/subnet-aaa", "arn:aws:ec2:eu-west-1:123456789012:subnet/subnet-bbb"}
+    volume = [s for s in run if any(":volume/" in r for r in resources(s))]
+    assert volume[0]["Condition"]["StringEquals"]["aws:RequestTag/tm-cluster"] == "demo"
+    assert all(r.startswith("arn:aws:ec2:eu-west-1:") for r in others)
+
+
+def test_tags_only_at_creation_and_terminate_only_cluster_workers():
+    document = policies.node_policy(NAMES, SCOPE)
+    (tag,) = by_action(document, "ec2:CreateTags")
+    assert tag["Condition"]["StringEquals"]["ec2:CreateAction"] == "RunInstances"
+    (terminate,) = by_action(document, "ec2:TerminateInstances")
+    assert terminate["Condition"]["StringEquals"] == {"aws:ResourceTag/tm-cluster": "demo",
+                                                      "aws:ResourceTag/tm-role": "worker"}
+
+
+def test_pass_only_the_worker_role_to_ec2_and_read_only_own_secret():
+    document = policies.node_policy(NAMES, SCOPE)
+    (pass_role,) = by_action(document, "iam:PassRole")
+    assert resources(pass_role) == ["arn:aws:iam::123456789012:role/tm/demo/tm-demo-worker"]
+    assert pass_role["Condition"]["StringEquals"]["iam:PassedToService"] == "ec2.amazonaws.com"
+    (secret,) = by_action(document, "ssm:GetParameter")
+    assert resources(secret) == [NAMES.token_parameter_arn]
+
+
+def test_trust_policy_is_ec2_only():
+    (statement,) = policies.trust_policy()["Statement"]
+    assert statement == {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+                         "Action": "sts:AssumeRole"}
+
+
+def test_parliament_finds_nothing_but_known_shapes(document):
+    """parliament lints the documents. Two findings are expected and understood:
+
+    * RESOURCE_MISMATCH on ec2:RunInstances: each RunInstances statement scopes one kind of
+      resource (instance, image, subnet...), the pattern AWS documents for conditions per kind.
+    * With community auditors, PRIVILEGE_ESCALATION / PERMISSIONS_MANAGEMENT_ACTIONS for
+      iam:PassRole + ec2:RunInstances: a node must start workers with the worker role, which is
+      limited to that one role, passed to EC2 only, and can read nothing but the token and wheel.
+    """
+    parliament = pytest.importorskip("parliament")
+    findings = parliament.analyze_policy_string(json.dumps(document), include_community_auditors=True).findings
+    unexpected = []
+    for finding in findings:
+        if finding.issue == "RESOURCE_MISMATCH" and all(d["action"] == "ec2:RunInstances" for d in finding.detail):
+            continue
+        if finding.issue in ("PRIVILEGE_ESCALATION", "PERMISSIONS_MANAGEMENT_ACTIONS"):
+            assert by_action(document, "iam:PassRole"), finding.issue
+            continue
+        unexpected.append((finding.issue, finding.detail))
+    assert unexpected == []
