@@ -62,11 +62,14 @@ def create_app(
     scaler = Scaler(
         state, launcher, peer,
         node_url=config.node_url, scale_wait=config.scale_wait, hash_rate=config.hash_rate,
-        boot_timeout=config.boot_timeout,
+        boot_timeout=config.boot_timeout, summary_seconds=config.summary_seconds,
     )
     app.extensions[EXTENSION_KEY] = NodeContext(config, state, peer, launcher, scaler)
     errors.init_app(app)
     from nodeapp.api import bp
 
     app.register_blueprint(bp)
+    from nodeapp.dashboard import bp as dashboard_bp
+
+    app.register_blueprint(dashboard_bp)
     return app

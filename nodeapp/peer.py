@@ -102,5 +102,10 @@ class PeerClient:
     def return_quota(self) -> bool:
         return self._json("POST", "/return_quota") is not None
 
+    def stats(self) -> dict | None:
+        """The peer's own ``/stats`` (for the dashboard's whole-cluster view), or None."""
+        data = self._json("GET", "/stats")
+        return data if isinstance(data, dict) else None
+
     def ping(self) -> bool:
         return self._json("GET", "/health") is not None

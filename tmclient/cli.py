@@ -1,0 +1,256 @@
+"""``tm``: the task manager from a terminal. Node URLs come from ``--nodes`` or ``TM_NODES``.
+
+Exit codes: 0 done; 1 an error (a node answered with an error, no node reachable, a file
+unreadable); 2 bad usage (also: no node URLs); 3 ``--wait``/``wait``/``bench`` ran out of time;
+4 a task waited on has failed. Every error is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from rich.live import Live
+from rich.text import Text
+
+from tmclient import render
+from tmclient.bench import run_bench
+from tmclient.client import Client, NodesUnreachable, TaskManagerError, WaitTimeout
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT, EXIT_FAILED = 0, 1, 2, 3, 4
+
+
+class UsageError(Exception):
+    """Bad command line (exit code 2)."""
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # The common options are accepted before and after the command (tm --json stats, tm stats --json).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--nodes", default=argparse.SUPPRESS, metavar="URLS",
+                        help="comma-separated node URLs (default: $TM_NODES)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON instead of a table")
+    common.add_argument("--request-timeout", type=positive_float, default=argparse.SUPPRESS, metavar="S",
+                        help="seconds for one HTTP request before trying the other node (default 10)")
+    parser = argparse.ArgumentParser(prog="tm", description=__doc__, parents=[common],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser("enqueue", parents=[common], help="queue one task per file (- reads stdin); prints the ids")
+    p.add_argument("files", nargs="+", metavar="FILE", help="a file whose bytes are the task body, or - for stdin")
+    p.add_argument("-n", "--iterations", type=positive_int, required=True, help="SHA-512 iterations per task")
+    p.add_argument("--wait", action="store_true", help="then wait for the tasks with a progress bar, and show them")
+    p.add_argument("--timeout", type=positive_float, metavar="S", help="with --wait: give up after S seconds")
+
+    p = commands.add_parser("status", parents=[common], help="show tasks by id")
+    p.add_argument("ids", nargs="+", metavar="ID")
+
+    p = commands.add_parser("pull", parents=[common], help="the newest results of the cluster")
+    p.add_argument("--top", type=positive_int, default=10, metavar="N", help="how many (default 10)")
+
+    p = commands.add_parser("wait", parents=[common], help="wait for tasks with a progress bar and ETA")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p.add_argument("--timeout", type=positive_float, metavar="S", help="give up after S seconds (exit code 3)")
+
+    p = commands.add_parser("stats", parents=[common], help="queue, workers and peer link of every node")
+    p.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
+    p.add_argument("--interval", type=positive_float, default=2.0, metavar="S", help="--watch refresh (default 2)")
+
+    p = commands.add_parser("bench", parents=[common], help="send tasks, report tasks/s and latency percentiles")
+    p.add_argument("-t", "--tasks", type=positive_int, default=100, metavar="N", help="tasks to send (default 100)")
+    p.add_argument("-n", "--iterations", type=positive_int, default=1000, help="iterations per task (default 1000)")
+    p.add_argument("--size", type=int, default=64, metavar="BYTES", help="random body size (default 64)")
+    p.add_argument("--concurrency", type=positive_int, default=4, help="parallel enqueue requests (default 4)")
+    p.add_argument("--timeout", type=positive_float, default=600.0, metavar="S", help="give up after S s (default 600)")
+    return parser
+
+
+def make_client(args: argparse.Namespace) -> Client:
+    nodes = getattr(args, "nodes", None) or os.environ.get("TM_NODES", "")
+    if not nodes.strip():
+        raise UsageError("no node URLs: pass --nodes URL,URL or set TM_NODES (run_program.py --local prints the line)")
+    try:
+        return Client(nodes, timeout=getattr(args, "request_timeout", 10.0))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def read_bodies(files: list[str]) -> list[bytes]:
+    """Every body before anything is sent, so an unreadable file queues nothing."""
+    if files.count("-") > 1:
+        raise UsageError("'-' (stdin) may be given once")
+    bodies = []
+    for name in files:
+        if name == "-":
+            bodies.append(sys.stdin.buffer.read())
+            continue
+        try:
+            with open(name, "rb") as handle:
+                bodies.append(handle.read())
+        except OSError as exc:
+            raise TaskManagerError(f"cannot read {name}: {exc.strerror or exc}") from None
+    return bodies
+
+
+def print_json(value) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def wait_with_progress(client: Client, ids: list[str], timeout: float | None) -> dict[str, dict]:
+    with render.task_progress(render.console(stderr=True)) as progress:
+        bar = progress.add_task("tasks", total=len(ids))
+        return client.wait(ids, timeout=timeout, on_progress=lambda done, total: progress.update(bar, completed=done))
+
+
+def show_tasks(args: argparse.Namespace, tasks: list[dict]) -> int:
+    if getattr(args, "json", False):
+        print_json(tasks)
+    else:
+        render.console().print(render.tasks_table(tasks))
+    failed = [t["id"] for t in tasks if t.get("state") == "failed"]
+    if failed:
+        print(f"tm: error: {len(failed)} of {len(tasks)} tasks failed", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_enqueue(client: Client, args: argparse.Namespace) -> int:
+    ids = []
+    for body in read_bodies(args.files):
+        ids.append(client.enqueue(body, args.iterations))
+        if not getattr(args, "json", False):
+            print(ids[-1], flush=True)
+    if not args.wait:
+        if getattr(args, "json", False):
+            print_json({"ids": ids})
+        return EXIT_OK
+    done = wait_with_progress(client, ids, args.timeout)
+    if getattr(args, "json", False):
+        print_json({"ids": ids, "tasks": list(done.values())})
+        return EXIT_FAILED if any(t.get("state") == "failed" for t in done.values()) else EXIT_OK
+    return show_tasks(args, list(done.values()))
+
+
+def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    return show_tasks(args, [client.status(task_id) for task_id in args.ids])
+
+
+def cmd_pull(client: Client, args: argparse.Namespace) -> int:
+    results = client.pull_completed(args.top)
+    if getattr(args, "json", False):
+        print_json(results)
+    else:
+        render.console().print(render.results_table(results))
+    return EXIT_OK
+
+
+def cmd_wait(client: Client, args: argparse.Namespace) -> int:
+    done = wait_with_progress(client, list(dict.fromkeys(args.ids)), args.timeout)
+    return show_tasks(args, list(done.values()))
+
+
+def cmd_stats(client: Client, args: argparse.Namespace) -> int:
+    if getattr(args, "json", False) and not args.watch:
+        print_json(client.stats())
+        return EXIT_OK
+    if not args.watch:
+        render.console().print(render.stats_view(client.stats()))
+        return EXIT_OK
+
+    def view():
+        try:
+            return render.stats_view(client.stats())
+        except NodesUnreachable as exc:
+            return Text(f"{render.when(time.time())} {exc}", style="red")
+
+    try:
+        with Live(view(), console=render.console(), auto_refresh=False) as live:
+            while True:
+                time.sleep(args.interval)
+                live.update(view(), refresh=True)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def cmd_bench(client: Client, args: argparse.Namespace) -> int:
+    if args.size < 0:
+        raise UsageError("--size must be >= 0")
+    with render.task_progress(render.console(stderr=True)) as progress:
+        sending = progress.add_task("sent", total=args.tasks)
+        finished = progress.add_task("finished", total=args.tasks)
+        report = run_bench(
+            client, args.tasks, args.iterations, size=args.size, concurrency=args.concurrency, timeout=args.timeout,
+            on_sent=lambda n: progress.advance(sending, n),
+            on_progress=lambda done, total: progress.update(finished, completed=done),
+        )
+    if getattr(args, "json", False):
+        print_json(report)
+    else:
+        lat = report["latency_seconds"]
+        print(f"{report['completed']} tasks of {report['iterations']} iterations ({report['body_bytes']}-byte bodies) "
+              f"in {report['wall_seconds']:.2f}s: {report['tasks_per_second']} tasks/s")
+        print(f"enqueued in {report['enqueue_seconds']:.2f}s ({report['enqueued_per_second']} tasks/s, "
+              f"concurrency {report['concurrency']})")
+        print(f"latency (enqueued -> completed): p50 {lat['p50'] * 1000:.0f} ms, p90 {lat['p90'] * 1000:.0f} ms, "
+              f"p99 {lat['p99'] * 1000:.0f} ms, max {lat['max'] * 1000:.0f} ms")
+    if report["failed"]:
+        print(f"tm: error: {report['failed']} tasks failed", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+COMMANDS = {
+    "enqueue": cmd_enqueue, "status": cmd_status, "pull": cmd_pull,
+    "wait": cmd_wait, "stats": cmd_stats, "bench": cmd_bench,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        client = make_client(args)
+        return COMMANDS[args.command](client, args)
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except WaitTimeout as exc:
+        _error(str(exc))
+        return EXIT_TIMEOUT
+    except TaskManagerError as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+
+
+def _error(message: str) -> None:
+    print("tm: error: " + " ".join(message.split()), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""A Python client for the task manager's public API, with retries and fail-over between nodes.
+
+    client = Client(["http://127.0.0.1:8001", "http://127.0.0.1:8002"])
+    task_id = client.enqueue(b"hello", iterations=1000)
+    done = client.wait([task_id], timeout=60)
+    print(done[task_id]["result"])
+
+``enqueue`` takes the nodes in turn, so both queues (and both nodes' worker quotas) get work;
+the other calls go to the node that last answered. When a node cannot be reached (connection
+refused, timeout) or is shutting down, the call moves on to the next node, and that node is
+tried last for the next ``COOLDOWN`` seconds; after a full round the client backs off and tries
+again, ``retries`` times. An HTTP error answer raises ``ApiError`` with the
+server's ``error`` code and ``message``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import requests
+
+#: Task states after which a task never changes again.
+FINAL_STATES = ("completed", "failed")
+
+#: Figures that ``Client.stats`` adds up over the nodes.
+_SUMMED = ("queued", "running", "completed", "failed", "enqueued")
+#: Seconds a node that failed to answer is tried after the others.
+COOLDOWN = 5.0
+#: Unfinished tasks that ``Client.wait`` asks ``status`` of in each round, in turn.
+_STATUS_PER_ROUND = 20
+
+
+class TaskManagerError(Exception):
+    """Base of every error this client raises."""
+
+
+class ApiError(TaskManagerError):
+    """A node answered with an HTTP error: ``status``, the server's ``code`` and ``message``."""
+
+    def __init__(self, status: int, code: str, message: str, url: str = "") -> None:
+        super().__init__(f"{code}: {message}" + (f" (HTTP {status} from {url})" if url else f" (HTTP {status})"))
+        self.status, self.code, self.message, self.url = status, code, message, url
+
+
+class NodesUnreachable(TaskManagerError):
+    """No node could be reached after every retry."""
+
+
+class WaitTimeout(TaskManagerError):
+    """``wait`` ran out of time; ``done`` holds the tasks that finished, ``pending`` the others."""
+
+    def __init__(self, done: dict[str, dict], pending: list[str], timeout: float) -> None:
+        super().__init__(f"{len(pending)} of {len(done) + len(pending)} tasks not finished after {timeout:g}s")
+        self.done, self.pending = done, pending
+
+
+def parse_nodes(nodes: str | Iterable[str]) -> list[str]:
+    """Node URLs from a list or a comma-separated string (as in TM_NODES); ``http://`` is assumed."""
+    items = nodes.split(",") if isinstance(nodes, str) else list(nodes)
+    urls = []
+    for item in items:
+        item = item.strip().rstrip("/")
+        if not item:
+            continue
+        if "://" not in item:
+            item = "http://" + item
+        if not item.startswith(("http://", "https://")):
+            raise ValueError(f"node URL must be http:// or https://, got {item!r}")
+        urls.append(item)
+    if not urls:
+        raise ValueError("no node URL given")
+    return urls
+
+
+def _read_data(data: bytes | bytearray | str | os.PathLike | BinaryIO) -> bytes:
+    """Bytes as they are; a path or an open binary file is read whole (so a retry can resend it)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    if isinstance(data, (str, os.PathLike)):
+        return Path(data).read_bytes()
+    if isinstance(data, io.TextIOBase):
+        raise TypeError("open the file in binary mode ('rb')")
+    return data.read()
+
+
+class Client:
+    """The task manager as one service, whichever node answers.
+
+    Args:
+        node_urls: the nodes' base URLs, a list or a comma-separated string.
+        token: the cluster token; public calls do not need it (sent as X-Cluster-Token if given).
+        timeout: seconds for one HTTP request (connect and read each).
+        retries: rounds over all nodes before ``NodesUnreachable``.
+        backoff: seconds to wait after the first failed round; doubles each round, up to 5 s.
+    """
+
+    def __init__(
+        self,
+        node_urls: str | Iterable[str],
+        token: str | None = None,
+        *,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+    ) -> None:
+        self.node_urls = parse_nodes(node_urls)
+        self.token = token
+        self.timeout = timeout
+        self.retries = max(1, retries)
+        self.backoff = backoff
+        self._preferred = 0  # the node that answered last
+        self._turn = 0  # the node the next enqueue tries first
+        self._down_until: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()  # one requests.Session per thread
+
+    # ------------------------------------------------------------ transport
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = "tmclient"
+            if self.token:
+                session.headers["X-Cluster-Token"] = self.token
+            self._local.session = session
+        return session
+
+    def _order(self, rotate: bool) -> list[int]:
+        """Node indexes to try: from the preferred node (or the next in turn), failed ones last."""
+        count = len(self.node_urls)
+        with self._lock:
+            first = self._turn if rotate else self._preferred
+            if rotate:
+                self._turn = (self._turn + 1) % count
+            now = time.monotonic()
+            order = [(first + i) % count for i in range(count)]
+            return sorted(order, key=lambda i: self._down_until.get(i, 0.0) > now)
+
+    def _mark_down(self, index: int) -> None:
+        with self._lock:
+            self._down_until[index] = time.monotonic() + COOLDOWN
+
+    def _request(self, method: str, path: str, *, idempotent: bool = True, **kwargs: Any) -> requests.Response:
+        """Send to the preferred node, failing over and backing off; raise on an HTTP error.
+
+        A non-idempotent call (enqueue) is moved to another node only when the connection
+        itself failed, never after a read timeout, so a task is not queued twice.
+        """
+        problems: list[str] = []
+        delay = self.backoff
+        for attempt in range(self.retries):
+            if attempt:
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            for index in self._order(rotate=not idempotent):
+                url = self.node_urls[index]
+                try:
+                    response = self._session().request(method, url + path, timeout=self.timeout, **kwargs)
+                except requests.ConnectionError as exc:
+                    self._mark_down(index)
+                    problems.append(f"{url}: {_short(exc)}")
+                    continue
+                except requests.Timeout as exc:
+                    self._mark_down(index)
+                    if not idempotent:
+                        raise NodesUnreachable(f"{url} did not answer {method} {path} within {self.timeout:g}s; "
+                                               "the task may or may not have been queued") from exc
+                    problems.append(f"{url}: no answer within {self.timeout:g}s")
+                    continue
+                if response.status_code == 503 and _error_code(response) == "shutting_down":
+                    self._mark_down(index)
+                    problems.append(f"{url}: shutting down")
+                    continue
+                with self._lock:
+                    self._preferred = index
+                    self._down_until.pop(index, None)
+                if response.status_code >= 400:
+                    raise _api_error(response)
+                return response
+        raise NodesUnreachable("no node answered: " + "; ".join(problems[-len(self.node_urls):]))
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiError(response.status_code, "bad_response", "the node's answer is not JSON", response.url) from None
+
+    # ---------------------------------------------------------------- calls
+    def enqueue(self, data: bytes | str | os.PathLike | BinaryIO, iterations: int) -> str:
+        """Queue one task; ``data`` is bytes, a path or a binary file. Returns the task id."""
+        body = _read_data(data)
+        answer = self._json("PUT", "/enqueue", params={"iterations": iterations}, data=body, idempotent=False)
+        return answer["id"]
+
+    def status(self, task_id: str) -> dict:
+        """``{"id", "state", "iterations", "enqueued_at", "result"?, "completed_at"?, ...}``."""
+        return self._json("GET", f"/status/{task_id}")
+
+    def pull_completed(self, top: int) -> list[dict]:
+        """The ``top`` newest results of the cluster, newest first."""
+        return self._json("POST", "/pullCompleted", params={"top": top})
+
+    def health(self, url: str) -> dict:
+        """``GET /health`` of one given node (no fail-over)."""
+        response = self._session().get(url.rstrip("/") + "/health", timeout=self.timeout)
+        if response.status_code >= 400:
+            raise _api_error(response)
+        return response.json()
+
+    def wait(
+        self,
+        ids: Sequence[str],
+        timeout: float | None = None,
+        *,
+        poll: float = 0.25,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, dict]:
+        """Wait until every task is completed or failed; returns ``{id: status}`` in ``ids`` order.
+
+        Each round reads the newest results in one call (cheap for many tasks), then asks
+        ``status`` of a few unfinished tasks in turn, which also notices failed ones.
+        ``on_progress(finished, total)`` is called after every round.
+
+        Raises:
+            WaitTimeout: ``timeout`` seconds passed first (``done`` and ``pending`` attached).
+            ApiError: a task id is unknown to both nodes (``unknown_task``).
+        """
+        wanted = list(dict.fromkeys(ids))
+        done: dict[str, dict] = {}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        turn = 0
+        while True:
+            pending = [i for i in wanted if i not in done]
+            if pending:
+                pending_set = set(pending)
+                for item in self.pull_completed(min(len(pending) * 2 + 20, 10_000)):
+                    if item.get("id") in pending_set:
+                        done[item["id"]] = {**item, "state": "completed"}
+                pending = [i for i in wanted if i not in done]
+                start = turn % len(pending) if pending else 0
+                for task_id in (pending[start:] + pending[:start])[:_STATUS_PER_ROUND]:
+                    status = self.status(task_id)
+                    if status.get("state") in FINAL_STATES:
+                        done[task_id] = status
+                turn += _STATUS_PER_ROUND
+                pending = [i for i in wanted if i not in done]
+            if on_progress is not None:
+                on_progress(len(wanted) - len(pending), len(wanted))
+            if not pending:
+                return {i: done[i] for i in wanted}
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout({i: done[i] for i in wanted if i in done}, pending, timeout or 0)
+            time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+
+    def stats(self) -> dict:
+        """The whole cluster: ``{"nodes": [...], "totals": {...}}``.
+
+        Every node is asked (no fail-over); a node that does not answer is listed with
+        ``"reachable": false`` and an ``"error"``. Totals add up the nodes that answered.
+
+        Raises:
+            NodesUnreachable: no node answered.
+        """
+        nodes = []
+        for url in self.node_urls:
+            try:
+                response = self._session().get(url + "/stats", timeout=self.timeout)
+                if response.status_code >= 400:
+                    raise _api_error(response)
+                nodes.append({"url": url, "reachable": True, **response.json()})
+            except (requests.RequestException, ValueError, ApiError) as exc:
+                nodes.append({"url": url, "reachable": False, "error": _short(exc)})
+        if not any(n["reachable"] for n in nodes):
+            raise NodesUnreachable("no node answered: " + "; ".join(f"{n['url']}: {n['error']}" for n in nodes))
+        return {"nodes": nodes, "totals": cluster_totals([n for n in nodes if n["reachable"]])}
+
+
+def cluster_totals(nodes: list[dict]) -> dict:
+    """Add up the per-node ``/stats`` figures (queued, running, completed, failed, workers)."""
+    totals: dict[str, Any] = {key: sum(int(n.get(key) or 0) for n in nodes) for key in _SUMMED}
+    totals["workers"] = {
+        key: sum(int((n.get("workers") or {}).get(key) or 0) for n in nodes) for key in ("live", "pending", "max")
+    }
+    return totals
+
+
+def _error_code(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    return body.get("error", "") if isinstance(body, dict) else ""
+
+
+def _api_error(response: requests.Response) -> ApiError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "error" in body:
+        return ApiError(response.status_code, str(body["error"]), str(body.get("message", "")), response.url)
+    text = " ".join(response.text.split())[:200]
+    return ApiError(response.status_code, "http_error", text or response.reason or "", response.url)
+
+
+def _short(exc: BaseException) -> str:
+    """A one-line reason for a connection error (requests' messages nest several exceptions)."""
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "timed out", "Connection reset"):
+        if marker in text:
+            return marker.lower()
+    return (exc.__class__.__name__ + ": " + text)[:160] if text else exc.__class__.__name__
