@@ -24,6 +24,7 @@ NUMERIC = [
     ("RESULTS_RETENTION", int, 1, 10**8, "from 1 to 100000000"),
     ("HASH_RATE", float, 1, 10**10, "from 1 to 1e+10"),
     ("CLAIM_SECONDS", float, 0.01, 60, "from 0.01 to 60"),
+    ("LOG_SUMMARY_SECONDS", float, 0, 86400, "from 0 to 86400"),
 ]
 
 
