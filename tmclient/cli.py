@@ -1,8 +1,8 @@
-"""``tm``: the task manager from a terminal. Node URLs come from ``--nodes`` or ``TM_NODES``.
+"""tm: the task manager from a terminal. Node URLs come from --nodes or TM_NODES.
 
 Exit codes: 0 done; 1 an error (a node answered with an error, no node reachable, a file
-unreadable); 2 bad usage (also: no node URLs); 3 ``--wait``/``wait``/``bench`` ran out of time;
-4 a task waited on has failed. Every error is one line on stderr.
+unreadable); 2 bad usage (also: no node URLs); 3 enqueue --wait, wait or bench ran out of
+time; 4 a task waited on has failed. Every error is one line on stderr.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def show_tasks(args: argparse.Namespace, tasks: list[dict]) -> int:
     if getattr(args, "json", False):
         print_json(tasks)
     else:
-        render.console().print(render.tasks_table(tasks))
+        render.show(render.tasks_table(tasks))
     failed = [t["id"] for t in tasks if t.get("state") == "failed"]
     if failed:
         print(f"tm: error: {len(failed)} of {len(tasks)} tasks failed", file=sys.stderr)
@@ -164,7 +164,7 @@ def cmd_pull(client: Client, args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         print_json(results)
     else:
-        render.console().print(render.results_table(results))
+        render.show(render.results_table(results))
     return EXIT_OK
 
 
@@ -178,7 +178,7 @@ def cmd_stats(client: Client, args: argparse.Namespace) -> int:
         print_json(client.stats())
         return EXIT_OK
     if not args.watch:
-        render.console().print(render.stats_view(client.stats()))
+        render.show(render.stats_view(client.stats()))
         return EXIT_OK
 
     def view():

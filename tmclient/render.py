@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable
 
@@ -29,6 +30,19 @@ def console(stderr: bool = False) -> Console:
     if not con.is_terminal:
         con = Console(stderr=stderr, highlight=False, width=240)
     return con
+
+
+def show(renderable, stderr: bool = False) -> None:
+    """Print a table; to a pipe or a file without the trailing padding of a fixed-width console."""
+    con = console(stderr)
+    if con.is_terminal:
+        con.print(renderable)
+        return
+    with con.capture() as captured:
+        con.print(renderable)
+    stream = sys.stderr if stderr else sys.stdout
+    stream.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+    stream.flush()
 
 
 def when(timestamp: float | None) -> str:
