@@ -57,7 +57,7 @@ def run_request(
     request = {
         "ImageId": ami_id,
         "InstanceType": instance_type,
-        "MinCount": 1,
+        "MinCount": count,  # all or nothing: on a capacity error the next scaler run tries again
         "MaxCount": count,
         "SubnetId": subnet_id,
         "SecurityGroupIds": [security_group_id],

@@ -1,0 +1,225 @@
+"""The EC2 launcher under the scaler's decisions, against moto (every call in the test thread)."""
+
+from __future__ import annotations
+
+import base64
+import logging
+
+import pytest
+
+from nodeapp.peer import PeerClient
+from nodeapp.scaling import Scaler
+from nodeapp.state import NodeState
+from provisioning.ec2_launcher import Ec2Launcher, Ec2SettingsError, Ec2WorkerSettings
+from provisioning.iam import IamWrapper
+from provisioning.instances import architecture, latest_ami
+from provisioning.naming import ClusterNames
+from provisioning.network import NetworkWrapper
+from tests.aws_helpers import REGION, aws  # noqa: F401
+
+NODE_URL = "http://10.0.0.10:8000"
+PEER_URL = ""  # no peer: borrowing is covered by the scaler's own tests
+BOOT_TIMEOUT = 300.0
+
+
+class Clock:
+    """A settable clock shared by NodeState, Scaler and the launcher."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def env(aws):  # noqa: F811
+    """What provisioning would have made, and the TM_* variables a node's user-data sets."""
+    ec2, iam, ssm = aws.client("ec2"), aws.client("iam"), aws.client("ssm")
+    names = ClusterNames("demo", aws.client("sts").get_caller_identity()["Account"], REGION)
+    net = NetworkWrapper(ec2)
+    vpc = net.default_vpc()
+    subnet = net.default_subnets(vpc)[0]
+    worker_sg = net.create_group("tm-demo-worker", "workers", vpc, names.tags())
+    iam_wrapper = IamWrapper(iam)
+    iam_wrapper.create_role(names.role("worker"), names.iam_path, {"Version": "2012-10-17", "Statement": []},
+                            names.tags())
+    profile_arn = iam_wrapper.create_instance_profile(names.profile("worker"), names.iam_path,
+                                                     names.role("worker"), names.tags())
+    ami = latest_ami(ssm, architecture(ec2, "t3.micro"))
+    environ = {"TM_CLUSTER": "demo", "TM_REGION": REGION, "TM_WORKER_AMI": ami,
+               "TM_WORKER_INSTANCE_TYPE": "t3.micro", "TM_WORKER_SUBNET": subnet,
+               "TM_WORKER_SECURITY_GROUP": worker_sg, "TM_WORKER_INSTANCE_PROFILE": profile_arn,
+               "TM_WHEEL_URI": f"s3://{names.bucket}/wheels/scalable_task_manager-0.1.0-py3-none-any.whl",
+               "TM_TOKEN_PARAMETER": names.token_parameter, "TM_LIST_GRACE": "60"}
+    return {"ec2": ec2, "session": aws, "environ": environ, "ami": ami, "subnet": subnet, "sg": worker_sg,
+            "profile_arn": profile_arn}
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def make_launcher(env, clock, node_name="node-1") -> Ec2Launcher:
+    launcher = Ec2Launcher.from_environment(token="ignored", idle_seconds=30, node_name=node_name,
+                                            environ=env["environ"], session=env["session"])
+    launcher._clock = clock
+    return launcher
+
+
+@pytest.fixture
+def node(env, clock):
+    state = NodeState(max_workers=3, clock=clock)
+    launcher = make_launcher(env, clock)
+    scaler = Scaler(state, launcher, PeerClient(PEER_URL, "token", "node-1"), node_url=NODE_URL,
+                    scale_wait=0.0, hash_rate=1000.0, boot_timeout=BOOT_TIMEOUT, clock=clock)
+    return state, launcher, scaler
+
+
+def instances(ec2, ids=None) -> dict[str, dict]:
+    kwargs = {"InstanceIds": list(ids)} if ids else {}
+    return {i["InstanceId"]: i for r in ec2.describe_instances(**kwargs)["Reservations"] for i in r["Instances"]}
+
+
+def alive_ids(ec2) -> set[str]:
+    return {i for i, inst in instances(ec2).items() if inst["State"]["Name"] in ("pending", "running")}
+
+
+def backlog(state, count=20, iterations=100_000):
+    for n in range(count):
+        state.submit(b"task-%d" % n, iterations)
+
+
+def test_backlog_launches_configured_workers_never_more_than_max(env, node):
+    state, launcher, scaler = node
+    ec2 = env["ec2"]
+    backlog(state)
+    scaler.tick()
+    scaler.tick()  # pending workers count: a second run launches nothing more
+    ids = alive_ids(ec2)
+    assert len(ids) == 3
+    assert {w.id for w in state.workers()} == ids
+    assert state.scaling_figures().pending == 3
+    for instance_id, inst in instances(ec2, ids).items():
+        tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+        assert tags == {"tm-cluster": "demo", "tm-role": "worker", "tm-node": "node-1",
+                        "Name": "tm-demo-worker-node-1"}
+        assert inst["ImageId"] == env["ami"]
+        assert inst["InstanceType"] == "t3.micro"
+        assert inst["SubnetId"] == env["subnet"]
+        assert [g["GroupId"] for g in inst["SecurityGroups"]] == [env["sg"]]
+        # moto associates the profile with the first instance of a multi-instance launch only
+        if inst["AmiLaunchIndex"] == 0:
+            assert inst["IamInstanceProfile"]["Arn"] == env["profile_arn"]
+        assert inst["MetadataOptions"]["HttpTokens"] == "required"
+        shutdown = ec2.describe_instance_attribute(InstanceId=instance_id,
+                                                   Attribute="instanceInitiatedShutdownBehavior")
+        assert shutdown["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+        user_data = base64.b64decode(ec2.describe_instance_attribute(
+            InstanceId=instance_id, Attribute="userData")["UserData"]["Value"]).decode()
+        assert f"--worker-id ${{INSTANCE_ID}} --idle-seconds 30 {NODE_URL}\n" in user_data
+        assert env["environ"]["TM_WHEEL_URI"] in user_data
+        assert "token" not in "".join(tags.values()) and "ignored" not in user_data
+    first, second = reversed(scaler.decisions())
+    assert first["launched"] == 3 and second["launched"] == 0
+
+
+def test_worker_down_terminates_the_instance(env, node):
+    state, launcher, scaler = node
+    ec2 = env["ec2"]
+    backlog(state, count=1)
+    scaler.tick()
+    (worker_id,) = alive_ids(ec2)
+    assert [t.id for t in state.claim(worker_id, 1)]  # first claim: the worker is live
+    assert state.worker_down(worker_id).removed  # what POST /worker_down does
+    scaler.tick()
+    assert instances(ec2, [worker_id])[worker_id]["State"]["Name"] in ("shutting-down", "terminated")
+    assert worker_id not in {w.id for w in state.workers()}
+
+
+def test_pending_past_boot_timeout_is_terminated(env, node, clock, caplog):
+    state, launcher, scaler = node
+    ec2 = env["ec2"]
+    backlog(state, count=1)
+    scaler.tick()
+    (stuck,) = alive_ids(ec2)
+    clock.now += BOOT_TIMEOUT - 1
+    scaler.tick()
+    assert stuck in alive_ids(ec2), "terminated before BOOT_TIMEOUT"
+    clock.now += 2
+    with caplog.at_level(logging.WARNING, logger="nodeapp.scaling"):
+        scaler.tick()
+    assert instances(ec2, [stuck])[stuck]["State"]["Name"] in ("shutting-down", "terminated")
+    assert stuck not in {w.id for w in state.workers()}
+    assert "BOOT_TIMEOUT" in caplog.text
+    assert len(alive_ids(ec2)) == 1  # the task still waits: one replacement, not more
+
+
+def test_instance_terminated_behind_the_nodes_back_is_forgotten(env, node):
+    state, launcher, scaler = node
+    ec2 = env["ec2"]
+    backlog(state, count=2)
+    scaler.tick()
+    ids = sorted(alive_ids(ec2))
+    assert len(ids) == 2
+    state.claim(ids[0], 1)
+    state.claim(ids[1], 1)  # both live, both holding a task; the queue is empty
+    ec2.terminate_instances(InstanceIds=[ids[0]])  # e.g. a spot reclaim or a person in the console
+    scaler.tick()
+    workers = {w.id for w in state.workers()}
+    assert ids[0] not in workers and ids[1] in workers
+    assert state.stats()["workers"]["down_total"] == 1
+    # its task went back to the queue, and the same run launched one replacement for it
+    (replacement,) = workers - {ids[1]}
+    assert alive_ids(ec2) == {ids[1], replacement}
+    assert state.scaling_figures().queued == 1
+
+
+def test_just_launched_instance_not_listed_yet_still_counts(env, clock):
+    """DescribeInstances may not list a new instance yet: it stays 'running' for TM_LIST_GRACE."""
+    ec2 = env["ec2"]
+    launcher = make_launcher(env, clock)
+    (fresh,) = launcher.launch(1, [NODE_URL])
+    ec2.delete_tags(Resources=[fresh], Tags=[{"Key": "tm-node"}])  # the tag-filtered listing no longer shows it, as during the lag
+    assert launcher.running() == {fresh}
+    clock.now += 61
+    assert launcher.running() == set()
+    # once listed, an instance that disappears from the listing is gone at once
+    (listed,) = launcher.launch(1, [NODE_URL])
+    assert launcher.running() == {listed}
+    ec2.delete_tags(Resources=[listed], Tags=[{"Key": "tm-node"}])
+    assert launcher.running() == set()
+
+
+def test_terminate_skips_unknown_ids_and_stop_all_only_touches_own_workers(env, clock):
+    ec2 = env["ec2"]
+    mine = make_launcher(env, clock, "node-1")
+    other = make_launcher(env, clock, "node-2")
+    (a, b) = mine.launch(2, [NODE_URL])
+    (c,) = other.launch(1, [NODE_URL])
+    mine.terminate(["i-0123456789abcdef0", a])  # an id EC2 does not know does not stop the rest
+    assert instances(ec2, [a])[a]["State"]["Name"] in ("shutting-down", "terminated")
+    mine.stop_all()
+    assert alive_ids(ec2) == {c}
+    assert b not in alive_ids(ec2)
+
+
+def test_missing_settings_are_named():
+    with pytest.raises(Ec2SettingsError) as info:
+        Ec2WorkerSettings.from_environ({"TM_CLUSTER": "demo"})
+    message = str(info.value)
+    for name in ("TM_WORKER_AMI", "TM_WORKER_SUBNET", "TM_WORKER_SECURITY_GROUP", "TM_WORKER_INSTANCE_PROFILE",
+                 "TM_WHEEL_URI", "TM_TOKEN_PARAMETER", "TM_REGION"):
+        assert name in message
+    assert "TM_CLUSTER" not in message
+
+
+def test_registry_builds_the_ec2_launcher(env, monkeypatch):
+    from provisioning.launchers import make_launcher as registry
+
+    for key, value in env["environ"].items():
+        monkeypatch.setenv(key, value)
+    launcher = registry("ec2", token="t", idle_seconds=12, node_name="node-2")
+    assert launcher.kind == "ec2" and launcher.idle_seconds == 12 and launcher.node_name == "node-2"
+    assert launcher.running() == set()
