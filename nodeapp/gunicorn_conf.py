@@ -48,6 +48,11 @@ def _problems(cfg) -> list[str]:
         found.append(f"max_requests={cfg.max_requests}: worker recycling would drop the in-memory queue")
     if cfg.reload:
         found.append("reload=True: reloading restarts the worker and drops the in-memory queue")
+    if cfg.worker_class.__name__ != "ThreadWorker":
+        found.append(f"worker class {cfg.worker_class.__name__}: a node needs gthread (threads share the queue, "
+                     "and a request to the peer must not block the node's only thread)")
+    if cfg.preload_app:
+        found.append("preload_app=True: the app and its queue must be built in the serving worker process")
     return found
 
 
