@@ -121,7 +121,7 @@ def print_json(value) -> None:
 
 
 def wait_with_progress(client: Client, ids: list[str], timeout: float | None) -> dict[str, dict]:
-    with render.task_progress(render.console(stderr=True)) as progress:
+    with render.progress_bars() as progress:
         bar = progress.add_task("tasks", total=len(ids))
         return client.wait(ids, timeout=timeout, on_progress=lambda done, total: progress.update(bar, completed=done))
 
@@ -199,7 +199,7 @@ def cmd_stats(client: Client, args: argparse.Namespace) -> int:
 def cmd_bench(client: Client, args: argparse.Namespace) -> int:
     if args.size < 0:
         raise UsageError("--size must be >= 0")
-    with render.task_progress(render.console(stderr=True)) as progress:
+    with render.progress_bars() as progress:
         sending = progress.add_task("sent", total=args.tasks)
         finished = progress.add_task("finished", total=args.tasks)
         report = run_bench(

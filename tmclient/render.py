@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from rich.console import Console, Group
 from rich.progress import (
@@ -122,9 +123,14 @@ def newest_decisions(nodes: list[dict], count: int) -> list[dict]:
     return sorted(decisions, key=lambda d: d.get("at") or 0, reverse=True)[:count]
 
 
-def task_progress(con: Console) -> Progress:
-    """A progress bar with count, percentage, elapsed time and ETA (drawn on ``con``)."""
-    return Progress(
+@contextmanager
+def progress_bars() -> Iterator[Progress]:
+    """Progress bars on stderr: count, percentage, elapsed time and ETA.
+
+    The bars stay on screen when the block ends normally; on an error they are taken away,
+    so that the error is the one line the user reads.
+    """
+    progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
         BarColumn(),
@@ -133,6 +139,12 @@ def task_progress(con: Console) -> Progress:
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
-        console=con,
+        console=console(stderr=True),
         transient=False,
     )
+    with progress:
+        try:
+            yield progress
+        except BaseException:
+            progress.live.transient = True
+            raise

@@ -1,0 +1,238 @@
+"""The tm CLI: exit codes, one-line errors, table and JSON output, stdin, --wait, stats --watch, bench."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from provisioning.local_cluster import ROOT, LocalCluster, free_port
+from tests.helpers import wait_for
+from tmclient.bench import percentile
+from tmclient.cli import main
+from workerapp.compute import compute
+
+CLUSTER_ENV = {"SCALE_INTERVAL": "0.2", "SCALE_WAIT": "0.2", "WORKER_IDLE_SECONDS": "5", "MAX_NUM_OF_WORKERS": "2"}
+TASK_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    nodes = LocalCluster(env=CLUSTER_ENV, log_dir=tmp_path_factory.mktemp("cli-cluster"))
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+@pytest.fixture
+def nodes(cluster, monkeypatch) -> str:
+    value = ",".join(cluster.urls)
+    monkeypatch.setenv("TM_NODES", value)
+    return value
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tm(*argv: str, env: dict | None = None, stdin: bytes | None = None, script: bool = False):
+    """Run the CLI as a separate process: ``python -m tmclient`` or the installed ``tm`` script."""
+    command = [str(Path(sys.executable).with_name("tm"))] if script else [sys.executable, "-m", "tmclient"]
+    return subprocess.run(command + list(argv), input=stdin, capture_output=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tm: error: ")
+    return lines[0]
+
+
+def test_percentile_is_nearest_rank():
+    values = [0.5, 0.1, 0.4, 0.2, 0.3]
+    assert percentile(values, 50) == 0.3
+    assert percentile(values, 90) == 0.5 and percentile(values, 100) == 0.5
+    assert percentile(values, 1) == 0.1
+    assert percentile([], 50) == 0.0
+
+
+def test_no_nodes_is_a_usage_error(capsys, monkeypatch):
+    monkeypatch.delenv("TM_NODES", raising=False)
+    code, out, err = run(capsys, "status", "abc")
+    assert code == 2 and out == ""
+    assert "TM_NODES" in one_error_line(err)
+
+
+def test_unreachable_nodes_exit_1_with_one_line(capsys):
+    code, out, err = run(capsys, "--nodes", f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}", "pull")
+    assert code == 1 and out == ""
+    assert "no node answered" in one_error_line(err)
+
+
+@pytest.mark.integration
+def test_enqueue_files_prints_ids_and_status_shows_them(capsys, nodes, tmp_path):
+    first, second = tmp_path / "a.bin", tmp_path / "b.bin"
+    first.write_bytes(b"alpha")
+    second.write_bytes(b"beta")
+    code, out, err = run(capsys, "enqueue", str(first), str(second), "-n", "5")
+    assert code == 0, err
+    ids = out.split()
+    assert len(ids) == 2 and all(TASK_ID.match(i) for i in ids)
+
+    code, out, err = run(capsys, "wait", *ids, "--json", "--timeout", "60")
+    assert code == 0, err
+    tasks = json.loads(out)
+    assert [t["id"] for t in tasks] == ids
+    assert [t["result"] for t in tasks] == [compute(b"alpha", 5), compute(b"beta", 5)]
+
+    code, out, err = run(capsys, "status", *ids)
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if line.split() and line.split()[0] in ids]
+    assert len(rows) == 2 and all("completed" in row for row in rows)
+    assert compute(b"alpha", 5) in out
+    assert all(line == line.rstrip() for line in out.splitlines())
+
+    code, out, err = run(capsys, "--json", "status", ids[0])
+    assert code == 0 and json.loads(out)[0]["state"] == "completed"
+
+
+@pytest.mark.integration
+def test_pull_table_and_json(capsys, nodes):
+    code, out, err = run(capsys, "--json", "enqueue", os.devnull, "-n", "2", "--wait")
+    assert code == 0, err
+    task_id = json.loads(out)["ids"][0]
+
+    code, out, err = run(capsys, "pull", "--top", "3", "--json")
+    assert code == 0, err
+    results = json.loads(out)
+    assert 1 <= len(results) <= 3
+    assert set(results[0]) >= {"id", "result", "iterations", "completed_at"}
+    assert task_id in {r["id"] for r in json.loads(run(capsys, "pull", "--top", "50", "--json")[1])}
+
+    code, out, err = run(capsys, "pull", "--top", "3")
+    assert code == 0, err
+    assert results[0]["id"] in out and out.splitlines()[0].split()[0] == "id"
+
+
+@pytest.mark.integration
+def test_enqueue_from_stdin_with_wait_through_python_m(nodes):
+    body = b"piped \x00 bytes"
+    done = tm("enqueue", "-", "-n", "3", "--wait", "--json", "--timeout", "60", stdin=body)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert len(answer["ids"]) == 1
+    assert answer["tasks"][0]["result"] == compute(body, 3)
+    assert "1/1" in done.stderr.decode()  # the progress bar's final state
+
+
+@pytest.mark.integration
+def test_enqueue_wait_table_through_the_tm_script(nodes):
+    done = tm("enqueue", os.devnull, "-n", "4", "--wait", script=True)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.decode().splitlines()
+    task_id = lines[0]
+    assert TASK_ID.match(task_id)
+    assert any(line.startswith(task_id) and "completed" in line and compute(b"", 4) in line for line in lines[1:])
+
+
+@pytest.mark.integration
+def test_server_errors_exit_1_with_one_line(capsys, nodes, tmp_path):
+    body = tmp_path / "body"
+    body.write_bytes(b"x")
+    code, out, err = run(capsys, "enqueue", str(body), "-n", "99999999999")
+    assert code == 1 and out == ""
+    assert "bad_iterations" in one_error_line(err)
+
+    code, out, err = run(capsys, "status", "no-such-task")
+    assert code == 1 and "unknown_task" in one_error_line(err)
+
+    code, out, err = run(capsys, "wait", "no-such-task", "--timeout", "5")
+    assert code == 1 and "unknown_task" in one_error_line(err)
+
+
+@pytest.mark.integration
+def test_unreadable_file_queues_nothing(capsys, nodes, cluster, tmp_path):
+    before = json.loads(run(capsys, "stats", "--json")[1])["totals"]["enqueued"]
+    good = tmp_path / "good"
+    good.write_bytes(b"ok")
+    code, out, err = run(capsys, "enqueue", str(good), str(tmp_path / "missing"), "-n", "1")
+    assert code == 1 and out == ""
+    assert "missing" in one_error_line(err)
+    assert json.loads(run(capsys, "stats", "--json")[1])["totals"]["enqueued"] == before
+
+
+@pytest.mark.integration
+def test_wait_timeout_exits_3(capsys, nodes):
+    code, out, err = run(capsys, "enqueue", os.devnull, "-n", "300000")
+    task_id = out.strip()
+    code, out, err = run(capsys, "wait", task_id, "--timeout", "0.05")
+    assert code == 3
+    assert "not finished" in one_error_line(err)
+    code, out, err = run(capsys, "wait", task_id, "--timeout", "60")
+    assert code == 0, err
+
+
+@pytest.mark.integration
+def test_stats_table_and_json(capsys, nodes, cluster):
+    code, out, err = run(capsys, "stats", "--json")
+    assert code == 0, err
+    stats = json.loads(out)
+    assert [n["node"] for n in stats["nodes"]] == ["node-a", "node-b"]
+    assert stats["totals"]["workers"]["max"] == 4
+
+    code, out, err = run(capsys, "stats")
+    assert code == 0, err
+    assert "node-a" in out and "node-b" in out and "total" in out and "reachable" in out
+
+
+@pytest.mark.integration
+def test_stats_watch_redraws_until_ctrl_c(nodes):
+    env = {**os.environ, "TTY_COMPATIBLE": "1", "COLUMNS": "200"}  # rich draws as on a terminal
+    proc = subprocess.Popen([sys.executable, "-m", "tmclient", "stats", "--watch", "--interval", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env)
+    seen = bytearray()
+
+    def read():
+        for chunk in iter(lambda: proc.stdout.read1(4096), b""):
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: seen.count(b"node-b") >= 3, timeout=30, what="three redraws of the stats table")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=5)
+    assert b"node-a" in seen and b"total" in seen
+
+
+@pytest.mark.integration
+def test_bench_reports_throughput_and_percentiles(capsys, nodes):
+    code, out, err = run(capsys, "bench", "--tasks", "30", "-n", "100", "--json", "--timeout", "60")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["tasks"] == 30 and report["completed"] == 30 and report["failed"] == 0
+    assert report["tasks_per_second"] > 0 and report["enqueued_per_second"] > 0
+    lat = report["latency_seconds"]
+    assert 0 <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"] <= report["wall_seconds"]
+
+    code, out, err = run(capsys, "bench", "--tasks", "5", "-n", "10")
+    assert code == 0, err
+    assert re.search(r"5 tasks of 10 iterations .* [0-9.]+ tasks/s", out)
+    assert re.search(r"p50 \d+ ms, p90 \d+ ms, p99 \d+ ms, max \d+ ms", out)
