@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -85,7 +86,7 @@ class PeerClient:
 
     def status(self, task_id: str) -> tuple[bool, dict | None]:
         """(answered, task): answered is False when the peer could not be asked."""
-        response = self._call("GET", f"/status/{task_id}")
+        response = self._call("GET", f"/status/{quote(task_id, safe='')}")
         if response is None or response.status_code not in (200, 404):
             return False, None
         if response.status_code == 404:
