@@ -13,18 +13,36 @@ import pytest
 REGION = "us-east-1"
 
 
+FAKE_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": REGION, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
+            "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture(scope="session")
+def service_models():
+    """One botocore session for all AWS tests: it caches the (large) service models it loads.
+
+    It holds no client and no credentials of its own; every test makes its clients inside its
+    own ``mock_aws``.
+    """
+    import botocore.session
+    import moto  # noqa: F401  (registers its request hook, which sessions pick up when created)
+
+    return botocore.session.get_session()
+
+
 @pytest.fixture
-def aws(monkeypatch) -> Iterator[object]:
+def aws(monkeypatch, service_models) -> Iterator[object]:
     """A boto3 Session inside ``mock_aws``; clients are created inside the mock, never at import."""
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION,
-                       "MOTO_EC2_LOAD_DEFAULT_AMIS": "false", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+    for key, value in FAKE_ENV.items():
         monkeypatch.setenv(key, value)
     import boto3
     from moto import mock_aws
 
     with mock_aws():
-        yield boto3.session.Session(region_name=REGION)
+        yield boto3.session.Session(region_name=REGION, aws_access_key_id="testing",
+                                    aws_secret_access_key="testing", aws_session_token="testing",
+                                    botocore_session=service_models)
 
 
 class LoopbackNode:

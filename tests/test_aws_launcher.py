@@ -15,7 +15,7 @@ from provisioning.iam import IamWrapper
 from provisioning.instances import architecture, latest_ami
 from provisioning.naming import ClusterNames
 from provisioning.network import NetworkWrapper
-from tests.aws_helpers import REGION, aws  # noqa: F401
+from tests.aws_helpers import REGION, aws, service_models  # noqa: F401
 
 NODE_URL = "http://10.0.0.10:8000"
 PEER_URL = ""  # no peer: borrowing is covered by the scaler's own tests
