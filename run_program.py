@@ -18,10 +18,14 @@ import sys
 import threading
 import time
 
-import requests
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.text import Text
 
 from nodeapp.config import ConfigError, NodeConfig
 from provisioning.local_cluster import LocalCluster
+from tmclient.client import Client, NodesUnreachable
+from tmclient.render import console, stats_view
 
 
 def parse_ports(text: str) -> tuple[int, int]:
@@ -60,18 +64,13 @@ def settings_env(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def progress_line(cluster: LocalCluster) -> str:
-    parts = []
-    for node in cluster.nodes:
-        try:
-            s = requests.get(node.url + "/stats", timeout=1).json()
-        except (requests.RequestException, ValueError):
-            parts.append(f"{node.name}: down")
-            continue
-        w = s["workers"]
-        parts.append(f"{node.name}: queued {s['queued']} running {s['running']} completed {s['completed']} "
-                     f"workers {w['live']}+{w['pending']}/{w['max']}")
-    return " | ".join(parts)
+def progress_line(cluster: LocalCluster) -> RenderableType:
+    """The live status, drawn with rich as ``tm stats`` draws it, and where the dashboard is."""
+    try:
+        view = stats_view(Client(cluster.urls, timeout=1, retries=1).stats())
+    except NodesUnreachable as exc:
+        view = Text(str(exc), style="red")
+    return Group(view, Text(f"dashboard: {cluster.urls[0]}/", style="dim"))
 
 
 def run_local(args: argparse.Namespace) -> int:
@@ -91,15 +90,21 @@ def run_local(args: argparse.Namespace) -> int:
         print(url, flush=True)
     print(f"export TM_NODES={','.join(cluster.urls)}", file=sys.stderr)
     print("Ctrl-C stops both nodes and every worker.", file=sys.stderr, flush=True)
+    live = None
+    if not args.no_progress and sys.stderr.isatty():
+        live = Live(progress_line(cluster), console=console(stderr=True), auto_refresh=False)
+        live.start(refresh=True)
     try:
         while not stop.wait(1.0):
             for index, node in enumerate(cluster.nodes):
                 if node.process.poll() is not None:
                     print(f"\n{node.name} exited (code {node.process.returncode}); see {node.log_path}", file=sys.stderr)
                     stop.set()
-            if not args.no_progress and sys.stderr.isatty():
-                print("\r\033[K" + progress_line(cluster), end="", file=sys.stderr, flush=True)
+            if live is not None:
+                live.update(progress_line(cluster), refresh=True)
     finally:
+        if live is not None:
+            live.stop()
         print("\nstopping ...", file=sys.stderr, flush=True)
         started = time.monotonic()
         cluster.stop(grace=8.0)
