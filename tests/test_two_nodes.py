@@ -1,0 +1,283 @@
+"""Two real nodes under gunicorn on loopback, driven over HTTP; the test plays the worker.
+
+MAX_NUM_OF_WORKERS=0 keeps the scalers from launching anything, so every claim and completion
+here is the test's own, through ``/claim`` and ``/complete`` with the cluster token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import os
+import signal
+import time
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from nodeapp.config import SETTINGS
+from provisioning.local_cluster import LocalCluster
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.integration
+
+ENV = {"MAX_NUM_OF_WORKERS": "0", "MAX_BODY_BYTES": "65536"}
+
+
+def sha512_result(body: bytes, iterations: int) -> str:
+    digest = hashlib.sha512(body).digest()
+    for _ in range(iterations - 1):
+        digest = hashlib.sha512(digest).digest()
+    return digest.hex()
+
+
+class Node:
+    """One node as a client and a hand-played worker see it."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url, self.token = url, token
+        self.port = urlsplit(url).port
+
+    def enqueue(self, body: bytes, iterations: int = 1) -> str:
+        response = requests.put(f"{self.url}/enqueue", params={"iterations": iterations}, data=body, timeout=5)
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    def claim(self, worker: str, max_tasks: int = 100) -> list[dict]:
+        response = requests.post(f"{self.url}/claim", json={"worker_id": worker, "max_tasks": max_tasks},
+                                 headers={"X-Cluster-Token": self.token}, timeout=5)
+        assert response.status_code == 200, response.text
+        return response.json()["tasks"]
+
+    def complete(self, worker: str, results: list[tuple[str, str]]) -> int:
+        response = requests.post(f"{self.url}/complete", headers={"X-Cluster-Token": self.token}, timeout=5,
+                                 json={"worker_id": worker, "results": [{"id": i, "result": r} for i, r in results]})
+        assert response.status_code == 200, response.text
+        return response.json()["accepted"]
+
+    def pull(self, top: int = 1000) -> requests.Response:
+        return requests.post(f"{self.url}/pullCompleted", params={"top": top}, timeout=5)
+
+    def status(self, task_id: str) -> requests.Response:
+        return requests.get(f"{self.url}/status/{task_id}", timeout=5)
+
+    def stats(self) -> dict:
+        return requests.get(f"{self.url}/stats", timeout=5).json()
+
+
+@contextmanager
+def cluster_running(log_dir):
+    """A two-node cluster started with the settings of ENV only (not the caller's shell)."""
+    cluster = LocalCluster(env=ENV, log_dir=log_dir)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for setting in SETTINGS.values():
+                mp.delenv(setting.env, raising=False)
+            cluster.start(timeout=60)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with cluster_running(tmp_path_factory.mktemp("two-nodes")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def nodes(cluster) -> tuple[Node, Node]:
+    return Node(cluster.urls[0], cluster.token), Node(cluster.urls[1], cluster.token)
+
+
+# ================================================================== merge and status
+def test_pull_completed_merges_both_nodes_newest_first(nodes):
+    a, b = nodes
+    bodies = {}
+    for i in range(3):
+        for node, name in ((a, "a"), (b, "b")):
+            body = f"{name}-{i}".encode()
+            bodies[node.enqueue(body, 2)] = body
+    claimed = {node.url: node.claim(f"worker-{n}") for n, node in enumerate(nodes)}
+    order = []  # completion order, alternating between the nodes
+    for task_a, task_b in zip(claimed[a.url], claimed[b.url]):
+        for node, task in ((a, task_a), (b, task_b)):
+            worker = "worker-0" if node is a else "worker-1"
+            assert node.complete(worker, [(task["id"], sha512_result(bodies[task["id"]], 2))]) == 1
+            order.append(task["id"])
+    newest_first = order[::-1]
+    for node in nodes:
+        response = node.pull(1000)
+        assert response.status_code == 200
+        assert "X-Peer-Unavailable" not in response.headers
+        results = response.json()
+        ids = [r["id"] for r in results]
+        assert len(ids) == len(set(ids)), "duplicates in pullCompleted"
+        assert [i for i in ids if i in bodies] == newest_first
+        times = [r["completed_at"] for r in results]
+        assert times == sorted(times, reverse=True)
+        for r in results:
+            if r["id"] in bodies:
+                assert r["result"] == sha512_result(bodies[r["id"]], 2) and r["iterations"] == 2
+        top = node.pull(4).json()
+        assert [r["id"] for r in top] == newest_first[:4]  # both nodes' tasks within top
+        assert node.pull(4).json() == top  # pulling does not consume
+    assert a.pull(1000).json() == b.pull(1000).json()
+
+
+def test_status_answers_for_the_other_nodes_tasks(nodes):
+    a, b = nodes
+    on_b = b.enqueue(b"from b", 3)
+    on_a = a.enqueue(b"from a", 1)
+    seen = a.status(on_b)
+    assert seen.status_code == 200 and "X-Peer-Unavailable" not in seen.headers
+    assert seen.json()["state"] == "queued" and seen.json()["iterations"] == 3 and seen.json()["id"] == on_b
+    [task] = b.claim("worker-b", 1)
+    assert task["id"] == on_b
+    assert a.status(on_b).json()["state"] == "running"
+    b.complete("worker-b", [(on_b, sha512_result(b"from b", 3))])
+    done = a.status(on_b).json()
+    assert done["state"] == "completed" and done["result"] == sha512_result(b"from b", 3)
+    assert b.status(on_a).json()["state"] == "queued"
+    for node in nodes:
+        started = time.monotonic()
+        missing = node.status("no-such-task")
+        assert time.monotonic() - started < 2  # asked the peer once, no ping-pong
+        assert missing.status_code == 404 and missing.json()["error"] == "unknown_task"
+        assert "X-Peer-Unavailable" not in missing.headers
+
+
+@pytest.mark.parametrize("suffix", ["%23x", "%3Fx", "%3F", "%2F..%2Fhealth"])
+def test_status_of_a_look_alike_id_is_not_the_peers_task(nodes, suffix):
+    """An id that is only a prefix-plus-junk of a peer task's id is unknown, not that task."""
+    a, b = nodes
+    on_b = b.enqueue(b"look-alike", 1)
+    response = a.status(on_b + suffix)
+    assert response.status_code == 404, response.text
+    assert response.json()["error"] in ("unknown_task", "not_found")
+
+
+def test_chunked_bodies_under_gunicorn(nodes):
+    a, _ = nodes
+    before = a.stats()
+
+    def chunks(total: int):
+        sent = 0
+        while sent < total:
+            piece = min(8192, total - sent)
+            sent += piece
+            yield b"c" * piece
+
+    too_big = requests.put(f"{a.url}/enqueue", params={"iterations": 1}, data=chunks(65537), timeout=10)
+    assert too_big.status_code == 413 and too_big.json()["error"] == "body_too_large"
+    after = a.stats()
+    assert (after["queued"], after["enqueued"]) == (before["queued"], before["enqueued"])
+    fits = requests.put(f"{a.url}/enqueue", params={"iterations": 1}, data=chunks(65536), timeout=10)
+    assert fits.status_code == 201
+    [task] = [t for t in a.claim("worker-chunked") if t["id"] == fits.json()["id"]]
+    assert base64.b64decode(task["data"]) == b"c" * 65536
+
+
+def test_internal_calls_between_the_nodes_need_the_token(nodes):
+    a, _ = nodes
+    for headers in ({}, {"X-Cluster-Token": "wrong"}):
+        response = requests.get(f"{a.url}/try_get_node_quota", headers=headers, timeout=5)
+        assert response.status_code == 401 and response.json()["error"] == "unauthorized"
+    assert a.stats()["quota"]["lent"] == 0
+
+
+def test_hung_peer_gives_x_peer_unavailable_within_2s(cluster, nodes):
+    """A stopped (SIGSTOP) peer accepts connections but never answers: the node must give up."""
+    a, b = nodes
+    local = a.enqueue(b"hung-peer test", 1)
+    os.killpg(cluster.nodes[1].process.pid, signal.SIGSTOP)  # master and worker: connects, never answers
+    try:
+        for call in (lambda: a.pull(10), lambda: a.status("no-such-task")):
+            started = time.monotonic()
+            response = call()
+            assert time.monotonic() - started < 2
+            assert response.headers.get("X-Peer-Unavailable") == "1"
+        assert a.pull(10).status_code == 200
+        assert a.status(local).status_code == 200
+    finally:
+        os.killpg(cluster.nodes[1].process.pid, signal.SIGCONT)
+    wait_for(lambda: "X-Peer-Unavailable" not in a.pull(10).headers, timeout=10, what="peer back")
+
+
+# ================================================================== SIGTERM and a stopped peer
+def partial_request(port: int, method: str, path: str, body: bytes, headers: dict) -> http.client.HTTPConnection:
+    """Send the headers and the first half of the body; the node's handler is left waiting for the rest."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    conn.putrequest(method, path)
+    for name, value in {**headers, "Content-Length": str(len(body))}.items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    conn.send(body[: len(body) // 2])
+    return conn
+
+
+def finish_request(conn: http.client.HTTPConnection, body: bytes) -> tuple[int, dict]:
+    conn.send(body[len(body) // 2:])
+    response = conn.getresponse()
+    status, payload = response.status, json.loads(response.read())
+    conn.close()
+    return status, payload
+
+
+def test_sigterm_drains_then_exits_and_the_peer_answers_alone(tmp_path):
+    with cluster_running(tmp_path) as cluster:
+        a, b = Node(cluster.urls[0], cluster.token), Node(cluster.urls[1], cluster.token)
+        master = cluster.nodes[0].process
+        on_b = b.enqueue(b"kept on b", 1)
+        on_a = a.enqueue(b"done during shutdown", 1)
+        a.claim("worker-a")
+        done = json.dumps({"worker_id": "worker-a", "results": [{"id": on_a, "result": "r"}]}).encode()
+        token = {"X-Cluster-Token": cluster.token, "Content-Type": "application/json"}
+        in_flight_complete = partial_request(a.port, "POST", "/complete", done, token)
+        in_flight_enqueue = partial_request(a.port, "PUT", "/enqueue?iterations=1", b"0123456789", {})
+        keep_alive = requests.Session()
+        assert keep_alive.get(f"{a.url}/health", timeout=5).status_code == 200  # the two above are in its hands
+
+        os.kill(master.pid, signal.SIGTERM)
+
+        def refused() -> str | None:
+            try:
+                response = keep_alive.put(f"{a.url}/enqueue", params={"iterations": 1}, data=b"new", timeout=1)
+            except requests.RequestException:
+                return "connection"
+            if response.status_code == 503:
+                assert response.json()["error"] == "shutting_down" and response.headers["Retry-After"]
+                return "503"
+            assert response.status_code == 201  # the signal has not landed yet
+            return None
+
+        how = wait_for(refused, timeout=10, interval=0.02, what="new enqueues refused after SIGTERM")
+        assert how in ("503", "connection")
+        assert finish_request(in_flight_complete, done) == (200, {"accepted": 1})  # in flight: finished
+        status, payload = finish_request(in_flight_enqueue, b"0123456789")
+        assert (status, payload.get("error")) in ((201, None), (503, "shutting_down"))
+
+        def closed() -> bool:
+            try:
+                response = requests.put(f"{a.url}/enqueue", params={"iterations": 1}, timeout=2)
+            except requests.RequestException:
+                return True
+            assert response.status_code == 503, response.text  # served while draining: refused
+            return False
+
+        wait_for(closed, timeout=15, what="the node to stop listening")
+        assert master.wait(timeout=15) == 0
+
+        for call, expect in ((lambda: b.pull(10), 200), (lambda: b.status("no-such-task"), 404),
+                             (lambda: b.status(on_a), 404)):
+            started = time.monotonic()
+            response = call()
+            assert time.monotonic() - started < 2
+            assert response.status_code == expect
+            assert response.headers.get("X-Peer-Unavailable") == "1"
+        assert b.status(on_b).json()["state"] == "queued"
+        assert b.stats()["peer"]["reachable"] is False
