@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 import time
 
 import pytest
@@ -219,7 +220,6 @@ def test_pull_completed_newest_first_at_most_top_and_not_consuming(client, auth)
     for task in claim(client, auth):  # one completion per call, so completed_at grows
         index = ids.index(task["id"])
         assert complete(client, auth, "w1", [(task["id"], sha512_result(bodies[index], 2))]) == 1
-        time.sleep(0.002)  # keep completion timestamps apart on a coarse clock
     response = client.post("/pullCompleted?top=10")
     assert response.status_code == 200 and "X-Peer-Unavailable" not in response.headers
     results = response.get_json()
@@ -270,6 +270,15 @@ def test_status_unknown_task(client, populated, task_id):
     assert_error(response, 404, "unknown_task")
     assert "X-Peer-Unavailable" not in response.headers
     assert snapshot(client, populated) == before
+
+
+def test_create_app_starts_no_thread():
+    before = set(threading.enumerate())
+    client = make_client()
+    enqueue(client)
+    client.post("/pullCompleted?top=1")
+    assert set(threading.enumerate()) == before
+    assert client.get("/stats").get_json()["scaler"]["running"] is False
 
 
 # ================================================================== health, stats, metrics

@@ -161,7 +161,7 @@ def test_status_of_a_look_alike_id_is_not_the_peers_task(nodes, suffix):
     assert response.json()["error"] in ("unknown_task", "not_found")
 
 
-def test_chunked_bodies_under_gunicorn(nodes):
+def test_body_limit_under_gunicorn(nodes):
     a, _ = nodes
     before = a.stats()
 
@@ -174,6 +174,8 @@ def test_chunked_bodies_under_gunicorn(nodes):
 
     too_big = requests.put(f"{a.url}/enqueue", params={"iterations": 1}, data=chunks(65537), timeout=10)
     assert too_big.status_code == 413 and too_big.json()["error"] == "body_too_large"
+    declared = requests.put(f"{a.url}/enqueue", params={"iterations": 1}, data=b"d" * 65537, timeout=10)
+    assert declared.status_code == 413 and declared.json()["error"] == "body_too_large"
     after = a.stats()
     assert (after["queued"], after["enqueued"]) == (before["queued"], before["enqueued"])
     fits = requests.put(f"{a.url}/enqueue", params={"iterations": 1}, data=chunks(65536), timeout=10)
