@@ -96,6 +96,7 @@ def test_enqueue_files_prints_ids_and_status_shows_them(capsys, nodes, tmp_path)
     tasks = json.loads(out)
     assert [t["id"] for t in tasks] == ids
     assert [t["result"] for t in tasks] == [compute(b"alpha", 5), compute(b"beta", 5)]
+    assert all(t["state"] == "completed" and t["completed_at"] >= t["enqueued_at"] for t in tasks)
 
     code, out, err = run(capsys, "status", *ids)
     assert code == 0, err

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from rich.live import Live
 from rich.text import Text
@@ -121,9 +122,14 @@ def print_json(value) -> None:
 
 
 def wait_with_progress(client: Client, ids: list[str], timeout: float | None) -> dict[str, dict]:
+    """Wait with a progress bar; returns each task's full status (``wait`` may lack ``enqueued_at``)."""
     with render.progress_bars() as progress:
         bar = progress.add_task("tasks", total=len(ids))
-        return client.wait(ids, timeout=timeout, on_progress=lambda done, total: progress.update(bar, completed=done))
+        done = client.wait(ids, timeout=timeout, on_progress=lambda n, total: progress.update(bar, completed=n))
+    missing = [task_id for task_id, task in done.items() if "enqueued_at" not in task]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        done.update(zip(missing, pool.map(client.status, missing)))
+    return done
 
 
 def show_tasks(args: argparse.Namespace, tasks: list[dict]) -> int:
