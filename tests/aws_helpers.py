@@ -20,15 +20,17 @@ FAKE_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", 
 
 @pytest.fixture(scope="session")
 def service_models():
-    """One botocore session for all AWS tests: it caches the (large) service models it loads.
+    """One boto3 Session for all AWS tests: it caches the (large) service models it loads.
 
-    It holds no client and no credentials of its own; every test makes its clients inside its
-    own ``mock_aws``.
+    It holds no client; every test makes its clients inside its own ``mock_aws``. (Sharing a
+    botocore session between several boto3 Sessions breaks S3 clients, so the boto3 Session
+    itself is what is shared.)
     """
-    import botocore.session
+    import boto3
     import moto  # noqa: F401  (registers its request hook, which sessions pick up when created)
 
-    return botocore.session.get_session()
+    return boto3.session.Session(region_name=REGION, aws_access_key_id="testing",
+                                 aws_secret_access_key="testing", aws_session_token="testing")
 
 
 @pytest.fixture
@@ -36,13 +38,10 @@ def aws(monkeypatch, service_models) -> Iterator[object]:
     """A boto3 Session inside ``mock_aws``; clients are created inside the mock, never at import."""
     for key, value in FAKE_ENV.items():
         monkeypatch.setenv(key, value)
-    import boto3
     from moto import mock_aws
 
     with mock_aws():
-        yield boto3.session.Session(region_name=REGION, aws_access_key_id="testing",
-                                    aws_secret_access_key="testing", aws_session_token="testing",
-                                    botocore_session=service_models)
+        yield service_models
 
 
 class LoopbackNode:

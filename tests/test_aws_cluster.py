@@ -1,0 +1,262 @@
+"""The whole AWS flow of run_program.py against moto: create, report the existing cluster, destroy.
+
+The nodes' /health and /configure are answered by real node apps on loopback: ``reach`` maps
+each instance's (moto-invented) public IP to one of them, so no packet goes to those addresses.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+
+import pytest
+
+import run_program
+from provisioning import policies
+from provisioning.aws_cli import run_aws
+from provisioning.cluster import wait_healthy
+from provisioning.instances import AMI_PARAMETER
+from provisioning.naming import ClusterNames
+from tests.aws_helpers import REGION, LoopbackNode, aws, service_models  # noqa: F401
+
+TOKEN = "cluster-token-from-the-environment"
+CLIENT_CIDR = "198.51.100.7/32"
+
+
+@pytest.fixture
+def loopback_nodes():
+    nodes = {name: LoopbackNode(name, TOKEN) for name in ("node-1", "node-2")}
+    yield nodes
+    for node in nodes.values():
+        node.close()
+
+
+@pytest.fixture
+def cli(aws, loopback_nodes, monkeypatch):  # noqa: F811
+    """run_program's parser and run_aws, with moto, loopback nodes and no real sleeping."""
+    monkeypatch.setenv("CLUSTER_TOKEN", TOKEN)
+    monkeypatch.setenv("SCALE_WAIT", "3")
+    ec2 = aws.client("ec2")
+    reached: list[str] = []
+
+    def reach(public_ip: str) -> str:
+        for reservation in ec2.describe_instances(
+                Filters=[{"Name": "ip-address", "Values": [public_ip]}])["Reservations"]:
+            for instance in reservation["Instances"]:
+                name = {t["Key"]: t["Value"] for t in instance["Tags"]}["Name"]
+                reached.append(public_ip)
+                return loopback_nodes[name].url
+        raise AssertionError(f"no instance has public IP {public_ip}")
+
+    def run(*argv: str, find_public_cidr=lambda: CLIENT_CIDR) -> tuple[int, str]:
+        out = io.StringIO()
+        args = run_program.build_parser().parse_args(list(argv))
+        code = run_aws(args, session=aws, reach=reach, find_public_cidr=find_public_cidr, out=out,
+                       sleep=lambda seconds: None)
+        return code, out.getvalue()
+
+    run.reached = reached
+    return run
+
+
+def cluster_instances(ec2, states=("pending", "running")) -> list[dict]:
+    reply = ec2.describe_instances(Filters=[{"Name": "tag:tm-cluster", "Values": ["demo"]},
+                                            {"Name": "instance-state-name", "Values": list(states)}])
+    return [i for r in reply["Reservations"] for i in r["Instances"]]
+
+
+def user_data(ec2, instance_id: str) -> str:
+    value = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")["UserData"]["Value"]
+    return base64.b64decode(value).decode()
+
+
+def test_create_report_destroy(cli, aws, loopback_nodes, capsys):  # noqa: F811
+    ec2, iam, ssm, s3 = (aws.client(n) for n in ("ec2", "iam", "ssm", "s3"))
+    names = ClusterNames("demo", aws.client("sts").get_caller_identity()["Account"], REGION)
+
+    code, out = cli("--cluster-name", "demo", "--max-workers", "3", "--node-instance-type", "t3.small")
+    assert code == 0, capsys.readouterr().err
+    nodes = sorted(cluster_instances(ec2), key=lambda i: {t["Key"]: t["Value"] for t in i["Tags"]}["Name"])
+    assert len(nodes) == 2
+    ips = [n["PublicIpAddress"] for n in nodes]
+    assert f"2 EC2 instances are up with IP 1 [{ips[0]}] 2 [{ips[1]}]" in out
+    assert "node-1 up, node-2 up" in out and "Our EC2 instances are ready" in out
+    assert f"open to {CLIENT_CIDR} (this machine)" in out
+    assert sorted(set(cli.reached)) == sorted(ips)
+
+    # /configure reached each (real) node with its peer's private address and the max
+    for me, peer in ((0, 1), (1, 0)):
+        ctx = loopback_nodes[f"node-{me + 1}"].context
+        assert ctx.peer.url == f"http://{nodes[peer]['PrivateIpAddress']}:8000"
+        assert ctx.state.stats()["workers"]["max"] == 3
+
+    # the node instances
+    ami = ssm.get_parameter(Name=AMI_PARAMETER.format(arch="x86_64"))["Parameter"]["Value"]
+    groups = {g["GroupName"]: g for g in ec2.describe_security_groups(
+        Filters=[{"Name": "tag:tm-cluster", "Values": ["demo"]}])["SecurityGroups"]}
+    node_sg, worker_sg = groups["tm-demo-node"], groups["tm-demo-worker"]
+    for index, node in enumerate(nodes, start=1):
+        tags = {t["Key"]: t["Value"] for t in node["Tags"]}
+        assert tags == {"tm-cluster": "demo", "tm-role": "node", "Name": f"node-{index}"}
+        assert node["ImageId"] == ami and node["InstanceType"] == "t3.small"
+        assert node["MetadataOptions"]["HttpTokens"] == "required"
+        assert node["IamInstanceProfile"]["Arn"] == names.profile_arn("node")
+        assert [g["GroupId"] for g in node["SecurityGroups"]] == [node_sg["GroupId"]]
+        script = user_data(ec2, node["InstanceId"])
+        assert TOKEN not in script
+        for line in (f"NODE_NAME=node-{index}", "LAUNCHER=ec2", "MAX_NUM_OF_WORKERS=3", "SCALE_WAIT=3",
+                     f"TM_WORKER_SECURITY_GROUP={worker_sg['GroupId']}", f"TM_WORKER_AMI={ami}",
+                     f"TM_WORKER_SUBNET={node['SubnetId']}", f"TM_TOKEN_PARAMETER={names.token_parameter}",
+                     f"TM_WORKER_INSTANCE_PROFILE={names.profile_arn('worker')}"):
+            assert f"\n{line}\n" in script
+    assert ec2.describe_instance_attribute(InstanceId=nodes[0]["InstanceId"],
+        Attribute="instanceInitiatedShutdownBehavior")["InstanceInitiatedShutdownBehavior"]["Value"] == "stop"
+
+    # security groups: node port from the clients, the workers and the peer; workers: no inbound
+    (rule,) = node_sg["IpPermissions"]
+    assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 8000, 8000)
+    assert [r["CidrIp"] for r in rule["IpRanges"]] == [CLIENT_CIDR]
+    assert {p["GroupId"] for p in rule["UserIdGroupPairs"]} == {node_sg["GroupId"], worker_sg["GroupId"]}
+    assert worker_sg["IpPermissions"] == []
+
+    # IAM: the documents attached are the least-privilege ones checked in test_aws_policies
+    roles = {r["RoleName"] for r in iam.list_roles(PathPrefix=names.iam_path)["Roles"]}
+    assert roles == {"tm-demo-node", "tm-demo-worker"}
+    attached = iam.list_attached_role_policies(RoleName="tm-demo-worker")["AttachedPolicies"]
+    (worker_policy,) = [p["PolicyArn"] for p in attached]
+    version = iam.get_policy(PolicyArn=worker_policy)["Policy"]["DefaultVersionId"]
+    document = iam.get_policy_version(PolicyArn=worker_policy, VersionId=version)["PolicyVersion"]["Document"]
+    document = json.loads(document) if isinstance(document, str) else document
+    assert document == policies.worker_policy(names, f"wheels/scalable_task_manager-0.1.0-py3-none-any.whl")
+    profile = iam.get_instance_profile(InstanceProfileName="tm-demo-node")["InstanceProfile"]
+    assert [r["RoleName"] for r in profile["Roles"]] == ["tm-demo-node"]
+
+    # the token: a SecureString in SSM; the wheel: in the cluster's private bucket
+    parameter = ssm.get_parameter(Name=names.token_parameter, WithDecryption=True)["Parameter"]
+    assert (parameter["Type"], parameter["Value"]) == ("SecureString", TOKEN)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=names.bucket)["Contents"]]
+    assert keys == ["wheels/scalable_task_manager-0.1.0-py3-none-any.whl"]
+    block = s3.get_public_access_block(Bucket=names.bucket)["PublicAccessBlockConfiguration"]
+    assert all(block.values())
+
+    # a second run reports the cluster instead of creating another
+    code, out = cli("--cluster-name", "demo", "--max-workers", "3")
+    assert code == 0
+    assert "already exists" in out and f"IP 1 [{ips[0]}] 2 [{ips[1]}]" in out
+    assert len(cluster_instances(ec2)) == 2
+
+    # a worker launched by a node is removed by --destroy too
+    ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="t3.micro", TagSpecifications=[
+        {"ResourceType": "instance", "Tags": [{"Key": "tm-cluster", "Value": "demo"},
+                                              {"Key": "tm-role", "Value": "worker"}]}])
+    code, out = cli("--destroy", "--cluster-name", "demo")
+    assert code == 0, capsys.readouterr().err
+    assert out.count("removed instance i-") == 3
+    for item in ("security group tm-demo-node", "security group tm-demo-worker", "role tm-demo-node",
+                 "role tm-demo-worker", "policy tm-demo-node", "policy tm-demo-worker",
+                 "instance profile tm-demo-node", "instance profile tm-demo-worker",
+                 f"parameter {names.token_parameter}", f"bucket {names.bucket}"):
+        assert f"removed {item}" in out
+    assert_nothing_left(aws, names)
+
+    code, out = cli("--destroy", "--cluster-name", "demo")
+    assert code == 0 and "nothing to remove" in out
+
+
+def assert_nothing_left(aws, names: ClusterNames) -> None:  # noqa: F811
+    ec2, iam, ssm, s3 = (aws.client(n) for n in ("ec2", "iam", "ssm", "s3"))
+    assert cluster_instances(ec2, ("pending", "running", "stopping", "stopped", "shutting-down")) == []
+    assert ec2.describe_security_groups(Filters=[{"Name": "tag:tm-cluster", "Values": [names.cluster]}])[
+        "SecurityGroups"] == []
+    assert not [g for g in ec2.describe_security_groups()["SecurityGroups"] if g["GroupName"].startswith("tm-")]
+    assert iam.list_roles(PathPrefix=names.iam_path)["Roles"] == []
+    assert iam.list_policies(Scope="Local", PathPrefix=names.iam_path)["Policies"] == []
+    assert iam.list_instance_profiles(PathPrefix=names.iam_path)["InstanceProfiles"] == []
+    assert [p["Name"] for p in ssm.describe_parameters()["Parameters"] if p["Name"].startswith("/tm/")] == []
+    assert names.bucket not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+
+
+def test_aws_error_midway_names_the_step_and_what_exists(cli, aws, capsys):  # noqa: F811
+    iam = aws.client("iam")
+    # someone else's role already has the name our node role needs: CreateRole fails
+    iam.create_role(RoleName="tm-demo-node", AssumeRolePolicyDocument=json.dumps(policies.trust_policy()))
+    code, _ = cli("--cluster-name", "demo", "--allow-cidr", CLIENT_CIDR)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "step 'create the IAM roles, policies and instance profiles' failed: EntityAlreadyExists" in err
+    for item in ("parameter /tm/demo/cluster-token", "bucket tm-demo-", "security group tm-demo-node",
+                 "security group tm-demo-worker", "role tm-demo-worker", "policy tm-demo-worker",
+                 "instance profile tm-demo-worker"):
+        assert f"\n  {item}" in err
+    assert "--destroy" in err
+    assert TOKEN not in err
+
+    code, _ = cli("--cluster-name", "demo", "--allow-cidr", CLIENT_CIDR)
+    assert code == 1 and "half there" in capsys.readouterr().err
+
+    code, out = cli("--destroy", "--cluster-name", "demo")
+    assert code == 0 and "removed role tm-demo-worker" in out
+    names = ClusterNames("demo", aws.client("sts").get_caller_identity()["Account"], REGION)
+    assert_nothing_left(aws, names)
+    assert iam.get_role(RoleName="tm-demo-node")["Role"]["Path"] == "/"  # not ours: left alone
+
+
+def test_no_public_ip_found_asks_for_allow_cidr_and_creates_nothing(cli, aws, capsys):  # noqa: F811
+    def offline() -> str:
+        raise OSError("no route")
+
+    code, _ = cli("--cluster-name", "demo", find_public_cidr=offline)
+    assert code == 2
+    assert "--allow-cidr" in capsys.readouterr().err
+    assert aws.client("ec2").describe_security_groups(
+        Filters=[{"Name": "tag:tm-cluster", "Values": ["demo"]}])["SecurityGroups"] == []
+
+
+def test_ssh_only_with_key_and_cidr(cli, aws, capsys):  # noqa: F811
+    ec2 = aws.client("ec2")
+    code, _ = cli("--cluster-name", "demo", "--allow-cidr", CLIENT_CIDR, "--ssh-cidr", "203.0.113.0/24")
+    assert code == 2 and "--key-name" in capsys.readouterr().err
+    ec2.create_key_pair(KeyName="ops")
+    code, _ = cli("--cluster-name", "demo", "--allow-cidr", CLIENT_CIDR, "--ssh-cidr", "203.0.113.0/24",
+                  "--key-name", "ops")
+    assert code == 0, capsys.readouterr().err
+    (group,) = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["tm-demo-node"]}])[
+        "SecurityGroups"]
+    ssh = [p for p in group["IpPermissions"] if p["FromPort"] == 22]
+    assert [r["CidrIp"] for r in ssh[0]["IpRanges"]] == ["203.0.113.0/24"]
+    assert {i["KeyName"] for i in cluster_instances(ec2)} == {"ops"}
+
+
+def test_missing_credentials_one_clear_line(monkeypatch, tmp_path, capsys):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_DEFAULT_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    code = run_program.main(["--cluster-name", "demo"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    for word in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "--local"):
+        assert word in err
+
+
+def test_health_wait_polls_with_a_deadline_and_shows_progress(loopback_nodes):
+    with socket.socket() as probe:  # a loopback port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    now = [0.0]
+    out = io.StringIO()
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    ok = wait_healthy({"node-1": loopback_nodes["node-1"].url, "node-2": closed}, 30, out,
+                      clock=lambda: now[0], sleep=sleep, interval=5)
+    lines = out.getvalue().splitlines()
+    assert ok is False
+    assert len(lines) == 7 and now[0] == 30  # a line per poll, every 5 s, up to the deadline
+    assert lines[0].endswith("node-1 up, node-2 booting") and "[  30s/30s]" in lines[-1]
