@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import signal
+import threading
 import time
 from contextlib import contextmanager
 from urllib.parse import urlsplit
@@ -174,14 +175,75 @@ def test_body_limit_under_gunicorn(nodes):
 
     too_big = requests.put(f"{a.url}/enqueue", params={"iterations": 1}, data=chunks(65537), timeout=10)
     assert too_big.status_code == 413 and too_big.json()["error"] == "body_too_large"
-    declared = requests.put(f"{a.url}/enqueue", params={"iterations": 1}, data=b"d" * 65537, timeout=10)
-    assert declared.status_code == 413 and declared.json()["error"] == "body_too_large"
     after = a.stats()
     assert (after["queued"], after["enqueued"]) == (before["queued"], before["enqueued"])
     fits = requests.put(f"{a.url}/enqueue", params={"iterations": 1}, data=chunks(65536), timeout=10)
     assert fits.status_code == 201
     [task] = [t for t in a.claim("worker-chunked") if t["id"] == fits.json()["id"]]
     assert base64.b64decode(task["data"]) == b"c" * 65536
+    assert a.complete("worker-chunked", [(task["id"], "r")]) == 1
+    with requests.Session() as session:  # declared size: refused before reading
+        declared = session.put(f"{a.url}/enqueue", params={"iterations": 1}, data=b"d" * 65537, timeout=10)
+    assert declared.status_code == 413 and declared.json()["error"] == "body_too_large"
+
+
+def test_concurrent_clients_and_workers_on_both_nodes_lose_nothing(nodes):
+    """Threads enqueue on both nodes while hand-played workers claim from both and complete."""
+    per_thread, producers = 25, 4
+    running_before = [node.stats()["running"] for node in nodes]  # leases earlier tests still hold
+    submitted: list[str] = []
+    done: list[str] = []
+    lock = threading.Lock()
+    finished_producing = threading.Event()
+    errors: list[BaseException] = []
+
+    def produce(index: int) -> None:
+        try:
+            node = nodes[index % 2]
+            for i in range(per_thread):
+                task_id = node.enqueue(f"p{index}-{i}".encode(), 1)
+                with lock:
+                    submitted.append(task_id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def work(index: int) -> None:
+        worker = f"concurrent-{index}"
+        try:
+            while True:
+                got = False
+                for node in (nodes[index % 2], nodes[1 - index % 2]):  # own node first, then the peer
+                    tasks = node.claim(worker, 3)
+                    if tasks:
+                        got = True
+                        results = [(t["id"], sha512_result(base64.b64decode(t["data"]), 1)) for t in tasks]
+                        assert node.complete(worker, results) == len(tasks)
+                        with lock:
+                            done.extend(t["id"] for t in tasks)
+                if not got and finished_producing.is_set():
+                    return
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce, args=(i,)) for i in range(producers)]
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads + workers:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    finished_producing.set()
+    for thread in workers:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert len(submitted) == per_thread * producers == len(set(submitted))
+    assert len(done) == len(set(done))  # no task handed out twice
+    assert set(submitted) <= set(done)  # (earlier tests left a few queued tasks: they are done too)
+    merged = [r["id"] for r in nodes[0].pull(10_000).json()]
+    assert len(merged) == len(set(merged))
+    assert set(submitted) <= set(merged)
+    for node, running in zip(nodes, running_before):
+        stats = node.stats()
+        assert (stats["queued"], stats["running"]) == (0, running)
 
 
 def test_internal_calls_between_the_nodes_need_the_token(nodes):
