@@ -74,7 +74,7 @@ def test_enqueue_takes_the_nodes_in_turn(cluster, client):
     before = [enqueued(url) for url in cluster.urls]
     ids = [client.enqueue(b"x", 1) for _ in range(4)]
     after = [enqueued(url) for url in cluster.urls]
-    assert [a - b for a, b in zip(after, before)] == [2, 2]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 2]
     client.wait(ids, timeout=60, poll=0.1)
 
 

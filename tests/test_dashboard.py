@@ -80,9 +80,13 @@ def test_unreachable_peer_is_shown_within_two_seconds(app):
 
 
 # ------------------------------------------------------------------------- the browser
+def chromium_path() -> str | None:
+    return CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+
+
 def browser_or_skip():
     reason = None
-    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+    if chromium_path() is None:
         reason = f"{CHROMIUM} is not installed (apt-get install -y chromium)"
     else:
         try:
@@ -113,7 +117,7 @@ def browser(cluster, tmp_path_factory):
     profile = tmp_path_factory.mktemp("chromium-profile")  # empty user-data dir
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            str(profile), executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS,
             viewport={"width": 1100, "height": 900}, bypass_csp=True,
         )
         try:

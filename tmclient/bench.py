@@ -68,6 +68,7 @@ def run_bench(
         "wall_seconds": round(wall, 4),
         "tasks_per_second": round(len(latencies) / wall, 2) if wall > 0 else None,
         "latency_seconds": {
-            name: round(percentile(latencies, p), 4) for name, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+            name: round(percentile(latencies, p), 4)
+            for name, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
         },
     }

@@ -128,7 +128,7 @@ def wait_with_progress(client: Client, ids: list[str], timeout: float | None) ->
         done = client.wait(ids, timeout=timeout, on_progress=lambda n, total: progress.update(bar, completed=n))
     missing = [task_id for task_id, task in done.items() if "enqueued_at" not in task]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        done.update(zip(missing, pool.map(client.status, missing)))
+        done.update(zip(missing, pool.map(client.status, missing), strict=True))
     return done
 
 

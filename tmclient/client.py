@@ -149,8 +149,9 @@ class Client:
     def _request(self, method: str, path: str, *, idempotent: bool = True, **kwargs: Any) -> requests.Response:
         """Send to the preferred node, failing over and backing off; raise on an HTTP error.
 
-        A non-idempotent call (enqueue) is moved to another node only when the connection
-        itself failed, never after a read timeout, so a task is not queued twice.
+        A non-idempotent call (enqueue) starts at the next node in turn, and is moved to
+        another node only when the connection itself failed, never after a read timeout, so a
+        task is not queued twice.
         """
         problems: list[str] = []
         delay = self.backoff
@@ -190,7 +191,7 @@ class Client:
         try:
             return response.json()
         except ValueError:
-            raise ApiError(response.status_code, "bad_response", "the node's answer is not JSON", response.url) from None
+            raise ApiError(response.status_code, "bad_response", "the answer is not JSON", response.url) from None
 
     # ---------------------------------------------------------------- calls
     def enqueue(self, data: bytes | str | os.PathLike | BinaryIO, iterations: int) -> str:
@@ -206,13 +207,6 @@ class Client:
     def pull_completed(self, top: int) -> list[dict]:
         """The ``top`` newest results of the cluster, newest first."""
         return self._json("POST", "/pullCompleted", params={"top": top})
-
-    def health(self, url: str) -> dict:
-        """``GET /health`` of one given node (no fail-over)."""
-        response = self._session().get(url.rstrip("/") + "/health", timeout=self.timeout)
-        if response.status_code >= 400:
-            raise _api_error(response)
-        return response.json()
 
     def wait(
         self,
