@@ -48,7 +48,9 @@ def _problems(cfg) -> list[str]:
         found.append(f"max_requests={cfg.max_requests}: worker recycling would drop the in-memory queue")
     if cfg.reload:
         found.append("reload=True: reloading restarts the worker and drops the in-memory queue")
-    if cfg.worker_class.__name__ != "ThreadWorker":
+    from gunicorn.workers.gthread import ThreadWorker
+
+    if not issubclass(cfg.worker_class, ThreadWorker):
         found.append(f"worker class {cfg.worker_class.__name__}: a node needs gthread (threads share the queue, "
                      "and a request to the peer must not block the node's only thread)")
     if cfg.preload_app:
