@@ -137,6 +137,11 @@ def test_enqueue_from_stdin_with_wait_through_python_m(nodes):
     assert answer["tasks"][0]["result"] == compute(body, 3)
     assert "1/1" in done.stderr.decode()  # the progress bar's final state
 
+    ids_as_printed = "".join(f"{task_id}\n" for task_id in answer["ids"]).encode()
+    shown = tm("status", "-", "--json", stdin=ids_as_printed)  # ids from stdin, as enqueue prints them
+    assert shown.returncode == 0, shown.stderr
+    assert [t["id"] for t in json.loads(shown.stdout)] == answer["ids"]
+
 
 @pytest.mark.integration
 def test_enqueue_wait_table_through_the_tm_script(nodes):
@@ -196,6 +201,9 @@ def test_stats_table_and_json(capsys, nodes, cluster):
     code, out, err = run(capsys, "stats")
     assert code == 0, err
     assert "node-a" in out and "node-b" in out and "total" in out and "reachable" in out
+
+    code, out, err = run(capsys, "stats", "--watch", "--json")
+    assert code == 2 and "--watch" in one_error_line(err)
 
 
 @pytest.mark.integration

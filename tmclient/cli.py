@@ -68,13 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=positive_float, metavar="S", help="with --wait: give up after S seconds")
 
     p = commands.add_parser("status", parents=[common], help="show tasks by id")
-    p.add_argument("ids", nargs="+", metavar="ID")
+    p.add_argument("ids", nargs="+", metavar="ID", help="task ids, or - to read them from stdin")
 
     p = commands.add_parser("pull", parents=[common], help="the newest results of the cluster")
     p.add_argument("--top", type=positive_int, default=10, metavar="N", help="how many (default 10)")
 
     p = commands.add_parser("wait", parents=[common], help="wait for tasks with a progress bar and ETA")
-    p.add_argument("ids", nargs="+", metavar="ID")
+    p.add_argument("ids", nargs="+", metavar="ID", help="task ids, or - to read them from stdin")
     p.add_argument("--timeout", type=positive_float, metavar="S", help="give up after S seconds (exit code 3)")
 
     p = commands.add_parser("stats", parents=[common], help="queue, workers and peer link of every node")
@@ -98,6 +98,16 @@ def make_client(args: argparse.Namespace) -> Client:
         return Client(nodes, timeout=getattr(args, "request_timeout", 10.0))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def task_ids(given: list[str]) -> list[str]:
+    """The ids given, where ``-`` stands for the ids on stdin (as ``tm enqueue`` prints them)."""
+    ids: list[str] = []
+    for item in given:
+        ids.extend(sys.stdin.read().split() if item == "-" else [item])
+    if not ids:
+        raise UsageError("no task id given")
+    return list(dict.fromkeys(ids))
 
 
 def read_bodies(files: list[str]) -> list[bytes]:
@@ -162,7 +172,7 @@ def cmd_enqueue(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
-    return show_tasks(args, [client.status(task_id) for task_id in args.ids])
+    return show_tasks(args, [client.status(task_id) for task_id in task_ids(args.ids)])
 
 
 def cmd_pull(client: Client, args: argparse.Namespace) -> int:
@@ -175,12 +185,14 @@ def cmd_pull(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_wait(client: Client, args: argparse.Namespace) -> int:
-    done = wait_with_progress(client, list(dict.fromkeys(args.ids)), args.timeout)
+    done = wait_with_progress(client, task_ids(args.ids), args.timeout)
     return show_tasks(args, list(done.values()))
 
 
 def cmd_stats(client: Client, args: argparse.Namespace) -> int:
-    if getattr(args, "json", False) and not args.watch:
+    if getattr(args, "json", False) and args.watch:
+        raise UsageError("--watch redraws a table; use --json without --watch")
+    if getattr(args, "json", False):
         print_json(client.stats())
         return EXIT_OK
     if not args.watch:
