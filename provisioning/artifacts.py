@@ -64,7 +64,7 @@ def build_wheel(out_dir: Path, root: Path = PROJECT_ROOT) -> Wheel:
                 files[path.relative_to(root).as_posix()] = path.read_bytes()
     for module in ("wsgi.py", "run_program.py"):
         files[module] = (root / module).read_bytes()
-    metadata = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}",
+    metadata = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}",
                 f"Requires-Python: {python_requires}", *(f"Requires-Dist: {r}" for r in requires)]
     files[f"{info}/METADATA"] = ("\n".join(metadata) + "\n").encode()
     files[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: provisioning.artifacts\nRoot-Is-Purelib: true\nTag: py3-none-any\n"

@@ -92,3 +92,43 @@ def node_policy(names: ClusterNames, scope: WorkerLaunchScope) -> dict:
         *_read_statements(names, scope.wheel_key),
     ]
     return {"Version": VERSION, "Statement": statements}
+
+
+#: What the person running ``run_program.py`` needs (create, report, --destroy), as IAM actions.
+#: tests/test_aws_cluster.py checks that every AWS call of the whole flow is covered by this list.
+CALLER_ACTIONS = (
+    "sts:GetCallerIdentity",
+    "ec2:DescribeVpcs", "ec2:DescribeSubnets", "ec2:DescribeInstanceTypes", "ec2:DescribeInstances",
+    "ec2:DescribeSecurityGroups", "ec2:CreateSecurityGroup", "ec2:AuthorizeSecurityGroupIngress",
+    "ec2:RevokeSecurityGroupIngress", "ec2:DeleteSecurityGroup", "ec2:CreateTags", "ec2:RunInstances",
+    "ec2:TerminateInstances",
+    "ssm:GetParameter", "ssm:PutParameter", "ssm:AddTagsToResource", "ssm:DeleteParameter",
+    "s3:CreateBucket", "s3:PutBucketPublicAccessBlock", "s3:PutBucketTagging", "s3:PutObject", "s3:ListBucket",
+    "s3:ListBucketVersions", "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:DeleteBucket",
+    "iam:CreateRole", "iam:TagRole", "iam:CreatePolicy", "iam:TagPolicy", "iam:AttachRolePolicy",
+    "iam:CreateInstanceProfile", "iam:TagInstanceProfile", "iam:AddRoleToInstanceProfile", "iam:PassRole",
+    "iam:ListRoles", "iam:ListPolicies", "iam:ListInstanceProfiles", "iam:ListAttachedRolePolicies",
+    "iam:ListRolePolicies", "iam:DetachRolePolicy", "iam:DeleteRolePolicy", "iam:DeleteRole",
+    "iam:ListPolicyVersions", "iam:DeletePolicyVersion", "iam:DeletePolicy",
+    "iam:RemoveRoleFromInstanceProfile", "iam:DeleteInstanceProfile",
+)
+
+#: API operations whose IAM action has another name.
+OPERATION_ACTIONS = {
+    "s3:HeadBucket": ("s3:ListBucket",),
+    "s3:ListObjectVersions": ("s3:ListBucketVersions",),
+    "s3:DeleteObjects": ("s3:DeleteObject", "s3:DeleteObjectVersion"),
+    "s3:PutPublicAccessBlock": ("s3:PutBucketPublicAccessBlock",),
+    "ec2:RunInstances": ("ec2:RunInstances", "ec2:CreateTags", "iam:PassRole"),
+    "ec2:CreateSecurityGroup": ("ec2:CreateSecurityGroup", "ec2:CreateTags"),
+    "ssm:PutParameter": ("ssm:PutParameter", "ssm:AddTagsToResource"),
+    "iam:CreateRole": ("iam:CreateRole", "iam:TagRole"),
+    "iam:CreatePolicy": ("iam:CreatePolicy", "iam:TagPolicy"),
+    "iam:CreateInstanceProfile": ("iam:CreateInstanceProfile", "iam:TagInstanceProfile"),
+}
+
+
+def actions_for(service: str, operation: str) -> tuple[str, ...]:
+    """The IAM actions an API call needs (``ec2``, ``RunInstances`` -> ec2:RunInstances, ...)."""
+    name = f"{service}:{operation}"
+    return OPERATION_ACTIONS.get(name, (name,))

@@ -72,9 +72,18 @@ def user_data(ec2, instance_id: str) -> str:
     return base64.b64decode(value).decode()
 
 
-def test_create_report_destroy(cli, aws, loopback_nodes, capsys):  # noqa: F811
+def test_create_report_destroy(cli, aws, loopback_nodes, capsys, request):  # noqa: F811
     ec2, iam, ssm, s3 = (aws.client(n) for n in ("ec2", "iam", "ssm", "s3"))
     names = ClusterNames("demo", aws.client("sts").get_caller_identity()["Account"], REGION)
+
+    calls: set[tuple[str, str]] = set()
+
+    def record(event_name: str, model, **_):
+        calls.add((model.service_model.signing_name, model.name))
+
+    aws.events.register("before-call.*.*", record)  # clients made from now on report their calls
+    cli.unregister = lambda: aws.events.unregister("before-call.*.*", record)
+    request.addfinalizer(cli.unregister)  # the Session is shared by all AWS tests
 
     code, out = cli("--cluster-name", "demo", "--max-workers", "3", "--node-instance-type", "t3.small")
     assert code == 0, capsys.readouterr().err
@@ -129,7 +138,7 @@ def test_create_report_destroy(cli, aws, loopback_nodes, capsys):  # noqa: F811
     version = iam.get_policy(PolicyArn=worker_policy)["Policy"]["DefaultVersionId"]
     document = iam.get_policy_version(PolicyArn=worker_policy, VersionId=version)["PolicyVersion"]["Document"]
     document = json.loads(document) if isinstance(document, str) else document
-    assert document == policies.worker_policy(names, f"wheels/scalable_task_manager-0.1.0-py3-none-any.whl")
+    assert document == policies.worker_policy(names, "wheels/scalable_task_manager-0.1.0-py3-none-any.whl")
     profile = iam.get_instance_profile(InstanceProfileName="tm-demo-node")["InstanceProfile"]
     assert [r["RoleName"] for r in profile["Roles"]] == ["tm-demo-node"]
 
@@ -152,6 +161,7 @@ def test_create_report_destroy(cli, aws, loopback_nodes, capsys):  # noqa: F811
         {"ResourceType": "instance", "Tags": [{"Key": "tm-cluster", "Value": "demo"},
                                               {"Key": "tm-role", "Value": "worker"}]}])
     code, out = cli("--destroy", "--cluster-name", "demo")
+    cli.unregister()
     assert code == 0, capsys.readouterr().err
     assert out.count("removed instance i-") == 3
     for item in ("security group tm-demo-node", "security group tm-demo-worker", "role tm-demo-node",
@@ -163,6 +173,11 @@ def test_create_report_destroy(cli, aws, loopback_nodes, capsys):  # noqa: F811
 
     code, out = cli("--destroy", "--cluster-name", "demo")
     assert code == 0 and "nothing to remove" in out
+
+    # docs/aws.md lists policies.CALLER_ACTIONS as what the caller needs: it covers every call made
+    assert {"RunInstances", "CreatePolicy", "TerminateInstances", "DeleteBucket"} <= {op for _, op in calls}
+    needed = {action for service, op in calls for action in policies.actions_for(service, op)}
+    assert needed - set(policies.CALLER_ACTIONS) == set()
 
 
 def assert_nothing_left(aws, names: ClusterNames) -> None:  # noqa: F811
