@@ -106,7 +106,8 @@ def run_aws(
 
     environ = os.environ if environ is None else environ
     reach = reach or (lambda ip: f"http://{ip}:{NODE_PORT}")
-    session = session or boto3.session.Session(region_name=args.region or None)
+    region = args.region or environ.get("AWS_DEFAULT_REGION") or environ.get("AWS_REGION") or None
+    session = session or boto3.session.Session(region_name=region)
     problem = credentials_problem(session)
     if problem:
         print(problem, file=sys.stderr)
