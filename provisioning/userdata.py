@@ -119,8 +119,9 @@ User=tm
 EnvironmentFile=/etc/tm/secret.env
 WorkingDirectory=/opt/tm
 ExecStart=__VENV__/bin/python -m workerapp --worker-id ${INSTANCE_ID} --idle-seconds __IDLE__ __NODE_URLS__
-ExecStopPost=/usr/bin/systemctl poweroff --no-block
+ExecStopPost=+/usr/bin/systemctl poweroff --no-block
 Restart=no
+# "+": the power-off runs as root although the worker runs as the unprivileged user tm
 UNIT
 systemctl daemon-reload
 systemctl start --no-block tm-worker.service
