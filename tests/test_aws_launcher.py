@@ -223,3 +223,16 @@ def test_registry_builds_the_ec2_launcher(env, monkeypatch):
     launcher = registry("ec2", token="t", idle_seconds=12, node_name="node-2")
     assert launcher.kind == "ec2" and launcher.idle_seconds == 12 and launcher.node_name == "node-2"
     assert launcher.running() == set()
+
+
+def test_local_mode_never_imports_boto3():
+    import subprocess
+    import sys
+
+    code = ("import sys, wsgi, run_program; run_program.build_parser().parse_args(['--local']); "
+            "from provisioning.launchers import make_launcher; "
+            "make_launcher('local', token='t', idle_seconds=1); "
+            "loaded = [m for m in ('boto3', 'botocore') if m in sys.modules]; "
+            "assert not loaded, loaded")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
