@@ -18,13 +18,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 
 import redis
 
-from bench.common import BENCH_DIR, ROOT, loadavg, submit_all, wait_until
-from bench.workloads import by_name, check
+from bench.common import BENCH_DIR, ROOT, cpu_seconds, descendants, wait_until
+from bench.workloads import by_name, run_workload
 
 QUEUE = "bench"
 RQ_CLASSES = {"rq": "rq.worker.Worker", "rq-simple": "rq.worker.SimpleWorker"}
@@ -39,9 +38,10 @@ def _epoch(value) -> float:
 
 
 class RqSystem:
-    def __init__(self, kind: str, redis_url: str, log) -> None:
+    def __init__(self, kind: str, redis_url: str, log, redis_pid: int = 0) -> None:
         from rq import Queue, Worker
 
+        self.redis_pid = redis_pid
         self.conn = redis.Redis.from_url(redis_url)
         self.queue = Queue(QUEUE, connection=self.conn)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -50,6 +50,10 @@ class RqSystem:
         self.procs = [subprocess.Popen(rq + ["--name", f"bench-{kind}-{i}"], cwd=ROOT, env=env, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True) for i in range(2)]
         wait_until(lambda: Worker.count(connection=self.conn) == 2, 60, what="2 RQ workers")
+
+    def cpu(self) -> dict[str, float]:
+        return {"workers": sum(cpu_seconds(pid) for proc in self.procs for pid in descendants(proc.pid)),
+                "redis": cpu_seconds(self.redis_pid)}
 
     def done_count(self) -> int:
         return self.queue.finished_job_registry.count
@@ -77,14 +81,19 @@ class RqSystem:
 
 
 class CelerySystem:
-    def __init__(self, redis_url: str, log) -> None:
+    def __init__(self, redis_url: str, log, redis_pid: int = 0) -> None:
         from bench.celery_app import make_app
 
+        self.redis_pid = redis_pid
         self.app = make_app(redis_url)
         self.backend = redis.Redis.from_url(f"{redis_url}/1")
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.celery_app", redis_url], cwd=ROOT,
                                      env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
+
+    def cpu(self) -> dict[str, float]:
+        return {"workers": sum(cpu_seconds(pid) for pid in descendants(self.proc.pid)),
+                "redis": cpu_seconds(self.redis_pid)}
 
     def done_count(self) -> int:
         return self.backend.dbsize()
@@ -110,22 +119,6 @@ class CelerySystem:
         self.proc.wait()
 
 
-def run_workload(system, workload, clients: int, timeout: float) -> dict:
-    tasks = workload.tasks()
-    base = system.done_count()
-    load = loadavg()
-    start = time.time()
-    ids, enqueue_seconds = submit_all(tasks, clients, system.make_submit)
-    wait_until(lambda: system.done_count() >= base + len(tasks) or system.failed_count(), timeout,
-               interval=0.02, what=f"{workload.name}: {len(tasks)} results")
-    observed = time.time()
-    results, last = system.results(ids)
-    wall = last - start
-    return {"workload": workload.name, "tasks": len(tasks), "wall_s": wall, "tasks_per_s": len(tasks) / wall,
-            "enqueue_s": enqueue_seconds, "observed_wall_s": observed - start, "loadavg": load,
-            "check": check(workload, results)}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--system", choices=("rq", "rq-simple", "celery"), required=True)
@@ -135,12 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--log", default=os.devnull)
+    parser.add_argument("--redis-pid", type=int, default=0, help="for its CPU seconds")
     parser.add_argument("--json-out", required=True)
     args = parser.parse_args(argv)
     workloads = by_name(args.scale)
     with open(args.log, "ab") as log:
-        system = RqSystem(args.system, args.redis_url, log) if args.system.startswith("rq") \
-            else CelerySystem(args.redis_url, log)
+        system = RqSystem(args.system, args.redis_url, log, args.redis_pid) if args.system.startswith("rq") \
+            else CelerySystem(args.redis_url, log, args.redis_pid)
         try:
             warm = by_name(0.001)["small"]  # a couple of tiny tasks: workers up and code imported
             run_workload(system, warm, 1, 120)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 from dataclasses import asdict, dataclass
 
-from bench.common import RESULTS_DIR
+from bench.common import RESULTS_DIR, loadavg, submit_all, wait_until
 from workerapp.compute import compute
 
 
@@ -71,3 +72,28 @@ def check(workload: Workload, results: list[str | None]) -> dict:
     ok = sum(1 for got, want in zip(results, expected) if got == want)
     missing = sum(1 for got in results if got is None) + max(0, len(expected) - len(results))
     return {"ok": ok, "wrong": len(expected) - ok - missing, "missing": missing, "verified": ok == len(expected)}
+
+
+def run_workload(system, workload: Workload, clients: int, timeout: float) -> dict:
+    """Enqueue every task of ``workload`` into ``system``, wait for all results, check them.
+
+    Wall time runs from just before the first enqueue to the last completion time the system
+    itself recorded (so the polling interval does not blur it). ``system.cpu()`` gives CPU
+    seconds by role; their growth over the run shows where the machine's time went.
+    """
+    tasks = workload.tasks()
+    base = system.done_count()
+    load = loadavg()
+    cpu_before = system.cpu()
+    start = time.time()
+    ids, enqueue_seconds = submit_all(tasks, clients, system.make_submit)
+    wait_until(lambda: system.done_count() >= base + len(tasks) or system.failed_count(), timeout,
+               interval=0.05, what=f"{workload.name}: {len(tasks)} results")
+    observed = time.time()
+    cpu_after = system.cpu()
+    results, last = system.results(ids)
+    wall = last - start
+    return {"workload": workload.name, "tasks": len(tasks), "wall_s": wall, "tasks_per_s": len(tasks) / wall,
+            "enqueue_s": enqueue_seconds, "observed_wall_s": observed - start, "loadavg": load,
+            "cpu_s": {k: round(cpu_after[k] - cpu_before.get(k, 0.0), 2) for k in cpu_after},
+            "check": check(workload, results)}

@@ -1,0 +1,154 @@
+"""Benchmarks 2 and 3: end to end on the local cluster and on RQ and Celery, side by side.
+
+    .venv/bin/python -m bench.e2e [--runs 3] [--systems cluster,rq,rq-simple,celery]
+
+Every system has exactly 2 worker processes and gets the same workloads in the same run:
+small (2,000 x 1 iteration, 64-byte bodies), compute (32 x 1,000,000), mixed (500 x 1..200,000,
+seeded). Each run measures the single-core hashlib rate first; compute's ideal wall time is
+total iterations / (2 x that rate). The order of the systems rotates from run to run. The peers
+run in bench/.venv-peers (bench/setup_peers.sh) against a private redis-server. Every result is
+checked against workerapp.compute.compute. Prints a table, writes JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+from bench.cluster import ClusterSystem
+from bench.common import PEERS_PYTHON, ROOT, fmt_spread, loadavg, machine, print_table, spread, write_json
+from bench.workloads import by_name, run_workload
+from workerapp.compute import measure_hash_rate
+
+SYSTEMS = ("cluster", "rq", "rq-simple", "celery")
+
+
+def run_cluster(names: list[str], args, rate: float, log_dir: Path) -> list[dict]:
+    workloads = by_name(args.scale)
+    system = ClusterSystem(rate, log_dir)
+    try:
+        out = []
+        for name in names:
+            result = run_workload(system, workloads[name], args.clients, args.timeout)
+            result["workers"] = system.workers()
+            out.append(result)
+        return out
+    finally:
+        system.stop()
+
+
+def run_peer(kind: str, names: list[str], args, redis, log_dir: Path) -> list[dict]:
+    out_path = log_dir / f"{kind}.json"
+    cmd = [str(PEERS_PYTHON), "-m", "bench.peers", "--system", kind, "--redis-url", redis.url,
+           "--redis-pid", str(redis.process.pid),
+           "--workloads", ",".join(names), "--scale", str(args.scale), "--clients", str(args.clients),
+           "--timeout", str(args.timeout), "--log", str(log_dir / f"{kind}.log"), "--json-out", str(out_path)]
+    try:
+        subprocess.run(cmd, cwd=ROOT, check=True, timeout=args.timeout * (len(names) + 1) + 120)
+    finally:
+        redis.flush()
+    return json.loads(out_path.read_text())
+
+
+def summarize(runs: list[dict], systems: list[str], names: list[str]) -> dict:
+    summary: dict = {}
+    for system in systems:
+        for name in names:
+            rows = [r["results"][system][name] for r in runs if system in r["results"]]
+            summary[f"{system}/{name}"] = {
+                "tasks_per_s": spread(x["tasks_per_s"] for x in rows),
+                "wall_s": spread(x["wall_s"] for x in rows),
+                "wall_over_ideal": spread(x["wall_s"] / x["ideal_s"] for x in rows),
+                "verified": all(x["check"]["verified"] for x in rows),
+            }
+    ratios = {}
+    if "cluster" in systems:
+        for peer in systems:
+            if peer != "cluster":
+                for name in names:
+                    ratios[f"cluster/{peer} {name} tasks/s"] = spread(
+                        r["results"]["cluster"][name]["tasks_per_s"] / r["results"][peer][name]["tasks_per_s"]
+                        for r in runs)
+    summary["ratios"] = ratios
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--workloads", default="small,compute,mixed")
+    parser.add_argument("--scale", type=float, default=1.0, help="shrink counts and iterations (smoke runs)")
+    parser.add_argument("--clients", type=int, default=8, help="enqueueing threads, the same for every system")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds one workload may take")
+    parser.add_argument("--json", help="write the JSON here (default bench/results/e2e-<time>.json)")
+    args = parser.parse_args(argv)
+    systems = args.systems.split(",")
+    names = args.workloads.split(",")
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown system(s): {', '.join(sorted(unknown))}")
+    peers = [s for s in systems if s != "cluster"]
+    if peers and not PEERS_PYTHON.exists():
+        parser.error("RQ and Celery need bench/.venv-peers: run bench/setup_peers.sh first")
+    info = machine()
+    workloads = by_name(args.scale)
+    print("expected results (computed once, then cached in bench/results/) ...", flush=True)
+    for name in names:
+        workloads[name].expected()
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        log_dir = Path(tmp)
+        redis = None
+        if peers:
+            from bench.redis_server import RedisServer
+
+            redis = RedisServer(log_dir)
+        try:
+            for index in range(args.runs):
+                rate = measure_hash_rate(1.0)
+                order = systems[index % len(systems):] + systems[:index % len(systems)]
+                run = {"hash_rate": rate, "order": order, "loadavg": loadavg(), "results": {}}
+                for system in order:
+                    found = (run_cluster(names, args, rate, log_dir / f"cluster-{index}") if system == "cluster"
+                             else run_peer(system, names, args, redis, log_dir))
+                    for result in found:
+                        total = workloads[result["workload"]].total_iterations
+                        result["ideal_s"] = total / (2 * rate)
+                    run["results"][system] = {r["workload"]: r for r in found}
+                    print(f"run {index + 1} {system}: " + ", ".join(
+                        f"{r['workload']} {r['tasks_per_s']:.1f}/s wall {r['wall_s']:.2f}s"
+                        f"{'' if r['check']['verified'] else ' NOT VERIFIED ' + str(r['check'])}"
+                        + " cpu " + "/".join(f"{k} {v:.1f}s" for k, v in r.get("cpu_s", {}).items())
+                        + (f" workers max {r['workers']['max_seen']} launched {r['workers']['launched_total']}"
+                           if 'workers' in r else "")
+                        for r in found) + f" (load {loadavg()})", flush=True)
+                runs.append(run)
+        finally:
+            if redis is not None:
+                redis.stop()
+    summary = summarize(runs, systems, names)
+    rows = []
+    for system in systems:
+        for name in names:
+            s = summary[f"{system}/{name}"]
+            rows.append([system, name, fmt_spread(s["tasks_per_s"]), fmt_spread(s["wall_s"]),
+                         fmt_spread(s["wall_over_ideal"]), "yes" if s["verified"] else "NO"])
+    print_table(f"End to end, 2 worker processes each, {args.runs} runs: median [min-max]; "
+                f"hash rate {fmt_spread(spread(r['hash_rate'] for r in runs))}/s per core",
+                ["system", "workload", "tasks/s", "wall s", "wall/ideal", "verified"], rows)
+    if summary["ratios"]:
+        print_table("Ratios within each run: median [min-max]", ["ratio", "value"],
+                    [[k, fmt_spread(v)] for k, v in summary["ratios"].items()])
+    print("targets: small cluster >= celery and >= 2 x rq-simple tasks/s; compute wall/ideal <= 1.1")
+    write_json("e2e", {"benchmark": "e2e", "machine": info, "settings": vars(args), "loadavg_at_end": loadavg(),
+                       "runs": runs, "summary": summary}, args.json)
+    ok = all(summary[f"{s}/{n}"]["verified"] for s in systems for n in names)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
