@@ -436,7 +436,9 @@ def test_worker_down_requeues_at_the_head_and_is_idempotent(app, client, auth):
 
 
 def test_quota_endpoints(app, client, auth):
-    client_max = lambda: client.get("/stats").get_json()["workers"]["max"]  # noqa: E731
+    def client_max() -> int:
+        return client.get("/stats").get_json()["workers"]["max"]
+
     app.extensions["nodeapp"].state.set_max_workers(2)
     app.extensions["nodeapp"].state.add_workers(["w1"])
     assert client.get("/try_get_node_quota", headers=auth).get_json() == {"granted": True}

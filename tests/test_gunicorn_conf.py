@@ -60,7 +60,7 @@ def test_node_refuses_to_start(outcomes, case, why):
 
 
 def test_two_workers_message_says_why(outcomes):
-    code, output, _ = outcomes["w2"]
+    _, output, _ = outcomes["w2"]
     assert "exactly 1 gunicorn worker process" in output and "memory" in output
 
 

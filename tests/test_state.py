@@ -96,7 +96,7 @@ def test_expired_lease_goes_back_to_the_head_in_order(make_state, clock):
     assert claim_ids(state, "w1", 3) == ids[:3]
     clock.advance(10.0)
     assert state.requeue_expired() == (3, 0)
-    assert state.status(ids[0]) ["state"] == QUEUED
+    assert state.status(ids[0])["state"] == QUEUED
     assert claim_ids(state, "w2", 5) == ids  # requeued ones first, in their original order
     assert state.stats()["leases_expired"] == 3
 
@@ -322,7 +322,7 @@ def test_worker_down_returned_tasks_cost_no_attempt(make_state):
 def test_worker_down_is_idempotent_and_leaves_other_workers_alone(make_state):
     state = make_state()
     state.add_workers(["w1", "w2"])
-    a, b = submit_all(state, 2)
+    _, b = submit_all(state, 2)
     claim_ids(state, "w1", 1)
     claim_ids(state, "w2", 1)
     assert state.worker_down("w1").removed is True
@@ -379,7 +379,7 @@ def test_many_threads_lose_and_duplicate_nothing(make_state):
             start.wait()
             for i in range(per_producer):
                 submitted[index].append(state.submit(f"{index}-{i}".encode(), 1))
-        except BaseException as exc:  # reported below
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
             errors.append(exc)
 
     def consume(index: int) -> None:
@@ -401,7 +401,7 @@ def test_many_threads_lose_and_duplicate_nothing(make_state):
                 accepted = state.complete(worker, [(t.id, t.data.decode()) for t in tasks])
                 assert accepted == len(tasks)
                 completions[index].extend(t.id for t in tasks)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
             errors.append(exc)
 
     producing.set()

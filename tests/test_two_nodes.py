@@ -204,7 +204,7 @@ def test_concurrent_clients_and_workers_on_both_nodes_lose_nothing(nodes):
                 task_id = node.enqueue(f"p{index}-{i}".encode(), 1)
                 with lock:
                     submitted.append(task_id)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
             errors.append(exc)
 
     def work(index: int) -> None:
@@ -222,7 +222,7 @@ def test_concurrent_clients_and_workers_on_both_nodes_lose_nothing(nodes):
                             done.extend(t["id"] for t in tasks)
                 if not got and finished_producing.is_set():
                     return
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
             errors.append(exc)
 
     threads = [threading.Thread(target=produce, args=(i,)) for i in range(producers)]
@@ -271,7 +271,7 @@ def test_internal_calls_between_the_nodes_need_the_token(nodes):
 
 def test_hung_peer_gives_x_peer_unavailable_within_2s(cluster, nodes):
     """A stopped (SIGSTOP) peer accepts connections but never answers: the node must give up."""
-    a, b = nodes
+    a, _ = nodes
     local = a.enqueue(b"hung-peer test", 1)
     os.killpg(cluster.nodes[1].process.pid, signal.SIGSTOP)  # master and worker: connects, never answers
     try:
