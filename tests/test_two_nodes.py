@@ -103,7 +103,8 @@ def test_pull_completed_merges_both_nodes_newest_first(nodes):
         for node, name in ((a, "a"), (b, "b")):
             body = f"{name}-{i}".encode()
             bodies[node.enqueue(body, 2)] = body
-    claimed = {node.url: node.claim(f"worker-{n}") for n, node in enumerate(nodes)}
+    claimed = {node.url: [t for t in node.claim(f"worker-{n}") if t["id"] in bodies] for n, node in enumerate(nodes)}
+    assert [len(tasks) for tasks in claimed.values()] == [3, 3]
     order = []  # completion order, alternating between the nodes
     for task_a, task_b in zip(claimed[a.url], claimed[b.url]):
         for node, task in ((a, task_a), (b, task_b)):
