@@ -141,6 +141,9 @@ class NodeConfig:
             if values[url_field] and not values[url_field].startswith(("http://", "https://")):
                 env = SETTINGS[url_field].env
                 raise ConfigError(f"{env}={values[url_field]!r} is not valid: expected an http:// or https:// URL")
+        if any(not "!" <= ch <= "~" for ch in values["cluster_token"]):  # never echo the secret
+            raise ConfigError("CLUSTER_TOKEN is not valid: expected visible ASCII characters, no spaces "
+                              "(it is sent in the X-Cluster-Token header)")
         return cls(**values)
 
     def replace(self, **changes: Any) -> NodeConfig:
