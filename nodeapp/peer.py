@@ -30,7 +30,7 @@ class PeerClient:
         self._url = url.rstrip("/")
         self._token = token
         self._session = requests.Session()
-        self._session.headers.update({"X-Cluster-Token": token, PEER_HEADER: node_name or "1"})
+        self._session.headers.update({"X-Cluster-Token": token, PEER_HEADER: quote(node_name, safe="") or "1"})
         self._reachable: bool | None = None
         self._last_contact: float | None = None
 
