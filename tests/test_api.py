@@ -522,6 +522,14 @@ def test_internal_body_size_is_bounded(client, populated, auth):
 
 
 # ================================================================== an unreachable peer
+def test_a_non_ascii_node_name_does_not_break_peer_calls():
+    client = make_client(node_name="nœud-東", peer_url=f"http://127.0.0.1:{free_port()}")
+    pulled = client.post("/pullCompleted?top=1")
+    assert pulled.status_code == 200 and pulled.headers["X-Peer-Unavailable"] == "1"
+    assert_error(client.get("/status/x"), 404, "unknown_task")
+    assert client.get("/health").get_json()["node"] == "nœud-東"
+
+
 def test_unreachable_peer_sets_the_header_and_answers_locally(client, auth):
     dead_peer = f"http://127.0.0.1:{free_port()}"
     client.post("/configure", json={"peer_url": dead_peer}, headers=auth)

@@ -121,3 +121,17 @@ def test_create_app_reads_os_environ(monkeypatch):
     monkeypatch.setenv("MAX_ATTEMPTS", "zero")
     with pytest.raises(ConfigError, match="MAX_ATTEMPTS"):
         create_app(launcher=FakeLauncher())
+
+
+@pytest.mark.parametrize("token", ["密码", "tok en", "tab\tbed", "line\nbreak", "ünïcode"])
+def test_cluster_token_must_travel_in_a_header(token):
+    with pytest.raises(ConfigError) as raised:
+        create_app(environ={"CLUSTER_TOKEN": token}, launcher=FakeLauncher())
+    message = str(raised.value)
+    assert "CLUSTER_TOKEN" in message and "ASCII" in message
+    assert token.strip() not in message  # a secret is never echoed
+
+
+def test_generated_style_tokens_are_accepted():
+    token = "Az09-_.~!#$%&'*+^`|" + "x" * 40
+    assert NodeConfig.load({"CLUSTER_TOKEN": token}).cluster_token == token
