@@ -116,9 +116,9 @@ def run_aws(
         print("error: SSH needs both --ssh-cidr and --key-name (SSH stays closed otherwise)", file=sys.stderr)
         return 2
     settings = node_settings(environ)
-    max_workers = args.max_workers if args.max_workers is not None else int(environ.get("MAX_NUM_OF_WORKERS") or 5)
+    workers_raw = str(args.max_workers) if args.max_workers is not None else environ.get("MAX_NUM_OF_WORKERS", "")
     try:
-        NodeConfig.load({**settings, "MAX_NUM_OF_WORKERS": str(max_workers), "LAUNCHER": "ec2"})
+        max_workers = NodeConfig.load({**settings, "MAX_NUM_OF_WORKERS": workers_raw, "LAUNCHER": "ec2"}).max_workers
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -207,9 +207,16 @@ def _report(nodes, token, max_workers, reach, args, out, sleep, wait_timeout: fl
     print(BANNER, file=out)
     urls = {node.name: reach(node.public_ip) for node in nodes}
     print("waiting for the servers to be up and ready (GET /health) ...", file=out, flush=True)
-    if not wait_healthy(urls, wait_timeout, out, sleep=sleep):
+    try:
+        healthy = wait_healthy(urls, wait_timeout, out, sleep=sleep)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the cluster keeps running (and costing); run this again to check on it, "
+              "or --destroy to remove it", file=sys.stderr)
+        return 130
+    if not healthy:
         print(f"error: the nodes did not answer /health within {wait_timeout:g}s; check that --allow-cidr "
-              "includes this machine, and see /var/log/tm-bootstrap.log on the instances", file=sys.stderr)
+              "includes this machine, and see /var/log/tm-bootstrap.log on the instances. The cluster "
+              "keeps running: run this again to retry, or --destroy to remove it", file=sys.stderr)
         return 1
     if not token:
         print("error: the cluster token parameter is missing; run --destroy and start again", file=sys.stderr)

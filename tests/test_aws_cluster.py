@@ -50,7 +50,7 @@ def cli(aws, loopback_nodes, monkeypatch):  # noqa: F811
                 return loopback_nodes[name].url
         raise AssertionError(f"no instance has public IP {public_ip}")
 
-    def run(*argv: str, find_public_cidr=lambda: CLIENT_CIDR) -> tuple[int, str]:
+    def run(*argv: str, find_public_cidr=lambda: CLIENT_CIDR, reach=reach) -> tuple[int, str]:
         out = io.StringIO()
         args = run_program.build_parser().parse_args(list(argv))
         code = run_aws(args, session=aws, reach=reach, find_public_cidr=find_public_cidr, out=out,
@@ -260,9 +260,7 @@ def test_missing_credentials_one_clear_line(monkeypatch, tmp_path, capsys):
 
 
 def test_health_wait_polls_with_a_deadline_and_shows_progress(loopback_nodes):
-    with socket.socket() as probe:  # a loopback port with nobody listening
-        probe.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    closed = closed_loopback_url()
     now = [0.0]
     out = io.StringIO()
 
@@ -275,3 +273,28 @@ def test_health_wait_polls_with_a_deadline_and_shows_progress(loopback_nodes):
     assert ok is False
     assert len(lines) == 7 and now[0] == 30  # a line per poll, every 5 s, up to the deadline
     assert lines[0].endswith("node-1 up, node-2 booting") and "[  30s/30s]" in lines[-1]
+
+
+def closed_loopback_url() -> str:
+    with socket.socket() as probe:  # a loopback port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_nodes_never_healthy_is_reported_and_the_cluster_kept(cli, aws, capsys):  # noqa: F811
+    closed = closed_loopback_url()
+    code, out = cli("--cluster-name", "demo", "--allow-cidr", CLIENT_CIDR, "--health-timeout", "0",
+                    reach=lambda ip: closed)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "did not answer /health within 0s" in err and "--destroy" in err
+    assert "node-1 booting, node-2 booting" in out
+    assert len(cluster_instances(aws.client("ec2"))) == 2
+
+
+def test_bad_setting_stops_before_anything_is_created(cli, aws, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setenv("MAX_NUM_OF_WORKERS", "lots")
+    code, _ = cli("--cluster-name", "demo", "--allow-cidr", CLIENT_CIDR)
+    assert code == 2 and "MAX_NUM_OF_WORKERS='lots'" in capsys.readouterr().err
+    assert aws.client("ssm").describe_parameters(
+        ParameterFilters=[{"Key": "Name", "Option": "BeginsWith", "Values": ["/tm/"]}])["Parameters"] == []
