@@ -96,7 +96,7 @@ def run_local(args: argparse.Namespace) -> int:
         live.start(refresh=True)
     try:
         while not stop.wait(1.0):
-            for index, node in enumerate(cluster.nodes):
+            for node in cluster.nodes:
                 if node.process.poll() is not None:
                     print(f"\n{node.name} exited (code {node.process.returncode}); see {node.log_path}", file=sys.stderr)
                     stop.set()

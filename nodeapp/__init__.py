@@ -44,7 +44,7 @@ def create_app(
     if not config.cluster_token:
         logging.getLogger(__name__).warning(
             "CLUSTER_TOKEN is not set: internal endpoints answer 401, so no worker or peer can talk to this node")
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the dashboard blueprint serves its own files
     app.json.sort_keys = False
     state = NodeState(
         max_workers=config.max_workers,

@@ -56,18 +56,24 @@ class PeerClient:
         try:
             response = self._session.request(method, url + path, timeout=PEER_TIMEOUT, **kwargs)
         except requests.RequestException as exc:
-            self._mark(False)
-            log.warning("peer %s unreachable on %s %s: %s", url, method, path, exc.__class__.__name__)
+            was_reachable = self._mark(False)
+            # Warn when the peer goes away, not on every call while it stays away.
+            log.log(logging.WARNING if was_reachable is not False else logging.DEBUG,
+                    "peer %s unreachable on %s %s: %s", url, method, path, exc.__class__.__name__)
             return None
         # A 5xx means the peer is there but unhealthy; anything else is an answer.
         self._mark(response.status_code < 500)
         return response
 
-    def _mark(self, ok: bool) -> None:
+    def _mark(self, ok: bool) -> bool | None:
+        """Record the outcome of a call; returns the previous reachability."""
         with self._lock:
-            self._reachable = ok
+            previous, self._reachable = self._reachable, ok
             if ok:
                 self._last_contact = time.time()
+                if previous is False:
+                    log.info("peer %s reachable again", self._url)
+            return previous
 
     def _json(self, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs: Any) -> Any:
         response = self._call(method, path, **kwargs)
