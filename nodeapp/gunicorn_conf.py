@@ -33,6 +33,19 @@ graceful_timeout = 10  # SIGTERM: requests in flight get this long to finish
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 accesslog = os.environ.get("ACCESS_LOG") or None
 errorlog = "-"
+if os.environ.get("LOG_FORMAT", "text").lower() == "json":
+    # gunicorn's own lines as JSON too, so that a node's whole log is one format.
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "nodeapp.logs.JsonFormatter"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "root": {"level": loglevel.upper(), "handlers": ["stderr"]},
+        "loggers": {
+            "gunicorn.error": {"level": loglevel.upper(), "handlers": ["stderr"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        },
+    }
 
 
 class RefuseToStart(SystemExit):
