@@ -62,6 +62,7 @@ class LocalProcessLauncher:
         self._extra_env = dict(extra_env or {})
         self._python = python
         self._procs: dict[str, subprocess.Popen] = {}
+        self._terminating: set[str] = set()
         self._numbers = itertools.count(1)
 
     def launch(self, count: int, node_urls: list[str]) -> list[str]:
@@ -79,7 +80,9 @@ class LocalProcessLauncher:
         for worker_id, proc in list(self._procs.items()):
             if proc.poll() is not None:
                 del self._procs[worker_id]
-                if proc.returncode != 0:
+                asked_to_stop = worker_id in self._terminating
+                self._terminating.discard(worker_id)
+                if proc.returncode != 0 and not asked_to_stop:
                     log.warning("worker %s exited with code %s", worker_id, proc.returncode)
         return set(self._procs)
 
@@ -90,6 +93,7 @@ class LocalProcessLauncher:
         for worker_id in worker_ids:
             proc = self._procs.get(worker_id)
             if proc is not None and proc.poll() is None:
+                self._terminating.add(worker_id)
                 proc.send_signal(signal.SIGTERM)
 
     def stop_all(self, grace: float = 4.0) -> None:

@@ -128,12 +128,13 @@ def test_tasks_on_both_nodes_complete_once_with_correct_results(make_cluster):
 
 
 def test_backlog_scales_to_max_then_borrows_then_returns(make_cluster):
-    cluster = make_cluster()
+    # A low assumed hash rate makes 6 x 400k iterations look like a minute of work to the scaler.
+    cluster = make_cluster(HASH_RATE="50000")
     a, b = cluster.urls
     tasks = {}
     for i in range(6):
         data = f"long-{i}".encode()
-        tasks[enqueue(a, data, 1_000_000)] = (data, 1_000_000)
+        tasks[enqueue(a, data, 400_000)] = (data, 400_000)
     seen = {"a_max": 0, "a_borrowed": 0, "b_lent": 0}
 
     def loan_visible():
@@ -159,7 +160,7 @@ def test_sigkill_of_workers_mid_task_loses_nothing(make_cluster):
     tasks = {}
     for i in range(3):
         data = f"kill-{i}".encode()
-        tasks[enqueue(a, data, 1_500_000)] = (data, 1_500_000)
+        tasks[enqueue(a, data, 800_000)] = (data, 800_000)
     wait_for(lambda: stats(a)["running"] >= 1 and worker_pids(cluster), 30, what="a task to be running")
     killed = worker_pids(cluster)
     for pid in killed:
