@@ -298,3 +298,34 @@ def test_bad_setting_stops_before_anything_is_created(cli, aws, monkeypatch, cap
     assert code == 2 and "MAX_NUM_OF_WORKERS='lots'" in capsys.readouterr().err
     assert aws.client("ssm").describe_parameters(
         ParameterFilters=[{"Key": "Name", "Option": "BeginsWith", "Values": ["/tm/"]}])["Parameters"] == []
+
+
+@pytest.mark.parametrize("error_code, message, retried", [
+    ("InvalidParameterValue", "Value (arn:aws:iam::123456789012:instance-profile/tm/demo/tm-demo-node) for "
+     "parameter iamInstanceProfile.arn is invalid. Invalid IAM Instance Profile ARN", True),
+    ("InsufficientInstanceCapacity", "We currently do not have sufficient t3.micro capacity", False),
+])
+def test_launch_retries_only_while_the_new_profile_propagates(aws, error_code, message, retried):  # noqa: F811
+    """moto has no IAM propagation delay, so botocore's Stubber plays the first answer."""
+    from botocore.exceptions import ClientError
+    from botocore.stub import Stubber
+
+    from provisioning.cluster import AwsClients, ClusterSpec, Provisioner
+
+    ec2 = aws.client("ec2")
+    clients = AwsClients(ec2, None, None, None, None)
+    slept: list[float] = []
+    provisioner = Provisioner(clients, ClusterSpec(name="demo", region=REGION, allow_cidr=CLIENT_CIDR),
+                              out=io.StringIO(), sleep=slept.append)
+    request = {"ImageId": "ami-12345678", "MinCount": 1, "MaxCount": 1}
+    with Stubber(ec2) as stub:
+        stub.add_client_error("run_instances", error_code, message)
+        if retried:
+            stub.add_response("run_instances", {"Instances": [{"InstanceId": "i-0abc"}]})
+            assert provisioner._run_when_profile_ready(request) == "i-0abc"
+            assert slept == [5]
+        else:
+            with pytest.raises(ClientError):
+                provisioner._run_when_profile_ready(request)
+            assert slept == []
+        stub.assert_no_pending_responses()
