@@ -77,7 +77,6 @@ _NODE = r"""
 cat > /etc/tm/node.env <<ENV
 __NODE_ENV__
 NODE_URL=http://${PRIVATE_IP}:__PORT__
-TM_NODE_INSTANCE_ID=${INSTANCE_ID}
 ENV
 chmod 644 /etc/tm/node.env
 

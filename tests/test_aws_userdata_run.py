@@ -139,7 +139,7 @@ def test_node_boot_writes_its_settings_and_starts_gunicorn(tmp_path, wheel):
     assert code == 0, log
     settings = (tmp_path / "etc/tm/node.env").read_text().splitlines()
     assert settings == ["NODE_NAME=node-2", "LAUNCHER=ec2", "TM_CLUSTER=demo", "BIND=0.0.0.0:8000",
-                        f"NODE_URL=http://{PRIVATE_IP}:8000", f"TM_NODE_INSTANCE_ID={INSTANCE_ID}"]
+                        f"NODE_URL=http://{PRIVATE_IP}:8000"]
     unit = (tmp_path / "systemd/tm-node.service").read_text()
     assert f"ExecStart={tmp_path}/opt/tm/venv/bin/gunicorn --config python:nodeapp.gunicorn_conf wsgi:app" in unit
     assert f"EnvironmentFile={tmp_path}/etc/tm/secret.env" in unit
