@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +142,8 @@ class Ec2Launcher:
             security_group_id=s.security_group_id, profile_arn=s.profile_arn,
             user_data=worker_script(s.delivery, node_urls, self.idle_seconds),
             tags=self.tags(), count=count, terminate_on_shutdown=True)
+        # botocore retries a timed-out call; the same token makes EC2 launch only once
+        request["ClientToken"] = uuid.uuid4().hex
         try:
             reply = self.ec2.run_instances(**request)
         except ClientError as err:
