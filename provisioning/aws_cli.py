@@ -74,8 +74,8 @@ def credentials_problem(session: Any) -> str | None:
     if not session.region_name:
         missing.append("AWS_DEFAULT_REGION (or --region)")
     if missing:
-        return (f"error: AWS mode needs credentials: set {' and '.join(missing)} "
-                "(or an AWS profile), or use --local to run everything on this machine")
+        return (f"error: AWS mode needs credentials and a region: set {', '.join(missing)} "
+                "(or use an AWS profile), or run with --local to use this machine only")
     return None
 
 
