@@ -184,3 +184,20 @@ def descendants(pid: int) -> list[int]:
         except OSError:
             pass
     return found
+
+
+def cpu_hash_rate(seconds: float = 1.0) -> float:
+    """SHA-512 chain iterations per CPU second of this process (what a core does while it runs,
+    whatever else the shared machine is doing; the wall-clock rate drops with the load)."""
+    import hashlib
+
+    sha512 = hashlib.sha512
+    digest = b"\0" * 64
+    count, start = 0, time.process_time()
+    while True:
+        for _ in range(2000):
+            digest = sha512(digest).digest()
+        count += 2000
+        used = time.process_time() - start
+        if used >= seconds:
+            return count / used

@@ -5,7 +5,9 @@
 Every system has exactly 2 worker processes and gets the same workloads in the same run:
 small (2,000 x 1 iteration, 64-byte bodies), compute (32 x 1,000,000), mixed (500 x 1..200,000,
 seeded). Each run measures the single-core hashlib rate first; compute's ideal wall time is
-total iterations / (2 x that rate). The order of the systems rotates from run to run. The peers
+total iterations / (2 x that rate). Since the machine is shared, the CPU seconds each system's
+processes used are reported too, against the ideal CPU (total iterations / the rate per CPU
+second): that ratio is the system's overhead whatever the load. The order of the systems rotates from run to run. The peers
 run in bench/.venv-peers (bench/setup_peers.sh) against a private redis-server. Every result is
 checked against workerapp.compute.compute. Prints a table, writes JSON to bench/results/.
 """
@@ -19,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from bench.cluster import ClusterSystem
-from bench.common import PEERS_PYTHON, ROOT, fmt_spread, loadavg, machine, print_table, spread, write_json
+from bench.common import PEERS_PYTHON, ROOT, cpu_hash_rate, fmt_spread, loadavg, machine, print_table, spread, write_json
 from bench.workloads import by_name, run_workload
 from workerapp.compute import measure_hash_rate
 
@@ -62,6 +64,7 @@ def summarize(runs: list[dict], systems: list[str], names: list[str]) -> dict:
                 "tasks_per_s": spread(x["tasks_per_s"] for x in rows),
                 "wall_s": spread(x["wall_s"] for x in rows),
                 "wall_over_ideal": spread(x["wall_s"] / x["ideal_s"] for x in rows),
+                "cpu_over_ideal": spread(x["cpu_over_ideal"] for x in rows),
                 "verified": all(x["check"]["verified"] for x in rows),
             }
     ratios = {}
@@ -109,15 +112,18 @@ def main(argv: list[str] | None = None) -> int:
             redis = RedisServer(log_dir)
         try:
             for index in range(args.runs):
-                rate = measure_hash_rate(1.0)
+                rate, cpu_rate = measure_hash_rate(1.0), cpu_hash_rate(1.0)
                 order = systems[index % len(systems):] + systems[:index % len(systems)]
-                run = {"hash_rate": rate, "order": order, "loadavg": loadavg(), "results": {}}
+                run = {"hash_rate": rate, "cpu_hash_rate": cpu_rate, "order": order, "loadavg": loadavg(),
+                       "results": {}}
                 for system in order:
                     found = (run_cluster(names, args, rate, log_dir / f"cluster-{index}") if system == "cluster"
                              else run_peer(system, names, args, redis, log_dir))
                     for result in found:
                         total = workloads[result["workload"]].total_iterations
                         result["ideal_s"] = total / (2 * rate)
+                        result["ideal_cpu_s"] = total / cpu_rate
+                        result["cpu_over_ideal"] = sum(result["cpu_s"].values()) / result["ideal_cpu_s"]
                     run["results"][system] = {r["workload"]: r for r in found}
                     print(f"run {index + 1} {system}: " + ", ".join(
                         f"{r['workload']} {r['tasks_per_s']:.1f}/s wall {r['wall_s']:.2f}s"
@@ -136,10 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             s = summary[f"{system}/{name}"]
             rows.append([system, name, fmt_spread(s["tasks_per_s"]), fmt_spread(s["wall_s"]),
-                         fmt_spread(s["wall_over_ideal"]), "yes" if s["verified"] else "NO"])
+                         fmt_spread(s["wall_over_ideal"]), fmt_spread(s["cpu_over_ideal"]),
+                         "yes" if s["verified"] else "NO"])
     print_table(f"End to end, 2 worker processes each, {args.runs} runs: median [min-max]; "
                 f"hash rate {fmt_spread(spread(r['hash_rate'] for r in runs))}/s per core",
-                ["system", "workload", "tasks/s", "wall s", "wall/ideal", "verified"], rows)
+                ["system", "workload", "tasks/s", "wall s", "wall/ideal", "CPU/ideal CPU", "verified"], rows)
     if summary["ratios"]:
         print_table("Ratios within each run: median [min-max]", ["ratio", "value"],
                     [[k, fmt_spread(v)] for k, v in summary["ratios"].items()])

@@ -4,7 +4,8 @@
 
 For each backlog size, on a fresh two-node cluster at its default settings (MAX_NUM_OF_WORKERS 5,
 SCALE_INTERVAL 2 s, SCALE_WAIT 2 s unless given; WORKER_IDLE_SECONDS short so the run ends):
-all tasks go to node-a at once, then /stats of both nodes is polled every 10 ms. Reported: time
+after a random part of a scaler cycle, all tasks go to node-a at once, then /stats of both
+nodes is polled every 10 ms. Reported: time
 from the first enqueue to the first worker launched (the scaler's own decision record) and to
 its first claim (the first worker seen live), and how many workers were launched in total for
 the backlog, which must never exceed the number of tasks.
@@ -13,6 +14,7 @@ the backlog, which must never exceed the number of tasks.
 from __future__ import annotations
 
 import argparse
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -23,12 +25,15 @@ from bench.common import fmt_spread, loadavg, machine, print_table, spread, writ
 from provisioning.local_cluster import LocalCluster
 
 
-def one(backlog: int, args, log_dir: Path) -> dict:
+def one(backlog: int, args, log_dir: Path, phase: random.Random) -> dict:
     env = {"SCALE_INTERVAL": str(args.scale_interval), "SCALE_WAIT": str(args.scale_wait),
            "WORKER_IDLE_SECONDS": str(args.idle_seconds), "MAX_NUM_OF_WORKERS": str(args.max_workers)}
     session = requests.Session()
     with LocalCluster(env=env, log_dir=log_dir) as cluster:
         a = cluster.urls[0]
+        # The scaler ticks every SCALE_INTERVAL from the node's start: let a backlog appear at a
+        # random phase of that cycle (seeded), as it does on a node that has been up a while.
+        time.sleep(args.scale_interval + phase.uniform(0, args.scale_interval))
         load = loadavg()
         start = time.time()
         for _ in range(backlog):
@@ -44,8 +49,10 @@ def one(backlog: int, args, log_dir: Path) -> dict:
             max_workers = max(max_workers, sum(w["live"] + w["pending"] for w in workers))
             if first_claim is None and sum(w["live"] for w in workers):
                 first_claim = now
-            if first_launch is None:
+            if first_launch is None:  # the scaler's record is written after the whole run's launches
                 launches = [d["at"] for s in stats for d in s["scaler"]["decisions"] if d.get("launched")]
+                if sum(w["live"] + w["pending"] for w in workers):
+                    launches.append(now)
                 first_launch = min(launches) if launches else None
             done = sum(s["completed"] for s in stats) >= backlog
             if done and first_claim and max_workers and sum(w["live"] + w["pending"] for w in workers) == 0:
@@ -76,10 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     backlogs = [int(x) for x in args.backlogs.split(",")]
     info = machine()
     results: list[dict] = []
+    phase = random.Random(5)
     with tempfile.TemporaryDirectory(prefix="bench-scaler-") as tmp:
         for index in range(args.runs):
             for backlog in backlogs:
-                r = one(backlog, args, Path(tmp) / f"{index}-{backlog}")
+                r = one(backlog, args, Path(tmp) / f"{index}-{backlog}", phase)
                 results.append(r)
                 print(f"run {index + 1} backlog {backlog}: launch {r['launch_s']:.3f}s, first claim "
                       f"{r['claim_s']:.3f}s, launched {r['launched']} (max at once {r['max_workers_seen']}), "

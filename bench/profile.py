@@ -1,0 +1,128 @@
+"""Where the time goes: py-spy samples of the node (and its workers) in a benchmark scenario.
+
+    .venv/bin/python -m bench.profile enqueue [--seconds 15]   # one node under wrk enqueue load
+    .venv/bin/python -m bench.profile small   [--seconds 15]   # the cluster on the small workload
+
+Needs py-spy from bench/.venv-peers (bench/setup_peers.sh). Writes the collapsed stacks to
+bench/results/profile-<scenario>-<time>.txt and prints, per process kind, the frames with the
+most samples: by self time and including callees. Only the thread holding the GIL is sampled
+(py-spy --gil), so the shares are of the Python time each process really spends, not of
+threads waiting on a lock or a socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.common import BENCH_DIR, RESULTS_DIR, loadavg, print_table
+from bench.loadgen import run_load
+from bench.servers import start_node
+from bench.workloads import Workload, run_workload
+from workerapp.compute import measure_hash_rate
+
+PY_SPY = BENCH_DIR / ".venv-peers" / "bin" / "py-spy"
+
+
+def record(pid: int, seconds: float, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(PY_SPY), "record", "--pid", str(pid), "--duration", str(int(seconds)),
+                             "--rate", "200", "--subprocesses", "--gil", "--format", "raw", "--output", str(out),
+                             "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def kind_of(root: str) -> str:
+    if "workerapp" in root:
+        return "worker"
+    if "gunicorn" in root:
+        return "node"
+    return "other"
+
+
+def summarize(path: Path, top: int) -> dict:
+    """Self and inclusive sample counts per frame, per process kind."""
+    per_kind: dict[str, dict[str, collections.Counter]] = {}
+    totals: collections.Counter = collections.Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        frames = stack.split(";")
+        kind = kind_of(frames[0])
+        frames = [f for f in frames[1:] if not f.startswith("thread ")]
+        if not frames:
+            continue
+        n = int(count)
+        totals[kind] += n
+        counters = per_kind.setdefault(kind, {"self": collections.Counter(), "total": collections.Counter()})
+        counters["self"][frames[-1]] += n
+        for frame in set(frames):
+            counters["total"][frame] += n
+    out = {}
+    for kind, counters in per_kind.items():
+        out[kind] = {"samples": totals[kind],
+                     "self": [(f, c / totals[kind]) for f, c in counters["self"].most_common(top)],
+                     "total": [(f, c / totals[kind]) for f, c in counters["total"].most_common(top)]}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenario", choices=("enqueue", "small"))
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--top", type=int, default=20)
+    args = parser.parse_args(argv)
+    if not PY_SPY.exists():
+        parser.error("py-spy not found: run bench/setup_peers.sh")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = RESULTS_DIR / f"profile-{args.scenario}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.txt"
+    with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
+        if args.scenario == "enqueue":
+            node = start_node(Path(tmp), MAX_NUM_OF_WORKERS="0")
+            try:
+                spy = record(node.process.pid, args.seconds, out)
+                result = run_load(node.url + "/enqueue?iterations=1", duration=args.seconds + 1)
+                spy.wait()
+                print(f"load: {result['rps']:.0f} req/s, p50 {result['p50_ms']:.1f} ms (loadavg {loadavg()})")
+            finally:
+                node.stop()
+        else:
+            from bench.cluster import ClusterSystem
+
+            system = ClusterSystem(measure_hash_rate(0.5), Path(tmp))
+            try:
+                spies = [record(node.process.pid, args.seconds, Path(f"{out}.{i}"))
+                         for i, node in enumerate(system.cluster.nodes)]
+                workload = Workload("small", 20_000, 1, 1)  # long enough to cover the sampling window
+                done = threading.Event()
+                result = {}
+
+                def go() -> None:
+                    result.update(run_workload(system, workload, 8, 600))
+                    done.set()
+
+                threading.Thread(target=go, daemon=True).start()
+                for spy in spies:
+                    spy.wait()
+                done.wait(600)
+                print(f"small x {workload.count}: {result.get('tasks_per_s', 0):.0f} tasks/s, "
+                      f"enqueue {result.get('enqueue_s', 0):.1f}s, cpu {result.get('cpu_s')} (loadavg {loadavg()})")
+            finally:
+                system.stop()
+            out.write_text("".join(Path(f"{out}.{i}").read_text() for i in range(len(spies))))
+            for i in range(len(spies)):
+                Path(f"{out}.{i}").unlink()
+    for kind, figures in summarize(out, args.top).items():
+        for how in ("self", "total"):
+            print_table(f"{kind}: {figures['samples']} samples holding the GIL, top frames by {how} time",
+                        ["share", "frame"], [[f"{share:6.1%}", frame[:150]] for frame, share in figures[how]])
+    print(f"\ncollapsed stacks: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
