@@ -42,5 +42,5 @@ def stop_background(app: Flask) -> None:
     with ctx.background_lock:
         scheduler, ctx.scheduler = ctx.scheduler, None
     if scheduler is not None:
-        scheduler.shutdown(wait=False)
+        scheduler.shutdown(wait=True)  # let a scaler run in progress finish, so it cannot launch after stop_all
     ctx.launcher.stop_all()

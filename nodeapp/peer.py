@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 PEER_HEADER = "X-Peer-Request"
 #: (connect, read) timeouts; together they stay under the 2 s that SPEC.md allows.
-PEER_TIMEOUT = (0.8, 1.0)
+PEER_TIMEOUT = (0.5, 1.3)
 
 
 class PeerClient:

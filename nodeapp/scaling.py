@@ -174,8 +174,7 @@ class Scaler:
                 self.launcher.terminate([worker.id])
             else:
                 continue
-            gone = self.state.worker_down(worker.id)
-            self.state.take_departed()
+            gone = self.state.worker_down(worker.id, terminate=False)  # already gone, or terminated above
             log.warning("worker lost: %s %s; %d task(s) requeued", worker.id, why, gone.requeued)
 
     def _give_back_quota(self) -> None:

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -265,24 +265,22 @@ class NodeState:
                 self._workers[worker_id] = WorkerInfo(worker_id, now, borrowed=borrowed)
                 self.counters.workers_launched += 1
 
-    def worker_down(self, worker_id: str, returned: Iterable[str] = ()) -> WorkerGone:
+    def worker_down(self, worker_id: str, returned: Iterable[str] = (), *, terminate: bool = True) -> WorkerGone:
         """Forget a worker and put every task it still holds back at the head of the queue.
 
-        Tasks listed in ``returned`` were handed back unstarted and cost no attempt; any
-        other lease it held counts as a lost attempt. Idempotent.
+        Tasks listed in ``returned`` were handed back unstarted and cost no attempt; any other
+        lease it held counts as a lost attempt. With ``terminate`` the worker is also queued for
+        the launcher to stop (``take_departed``), in case it is still running. Idempotent.
         """
         with self._lock:
             info = self._workers.pop(worker_id, None)
-            returned = set(returned)
             held = [t for t in self._running.values() if t.worker_id == worker_id]
-            given_back = [t for t in held if t.id in returned]
-            for task in given_back:
-                task.attempts -= 1  # _lose_leases adds it back: a hand-back costs nothing
-            requeued, failed = self._lose_leases(held, "worker went down")
+            requeued, failed = self._lose_leases(held, "worker went down", free=set(returned))
             borrowed = bool(info and info.borrowed)
             if info:
                 self.counters.workers_down += 1
-                self._departed.append(worker_id)
+                if terminate:
+                    self._departed.append(worker_id)
                 if borrowed:
                     self._borrowed -= 1
                     self._quota_owed += 1
@@ -409,12 +407,16 @@ class NodeState:
         while len(kept) > self.results_retention:
             kept.popitem(last=False)
 
-    def _lose_leases(self, tasks: list[Task], why: str) -> tuple[int, int]:
-        """Requeue leased tasks at the head (oldest first) or fail them after max_attempts."""
+    def _lose_leases(self, tasks: list[Task], why: str, free: set[str] = frozenset()) -> tuple[int, int]:
+        """Requeue leased tasks at the head (oldest first) or fail them after max_attempts.
+
+        A task in ``free`` was handed back unstarted: it costs no attempt.
+        """
         requeued = failed = 0
         for task in sorted(tasks, key=lambda t: t.seq, reverse=True):
             del self._running[task.id]
-            task.attempts += 1
+            if task.id not in free:
+                task.attempts += 1
             task.worker_id = None
             if task.attempts >= self.max_attempts:
                 del self._active[task.id]

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -42,7 +43,8 @@ class LocalProcessLauncher:
     """Workers as local processes: ``sys.executable -m workerapp``.
 
     The token reaches the worker through its environment, never its command line (which
-    ``ps`` shows). Exited processes are reaped in ``running()``.
+    ``ps`` shows). Exited processes are reaped in ``running()``. Thread-safe: the scaler and the
+    node's shutdown hook may call it at the same time.
     """
 
     kind = "local"
@@ -61,6 +63,7 @@ class LocalProcessLauncher:
         self._prefix = f"local-{node_name}-{os.getpid()}"
         self._extra_env = dict(extra_env or {})
         self._python = python
+        self._lock = threading.Lock()
         self._procs: dict[str, subprocess.Popen] = {}
         self._terminating: set[str] = set()
         self._numbers = itertools.count(1)
@@ -68,44 +71,50 @@ class LocalProcessLauncher:
     def launch(self, count: int, node_urls: list[str]) -> list[str]:
         env = {**os.environ, **self._extra_env, "CLUSTER_TOKEN": self._token}
         ids = []
-        for _ in range(count):
-            worker_id = f"{self._prefix}-{next(self._numbers)}"
-            cmd = [self._python, "-m", "workerapp", "--worker-id", worker_id,
-                   "--idle-seconds", str(self._idle_seconds), *node_urls]
-            self._procs[worker_id] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
-            ids.append(worker_id)
+        with self._lock:
+            for _ in range(count):
+                worker_id = f"{self._prefix}-{next(self._numbers)}"
+                cmd = [self._python, "-m", "workerapp", "--worker-id", worker_id,
+                       "--idle-seconds", str(self._idle_seconds), *node_urls]
+                self._procs[worker_id] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+                ids.append(worker_id)
         return ids
 
     def running(self) -> set[str]:
-        for worker_id, proc in list(self._procs.items()):
-            if proc.poll() is not None:
+        with self._lock:
+            for worker_id, proc in list(self._procs.items()):
+                if proc.poll() is None:
+                    continue
                 del self._procs[worker_id]
                 asked_to_stop = worker_id in self._terminating
                 self._terminating.discard(worker_id)
                 if proc.returncode != 0 and not asked_to_stop:
                     log.warning("worker %s exited with code %s", worker_id, proc.returncode)
-        return set(self._procs)
+            return set(self._procs)
 
     def pids(self) -> dict[str, int]:
-        return {worker_id: proc.pid for worker_id, proc in self._procs.items()}
+        with self._lock:
+            return {worker_id: proc.pid for worker_id, proc in self._procs.items()}
 
     def terminate(self, worker_ids: Iterable[str]) -> None:
-        for worker_id in worker_ids:
-            proc = self._procs.get(worker_id)
-            if proc is not None and proc.poll() is None:
-                self._terminating.add(worker_id)
-                proc.send_signal(signal.SIGTERM)
+        with self._lock:
+            for worker_id in worker_ids:
+                proc = self._procs.get(worker_id)
+                if proc is not None and proc.poll() is None:
+                    self._terminating.add(worker_id)
+                    proc.send_signal(signal.SIGTERM)
 
     def stop_all(self, grace: float = 4.0) -> None:
-        self.terminate(list(self._procs))
+        self.terminate(list(self.pids()))
+        with self._lock:
+            procs, self._procs = list(self._procs.values()), {}
         deadline = time.monotonic() + grace
-        for proc in self._procs.values():
+        for proc in procs:
             try:
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self._procs.clear()
 
 
 def _ec2_launcher(**kwargs: Any) -> Launcher:

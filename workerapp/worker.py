@@ -73,6 +73,7 @@ class Worker:
         self.compute_fn = compute_fn
         self.completed = 0
         self._stop = threading.Event()
+        self._finished = threading.Event()  # the heartbeat thread runs until run() ends, past a stop
         self._holding = _Holding()
         self._holding_lock = threading.Lock()
 
@@ -107,7 +108,7 @@ class Worker:
             self._stop.wait(poll)
             poll = min(poll * 2, self.max_poll)
         self._say_goodbye()
-        self._stop.set()
+        self._finished.set()
         heartbeats.join(timeout=2)
         log.info("worker %s exiting after %d task(s)", own.worker_id, self.completed)
         return 0
@@ -202,8 +203,8 @@ class Worker:
 
     # ----------------------------------------------------------- heartbeat
     def _heartbeat_loop(self) -> None:
-        """Renew the leases of tasks held longer than a third of the lease."""
-        while not self._stop.wait(0.2):
+        """Renew the leases of tasks held longer than a third of the lease, also while stopping."""
+        while not self._finished.wait(0.2):
             with self._holding_lock:
                 holding = self._holding
                 due = holding.source and time.monotonic() - holding.since >= holding.lease_seconds / 3
