@@ -7,6 +7,7 @@ message names the variable and the accepted range, and the node refuses to start
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import socket
 from collections.abc import Mapping
@@ -60,7 +61,7 @@ class Setting:
             raise ConfigError(
                 f"{self.env}={raw!r} is not valid: expected {self.describe_range()}"
             ) from None
-        if value != value or (self.low is not None and value < self.low) or (
+        if math.isnan(value) or (self.low is not None and value < self.low) or (
             self.high is not None and value > self.high
         ):
             raise ConfigError(f"{self.env}={raw!r} is out of range: expected {self.describe_range()}")

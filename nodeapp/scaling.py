@@ -53,7 +53,7 @@ def decide(f: ScalingFigures, *, scale_wait: float, hash_rate: float) -> Decisio
     free = max(0, f.max_workers - f.live - f.pending)
     launch = min(wanted, free)
     borrow = wanted - launch
-    why = "oldest task waited %.1fs" % f.oldest_wait if too_old else "backlog %.1fs of work" % backlog_seconds
+    why = f"oldest task waited {f.oldest_wait:.1f}s" if too_old else f"backlog {backlog_seconds:.1f}s of work"
     return Decision(launch, borrow, needed, why + (f", at max {f.max_workers}" if borrow else ""))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -59,3 +60,26 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: floa
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what or condition}"
                          + (f" (last error: {last_error!r})" if last_error else ""))
+
+
+#: Short intervals for a local cluster under test.
+QUICK_ENV = {"SCALE_INTERVAL": "0.2", "SCALE_WAIT": "0.2", "WORKER_IDLE_SECONDS": "5", "MAX_NUM_OF_WORKERS": "2"}
+
+
+@contextmanager
+def running_cluster(env: dict[str, str], log_dir, timeout: float = 60.0):
+    """A started two-node LocalCluster with the settings of ``env`` only (not the caller's shell's)."""
+    import pytest
+
+    from nodeapp.config import SETTINGS
+    from provisioning.local_cluster import LocalCluster
+
+    cluster = LocalCluster(env=env, log_dir=log_dir)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for setting in SETTINGS.values():
+                mp.delenv(setting.env, raising=False)
+            cluster.start(timeout=timeout)
+        yield cluster
+    finally:
+        cluster.stop()

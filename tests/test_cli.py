@@ -13,24 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.local_cluster import ROOT, LocalCluster, free_port
-from tests.helpers import wait_for
+from provisioning.local_cluster import ROOT, free_port
+from tests.helpers import QUICK_ENV, running_cluster, wait_for
 from tmclient.bench import percentile
 from tmclient.cli import main
 from workerapp.compute import compute
 
-CLUSTER_ENV = {"SCALE_INTERVAL": "0.2", "SCALE_WAIT": "0.2", "WORKER_IDLE_SECONDS": "5", "MAX_NUM_OF_WORKERS": "2"}
 TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    nodes = LocalCluster(env=CLUSTER_ENV, log_dir=tmp_path_factory.mktemp("cli-cluster"))
-    try:
-        nodes.start()
+    with running_cluster(QUICK_ENV, tmp_path_factory.mktemp("cli-cluster")) as nodes:
         yield nodes
-    finally:
-        nodes.stop()
 
 
 @pytest.fixture

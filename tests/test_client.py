@@ -8,21 +8,16 @@ import time
 import pytest
 import requests
 
-from provisioning.local_cluster import LocalCluster, free_port
+from provisioning.local_cluster import free_port
+from tests.helpers import QUICK_ENV, running_cluster
 from tmclient.client import ApiError, Client, NodesUnreachable, WaitTimeout, parse_nodes
 from workerapp.compute import compute
-
-CLUSTER_ENV = {"SCALE_INTERVAL": "0.2", "SCALE_WAIT": "0.2", "WORKER_IDLE_SECONDS": "5", "MAX_NUM_OF_WORKERS": "2"}
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    nodes = LocalCluster(env=CLUSTER_ENV, log_dir=tmp_path_factory.mktemp("client-cluster"))
-    try:
-        nodes.start()
+    with running_cluster(QUICK_ENV, tmp_path_factory.mktemp("client-cluster")) as nodes:
         yield nodes
-    finally:
-        nodes.stop()
 
 
 @pytest.fixture

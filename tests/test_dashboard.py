@@ -14,15 +14,14 @@ import time
 
 import pytest
 
-from provisioning.local_cluster import LocalCluster, free_port
+from provisioning.local_cluster import free_port
 from tests.conftest import TOKEN
-from tests.helpers import wait_for
+from tests.helpers import QUICK_ENV, running_cluster, wait_for
 from tmclient.client import Client
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-CLUSTER_ENV = {"SCALE_INTERVAL": "0.2", "SCALE_WAIT": "0.2", "WORKER_IDLE_SECONDS": "5", "MAX_NUM_OF_WORKERS": "2"}
 SECRET_BODY = b"TOP-SECRET-TASK-BODY"
 
 
@@ -102,12 +101,8 @@ def browser_or_skip():
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     browser_or_skip()
-    nodes = LocalCluster(env=CLUSTER_ENV, log_dir=tmp_path_factory.mktemp("dashboard-cluster"))
-    try:
-        nodes.start()
+    with running_cluster(QUICK_ENV, tmp_path_factory.mktemp("dashboard-cluster")) as nodes:
         yield nodes
-    finally:
-        nodes.stop()
 
 
 @pytest.fixture(scope="module")

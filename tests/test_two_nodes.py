@@ -14,15 +14,12 @@ import os
 import signal
 import threading
 import time
-from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 
-from nodeapp.config import SETTINGS
-from provisioning.local_cluster import LocalCluster
-from tests.helpers import wait_for
+from tests.helpers import running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -70,23 +67,9 @@ class Node:
         return requests.get(f"{self.url}/stats", timeout=5).json()
 
 
-@contextmanager
-def cluster_running(log_dir):
-    """A two-node cluster started with the settings of ENV only (not the caller's shell)."""
-    cluster = LocalCluster(env=ENV, log_dir=log_dir)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            for setting in SETTINGS.values():
-                mp.delenv(setting.env, raising=False)
-            cluster.start(timeout=60)
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    with cluster_running(tmp_path_factory.mktemp("two-nodes")) as running:
+    with running_cluster(ENV, tmp_path_factory.mktemp("two-nodes")) as running:
         yield running
 
 
@@ -309,7 +292,7 @@ def finish_request(conn: http.client.HTTPConnection, body: bytes) -> tuple[int, 
 
 
 def test_sigterm_drains_then_exits_and_the_peer_answers_alone(tmp_path):
-    with cluster_running(tmp_path) as cluster:
+    with running_cluster(ENV, tmp_path) as cluster:
         a, b = Node(cluster.urls[0], cluster.token), Node(cluster.urls[1], cluster.token)
         master = cluster.nodes[0].process
         on_b = b.enqueue(b"kept on b", 1)

@@ -7,8 +7,8 @@ import threading
 import pytest
 import requests
 
-from provisioning.local_cluster import LocalCluster, free_port
-from tests.helpers import wait_for
+from provisioning.local_cluster import free_port
+from tests.helpers import running_cluster, wait_for
 from workerapp.client import NodeClient
 from workerapp.compute import compute
 from workerapp.worker import Worker
@@ -18,11 +18,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    cluster = LocalCluster(env={"MAX_NUM_OF_WORKERS": "0", "LEASE_SECONDS": "1", "SCALE_INTERVAL": "0.2"},
-                           log_dir=tmp_path_factory.mktemp("worker-cluster"))
-    cluster.start()
-    yield cluster
-    cluster.stop()
+    env = {"MAX_NUM_OF_WORKERS": "0", "LEASE_SECONDS": "1", "SCALE_INTERVAL": "0.2"}
+    with running_cluster(env, tmp_path_factory.mktemp("worker-cluster")) as cluster:
+        yield cluster
 
 
 def clients(cluster, worker_id, urls=None):
