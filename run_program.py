@@ -64,7 +64,7 @@ def settings_env(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def progress_line(cluster: LocalCluster) -> RenderableType:
+def status_view(cluster: LocalCluster) -> RenderableType:
     """The live status, drawn with rich as ``tm stats`` draws it, and where the dashboard is."""
     try:
         view = stats_view(Client(cluster.urls, timeout=1, retries=1).stats())
@@ -92,7 +92,7 @@ def run_local(args: argparse.Namespace) -> int:
     print("Ctrl-C stops both nodes and every worker.", file=sys.stderr, flush=True)
     live = None
     if not args.no_progress and sys.stderr.isatty():
-        live = Live(progress_line(cluster), console=console(stderr=True), auto_refresh=False)
+        live = Live(status_view(cluster), console=console(stderr=True), auto_refresh=False)
         live.start(refresh=True)
     try:
         while not stop.wait(1.0):
@@ -101,7 +101,7 @@ def run_local(args: argparse.Namespace) -> int:
                     print(f"\n{node.name} exited (code {node.process.returncode}); see {node.log_path}", file=sys.stderr)
                     stop.set()
             if live is not None:
-                live.update(progress_line(cluster), refresh=True)
+                live.update(status_view(cluster), refresh=True)
     finally:
         if live is not None:
             live.stop()
