@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from bench.common import children, cpu_seconds, descendants, submit_all, wait_until
+from bench.common import children, cpu_seconds, descendants, runqueue_wait_seconds, submit_all, wait_until
 from provisioning.local_cluster import LocalCluster
 
 
@@ -70,6 +70,17 @@ class ClusterSystem:
             gunicorn_workers = children(master)
             for pid in descendants(master):
                 out["nodes" if pid == master or pid in gunicorn_workers else "workers"] += cpu_seconds(pid)
+        return out
+
+    def runqueue_wait(self) -> dict[str, float]:
+        """Seconds the live worker processes waited for a CPU (other users' load, not ours)."""
+        out = {"workers": 0.0}
+        for node in self.cluster.nodes:
+            master = node.process.pid
+            gunicorn_workers = children(master)
+            for pid in descendants(master):
+                if pid != master and pid not in gunicorn_workers:
+                    out["workers"] += runqueue_wait_seconds(pid)
         return out
 
     def done_count(self) -> int:

@@ -201,3 +201,20 @@ def cpu_hash_rate(seconds: float = 1.0) -> float:
         used = time.process_time() - start
         if used >= seconds:
             return count / used
+
+
+def runqueue_wait_seconds(pid: int) -> float:
+    """Seconds the threads of a live process spent runnable but waiting for a CPU (schedstat).
+
+    Wall time not covered by CPU or by this wait is time the process chose to sleep.
+    """
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    except OSError:
+        return 0.0
+    return total / 1e9

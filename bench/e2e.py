@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{r['workload']} {r['tasks_per_s']:.1f}/s wall {r['wall_s']:.2f}s"
                         f"{'' if r['check']['verified'] else ' NOT VERIFIED ' + str(r['check'])}"
                         + " cpu " + "/".join(f"{k} {v:.1f}s" for k, v in r.get("cpu_s", {}).items())
+                        + f" runq-wait {r['runqueue_wait_s'].get('workers', 0):.1f}s"
                         + (f" workers max {r['workers']['max_seen']} launched {r['workers']['launched_total']}"
                            if 'workers' in r else "")
                         for r in found) + f" (load {loadavg()})", flush=True)

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 import redis
 
-from bench.common import BENCH_DIR, ROOT, cpu_seconds, descendants, wait_until
+from bench.common import BENCH_DIR, ROOT, cpu_seconds, descendants, runqueue_wait_seconds, wait_until
 from bench.workloads import by_name, run_workload
 
 QUEUE = "bench"
@@ -54,6 +54,9 @@ class RqSystem:
     def cpu(self) -> dict[str, float]:
         return {"workers": sum(cpu_seconds(pid) for proc in self.procs for pid in descendants(proc.pid)),
                 "redis": cpu_seconds(self.redis_pid)}
+
+    def runqueue_wait(self) -> dict[str, float]:
+        return {"workers": sum(runqueue_wait_seconds(pid) for proc in self.procs for pid in descendants(proc.pid))}
 
     def done_count(self) -> int:
         return self.queue.finished_job_registry.count
@@ -94,6 +97,9 @@ class CelerySystem:
     def cpu(self) -> dict[str, float]:
         return {"workers": sum(cpu_seconds(pid) for pid in descendants(self.proc.pid)),
                 "redis": cpu_seconds(self.redis_pid)}
+
+    def runqueue_wait(self) -> dict[str, float]:
+        return {"workers": sum(runqueue_wait_seconds(pid) for pid in descendants(self.proc.pid))}
 
     def done_count(self) -> int:
         return self.backend.dbsize()

@@ -78,22 +78,25 @@ def run_workload(system, workload: Workload, clients: int, timeout: float) -> di
     """Enqueue every task of ``workload`` into ``system``, wait for all results, check them.
 
     Wall time runs from just before the first enqueue to the last completion time the system
-    itself recorded (so the polling interval does not blur it). ``system.cpu()`` gives CPU
-    seconds by role; their growth over the run shows where the machine's time went.
+    itself recorded, so the polling for completion (every 0.25 s, to keep its cost off the
+    nodes) does not blur it. ``system.cpu()`` gives CPU seconds by role; their growth over the
+    run shows where the machine's time went.
     """
     tasks = workload.tasks()
     base = system.done_count()
     load = loadavg()
-    cpu_before = system.cpu()
+    cpu_before, client_before, wait_before = system.cpu(), time.process_time(), system.runqueue_wait()
     start = time.time()
     ids, enqueue_seconds = submit_all(tasks, clients, system.make_submit)
     wait_until(lambda: system.done_count() >= base + len(tasks) or system.failed_count(), timeout,
-               interval=0.05, what=f"{workload.name}: {len(tasks)} results")
+               interval=0.25, what=f"{workload.name}: {len(tasks)} results")
     observed = time.time()
-    cpu_after = system.cpu()
+    cpu_after, client_after, wait_after = system.cpu(), time.process_time(), system.runqueue_wait()
     results, last = system.results(ids)
     wall = last - start
     return {"workload": workload.name, "tasks": len(tasks), "wall_s": wall, "tasks_per_s": len(tasks) / wall,
             "enqueue_s": enqueue_seconds, "observed_wall_s": observed - start, "loadavg": load,
             "cpu_s": {k: round(cpu_after[k] - cpu_before.get(k, 0.0), 2) for k in cpu_after},
+            "client_cpu_s": round(client_after - client_before, 2),
+            "runqueue_wait_s": {k: round(wait_after[k] - wait_before.get(k, 0.0), 2) for k in wait_after},
             "check": check(workload, results)}
