@@ -14,7 +14,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from nodeapp.context import get_context
 from nodeapp.errors import ApiError
 from nodeapp.peer import PEER_HEADER
-from nodeapp.state import Draining, QueueFull
+from nodeapp.state import Draining, QueueFull, encode_json
 from nodeapp.version import __version__
 
 bp = Blueprint("nodeapp", __name__)
@@ -127,25 +127,33 @@ def pull_completed():
     ctx = get_context()
     top = _positive_int("top", "bad_top")
     top = min(top, ctx.config.results_retention * 2)
-    results = ctx.state.newest_results(top)
-    headers = {}
+    # Entries are (completed_at, id, JSON bytes): a local result is encoded once in its life.
+    entries = [(t.completed_at, t.id, t.encoded_summary()) for t in ctx.state.newest_completed(top)]
+    headers = {"Content-Type": "application/json"}
     if not _from_peer() and ctx.peer.url:
         theirs = ctx.peer.newest_results(top)
         if theirs is None:
             headers["X-Peer-Unavailable"] = "1"
         else:
-            results = merge_newest(results, theirs, top)
-    return jsonify(results), 200, headers
+            peer_entries = [(r["completed_at"], r["id"], encode_json(r)) for r in theirs
+                            if isinstance(r, dict) and isinstance(r.get("id"), str)
+                            and isinstance(r.get("completed_at"), (int, float))]
+            entries = merge_newest(entries, peer_entries, top, key=lambda e: (e[0], e[1]))
+    return b"[" + b",".join(e[2] for e in entries) + b"]", 200, headers
 
 
-def merge_newest(ours: list[dict], theirs: list[dict], top: int) -> list[dict]:
-    """Both lists newest first; the ``top`` newest of both, each id once."""
+def merge_newest(ours: list, theirs: list, top: int, key=lambda r: (r.get("completed_at") or 0, r.get("id"))) -> list:
+    """Both lists newest first; the ``top`` newest of both, each id once.
+
+    ``key(item)`` gives (completed_at, id); by default items are pullCompleted's dicts.
+    """
     seen: set[str] = set()
     merged = []
-    for item in sorted(ours + theirs, key=lambda r: r.get("completed_at") or 0, reverse=True):
-        if item.get("id") in seen:
+    for item in sorted(ours + theirs, key=lambda r: key(r)[0], reverse=True):
+        task_id = key(item)[1]
+        if task_id in seen:
             continue
-        seen.add(item.get("id"))
+        seen.add(task_id)
         merged.append(item)
         if len(merged) == top:
             break

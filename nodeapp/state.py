@@ -7,6 +7,8 @@ for short, bounded work.
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import threading
 import time
@@ -43,6 +45,8 @@ class Task:
     completed_at: float | None = None
     reason: str | None = None
     seq: int = 0  # submission order: requeued tasks keep it even when timestamps tie
+    encoded: bytes | None = None  # summary() as JSON, made once when first listed
+
 
     def public(self) -> dict:
         """The task as ``GET /status`` shows it."""
@@ -60,6 +64,17 @@ class Task:
     def summary(self) -> dict:
         """The task as ``pullCompleted`` lists it."""
         return {"id": self.id, "result": self.result, "iterations": self.iterations, "completed_at": self.completed_at}
+
+    def encoded_summary(self) -> bytes:
+        """``summary()`` as compact JSON. A completed task never changes, so it is encoded once;
+        a race between two threads only encodes the same bytes twice."""
+        if self.encoded is None:
+            self.encoded = encode_json(self.summary())
+        return self.encoded
+
+
+def encode_json(value: dict) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 @dataclass(slots=True)
@@ -246,15 +261,15 @@ class NodeState:
             task = self._active.get(task_id) or self._completed.get(task_id) or self._failed.get(task_id)
             return task.public() if task else None
 
-    def newest_results(self, top: int) -> list[dict]:
-        """The ``top`` newest completed tasks, newest first. O(top)."""
+    def newest_completed(self, top: int) -> list[Task]:
+        """The ``top`` newest completed tasks, newest first. O(top). Completed tasks are
+        never changed again, so the caller may read them without the lock."""
         with self._lock:
-            out = []
-            for task in reversed(self._completed.values()):
-                if len(out) >= top:
-                    break
-                out.append(task.summary())
-            return out
+            return list(itertools.islice(reversed(self._completed.values()), top))
+
+    def newest_results(self, top: int) -> list[dict]:
+        """``newest_completed`` as ``pullCompleted`` lists it."""
+        return [task.summary() for task in self.newest_completed(top)]
 
     # --------------------------------------------------------------- workers
     def add_workers(self, worker_ids: Iterable[str], borrowed: bool = False) -> None:
