@@ -30,7 +30,7 @@ SYSTEMS = ("cluster", "rq", "rq-simple", "celery")
 
 def run_cluster(names: list[str], args, rate: float, log_dir: Path) -> list[dict]:
     workloads = by_name(args.scale)
-    system = ClusterSystem(rate, log_dir)
+    system = ClusterSystem(rate, log_dir, **dict(item.split("=", 1) for item in args.set))
     try:
         out = []
         for name in names:
@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="shrink counts and iterations (smoke runs)")
     parser.add_argument("--clients", type=int, default=8, help="enqueueing threads, the same for every system")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one workload may take")
+    parser.add_argument("--set", action="append", default=[], metavar="VAR=VALUE",
+                        help="a node setting for the cluster, e.g. SCALE_INTERVAL=0.5 (repeatable)")
     parser.add_argument("--json", help="write the JSON here (default bench/results/e2e-<time>.json)")
     args = parser.parse_args(argv)
     systems = args.systems.split(",")

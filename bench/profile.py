@@ -55,8 +55,9 @@ def summarize(path: Path, top: int) -> dict:
         if not stack:
             continue
         frames = stack.split(";")
-        kind = kind_of(frames[0])
-        frames = [f for f in frames[1:] if not f.startswith("thread ")]
+        processes = [f for f in frames if f.startswith("process ")]  # nested: master, worker, child
+        kind = kind_of(processes[-1] if processes else frames[0])
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
         if not frames:
             continue
         n = int(count)
