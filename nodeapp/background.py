@@ -36,11 +36,15 @@ def start_background(app: Flask, node_url: str | None = None) -> BackgroundSched
 
 
 def stop_background(app: Flask) -> None:
-    """Stop the scaler and every worker the launcher started. Safe to call twice."""
+    """Stop the scaler and every worker the launcher started.
+
+    Safe to call twice and from two threads (the SIGTERM hook and gunicorn's worker_exit): a
+    second call waits until the first has finished.
+    """
     ctx: NodeContext = app.extensions[EXTENSION_KEY]
     ctx.state.start_draining()
     with ctx.background_lock:
         scheduler, ctx.scheduler = ctx.scheduler, None
-    if scheduler is not None:
-        scheduler.shutdown(wait=True)  # let a scaler run in progress finish, so it cannot launch after stop_all
-    ctx.launcher.stop_all()
+        if scheduler is not None:
+            scheduler.shutdown(wait=True)  # a scaler run in progress finishes: it cannot launch after stop_all
+        ctx.launcher.stop_all()

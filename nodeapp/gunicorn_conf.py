@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 
 # ------------------------------------------------------------------ process model
 workers = 1  # a literal on purpose: never from WEB_CONCURRENCY (see module docstring)
@@ -27,7 +28,9 @@ bind = [os.environ.get("BIND", "0.0.0.0:8000")]
 backlog = 2048
 keepalive = 5
 timeout = 60  # the gthread main loop heartbeats on its own; requests never take this long
-graceful_timeout = 10  # SIGTERM: requests in flight get this long to finish
+# SIGTERM: requests in flight get this long to finish. Requests are short (a peer call gives up
+# within 2 s); gthread also waits this long on idle keep-alive connections, so keep it small.
+graceful_timeout = 5
 
 # ------------------------------------------------------------------ logging
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
@@ -88,7 +91,7 @@ def _node_url_from_bind(cfg) -> str:
 
 def post_worker_init(worker):
     """In the serving process, after the app is loaded: start the scaler, hook SIGTERM."""
-    from nodeapp.background import start_background
+    from nodeapp.background import start_background, stop_background
     from nodeapp.logs import configure_logging
 
     configure_logging(worker.cfg.loglevel)
@@ -98,6 +101,9 @@ def post_worker_init(worker):
 
     def on_sigterm(signum, frame):
         state.start_draining()  # new enqueues answer 503 while requests in flight finish
+        # Stop the scaler and the workers now, while gunicorn drains: the queue dies with this
+        # process, and polling workers would otherwise hold connections open to the end.
+        threading.Thread(target=stop_background, args=(app,), name="stop-background", daemon=True).start()
         if callable(gunicorn_handler):
             gunicorn_handler(signum, frame)
 

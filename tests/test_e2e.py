@@ -254,3 +254,17 @@ def test_run_program_local_stops_everything_on_sigint(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_sigterm_stops_a_node_with_live_workers_by_itself(make_cluster):
+    cluster = make_cluster(WORKER_IDLE_SECONDS="600")  # the worker would poll for ten minutes
+    a = cluster.urls[0]
+    enqueue(a, b"x", 10)
+    wait_for(lambda: stats(a)["workers"]["live"] >= 1, 30, what="a live worker")
+    node = cluster.nodes[0].process
+    started = time.monotonic()
+    node.send_signal(signal.SIGTERM)
+    assert node.wait(timeout=15) == 0
+    assert time.monotonic() - started < 8, "the node did not exit within its graceful timeout"
+    wait_for(lambda: not [p for p in worker_pids(cluster) if os.getpgid(p) == node.pid], 5,
+             what="the node's workers to be gone")
