@@ -189,18 +189,9 @@ def descendants(pid: int) -> list[int]:
 def cpu_hash_rate(seconds: float = 1.0) -> float:
     """SHA-512 chain iterations per CPU second of this process (what a core does while it runs,
     whatever else the shared machine is doing; the wall-clock rate drops with the load)."""
-    import hashlib
+    from workerapp.compute import measure_hash_rate
 
-    sha512 = hashlib.sha512
-    digest = b"\0" * 64
-    count, start = 0, time.process_time()
-    while True:
-        for _ in range(2000):
-            digest = sha512(digest).digest()
-        count += 2000
-        used = time.process_time() - start
-        if used >= seconds:
-            return count / used
+    return measure_hash_rate(seconds, clock=time.process_time)
 
 
 def runqueue_wait_seconds(pid: int) -> float:
