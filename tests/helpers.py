@@ -46,6 +46,16 @@ class FakeLauncher:
         self.alive.clear()
 
 
+class Clock:
+    """A settable clock, shared by the objects under test (NodeState, Scaler, launchers)."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
     """Poll ``condition`` until it returns a truthy value; fail with ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout

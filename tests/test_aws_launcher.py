@@ -16,20 +16,11 @@ from provisioning.instances import architecture, latest_ami
 from provisioning.naming import ClusterNames
 from provisioning.network import NetworkWrapper
 from tests.aws_helpers import REGION, aws, service_models  # noqa: F401
+from tests.helpers import Clock
 
 NODE_URL = "http://10.0.0.10:8000"
 PEER_URL = ""  # no peer: borrowing is covered by the scaler's own tests
 BOOT_TIMEOUT = 300.0
-
-
-class Clock:
-    """A settable clock shared by NodeState, Scaler and the launcher."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -58,7 +49,7 @@ def env(aws):  # noqa: F811
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return Clock(1_000_000.0)
 
 
 def make_launcher(env, clock, node_name="node-1") -> Ec2Launcher:

@@ -11,7 +11,7 @@ import pytest
 from nodeapp.peer import PeerClient
 from nodeapp.scaling import Decision, Scaler, decide
 from nodeapp.state import NodeState, ScalingFigures
-from tests.helpers import FakeLauncher
+from tests.helpers import Clock, FakeLauncher
 
 RATE = 1_000_000  # iterations per second per worker, for round numbers
 
@@ -73,14 +73,6 @@ class StatePeer(PeerClient):
 
     def ping(self) -> bool:
         return self.up
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
