@@ -63,11 +63,11 @@ def pull(url: str, top: int = 10_000) -> list[dict]:
     return response.json()
 
 
-def pull_merged(url: str, ids) -> list[dict]:
+def pull_merged(url: str, ids, top: int = 10_000) -> list[dict]:
     """pullCompleted once the peer answered too (on a busy machine a peer call may time out)."""
 
     def merged():
-        response = requests.post(f"{url}/pullCompleted", params={"top": 10_000}, timeout=5)
+        response = requests.post(f"{url}/pullCompleted", params={"top": top}, timeout=30)
         results = response.json()
         complete = "X-Peer-Unavailable" not in response.headers and set(ids) <= {r["id"] for r in results}
         return results if complete else None
