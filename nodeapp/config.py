@@ -6,7 +6,6 @@ message names the variable and the accepted range, and the node refuses to start
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import socket
@@ -146,9 +145,3 @@ class NodeConfig:
             raise ConfigError("CLUSTER_TOKEN is not valid: expected visible ASCII characters, no spaces "
                               "(it is sent in the X-Cluster-Token header)")
         return cls(**values)
-
-    def replace(self, **changes: Any) -> NodeConfig:
-        """A copy with some fields changed, validated like the environment."""
-        merged = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        merged.update({k: SETTINGS[k].parse(v) for k, v in changes.items()})
-        return NodeConfig(**merged)

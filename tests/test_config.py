@@ -108,8 +108,6 @@ def test_bad_override_is_refused_like_the_environment():
         NodeConfig.load({}, {"max_attempts": 0})
     with pytest.raises(ConfigError, match="no_such"):
         NodeConfig.load({}, {"no_such": 1})
-    with pytest.raises(ConfigError, match="MAX_NUM_OF_WORKERS"):
-        NodeConfig.load({}).replace(max_workers=-1)
 
 
 def test_create_app_reads_os_environ(monkeypatch):
