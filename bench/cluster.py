@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from bench.common import children, cpu_seconds, descendants, runqueue_wait_seconds, submit_all, wait_until
+from bench.common import children, cpu_seconds, descendants, runqueue_wait_seconds, wait_until
 from provisioning.local_cluster import LocalCluster
 
 

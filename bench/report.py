@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.common import fmt, fmt_spread, spread
+from bench.common import fmt_spread, spread
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
