@@ -22,28 +22,21 @@ class TokenStore:
                                Description="scalable task manager cluster token")
         return token
 
-    def read(self, name: str) -> str | None:
+    def _unless_missing(self, method: str, **kwargs: Any) -> dict | None:
+        """One SSM call; None when the parameter does not exist, other errors raise."""
         try:
-            return self.ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+            return getattr(self.ssm, method)(**kwargs)
         except ClientError as err:
             if err.response["Error"]["Code"] == "ParameterNotFound":
                 return None
             raise
 
+    def read(self, name: str) -> str | None:
+        reply = self._unless_missing("get_parameter", Name=name, WithDecryption=True)
+        return reply["Parameter"]["Value"] if reply else None
+
     def delete(self, name: str) -> bool:
-        try:
-            self.ssm.delete_parameter(Name=name)
-        except ClientError as err:
-            if err.response["Error"]["Code"] == "ParameterNotFound":
-                return False
-            raise
-        return True
+        return self._unless_missing("delete_parameter", Name=name) is not None
 
     def exists(self, name: str) -> bool:
-        try:
-            self.ssm.get_parameter(Name=name)
-        except ClientError as err:
-            if err.response["Error"]["Code"] == "ParameterNotFound":
-                return False
-            raise
-        return True
+        return self._unless_missing("get_parameter", Name=name) is not None
