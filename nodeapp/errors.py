@@ -48,7 +48,7 @@ def init_app(app: Flask) -> None:
         code = _HTTP_CODES.get(err.code or 500, "http_error")
         message = err.description or err.name
         if err.code == 404:
-            message = f"no endpoint {request.method} {request.path}; see the README for the API"
+            message = f"no endpoint {request.method} {request.path}; see docs/api.md for the API"
         elif err.code == 405:
             message = f"{request.method} is not allowed on {request.path}; allowed: {headers.get('Allow', '')}"
         return error_response(err.code or 500, code, message, headers)
