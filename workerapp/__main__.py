@@ -2,6 +2,11 @@
 
 The cluster token comes from the CLUSTER_TOKEN environment variable (never the command line,
 which other users can see in ``ps``).
+
+Exit codes (``workerapp/exitcodes.py``): 0 idle for WORKER_IDLE_SECONDS or stopped by SIGTERM /
+Ctrl-C; 2 bad command line or settings, or CLUSTER_TOKEN not set; 3 a node refused a call with a
+4xx (wrong token, a request it calls bad), logged once with the node's reason, after a goodbye
+(``worker_down``) to every node that still listens.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import socket
 import sys
 
 from nodeapp.logs import configure_logging
+from workerapp import exitcodes
 from workerapp.client import NodeClient
 from workerapp.worker import Worker
 
@@ -45,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     token = os.environ.get("CLUSTER_TOKEN", "")
     if not token:
         log.error("CLUSTER_TOKEN is not set: the nodes would refuse every call")
-        return 2
+        return exitcodes.USAGE
     clients = [NodeClient(url, token, args.worker_id) for url in args.nodes]
     worker = Worker(clients, idle_seconds=args.idle_seconds, claim_seconds=args.claim_seconds,
                     max_batch=args.max_batch)

@@ -15,6 +15,27 @@ class NodeUnavailable(Exception):
     """The node could not be reached or answered with a server error."""
 
 
+class NodeRejected(Exception):
+    """The node refused a call with a 4xx (wrong token, bad request): retrying will not help.
+
+    ``code`` and ``message`` come from the node's JSON error body (``{"error", "message"}``).
+    """
+
+    def __init__(self, url: str, status: int, code: str, message: str) -> None:
+        super().__init__(f"{url}: HTTP {status} {code}: {message}")
+        self.url, self.status, self.code, self.message = url, status, code, message
+
+    @classmethod
+    def from_response(cls, url: str, response: requests.Response) -> NodeRejected:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and "error" in body:
+            return cls(url, response.status_code, str(body["error"]), str(body.get("message", "")))
+        return cls(url, response.status_code, "http_error", response.text[:200])
+
+
 @dataclass(frozen=True)
 class ClaimedTask:
     id: str
@@ -42,8 +63,7 @@ class NodeClient:
         if response.status_code >= 500:
             raise NodeUnavailable(f"{self.url}{path}: HTTP {response.status_code}")
         if response.status_code != 200:
-            # 401/400 are configuration errors that retrying will not fix.
-            raise RuntimeError(f"{self.url}{path}: HTTP {response.status_code} {response.text[:200]}")
+            raise NodeRejected.from_response(self.url + path, response)
         return response.json()
 
     def claim(self, max_tasks: int, max_iterations: int) -> tuple[list[ClaimedTask], float]:

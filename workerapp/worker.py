@@ -3,7 +3,9 @@
 A batch is as many tasks as add up to about ``claim_seconds`` of work at this worker's measured
 hash rate, so small tasks cost one claim and one result post per batch, while long tasks are
 claimed one at a time and their leases renewed by a heartbeat thread. ``request_stop()`` (wired
-to SIGTERM) makes the loop finish the task in hand, give the rest back, and exit.
+to SIGTERM) makes the loop finish the task in hand, give the rest back, and exit. A node that
+refuses a call (``NodeRejected``: wrong token, bad request) ends the loop with
+``exitcodes.REJECTED`` after a goodbye to every node that still listens.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from workerapp.client import ClaimedTask, NodeClient, NodeUnavailable
+from workerapp import exitcodes
+from workerapp.client import ClaimedTask, NodeClient, NodeRejected, NodeUnavailable
 from workerapp.compute import compute, measure_hash_rate
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,9 @@ class Worker:
         claim_seconds: how much work (at the measured rate) to claim at once.
         max_batch: at most this many tasks per claim.
         hash_rate: iterations per second; measured at start when None.
+        clock: monotonic seconds, for backoff, leases and idleness.
+        sleep: when given, every wait of the loop calls it (tests pass one that advances a fake
+            clock); by default polls wait on the stop request and retries on ``time.sleep``.
     """
 
     def __init__(
@@ -61,6 +67,8 @@ class Worker:
         max_poll: float = 0.5,
         max_backoff: float = 5.0,
         compute_fn: Callable[[bytes, int], str] = compute,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] | None = None,
     ) -> None:
         if not nodes:
             raise ValueError("a worker needs at least one node")
@@ -71,7 +79,9 @@ class Worker:
         self.hash_rate = hash_rate
         self.min_poll, self.max_poll, self.max_backoff = min_poll, max_poll, max_backoff
         self.compute_fn = compute_fn
+        self._clock, self._sleep = clock, sleep
         self.completed = 0
+        self.rejection: NodeRejected | None = None
         self._stop = threading.Event()
         self._finished = threading.Event()  # the heartbeat thread runs until run() ends, past a stop
         self._holding = _Holding()
@@ -88,7 +98,8 @@ class Worker:
 
     # ---------------------------------------------------------------- loop
     def run(self) -> int:
-        """Work until idle for ``idle_seconds`` or stopped; returns the process exit code (0)."""
+        """Work until idle for ``idle_seconds``, stopped, or rejected; returns the exit code
+        (``exitcodes.OK``, or ``exitcodes.REJECTED`` with the refusal in ``self.rejection``)."""
         if self.hash_rate is None:
             self.hash_rate = measure_hash_rate()
         heartbeats = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
@@ -96,22 +107,39 @@ class Worker:
         own = self.sources[0].client
         log.info("worker %s started: nodes %s, %.0f iterations/s", own.worker_id,
                  ", ".join(s.client.url for s in self.sources), self.hash_rate)
-        last_task = time.monotonic()
-        poll = self.min_poll
-        while not self._stop.is_set():
-            if self._work_once():
-                last_task, poll = time.monotonic(), self.min_poll
-                continue
-            if time.monotonic() - last_task >= self.idle_seconds:
-                log.info("idle for %.1fs: exiting", self.idle_seconds)
-                break
-            self._stop.wait(poll)
-            poll = min(poll * 2, self.max_poll)
-        self._say_goodbye()
+        code = exitcodes.OK
+        try:
+            self._loop()
+        except NodeRejected as exc:
+            self.rejection, code = exc, exitcodes.REJECTED
+            log.error("a node refused a call: %s. Retrying would not help (check CLUSTER_TOKEN, and that node "
+                      "and worker run the same version); exiting with code %d", exc, code)
+        self._say_goodbye(everywhere=code != exitcodes.OK)
         self._finished.set()
         heartbeats.join(timeout=2)
         log.info("worker %s exiting after %d task(s)", own.worker_id, self.completed)
-        return 0
+        return code
+
+    def _loop(self) -> None:
+        last_task = self._clock()
+        poll = self.min_poll
+        while not self._stop.is_set():
+            if self._work_once():
+                last_task, poll = self._clock(), self.min_poll
+                continue
+            if self._clock() - last_task >= self.idle_seconds:
+                log.info("idle for %.1fs: exiting", self.idle_seconds)
+                return
+            self._wait(poll, until_stop=True)
+            poll = min(poll * 2, self.max_poll)
+
+    def _wait(self, seconds: float, *, until_stop: bool = False) -> None:
+        if self._sleep is not None:
+            self._sleep(seconds)
+        elif until_stop:
+            self._stop.wait(seconds)
+        else:
+            time.sleep(seconds)
 
     def _work_once(self) -> bool:
         """Ask each node in order for a batch; process the first one found. True if any task ran."""
@@ -119,7 +147,7 @@ class Worker:
         for source in self.sources:
             if self._stop.is_set():
                 return False
-            if time.monotonic() < source.retry_at:
+            if self._clock() < source.retry_at:
                 continue
             try:
                 tasks, lease = source.client.claim(self.max_batch, budget)
@@ -134,7 +162,7 @@ class Worker:
 
     def _process(self, source: _Source, tasks: list[ClaimedTask], lease: float) -> None:
         with self._holding_lock:
-            self._holding = _Holding(source, [t.id for t in tasks], lease, time.monotonic())
+            self._holding = _Holding(source, [t.id for t in tasks], lease, self._clock())
         results: list[tuple[str, str]] = []
         returned: list[str] = []
         for i, task in enumerate(tasks):
@@ -142,27 +170,29 @@ class Worker:
                 returned = [t.id for t in tasks[i:]]
                 break
             results.append((task.id, self.compute_fn(task.data, task.iterations)))
-        if results:
-            self._post_results(source, results, lease)
-        with self._holding_lock:
-            self._holding = _Holding()
-        if returned:
-            self._give_back(source, returned)
+        try:
+            if results:
+                self._post_results(source, results, lease)
+        finally:  # also when the node refused the results
+            with self._holding_lock:
+                self._holding = _Holding()
+            if returned:
+                self._give_back(source, returned)
 
     def _post_results(self, source: _Source, results: list[tuple[str, str]], lease: float) -> None:
         """Post a batch; retry (capped backoff) while the lease could still hold."""
-        deadline = time.monotonic() + lease
+        deadline = self._clock() + lease
         delay = 0.1
         while True:
             try:
                 accepted = source.client.complete(results)
             except NodeUnavailable as exc:
-                if time.monotonic() + delay > deadline:
+                if self._clock() + delay > deadline:
                     log.error("giving up on %d result(s) for %s: %s (the node will requeue them)",
                               len(results), source.client.url, exc)
                     return
                 log.warning("posting results failed (%s); retrying in %.1fs", exc, delay)
-                time.sleep(delay)
+                self._wait(delay)
                 delay = min(delay * 2, self.max_backoff)
                 continue
             self.completed += accepted
@@ -173,25 +203,34 @@ class Worker:
     def _give_back(self, source: _Source, task_ids: list[str]) -> None:
         try:
             source.client.worker_down(returned=task_ids)
-        except (NodeUnavailable, RuntimeError) as exc:
+        except (NodeUnavailable, NodeRejected) as exc:
             log.warning("could not hand back %d task(s) to %s: %s (their lease will run out)",
                         len(task_ids), source.client.url, exc)
 
-    def _say_goodbye(self) -> None:
-        own = self.sources[0].client
-        for attempt in range(3):
-            try:
-                own.worker_down()
-                return
-            except (NodeUnavailable, RuntimeError) as exc:
-                log.warning("worker_down on %s failed (%s), attempt %d", own.url, exc, attempt + 1)
-                time.sleep(0.2 * (attempt + 1))
+    def _say_goodbye(self, everywhere: bool = False) -> None:
+        """``worker_down`` on the own node (three tries); with ``everywhere`` (after a refusal)
+        also once on the peer, which then requeues any lease this worker still holds there."""
+        own, *peers = [s.client for s in self.sources]
+        for client, tries in [(own, 3), *((peer, 1) for peer in (peers if everywhere else []))]:
+            for attempt in range(tries):
+                try:
+                    client.worker_down()
+                    break
+                except NodeRejected as exc:
+                    # the same refusal as the one that ended the loop was logged already
+                    same = self.rejection is not None and exc.status == self.rejection.status
+                    log.log(logging.DEBUG if same else logging.WARNING, "worker_down refused: %s", exc)
+                    break
+                except NodeUnavailable as exc:
+                    log.warning("worker_down on %s failed (%s), attempt %d of %d", client.url, exc, attempt + 1, tries)
+                    if attempt + 1 < tries:
+                        self._wait(0.2 * (attempt + 1))
 
     # ------------------------------------------------------------ failures
     def _failed(self, source: _Source, exc: Exception) -> None:
         source.failures += 1
         source.backoff = min(self.max_backoff, max(0.1, source.backoff * 2))
-        source.retry_at = time.monotonic() + source.backoff
+        source.retry_at = self._clock() + source.backoff
         level = logging.WARNING if source.failures in (1, 10) or source.failures % 50 == 0 else logging.DEBUG
         log.log(level, "node %s unavailable (%s); failure %d, next try in %.1fs",
                 source.client.url, exc, source.failures, source.backoff)
@@ -207,11 +246,11 @@ class Worker:
         while not self._finished.wait(0.2):
             with self._holding_lock:
                 holding = self._holding
-                due = holding.source and time.monotonic() - holding.since >= holding.lease_seconds / 3
+                due = holding.source and self._clock() - holding.since >= holding.lease_seconds / 3
                 if due:
-                    holding.since = time.monotonic()
+                    holding.since = self._clock()
             if due:
                 try:
                     holding.source.client.heartbeat(list(holding.task_ids))
-                except (NodeUnavailable, RuntimeError) as exc:
+                except (NodeUnavailable, NodeRejected) as exc:
                     log.warning("heartbeat to %s failed: %s", holding.source.client.url, exc)
