@@ -55,6 +55,9 @@ def add_aws_arguments(parser: argparse.ArgumentParser) -> None:
     aws.add_argument("--health-timeout", type=float, default=900.0,
                      help="seconds to wait for both nodes' /health (default 900)")
     aws.add_argument("--wheel", type=Path, help="install this wheel instead of building one from this checkout")
+    aws.add_argument("--spot", action="store_true",
+                     help="launch workers as spot instances (cheaper, may be reclaimed with 2 minutes' notice; "
+                          "falls back to on-demand when spot capacity is refused)")
 
 
 def public_cidr_of_this_machine() -> str:
@@ -125,7 +128,7 @@ def run_aws(
     region = session.region_name
     spec_args = dict(name=args.cluster_name, region=region, node_instance_type=args.node_instance_type,
                      worker_instance_type=args.worker_instance_type, max_workers=max_workers,
-                     ssh_cidr=args.ssh_cidr, key_name=args.key_name, node_env=settings)
+                     ssh_cidr=args.ssh_cidr, key_name=args.key_name, node_env=settings, worker_spot=args.spot)
     clients = AwsClients.from_session(session, region)
 
     if args.destroy:

@@ -47,6 +47,7 @@ class ClusterSpec:
     key_name: str | None = None
     node_env: Mapping[str, str] = field(default_factory=dict)
     port: int = NODE_PORT
+    worker_spot: bool = False
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,9 @@ class Provisioner:
                 iam.attach(names.role(kind), policy_arn)
                 iam.create_instance_profile(names.profile(kind), names.iam_path, names.role(kind), tags)
                 self.created.append(f"instance profile {names.profile(kind)}")
+            if spec.worker_spot and iam.ensure_spot_service_role():
+                self.say("  created the account's service-linked role for EC2 Spot (AWSServiceRoleForEC2Spot; "
+                         "it is shared by the account and stays after --destroy)")
         delivery = Delivery(spec.region, wheel_uri, names.token_parameter)
         ids = []
         for node_name, subnet in zip(NODE_NAMES, node_subnets):
@@ -198,7 +202,8 @@ class Provisioner:
                        "TM_WORKER_AMI": worker_ami, "TM_WORKER_INSTANCE_TYPE": spec.worker_instance_type,
                        "TM_WORKER_SUBNET": subnet, "TM_WORKER_SECURITY_GROUP": worker_sg,
                        "TM_WORKER_INSTANCE_PROFILE": names.profile_arn("worker"),
-                       "TM_WHEEL_URI": wheel_uri, "TM_TOKEN_PARAMETER": names.token_parameter}
+                       "TM_WHEEL_URI": wheel_uri, "TM_TOKEN_PARAMETER": names.token_parameter,
+                       "TM_WORKER_SPOT": "1" if spec.worker_spot else "0"}
                 request = run_request(
                     ami_id=node_ami, instance_type=spec.node_instance_type, subnet_id=subnet,
                     security_group_id=node_sg, profile_arn=names.profile_arn("node"),

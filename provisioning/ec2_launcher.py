@@ -17,6 +17,8 @@ Settings come from the environment, which the node's user-data writes (see docs/
     TM_REGION                   region (else AWS_DEFAULT_REGION)             required
     TM_LIST_GRACE               seconds a just-launched instance counts as running
                                 although DescribeInstances does not list it yet (default 120)
+    TM_WORKER_SPOT              1: launch workers as spot instances (default 0); when EC2
+                                refuses spot capacity, that launch falls back to on-demand
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from provisioning.instances import ALIVE_STATES, cluster_instances, run_request
+from provisioning.launchers import Launched
 from provisioning.naming import TAG_CLUSTER, TAG_NODE, TAG_ROLE
 from provisioning.userdata import Delivery, worker_script
 
@@ -41,6 +44,12 @@ log = logging.getLogger(__name__)
 #: Short timeouts and few retries: a scaler tick must not hang on AWS.
 CLIENT_CONFIG = Config(connect_timeout=3, read_timeout=8, retries={"max_attempts": 2, "mode": "standard"})
 DEFAULT_LIST_GRACE = 120.0
+#: RunInstances errors that mean "no spot capacity for this request": launch on-demand instead.
+SPOT_REFUSED = frozenset({
+    "InsufficientInstanceCapacity", "InsufficientCapacity", "SpotMaxPriceTooLow",
+    "MaxSpotInstanceCountExceeded", "UnfulfillableCapacity",
+})
+_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": False}
 
 _REQUIRED = {
     "cluster": "TM_CLUSTER",
@@ -70,6 +79,7 @@ class Ec2WorkerSettings:
     wheel_uri: str
     token_parameter: str
     list_grace: float = DEFAULT_LIST_GRACE
+    spot: bool = False
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Ec2WorkerSettings:
@@ -84,7 +94,10 @@ class Ec2WorkerSettings:
             grace = float(environ.get("TM_LIST_GRACE", "") or DEFAULT_LIST_GRACE)
         except ValueError:
             raise Ec2SettingsError(f"TM_LIST_GRACE={environ['TM_LIST_GRACE']!r} is not a number") from None
-        return cls(region=region, list_grace=grace, **values)
+        spot = _FLAGS.get(environ.get("TM_WORKER_SPOT", "").strip().lower())
+        if spot is None:
+            raise Ec2SettingsError(f"TM_WORKER_SPOT={environ['TM_WORKER_SPOT']!r} is not 1 or 0")
+        return cls(region=region, list_grace=grace, spot=spot, **values)
 
     @property
     def delivery(self) -> Delivery:
@@ -134,29 +147,46 @@ class Ec2Launcher:
                 {"Key": TAG_NODE, "Value": self.node_name},
                 {"Key": "Name", "Value": f"tm-{self.settings.cluster}-worker-{self.node_name}"}]
 
-    def launch(self, count: int, node_urls: list[str]) -> list[str]:
-        """One RunInstances call for up to ``count`` workers; returns the instance ids it got."""
-        s = self.settings
-        request = run_request(
-            ami_id=s.ami_id, instance_type=s.instance_type, subnet_id=s.subnet_id,
-            security_group_id=s.security_group_id, profile_arn=s.profile_arn,
-            user_data=worker_script(s.delivery, node_urls, self.idle_seconds),
-            tags=self.tags(), count=count, terminate_on_shutdown=True)
-        # botocore retries a timed-out call; the same token makes EC2 launch only once
-        request["ClientToken"] = uuid.uuid4().hex
+    def launch(self, count: int, node_urls: list[str]) -> Launched:
+        """One RunInstances call for ``count`` workers; returns the instance ids it got.
+
+        With TM_WORKER_SPOT=1 the workers are spot instances; if EC2 refuses spot capacity
+        (``SPOT_REFUSED``), the same launch is made on-demand and the result carries a note.
+        """
+        note = ""
         try:
-            reply = self.ec2.run_instances(**request)
+            reply = self._run(count, node_urls, spot=self.settings.spot)
         except ClientError as err:
-            log.error("RunInstances for %d worker(s) failed: %s %s", count, err.response["Error"]["Code"],
-                      err.response["Error"].get("Message", ""))
-            raise
+            code = err.response["Error"]["Code"]
+            if not (self.settings.spot and code in SPOT_REFUSED):
+                raise
+            note = f"spot refused ({code}): {count} worker(s) launched on-demand"
+            log.warning("%s; %s", note, err.response["Error"].get("Message", ""))
+            reply = self._run(count, node_urls, spot=False)
         ids = [i["InstanceId"] for i in reply["Instances"]]
         now = self._clock()
         for instance_id in ids:
             self._unlisted[instance_id] = now
         if len(ids) < count:
             log.warning("asked for %d worker instance(s), EC2 gave %d", count, len(ids))
-        return ids
+        return Launched(ids, note)
+
+    def _run(self, count: int, node_urls: list[str], *, spot: bool) -> dict:
+        s = self.settings
+        request = run_request(
+            ami_id=s.ami_id, instance_type=s.instance_type, subnet_id=s.subnet_id,
+            security_group_id=s.security_group_id, profile_arn=s.profile_arn,
+            user_data=worker_script(s.delivery, node_urls, self.idle_seconds, spot=spot),
+            tags=self.tags(), count=count, terminate_on_shutdown=True, spot=spot)
+        # botocore retries a timed-out call; the same token makes EC2 launch only once
+        request["ClientToken"] = uuid.uuid4().hex
+        try:
+            return self.ec2.run_instances(**request)
+        except ClientError as err:
+            log.log(logging.INFO if spot and err.response["Error"]["Code"] in SPOT_REFUSED else logging.ERROR,
+                    "RunInstances for %d %sworker(s) failed: %s %s", count, "spot " if spot else "",
+                    err.response["Error"]["Code"], err.response["Error"].get("Message", ""))
+            raise
 
     def running(self) -> set[str] | None:
         """Worker instances of this node that are pending or running; None if AWS cannot say.

@@ -53,6 +53,19 @@ class IamWrapper:
         self.iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=role)
         return profile["InstanceProfile"]["Arn"]
 
+    def ensure_spot_service_role(self) -> bool:
+        """Make sure the account has EC2 Spot's service-linked role, which RunInstances with spot
+        market options needs (it is created on a console launch, not by the API). True if made now."""
+        try:
+            self.iam.create_service_linked_role(AWSServiceName="spot.amazonaws.com")
+        except ClientError as err:
+            error = err.response["Error"]
+            if error["Code"] == "EntityAlreadyExists" or (error["Code"] == "InvalidInput"
+                                                          and "taken" in error.get("Message", "")):
+                return False  # the account has it already
+            raise
+        return True
+
     def roles(self, path: str) -> list[dict]:
         pages = self.iam.get_paginator("list_roles").paginate(PathPrefix=path)
         return [r for page in pages for r in page["Roles"] if r["Path"] == path]

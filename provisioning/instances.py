@@ -52,8 +52,12 @@ def run_request(
     count: int = 1,
     terminate_on_shutdown: bool = False,
     key_name: str | None = None,
+    spot: bool = False,
 ) -> dict:
-    """The keyword arguments of ``run_instances`` for cluster instances."""
+    """The keyword arguments of ``run_instances`` for cluster instances.
+
+    ``spot`` asks for one-time spot instances that terminate when EC2 reclaims them (no
+    persistent request that would relaunch them outside the scaler's count)."""
     request = {
         "ImageId": ami_id,
         "InstanceType": instance_type,
@@ -70,6 +74,11 @@ def run_request(
     }
     if key_name:
         request["KeyName"] = key_name
+    if spot:
+        request["InstanceMarketOptions"] = {
+            "MarketType": "spot",
+            "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
+        }
     return request
 
 

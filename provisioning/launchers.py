@@ -21,13 +21,23 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 
+class Launched(list):
+    """The worker ids a launch got, and a ``note`` for the scaler's decision history
+    (for example: spot capacity was refused and the workers run on-demand)."""
+
+    def __init__(self, ids: Iterable[str] = (), note: str = "") -> None:
+        super().__init__(ids)
+        self.note = note
+
+
 class Launcher(Protocol):
     """What the scaler needs from a source of workers."""
 
     kind: str
 
     def launch(self, count: int, node_urls: list[str]) -> list[str]:
-        """Start ``count`` workers that pull from ``node_urls`` (own node first); return their ids."""
+        """Start ``count`` workers that pull from ``node_urls`` (own node first); return their ids
+        (a ``Launched`` when there is something to note)."""
 
     def running(self) -> set[str] | None:
         """Ids of workers that still exist, or None if that cannot be known right now."""

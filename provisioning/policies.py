@@ -4,7 +4,7 @@ Least privilege, statement by statement:
 
 * nodes may run instances only with the cluster's tags, the worker profile, the worker
   instance type, IMDSv2 required, from the worker AMI into the cluster's subnets and worker
-  security group; may tag only as part of that launch; may terminate only the cluster's
+  security group (on-demand or as one-time spot requests); may tag only as part of that launch; may terminate only the cluster's
   workers; may describe instances (a read action that cannot be scoped); may pass only the
   worker role, and only to EC2; may read only the cluster's token and wheel.
 * workers may read the cluster's token and wheel, nothing else.
@@ -74,6 +74,8 @@ def node_policy(names: ClusterNames, scope: WorkerLaunchScope) -> dict:
              f"{ec2}:security-group/{scope.security_group_id}",
              f"{ec2}:network-interface/*",
          ]},
+        {"Sid": "RunAsSpot", "Effect": "Allow", "Action": "ec2:RunInstances",
+         "Resource": f"{ec2}:spot-instances-request/*"},  # the request a spot launch (--spot) makes
         {"Sid": "RunWithTaggedVolumes", "Effect": "Allow", "Action": "ec2:RunInstances",
          "Resource": f"{ec2}:volume/*",
          "Condition": {"StringEquals": {cluster_tag: names.cluster}}},
@@ -111,6 +113,7 @@ CALLER_ACTIONS = (
     "iam:ListRolePolicies", "iam:DetachRolePolicy", "iam:DeleteRolePolicy", "iam:DeleteRole",
     "iam:ListPolicyVersions", "iam:DeletePolicyVersion", "iam:DeletePolicy",
     "iam:RemoveRoleFromInstanceProfile", "iam:DeleteInstanceProfile",
+    "iam:CreateServiceLinkedRole",  # --spot only: EC2 Spot's role, once per account
 )
 
 #: API operations whose IAM action has another name.

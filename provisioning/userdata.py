@@ -117,7 +117,7 @@ Type=simple
 User=tm
 EnvironmentFile=/etc/tm/secret.env
 WorkingDirectory=/opt/tm
-ExecStart=__VENV__/bin/python -m workerapp --worker-id ${INSTANCE_ID} --idle-seconds __IDLE__ __NODE_URLS__
+ExecStart=__VENV__/bin/python -m workerapp --worker-id ${INSTANCE_ID} __WORKER_ARGS__
 ExecStopPost=+/usr/bin/systemctl poweroff --no-block
 Restart=no
 # "+": the power-off runs as root although the worker runs as the unprivileged user tm
@@ -164,11 +164,13 @@ def node_script(delivery: Delivery, env: Mapping[str, str], port: int = NODE_POR
     return _prelude("node", delivery, "") + body
 
 
-def worker_script(delivery: Delivery, node_urls: list[str], idle_seconds: float) -> str:
-    """User-data of a worker that pulls from ``node_urls`` (own node first) and uses its instance id."""
+def worker_script(delivery: Delivery, node_urls: list[str], idle_seconds: float, *, spot: bool = False) -> str:
+    """User-data of a worker that pulls from ``node_urls`` (own node first) and uses its instance id.
+    A ``spot`` worker watches the instance metadata for EC2's interruption notice."""
     if not 1 <= len(node_urls) <= 2:
         raise ValueError("a worker pulls from its own node and at most one peer")
     urls = " ".join(_check_safe("node_url", url) for url in node_urls)
     failsafe = "trap 'shutdown -h now' EXIT  # a failed boot powers off: the instance terminates"
-    body = _fill(_WORKER, {"VENV": VENV, "IDLE": f"{float(idle_seconds):g}", "NODE_URLS": urls})
+    args = f"--idle-seconds {float(idle_seconds):g}{' --spot' if spot else ''} {urls}"
+    body = _fill(_WORKER, {"VENV": VENV, "WORKER_ARGS": args})
     return _prelude("worker", delivery, failsafe) + body
