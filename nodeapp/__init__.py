@@ -17,7 +17,7 @@ from nodeapp.config import NodeConfig
 from nodeapp.context import EXTENSION_KEY, NodeContext
 from nodeapp.peer import PeerClient
 from nodeapp.scaling import Scaler
-from nodeapp.state import NodeState
+from nodeapp.node import Node
 from provisioning.launchers import Launcher, make_launcher
 
 __all__ = ["create_app"]
@@ -46,7 +46,7 @@ def create_app(
             "CLUSTER_TOKEN is not set: internal endpoints answer 401, so no worker or peer can talk to this node")
     app = Flask(__name__, static_folder=None)  # the dashboard blueprint serves its own files
     app.json.sort_keys = False
-    state = NodeState(
+    node = Node.build(
         max_workers=config.max_workers,
         lease_seconds=config.lease_seconds,
         max_attempts=config.max_attempts,
@@ -60,11 +60,11 @@ def create_app(
             node_name=config.node_name,
         )
     scaler = Scaler(
-        state, launcher, peer,
+        node, launcher, peer,
         node_url=config.node_url, scale_wait=config.scale_wait, hash_rate=config.hash_rate,
         boot_timeout=config.boot_timeout, summary_seconds=config.summary_seconds,
     )
-    app.extensions[EXTENSION_KEY] = NodeContext(config, state, peer, launcher, scaler)
+    app.extensions[EXTENSION_KEY] = NodeContext(config, node, peer, launcher, scaler)
     errors.init_app(app)
     from nodeapp.api import bp
 

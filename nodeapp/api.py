@@ -14,8 +14,10 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from nodeapp.context import get_context
 from nodeapp.errors import ApiError
 from nodeapp.peer import PEER_HEADER
-from nodeapp.state import Draining, QueueFull, encode_json
+from nodeapp.results import merge_newest
+from nodeapp.tasks import Draining, QueueFull
 from nodeapp.version import __version__
+from nodeapp.views import encode_json, task_json
 
 bp = Blueprint("nodeapp", __name__)
 log = logging.getLogger(__name__)
@@ -112,7 +114,7 @@ def enqueue():
     iterations = _positive_int("iterations", "bad_iterations", ctx.config.max_iterations)
     data = _read_body(ctx.config.max_body_bytes)
     try:
-        task_id = ctx.state.submit(data, iterations)
+        task_id = ctx.node.tasks.submit(data, iterations)
     except QueueFull:
         raise ApiError(503, "queue_full", f"the queue holds MAX_QUEUED={ctx.config.max_queued} tasks; retry later",
                        headers={"Retry-After": "1"}) from None
@@ -128,7 +130,8 @@ def pull_completed():
     top = _positive_int("top", "bad_top")
     top = min(top, ctx.config.results_retention * 2)
     # Entries are (completed_at, id, JSON bytes): a local result is encoded once in its life.
-    entries = [(t.completed_at, t.id, t.encoded_summary()) for t in ctx.state.newest_completed(top)]
+    encode = ctx.summaries.encode
+    entries = [(r.completed_at, r.id, encode(r)) for r in ctx.node.tasks.newest_completed(top)]
     headers = {"Content-Type": "application/json"}
     if not _from_peer() and ctx.peer.url:
         theirs = ctx.peer.newest_results(top)
@@ -142,28 +145,11 @@ def pull_completed():
     return b"[" + b",".join(e[2] for e in entries) + b"]", 200, headers
 
 
-def merge_newest(ours: list, theirs: list, top: int, key=lambda r: (r.get("completed_at") or 0, r.get("id"))) -> list:
-    """Both lists newest first; the ``top`` newest of both, each id once.
-
-    ``key(item)`` gives (completed_at, id); by default items are pullCompleted's dicts.
-    """
-    seen: set[str] = set()
-    merged = []
-    for item in sorted(ours + theirs, key=lambda r: key(r)[0], reverse=True):
-        task_id = key(item)[1]
-        if task_id in seen:
-            continue
-        seen.add(task_id)
-        merged.append(item)
-        if len(merged) == top:
-            break
-    return merged
-
-
 @bp.get("/status/<task_id>")
 def status(task_id: str):
     ctx = get_context()
-    task = ctx.state.status(task_id)
+    record = ctx.node.tasks.status(task_id)
+    task = task_json(record) if record is not None else None
     headers = {}
     if task is None and not _from_peer() and ctx.peer.url:
         answered, task = ctx.peer.status(task_id)
@@ -178,7 +164,7 @@ def status(task_id: str):
 def health():
     ctx = get_context()
     return jsonify(status="ok", node=ctx.config.node_name, version=__version__,
-                   draining=ctx.state.draining)
+                   draining=ctx.node.tasks.draining)
 
 
 @bp.get("/stats")
@@ -204,7 +190,7 @@ def worker_down(instance_id: str):
     if named != instance_id:
         raise ApiError(400, "bad_request", "instance_id in the body differs from the one in the path")
     returned = _field(data, "returned", list, required=False, default=[])
-    gone = ctx.state.worker_down(instance_id, [r for r in returned if isinstance(r, str)])
+    gone = ctx.node.worker_down(instance_id, [r for r in returned if isinstance(r, str)])
     if gone.removed or gone.requeued:
         log.info("worker down: %s (%s), %d task(s) requeued, %d failed", instance_id,
                  "ours" if gone.removed else "peer's", gone.requeued, gone.failed)
@@ -214,7 +200,7 @@ def worker_down(instance_id: str):
 @bp.get("/try_get_node_quota")
 @internal
 def try_get_node_quota():
-    granted = get_context().state.try_lend()
+    granted = get_context().node.workers.lend()
     log.log(logging.INFO if granted else logging.DEBUG, "quota %s to peer", "lent" if granted else "refused")
     return jsonify(granted=granted)
 
@@ -222,7 +208,7 @@ def try_get_node_quota():
 @bp.post("/return_quota")
 @internal
 def return_quota():
-    new_max = get_context().state.take_back()
+    new_max = get_context().node.workers.loan_returned()
     log.info("quota returned by peer: max now %d", new_max)
     return jsonify(max=new_max)
 
@@ -239,7 +225,7 @@ def claim():
         raise ApiError(400, "bad_request", "worker_id must be non-empty; max_tasks and max_iterations >= 1")
     budget = int(ctx.config.hash_rate * ctx.config.claim_seconds)
     max_iterations = budget if max_iterations is None else min(max_iterations, budget)
-    tasks = ctx.state.claim(worker_id, min(max_tasks, 1000), max_iterations)
+    tasks = ctx.node.claim(worker_id, min(max_tasks, 1000), max_iterations)
     return jsonify(
         tasks=[{"id": t.id, "iterations": t.iterations, "data": base64.b64encode(t.data or b"").decode()}
                for t in tasks],
@@ -259,7 +245,7 @@ def complete():
         if not (isinstance(item, dict) and isinstance(item.get("id"), str) and isinstance(item.get("result"), str)):
             raise ApiError(400, "bad_request", "each result must be an object with string 'id' and 'result'")
         pairs.append((item["id"], item["result"]))
-    return jsonify(accepted=ctx.state.complete(worker_id, pairs))
+    return jsonify(accepted=ctx.node.complete(worker_id, pairs))
 
 
 @bp.post("/heartbeat")
@@ -269,7 +255,7 @@ def heartbeat():
     data = _json_body()
     worker_id = _field(data, "worker_id", str)
     task_ids = _field(data, "task_ids", list, required=False, default=[])
-    renewed = ctx.state.heartbeat(worker_id, [t for t in task_ids if isinstance(t, str)])
+    renewed = ctx.node.heartbeat(worker_id, [t for t in task_ids if isinstance(t, str)])
     return jsonify(renewed=renewed, lease_seconds=ctx.config.lease_seconds)
 
 
@@ -288,5 +274,5 @@ def configure():
     if max_workers is not None and not 0 <= max_workers <= 1000:
         raise ApiError(400, "bad_request", "max_workers must be from 0 to 1000")
     ctx.configure(peer_url=peer_url, max_workers=max_workers)
-    return jsonify(peer_url=ctx.peer.url or None, max_workers=ctx.state.stats()["workers"]["max"])
+    return jsonify(peer_url=ctx.peer.url or None, max_workers=ctx.node.workers.counts().max)
 

@@ -42,7 +42,7 @@ def stop_background(app: Flask) -> None:
     second call waits until the first has finished.
     """
     ctx: NodeContext = app.extensions[EXTENSION_KEY]
-    ctx.state.start_draining()
+    ctx.node.tasks.start_draining()
     with ctx.background_lock:
         scheduler, ctx.scheduler = ctx.scheduler, None
         if scheduler is not None:

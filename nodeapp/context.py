@@ -10,9 +10,10 @@ from flask import current_app
 
 from nodeapp.config import NodeConfig
 from nodeapp.metrics import Metrics
+from nodeapp.node import Node
 from nodeapp.peer import PeerClient
 from nodeapp.scaling import Scaler
-from nodeapp.state import NodeState
+from nodeapp.views import EncodedSummaries, stats_json
 from provisioning.launchers import Launcher
 
 EXTENSION_KEY = "nodeapp"
@@ -23,19 +24,21 @@ class NodeContext:
     """Everything one node owns. Built by ``create_app``; the scheduler is added by ``start_background``."""
 
     config: NodeConfig
-    state: NodeState
+    node: Node
     peer: PeerClient
     launcher: Launcher
     scaler: Scaler
     metrics: Metrics = field(init=False)
+    summaries: EncodedSummaries = field(init=False)
     scheduler: Any = None
     background_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.stats, self.config.node_name)
+        self.summaries = EncodedSummaries(self.config.results_retention)
 
     def stats(self) -> dict:
-        stats = self.state.stats()
+        stats = stats_json(self.node.stats())
         stats["node"] = self.config.node_name
         stats["peer"] = self.peer.info()
         stats["scaler"] = {
@@ -50,7 +53,7 @@ class NodeContext:
         if peer_url is not None:
             self.peer.url = peer_url
         if max_workers is not None:
-            self.state.set_max_workers(max_workers)
+            self.node.workers.set_base_max(max_workers)
 
 
 def get_context() -> NodeContext:

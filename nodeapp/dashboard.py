@@ -11,8 +11,8 @@ import time
 
 from flask import Blueprint, jsonify, render_template
 
-from nodeapp.api import merge_newest
 from nodeapp.context import get_context
+from nodeapp.results import merge_newest, summary
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                static_url_path="/dashboard/static")
@@ -48,7 +48,7 @@ def decision_view(decision: dict, node: str) -> dict:
     return {
         "at": decision.get("at"),
         "node": node,
-        "reason": str(decision.get("reason", "")),
+        "reason": "; ".join(str(part) for part in [decision.get("reason", ""), *(decision.get("notes") or [])]),
         "launched": int(decision.get("launched") or 0),
         "borrowed": int(decision.get("borrowed") or 0),
         "queued": figures.get("queued"),
@@ -66,7 +66,7 @@ def cluster_view() -> dict:
     own = ctx.stats()
     nodes = [node_view(own, ctx.config.node_url or None)]
     decisions = [decision_view(d, nodes[0]["node"]) for d in own["scaler"]["decisions"]]
-    results = ctx.state.newest_results(NEWEST)
+    results = [summary(r) for r in ctx.node.tasks.newest_completed(NEWEST)]
     peer_url = ctx.peer.url or None
     if peer_url:
         theirs = ctx.peer.stats()

@@ -41,7 +41,7 @@ if os.environ.get("LOG_FORMAT", "text").lower() == "json":
     logconfig_dict = {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "nodeapp.logs.JsonFormatter"}},
+        "formatters": {"json": {"()": "tmcommon.logs.JsonFormatter"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
         "root": {"level": loglevel.upper(), "handlers": ["stderr"]},
         "loggers": {
@@ -92,15 +92,15 @@ def _node_url_from_bind(cfg) -> str:
 def post_worker_init(worker):
     """In the serving process, after the app is loaded: start the scaler, hook SIGTERM."""
     from nodeapp.background import start_background, stop_background
-    from nodeapp.logs import configure_logging
+    from tmcommon.logs import configure_logging
 
     configure_logging(worker.cfg.loglevel)
     app = worker.wsgi
-    state = app.extensions["nodeapp"].state
+    tasks = app.extensions["nodeapp"].node.tasks
     gunicorn_handler = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum, frame):
-        state.start_draining()  # new enqueues answer 503 while requests in flight finish
+        tasks.start_draining()  # new enqueues answer 503 while requests in flight finish
         # Stop the scaler and the workers now, while gunicorn drains: the queue dies with this
         # process, and polling workers would otherwise hold connections open to the end.
         threading.Thread(target=stop_background, args=(app,), name="stop-background", daemon=True).start()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from nodeapp.peer import PeerClient
-from nodeapp.state import PENDING, NodeState, ScalingFigures
+from nodeapp.node import Node, ScalingFigures
 from provisioning.launchers import Launcher
 
 log = logging.getLogger(__name__)
@@ -58,14 +58,17 @@ def decide(f: ScalingFigures, *, scale_wait: float, hash_rate: float) -> Decisio
 
 
 class Scaler:
-    """One scaler run (``tick``): requeue expired leases, reconcile workers, launch, borrow.
+    """One scaler run (``tick``): requeue expired leases, terminate departed workers, reconcile,
+    give back quota, ping the peer, launch and borrow.
 
-    Runs in the APScheduler thread; every figure it reads or changes goes through NodeState.
+    Runs in the APScheduler thread; every figure it reads or changes goes through the ``Node``.
+    Each step is guarded on its own: one that fails is logged and the later steps still run;
+    what it took and did not finish (departed ids, owed quota) is put back for the next run.
     """
 
     def __init__(
         self,
-        state: NodeState,
+        node: Node,
         launcher: Launcher,
         peer: PeerClient,
         *,
@@ -74,23 +77,26 @@ class Scaler:
         hash_rate: float,
         boot_timeout: float,
         history: int = 50,
-        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         summary_seconds: float = 60.0,
     ) -> None:
-        self.state = state
+        self.node = node
         self.launcher = launcher
         self.peer = peer
         self.node_url = node_url
         self.scale_wait = scale_wait
         self.hash_rate = hash_rate
         self.boot_timeout = boot_timeout
-        self._clock = clock
+        self._monotonic = monotonic
+        self._wall = wall  # the times in decisions(), shown on the dashboard
         self.summary_seconds = summary_seconds
-        self._summary_at = clock()
+        self._summary_at = monotonic()
         self._summary_counts = (0, 0)
         self._history: deque[dict] = deque(maxlen=history)
         self._history_lock = threading.Lock()
         self._tick_lock = threading.Lock()
+        self._launch_notes: list[str] = []  # what the launcher noted this run (e.g. spot refused)
 
     def decisions(self) -> list[dict]:
         """The last decisions that changed something, newest first."""
@@ -109,37 +115,50 @@ class Scaler:
             self._tick_lock.release()
 
     def _tick(self) -> None:
-        requeued, failed = self.state.requeue_expired()
+        for what, step in (
+            ("requeue expired leases", self._requeue_expired),
+            ("terminate departed workers", self._terminate_departed),
+            ("reconcile workers", self._reconcile),
+            ("give back quota", self._give_back_quota),
+            ("ping peer", self._ping_peer),
+            ("launch and borrow", self._scale),
+            ("summary", self._summarize),
+        ):
+            try:
+                step()
+            except Exception:
+                log.exception("scaler step failed: %s", what)
+
+    def _requeue_expired(self) -> None:
+        requeued, failed = self.node.tasks.requeue_expired()
         if requeued or failed:
             log.warning("leases expired: %d tasks requeued, %d failed", requeued, failed)
-        self._reconcile()
-        self._give_back_quota()
+
+    def _ping_peer(self) -> None:
         if self.peer.url and self.peer.info()["reachable"] is not True:
             self.peer.ping()
-        figures = self.state.scaling_figures()
+
+    def _scale(self) -> None:
+        figures = self.node.scaling_figures()
         decision = decide(figures, scale_wait=self.scale_wait, hash_rate=self.hash_rate)
         launched = self._launch(decision.launch, borrowed=False)
         borrowed = 0
         for _ in range(decision.borrow):
             if not self.peer.try_get_quota():
                 break
-            self.state.add_borrowed_slot()
             log.info("quota borrowed from peer %s", self.peer.url)
-            if self._launch(1, borrowed=True):
-                borrowed += 1
-            else:
-                self.state.release_borrowed_slot()
+            borrowed += self._launch(1, borrowed=True)  # a slot left unused is owed back
         if decision.launch or decision.borrow:
             self._record(figures, decision, launched, borrowed)
-        self._summarize(figures)
 
-    def _summarize(self, figures: ScalingFigures) -> None:
+    def _summarize(self) -> None:
         """Every ``summary_seconds``, one line: tasks accepted and completed since the last one."""
-        now = self._clock()
+        now = self._monotonic()
         if not self.summary_seconds or now - self._summary_at < self.summary_seconds:
             return
-        stats = self.state.stats()
-        counts = (stats["enqueued"], stats["completed"])
+        figures = self.node.scaling_figures()
+        tasks = self.node.tasks.counts()
+        counts = (tasks.enqueued, tasks.completed)
         log.info("summary: %d accepted, %d completed in %.0fs; queued %d, running %d, workers %d live + %d pending / max %d",
                  counts[0] - self._summary_counts[0], counts[1] - self._summary_counts[1], now - self._summary_at,
                  figures.queued, figures.running, figures.live, figures.pending, figures.max_workers)
@@ -149,54 +168,68 @@ class Scaler:
         if count <= 0:
             return 0
         urls = [self.node_url] + ([self.peer.url] if self.peer.url else [])
-        try:
-            ids = self.launcher.launch(count, urls)
-        except Exception:
-            log.exception("launching %d worker(s) failed", count)
-            return 0
-        self.state.add_workers(ids, borrowed=borrowed)
+        with self.node.workers.reserve(count, borrowed=borrowed) as slots:
+            try:
+                ids = self.launcher.launch(count, urls)
+            except Exception:
+                log.exception("launching %d worker(s) failed", count)
+                return 0
+            slots.bind(ids)
+        if getattr(ids, "note", ""):
+            self._launch_notes.append(ids.note)
         for worker_id in ids:
             log.info("worker launched: %s%s", worker_id, " (borrowed slot)" if borrowed else "")
         return len(ids)
 
+    def _terminate_departed(self) -> None:
+        """Stop the workers that went down; if the launcher fails, they are kept for the next run."""
+        with self.node.workers.terminating() as departed:
+            if departed:
+                self.launcher.terminate(departed)
+
     def _reconcile(self) -> None:
         """Forget workers the launcher no longer has; terminate those that never showed up."""
-        departed = self.state.take_departed()
-        if departed:
-            self.launcher.terminate(departed)
         alive = self.launcher.running()
-        now = self._clock()
-        for worker in self.state.workers():
+        overdue = set(self.node.workers.overdue(self.boot_timeout))
+        for worker in self.node.workers.workers():
+            terminate = False
             if alive is not None and worker.id not in alive:
                 why = "exited without worker_down"
-            elif worker.state == PENDING and now - worker.launched_at > self.boot_timeout:
+            elif worker.id in overdue:
                 why = f"not seen within BOOT_TIMEOUT={self.boot_timeout:g}s"
-                self.launcher.terminate([worker.id])
+                try:
+                    self.launcher.terminate([worker.id])
+                except Exception:
+                    log.exception("terminating %s failed; will retry", worker.id)
+                    terminate = True  # the next run's terminate step tries again
             else:
                 continue
-            gone = self.state.worker_down(worker.id, terminate=False)  # already gone, or terminated above
+            gone = self.node.worker_down(worker.id, terminate=terminate)
             log.warning("worker lost: %s %s; %d task(s) requeued", worker.id, why, gone.requeued)
 
     def _give_back_quota(self) -> None:
-        owed = self.state.take_quota_owed()
-        for returned in range(owed):
-            if not self.peer.return_quota():
-                self.state.owe_quota(owed - returned)
-                log.warning("could not return %d quota unit(s) to peer; will retry", owed - returned)
-                return
-            log.info("quota returned to peer %s", self.peer.url)
+        """Return the borrowed slots we owe; what the peer does not take stays owed."""
+        with self.node.workers.repaying() as debt:
+            while debt.remaining:
+                if not self.peer.return_quota():
+                    log.warning("could not return %d quota unit(s) to peer; will retry", debt.remaining)
+                    return
+                debt.repaid()
+                log.info("quota returned to peer %s", self.peer.url)
 
     def _record(self, figures: ScalingFigures, decision: Decision, launched: int, borrowed: int) -> None:
         """Keep the decision in the bounded history. Runs that launch nothing in a row (say, at max
         and the peer has no free slot) share one entry with a ``repeats`` count."""
+        notes, self._launch_notes = self._launch_notes, []
         with self._history_lock:
             last = self._history[-1] if self._history else None
             if not launched and not borrowed and last is not None and not last["launched"] and not last["borrowed"]:
-                last.update(reason=decision.reason, figures=asdict(figures), last_at=self._clock())
+                last.update(reason=decision.reason, figures=asdict(figures), last_at=self._wall())
                 last["repeats"] += 1
                 return
-            self._history.append({"at": self._clock(), **asdict(decision), "launched": launched,
-                                  "borrowed": borrowed, "figures": asdict(figures), "repeats": 0})
-        log.info("scale: %s -> launched %d, borrowed %d (queued %d, live %d, pending %d, max %d)",
+            self._history.append({"at": self._wall(), **asdict(decision), "launched": launched,
+                                  "borrowed": borrowed, "figures": asdict(figures), "repeats": 0,
+                                  "notes": notes})
+        log.info("scale: %s -> launched %d, borrowed %d (queued %d, live %d, pending %d, max %d)%s",
                  decision.reason, launched, borrowed, figures.queued, figures.live, figures.pending,
-                 figures.max_workers)
+                 figures.max_workers, "".join(f"; {note}" for note in notes))

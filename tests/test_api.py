@@ -197,7 +197,7 @@ def test_queue_full_answers_503_with_retry_after_and_changes_nothing(auth):
 
 
 def test_enqueue_while_draining_answers_503(app, client):
-    app.extensions["nodeapp"].state.start_draining()
+    app.extensions["nodeapp"].node.tasks.start_draining()
     response = client.put("/enqueue?iterations=1", data=b"x")
     assert_error(response, 503, "shutting_down")
     assert int(response.headers["Retry-After"]) >= 1
@@ -323,7 +323,7 @@ def test_unexpected_error_is_json_not_a_stack_trace(app, client, monkeypatch):
     def broken():
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(app.extensions["nodeapp"].state, "stats", broken)
+    monkeypatch.setattr(app.extensions["nodeapp"].node, "stats", broken)
     body = assert_error(client.get("/stats"), 500, "internal_error")
     assert "boom" not in body["message"]
 
@@ -422,8 +422,7 @@ def test_heartbeat_renews_leases(auth):
 
 
 def test_worker_down_requeues_at_the_head_and_is_idempotent(app, client, auth):
-    state = app.extensions["nodeapp"].state
-    state.add_workers(["w1"])
+    app.extensions["nodeapp"].node.workers.add(["w1"])
     ids = [enqueue(client) for _ in range(3)]
     claim(client, auth, "w1", 2)
     response = client.post("/worker_down/w1", json={"instance_id": "w1"}, headers=auth)
@@ -439,8 +438,8 @@ def test_quota_endpoints(app, client, auth):
     def client_max() -> int:
         return client.get("/stats").get_json()["workers"]["max"]
 
-    app.extensions["nodeapp"].state.set_max_workers(2)
-    app.extensions["nodeapp"].state.add_workers(["w1"])
+    app.extensions["nodeapp"].node.workers.set_base_max(2)
+    app.extensions["nodeapp"].node.workers.add(["w1"])
     assert client.get("/try_get_node_quota", headers=auth).get_json() == {"granted": True}
     assert client_max() == 1
     assert client.get("/try_get_node_quota", headers=auth).get_json() == {"granted": False}

@@ -15,11 +15,11 @@ import pytest
 
 import run_program
 from provisioning import policies
-from provisioning.aws_cli import run_aws
 from provisioning.cluster import wait_healthy
 from provisioning.instances import AMI_PARAMETER
 from provisioning.naming import ClusterNames
 from tests.aws_helpers import REGION, LoopbackNode, aws, service_models  # noqa: F401
+from tmrun.aws import run_aws
 
 TOKEN = "cluster-token-from-the-environment"
 CLIENT_CIDR = "198.51.100.7/32"
@@ -99,7 +99,7 @@ def test_create_report_destroy(cli, aws, loopback_nodes, capsys, request):  # no
     for me, peer in ((0, 1), (1, 0)):
         ctx = loopback_nodes[f"node-{me + 1}"].context
         assert ctx.peer.url == f"http://{nodes[peer]['PrivateIpAddress']}:8000"
-        assert ctx.state.stats()["workers"]["max"] == 3
+        assert ctx.node.workers.counts().max == 3
 
     # the node instances
     ami = ssm.get_parameter(Name=AMI_PARAMETER.format(arch="x86_64"))["Parameter"]["Value"]

@@ -9,7 +9,7 @@ import pytest
 
 from nodeapp.peer import PeerClient
 from nodeapp.scaling import Scaler
-from nodeapp.state import NodeState
+from nodeapp.node import Node
 from provisioning.ec2_launcher import Ec2Launcher, Ec2SettingsError, Ec2WorkerSettings
 from provisioning.iam import IamWrapper
 from provisioning.instances import architecture, latest_ami
@@ -61,10 +61,10 @@ def make_launcher(env, clock, node_name="node-1") -> Ec2Launcher:
 
 @pytest.fixture
 def node(env, clock):
-    state = NodeState(max_workers=3, clock=clock)
+    state = Node.build(max_workers=3, monotonic=clock, wall=clock)
     launcher = make_launcher(env, clock)
     scaler = Scaler(state, launcher, PeerClient(PEER_URL, "token", "node-1"), node_url=NODE_URL,
-                    scale_wait=0.0, hash_rate=1000.0, boot_timeout=BOOT_TIMEOUT, clock=clock)
+                    scale_wait=0.0, hash_rate=1000.0, boot_timeout=BOOT_TIMEOUT, monotonic=clock, wall=clock)
     return state, launcher, scaler
 
 
@@ -79,7 +79,7 @@ def alive_ids(ec2) -> set[str]:
 
 def backlog(state, count=20, iterations=100_000):
     for n in range(count):
-        state.submit(b"task-%d" % n, iterations)
+        state.tasks.submit(b"task-%d" % n, iterations)
 
 
 def test_backlog_launches_configured_workers_never_more_than_max(env, node):
@@ -90,7 +90,7 @@ def test_backlog_launches_configured_workers_never_more_than_max(env, node):
     scaler.tick()  # pending workers count: a second run launches nothing more
     ids = alive_ids(ec2)
     assert len(ids) == 3
-    assert {w.id for w in state.workers()} == ids
+    assert {w.id for w in state.workers.workers()} == ids
     assert state.scaling_figures().pending == 3
     for instance_id, inst in instances(ec2, ids).items():
         tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
@@ -126,7 +126,7 @@ def test_worker_down_terminates_the_instance(env, node):
     assert state.worker_down(worker_id).removed  # what POST /worker_down does
     scaler.tick()
     assert instances(ec2, [worker_id])[worker_id]["State"]["Name"] in ("shutting-down", "terminated")
-    assert worker_id not in {w.id for w in state.workers()}
+    assert worker_id not in {w.id for w in state.workers.workers()}
 
 
 def test_pending_past_boot_timeout_is_terminated(env, node, clock, caplog):
@@ -142,7 +142,7 @@ def test_pending_past_boot_timeout_is_terminated(env, node, clock, caplog):
     with caplog.at_level(logging.WARNING, logger="nodeapp.scaling"):
         scaler.tick()
     assert instances(ec2, [stuck])[stuck]["State"]["Name"] in ("shutting-down", "terminated")
-    assert stuck not in {w.id for w in state.workers()}
+    assert stuck not in {w.id for w in state.workers.workers()}
     assert "BOOT_TIMEOUT" in caplog.text
     assert len(alive_ids(ec2)) == 1  # the task still waits: one replacement, not more
 
@@ -158,9 +158,9 @@ def test_instance_terminated_behind_the_nodes_back_is_forgotten(env, node):
     state.claim(ids[1], 1)  # both live, both holding a task; the queue is empty
     ec2.terminate_instances(InstanceIds=[ids[0]])  # e.g. a spot reclaim or a person in the console
     scaler.tick()
-    workers = {w.id for w in state.workers()}
+    workers = {w.id for w in state.workers.workers()}
     assert ids[0] not in workers and ids[1] in workers
-    assert state.stats()["workers"]["down_total"] == 1
+    assert state.workers.counts().down_total == 1
     # its task went back to the queue, and the same run launched one replacement for it
     (replacement,) = workers - {ids[1]}
     assert alive_ids(ec2) == {ids[1], replacement}

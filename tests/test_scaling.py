@@ -1,6 +1,6 @@
 """The scaling decision as a table, and the scaler run against a recording launcher.
 
-The peer is a PeerClient subclass backed by a real NodeState, so quota arithmetic is the real
+The peer is a PeerClient subclass backed by a real Node, so quota arithmetic is the real
 one on both sides; only the HTTP hop is left out (the end-to-end tests cover it).
 """
 
@@ -10,7 +10,8 @@ import pytest
 
 from nodeapp.peer import PeerClient
 from nodeapp.scaling import Decision, Scaler, decide
-from nodeapp.state import NodeState, ScalingFigures
+from nodeapp.node import Node, ScalingFigures
+from nodeapp.views import stats_json
 from tests.helpers import Clock, FakeLauncher
 
 RATE = 1_000_000  # iterations per second per worker, for round numbers
@@ -49,26 +50,30 @@ def test_decide_never_exceeds_max_and_is_pure():
     assert first.launch == 0 and isinstance(first, Decision)
 
 
-def drain(state: NodeState, worker_id: str) -> None:
+def stats(node: Node) -> dict:
+    return stats_json(node.stats())
+
+
+def drain(state: Node, worker_id: str) -> None:
     """Play a worker that completes everything queued."""
     while tasks := state.claim(worker_id, 100):
         assert state.complete(worker_id, [(t.id, "r") for t in tasks]) == len(tasks)
 
 
 class StatePeer(PeerClient):
-    """A peer whose quota calls go straight to another NodeState."""
+    """A peer whose quota calls go straight to another Node."""
 
-    def __init__(self, state: NodeState, reachable: bool = True) -> None:
+    def __init__(self, state: Node, reachable: bool = True) -> None:
         super().__init__("http://127.0.0.1:9", "token")
         self.peer_state = state
         self.up = reachable
 
     def try_get_quota(self) -> bool:
-        return self.up and self.peer_state.try_lend()
+        return self.up and self.peer_state.workers.lend()
 
     def return_quota(self) -> bool:
         if self.up:
-            self.peer_state.take_back()
+            self.peer_state.workers.loan_returned()
         return self.up
 
     def ping(self) -> bool:
@@ -78,97 +83,97 @@ class StatePeer(PeerClient):
 @pytest.fixture
 def cluster():
     clock = Clock()
-    ours = NodeState(max_workers=2, lease_seconds=10, clock=clock)
-    theirs = NodeState(max_workers=2, clock=clock)
+    ours = Node.build(max_workers=2, lease_seconds=10, monotonic=clock, wall=clock)
+    theirs = Node.build(max_workers=2, monotonic=clock, wall=clock)
     launcher = FakeLauncher()
     peer = StatePeer(theirs)
     scaler = Scaler(ours, launcher, peer, node_url="http://127.0.0.1:1", scale_wait=1.0,
-                    hash_rate=RATE, boot_timeout=30, clock=clock)
+                    hash_rate=RATE, boot_timeout=30, monotonic=clock, wall=clock)
     return clock, ours, theirs, launcher, peer, scaler
 
 
 def test_backlog_launches_once_and_counts_pending(cluster):
     clock, ours, _, launcher, peer, scaler = cluster
-    ours.submit(b"x", 10)
+    ours.tasks.submit(b"x", 10)
     scaler.tick()
     scaler.tick()
     clock.now += 0.5
     scaler.tick()
     assert [w for w, _ in launcher.launched] == ["fake-1"]
     assert launcher.launched[0][1] == ["http://127.0.0.1:1", peer.url]
-    assert ours.stats()["workers"] == {**ours.stats()["workers"], "pending": 1, "live": 0}
+    assert stats(ours)["workers"] == {**stats(ours)["workers"], "pending": 1, "live": 0}
     decision = scaler.decisions()[0]
     assert decision["launched"] == 1 and decision["figures"]["queued"] == 1
 
 
 def test_claim_makes_a_worker_live(cluster):
     _, ours, _, launcher, _, scaler = cluster
-    ours.submit(b"x", 1)
+    ours.tasks.submit(b"x", 1)
     scaler.tick()
     assert ours.claim("fake-1")
-    assert ours.stats()["workers"]["live"] == 1 and ours.stats()["workers"]["pending"] == 0
+    assert stats(ours)["workers"]["live"] == 1 and stats(ours)["workers"]["pending"] == 0
 
 
 def test_at_max_borrows_from_peer_and_returns_the_slot(cluster):
     _, ours, theirs, launcher, _, scaler = cluster
     for _ in range(6):
-        ours.submit(b"x", 5 * RATE)
+        ours.tasks.submit(b"x", 5 * RATE)
     scaler.tick()
     # 2 on our own quota, then the peer lends both of its free slots.
     assert len(launcher.launched) == 4
-    assert ours.stats()["quota"]["borrowed"] == 2 and ours.stats()["workers"]["max"] == 4
-    assert theirs.stats()["quota"]["lent"] == 2 and theirs.stats()["workers"]["max"] == 0
-    assert not theirs.try_lend()  # nothing left to lend
+    assert stats(ours)["quota"]["borrowed"] == 2 and stats(ours)["workers"]["max"] == 4
+    assert stats(theirs)["quota"]["lent"] == 2 and stats(theirs)["workers"]["max"] == 0
+    assert not theirs.workers.lend()  # nothing left to lend
     drain(ours, "fake-1")
     for worker_id, _ in launcher.launched:
         ours.worker_down(worker_id)
     scaler.tick()  # returns the owed slots
-    assert ours.stats()["quota"] == {"lent": 0, "borrowed": 0, "owed": 0}
-    assert theirs.stats()["quota"]["lent"] == 0
-    assert ours.stats()["workers"]["max"] + theirs.stats()["workers"]["max"] == 4
+    assert stats(ours)["quota"] == {"lent": 0, "borrowed": 0, "owed": 0}
+    assert stats(theirs)["quota"]["lent"] == 0
+    assert stats(ours)["workers"]["max"] + stats(theirs)["workers"]["max"] == 4
 
 
 def test_quota_return_retried_while_peer_is_down(cluster):
     _, ours, theirs, launcher, peer, scaler = cluster
     for _ in range(3):
-        ours.submit(b"x", 5 * RATE)
+        ours.tasks.submit(b"x", 5 * RATE)
     scaler.tick()
     borrowed = [w for w, _ in launcher.launched][2:]
-    assert borrowed and ours.stats()["quota"]["borrowed"] == 1
+    assert borrowed and stats(ours)["quota"]["borrowed"] == 1
     drain(ours, "fake-1")
     peer.up = False
     ours.worker_down(borrowed[0])
     scaler.tick()
-    assert ours.stats()["quota"]["owed"] == 1 and theirs.stats()["quota"]["lent"] == 1
+    assert stats(ours)["quota"]["owed"] == 1 and stats(theirs)["quota"]["lent"] == 1
     peer.up = True
     scaler.tick()
-    assert ours.stats()["quota"]["owed"] == 0 and theirs.stats()["quota"]["lent"] == 0
+    assert stats(ours)["quota"]["owed"] == 0 and stats(theirs)["quota"]["lent"] == 0
 
 
 def test_worker_that_vanished_is_reconciled_and_its_tasks_requeued(cluster):
     _, ours, _, launcher, _, scaler = cluster
-    task_id = ours.submit(b"x", 1)
+    task_id = ours.tasks.submit(b"x", 1)
     scaler.tick()
     assert [t.id for t in ours.claim("fake-1")] == [task_id]
     launcher.vanish("fake-1")
     scaler.tick()
-    assert ours.status(task_id)["state"] == "queued"
-    assert ours.workers() == [] or all(w.id != "fake-1" for w in ours.workers())
+    assert ours.tasks.status(task_id).state == "queued"
+    assert ours.workers.workers() == [] or all(w.id != "fake-1" for w in ours.workers.workers())
 
 
 def test_pending_worker_past_boot_timeout_is_terminated(cluster):
     clock, ours, _, launcher, _, scaler = cluster
-    ours.submit(b"x", 1)
+    ours.tasks.submit(b"x", 1)
     scaler.tick()
     clock.now += 31
     scaler.tick()
     assert "fake-1" in launcher.terminated
-    assert all(w.id != "fake-1" for w in ours.workers())
+    assert all(w.id != "fake-1" for w in ours.workers.workers())
 
 
 def test_worker_down_is_passed_on_to_the_launcher(cluster):
     _, ours, _, launcher, _, scaler = cluster
-    ours.submit(b"x", 1)
+    ours.tasks.submit(b"x", 1)
     scaler.tick()
     ours.claim("fake-1")
     assert ours.worker_down("fake-1").removed
@@ -178,12 +183,12 @@ def test_worker_down_is_passed_on_to_the_launcher(cluster):
 
 def test_expired_leases_are_requeued_by_the_tick(cluster):
     clock, ours, _, _, _, scaler = cluster
-    task_id = ours.submit(b"x", 1)
+    task_id = ours.tasks.submit(b"x", 1)
     ours.claim("someone")
     clock.now += 11
     scaler.tick()
-    assert ours.status(task_id)["state"] == "queued"
-    assert ours.stats()["leases_expired"] == 1
+    assert ours.tasks.status(task_id).state == "queued"
+    assert stats(ours)["leases_expired"] == 1
 
 
 def test_a_failing_launcher_does_not_stop_the_scaler(cluster, caplog):
@@ -193,18 +198,18 @@ def test_a_failing_launcher_does_not_stop_the_scaler(cluster, caplog):
         raise RuntimeError("capacity")
 
     launcher.launch = broken
-    ours.submit(b"x", 1)
+    ours.tasks.submit(b"x", 1)
     scaler.tick()
     scaler.tick()
     assert "launching 1 worker(s) failed" in caplog.text
-    assert ours.stats()["workers"]["pending"] == 0
+    assert stats(ours)["workers"]["pending"] == 0
 
 
 def test_summary_line_every_interval(cluster, caplog):
     clock, ours, _, _, _, scaler = cluster
     caplog.set_level("INFO", logger="nodeapp.scaling")
     for _ in range(3):
-        ours.submit(b"secret-body", 1)
+        ours.tasks.submit(b"secret-body", 1)
     drain(ours, "w")
     scaler.tick()
     assert "summary:" not in caplog.text
@@ -212,3 +217,76 @@ def test_summary_line_every_interval(cluster, caplog):
     scaler.tick()
     assert "summary: 3 accepted, 3 completed in 61s" in caplog.text
     assert "secret-body" not in caplog.text
+
+
+# ------------------------------------------------------------------ a failed step
+def owe_one_slot(ours: Node, theirs: Node) -> None:
+    """The peer lent us a slot whose launch failed: we owe it back."""
+    assert theirs.workers.lend()
+    with ours.workers.reserve(1, borrowed=True):
+        pass
+
+
+def test_a_failed_terminate_keeps_the_ids_and_later_steps_still_run(cluster, caplog):
+    _, ours, theirs, launcher, _, scaler = cluster
+    ours.workers.add(["gone"])
+    ours.worker_down("gone")  # due for termination
+    owe_one_slot(ours, theirs)  # due to be given back
+    ours.tasks.submit(b"x", 1)  # due to launch a worker
+    terminate = launcher.terminate
+
+    def throttled(worker_ids):
+        raise RuntimeError("RequestLimitExceeded")
+
+    launcher.terminate = throttled
+    scaler.tick()
+    assert "scaler step failed: terminate departed workers" in caplog.text
+    assert [w for w, _ in launcher.launched] == ["fake-1"]  # the launch step still ran
+    assert stats(ours)["quota"]["owed"] == 0 and stats(theirs)["quota"]["lent"] == 0  # and the quota step
+    launcher.terminate = terminate
+    scaler.tick()
+    assert launcher.terminated == ["gone"]  # the id was put back and stopped on the next run
+
+
+def test_quota_not_returned_when_the_peer_call_raises_stays_owed(cluster, caplog):
+    _, ours, theirs, launcher, peer, scaler = cluster
+    owe_one_slot(ours, theirs)
+    owe_one_slot(ours, theirs)
+    calls = []
+
+    def flaky() -> bool:
+        calls.append(1)
+        if len(calls) > 1:
+            raise ConnectionError("peer reset the connection")
+        theirs.workers.loan_returned()
+        return True
+
+    peer.return_quota = flaky
+    ours.tasks.submit(b"x", 1)
+    scaler.tick()
+    assert "scaler step failed: give back quota" in caplog.text
+    assert stats(ours)["quota"]["owed"] == 1 and stats(theirs)["quota"]["lent"] == 1
+    assert len(launcher.launched) == 1  # the launch step still ran
+    del peer.return_quota  # the peer answers again
+    scaler.tick()
+    assert stats(ours)["quota"]["owed"] == 0 and stats(theirs)["quota"]["lent"] == 0
+
+
+def test_an_overdue_worker_whose_terminate_fails_is_forgotten_and_stopped_later(cluster):
+    clock, ours, _, launcher, _, scaler = cluster
+    task_id = ours.tasks.submit(b"x", 1)
+    scaler.tick()
+    clock.now += 31
+    terminate = launcher.terminate
+
+    def throttled(worker_ids):
+        raise RuntimeError("RequestLimitExceeded")
+
+    launcher.terminate = throttled
+    scaler.tick()
+    assert all(w.id != "fake-1" for w in ours.workers.workers())
+    assert ours.tasks.status(task_id).state == "queued"
+    assert "fake-1" not in launcher.terminated
+    launcher.terminate = terminate
+    scaler.tick()
+    assert "fake-1" in launcher.terminated
