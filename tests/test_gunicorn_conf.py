@@ -36,7 +36,7 @@ def start_gunicorn(flags: list[str], env: dict[str, str]) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def outcomes():
-    """The STARTED cases, all at once (each only starts and stops): {case: (code, output, seconds)}."""
+    """The STARTED cases, all at once (each only starts and stops): {case: (code, output)}."""
     started = time.monotonic()
     procs = {case: start_gunicorn(flags, env) for case, (flags, env) in STARTED.items()}
     results = {}
@@ -46,29 +46,27 @@ def outcomes():
         except subprocess.TimeoutExpired:  # it started instead of refusing: stop it
             proc.kill()
             output, _ = proc.communicate()
-        results[case] = (proc.returncode, output, time.monotonic() - started)
+        results[case] = (proc.returncode, output)
     return results
 
 
 @pytest.mark.parametrize("case, why", [("w2", "workers=2"), ("max-requests", "max_requests=100")])
 def test_node_refuses_to_start(outcomes, case, why):
-    code, output, seconds = outcomes[case]
+    code, output = outcomes[case]
     assert code != 0, output
     assert "refusing to start" in output and why in output, output
     assert "Booting worker" not in output  # refused before any worker process existed
-    assert seconds < 20
 
 
 def test_two_workers_message_says_why(outcomes):
-    _, output, _ = outcomes["w2"]
+    _, output = outcomes["w2"]
     assert "exactly 1 gunicorn worker process" in output and "memory" in output
 
 
 def test_bad_setting_stops_the_node_naming_the_variable(outcomes):
-    code, output, seconds = outcomes["bad-setting"]
+    code, output = outcomes["bad-setting"]
     assert code != 0, output
     assert "MAX_QUEUED" in output and "from 1 to 100000000" in output
-    assert seconds < 20
 
 
 class Server:
