@@ -40,6 +40,7 @@ class FakeNode:
         self.log = log if log is not None else []  # (url, tasks claimed), shared by the nodes of a test
         self.results: dict[str, str] = {}
         self.downs: list[list[str]] = []
+        self.checkpoints: list[dict] = []  # what heartbeats and worker_down carried, in order
         self.calls: list[str] = []
 
     def _call(self, method: str) -> None:
@@ -64,13 +65,17 @@ class FakeNode:
         self.results.update(new)
         return len(new)
 
-    def heartbeat(self, task_ids):
+    def heartbeat(self, task_ids, checkpoints=None):
         self._call("heartbeat")
+        if checkpoints:
+            self.checkpoints.append(dict(checkpoints))
         return len(task_ids)
 
-    def worker_down(self, returned=None):
+    def worker_down(self, returned=None, checkpoints=None):
         self._call("worker_down")
         self.downs.append(list(returned or []))
+        if checkpoints:
+            self.checkpoints.append(dict(checkpoints))
         return True
 
 

@@ -36,11 +36,20 @@ class NodeRejected(Exception):
         return cls(url, response.status_code, "http_error", response.text[:200])
 
 
+#: (iterations done, digest hex after them): where a long task's chain stands.
+Checkpoint = tuple[int, str]
+
+
 @dataclass(frozen=True)
 class ClaimedTask:
     id: str
     iterations: int
     data: bytes
+    checkpoint: Checkpoint | None = None  # set when an earlier worker got part of the way
+
+
+def _checkpoints(checkpoints: dict[str, Checkpoint] | None) -> list[dict]:
+    return [{"id": i, "done": done, "digest": digest} for i, (done, digest) in (checkpoints or {}).items()]
 
 
 class NodeClient:
@@ -69,16 +78,25 @@ class NodeClient:
     def claim(self, max_tasks: int, max_iterations: int) -> tuple[list[ClaimedTask], float]:
         data = self._post("/claim", {"worker_id": self.worker_id, "max_tasks": max_tasks,
                                      "max_iterations": max_iterations})
-        tasks = [ClaimedTask(t["id"], int(t["iterations"]), base64.b64decode(t["data"])) for t in data["tasks"]]
+        tasks = [ClaimedTask(t["id"], int(t["iterations"]), base64.b64decode(t["data"]),
+                             (int(t["checkpoint"]["done"]), str(t["checkpoint"]["digest"])) if t.get("checkpoint") else None)
+                 for t in data["tasks"]]
         return tasks, float(data.get("lease_seconds", 30.0))
 
     def complete(self, results: list[tuple[str, str]]) -> int:
         body = {"worker_id": self.worker_id, "results": [{"id": i, "result": r} for i, r in results]}
         return int(self._post("/complete", body)["accepted"])
 
-    def heartbeat(self, task_ids: list[str]) -> int:
-        return int(self._post("/heartbeat", {"worker_id": self.worker_id, "task_ids": task_ids})["renewed"])
+    def heartbeat(self, task_ids: list[str], checkpoints: dict[str, Checkpoint] | None = None) -> int:
+        """Renew the leases of ``task_ids``, with the newest checkpoint of each long task among them."""
+        body = {"worker_id": self.worker_id, "task_ids": task_ids}
+        if checkpoints:
+            body["checkpoints"] = _checkpoints(checkpoints)
+        return int(self._post("/heartbeat", body)["renewed"])
 
-    def worker_down(self, returned: list[str] | None = None) -> bool:
+    def worker_down(self, returned: list[str] | None = None, checkpoints: dict[str, Checkpoint] | None = None) -> bool:
+        """Say goodbye; ``returned`` tasks are handed back (with their ``checkpoints``, if any)."""
         body = {"instance_id": self.worker_id, "returned": returned or []}
+        if checkpoints:
+            body["checkpoints"] = _checkpoints(checkpoints)
         return bool(self._post(f"/worker_down/{self.worker_id}", body)["removed"])

@@ -18,15 +18,30 @@ def compute(data: bytes, iterations: int) -> str:
     return digest.hex()
 
 
-def measure_hash_rate(seconds: float = 0.05, clock: Callable[[], float] = time.perf_counter) -> float:
-    """Iterations per second this process does, measured over about ``seconds`` of ``clock``
-    (wall time by default; ``time.process_time`` gives the rate per CPU second)."""
-    sha512 = hashlib.sha512
-    digest = b"\0" * 64
+def chain(data: bytes, iterations: int, start: tuple[int, str] | None = None, *,
+          compute_fn: Callable[[bytes, int], str] = compute) -> str:
+    """``compute(data, iterations)``, resumed from ``start = (done, digest hex)`` when given.
+
+    ``digest`` is the chain's value after ``done`` iterations (1 <= done <= iterations). The rest
+    of the chain is ``iterations - done`` more sha512 of it, which is ``compute_fn(digest,
+    iterations - done)``: so every engine's task function resumes a chain without more code.
+    """
+    if start is None:
+        return compute_fn(data, iterations)
+    done, digest = start
+    if not 1 <= done <= iterations:
+        raise ValueError(f"a checkpoint after {done} iterations does not fit a chain of {iterations}")
+    return digest if done == iterations else compute_fn(bytes.fromhex(digest), iterations - done)
+
+
+def measure_hash_rate(seconds: float = 0.05, clock: Callable[[], float] = time.perf_counter,
+                      compute_fn: Callable[[bytes, int], str] = compute) -> float:
+    """Iterations per second ``compute_fn`` (by default the hashlib loop) does in this thread,
+    measured over about ``seconds`` of ``clock`` (wall time by default; ``time.process_time``
+    gives the rate per CPU second)."""
     count, start = 0, clock()
     while True:
-        for _ in range(2000):
-            digest = sha512(digest).digest()
+        compute_fn(b"", 2000)
         count += 2000
         elapsed = clock() - start
         if elapsed >= seconds:

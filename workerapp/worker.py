@@ -3,7 +3,12 @@
 A batch is as many tasks as add up to about ``claim_seconds`` of work at this worker's measured
 hash rate, so small tasks cost one claim and one result post per batch, while long tasks are
 claimed one at a time and their leases renewed by a heartbeat thread. ``request_stop()`` (wired
-to SIGTERM) makes the loop finish the task in hand, give the rest back, and exit. A node that
+to SIGTERM) makes the loop finish the task in hand, give the rest back, and exit.
+
+A long task is computed in slices of about ``slice_seconds``: after each, the worker keeps a
+checkpoint (iterations done, digest) that the heartbeat sends to the node, and a task claimed
+with a checkpoint continues from it. ``evacuate()`` (a spot interruption notice) stops at the
+next slice and hands every task back at once with its checkpoint. A node that
 refuses a call (``NodeRejected``: wrong token, bad request) ends the loop with
 ``exitcodes.REJECTED`` after a goodbye to every node that still listens.
 """
@@ -17,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from workerapp import exitcodes
-from workerapp.client import ClaimedTask, NodeClient, NodeRejected, NodeUnavailable
-from workerapp.compute import compute, measure_hash_rate
+from workerapp.client import Checkpoint, ClaimedTask, NodeClient, NodeRejected, NodeUnavailable
+from workerapp.compute import chain, compute, measure_hash_rate
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,7 @@ class _Holding:
     task_ids: list[str] = field(default_factory=list)
     lease_seconds: float = 30.0
     since: float = 0.0
+    checkpoints: dict[str, Checkpoint] = field(default_factory=dict)
 
 
 class Worker:
@@ -50,6 +56,7 @@ class Worker:
         claim_seconds: how much work (at the measured rate) to claim at once.
         max_batch: at most this many tasks per claim.
         hash_rate: iterations per second; measured at start when None.
+        slice_seconds: a long task is computed (and checkpointed) in slices of about this long.
         clock: monotonic seconds, for backoff, leases and idleness.
         sleep: when given, every wait of the loop calls it (tests pass one that advances a fake
             clock); by default polls wait on the stop request and retries on ``time.sleep``.
@@ -67,6 +74,7 @@ class Worker:
         max_poll: float = 0.5,
         max_backoff: float = 5.0,
         compute_fn: Callable[[bytes, int], str] = compute,
+        slice_seconds: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] | None = None,
     ) -> None:
@@ -79,8 +87,11 @@ class Worker:
         self.hash_rate = hash_rate
         self.min_poll, self.max_poll, self.max_backoff = min_poll, max_poll, max_backoff
         self.compute_fn = compute_fn
+        self.slice_seconds = slice_seconds
         self._clock, self._sleep = clock, sleep
         self.completed = 0
+        self.iterations_computed = 0  # hashes this worker did itself (not those of checkpoints it resumed)
+        self._evacuate = threading.Event()
         self.rejection: NodeRejected | None = None
         self._stop = threading.Event()
         self._finished = threading.Event()  # the heartbeat thread runs until run() ends, past a stop
@@ -92,6 +103,13 @@ class Worker:
         """Finish the task in hand, give the rest back, call worker_down, exit (SIGTERM)."""
         self._stop.set()
 
+    def evacuate(self, notice: object = None) -> None:
+        """The machine goes away (spot interruption): stop computing at the next slice, hand
+        every task held back at once with its checkpoint, call worker_down, exit."""
+        log.warning("evacuating (%s): handing back every task held", notice)
+        self._evacuate.set()
+        self._stop.set()
+
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
@@ -101,7 +119,7 @@ class Worker:
         """Work until idle for ``idle_seconds``, stopped, or rejected; returns the exit code
         (``exitcodes.OK``, or ``exitcodes.REJECTED`` with the refusal in ``self.rejection``)."""
         if self.hash_rate is None:
-            self.hash_rate = measure_hash_rate()
+            self.hash_rate = measure_hash_rate(compute_fn=self.compute_fn)
         heartbeats = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeats.start()
         own = self.sources[0].client
@@ -117,7 +135,8 @@ class Worker:
         self._say_goodbye(everywhere=code != exitcodes.OK)
         self._finished.set()
         heartbeats.join(timeout=2)
-        log.info("worker %s exiting after %d task(s)", own.worker_id, self.completed)
+        log.info("worker %s exiting after %d task(s), %d iterations computed", own.worker_id, self.completed,
+                 self.iterations_computed)
         return code
 
     def _loop(self) -> None:
@@ -166,18 +185,39 @@ class Worker:
         results: list[tuple[str, str]] = []
         returned: list[str] = []
         for i, task in enumerate(tasks):
-            if self._stop.is_set():
+            digest = None if self._stop.is_set() else self._compute(task)
+            if digest is None:  # stopping, or evacuated half-way through this one
                 returned = [t.id for t in tasks[i:]]
                 break
-            results.append((task.id, self.compute_fn(task.data, task.iterations)))
+            results.append((task.id, digest))
         try:
             if results:
                 self._post_results(source, results, lease)
         finally:  # also when the node refused the results
             with self._holding_lock:
+                checkpoints = {i: c for i, c in self._holding.checkpoints.items() if i in returned}
                 self._holding = _Holding()
             if returned:
-                self._give_back(source, returned)
+                self._give_back(source, returned, checkpoints)
+
+    def _compute(self, task: ClaimedTask) -> str | None:
+        """The task's digest, from its checkpoint if it came with one; a task longer than a slice
+        goes slice by slice, keeping a checkpoint after each. None if evacuated meanwhile."""
+        done, digest = task.checkpoint or (0, "")
+        if done:
+            log.info("task %s resumes from its checkpoint at %d of %d iterations", task.id, done, task.iterations)
+        step = max(1, int(self.hash_rate * self.slice_seconds))
+        while done < task.iterations:
+            if self._evacuate.is_set():
+                return None
+            n = min(step, task.iterations - done)
+            digest = chain(task.data, done + n, (done, digest) if done else None, compute_fn=self.compute_fn)
+            done += n
+            self.iterations_computed += n
+            if done < task.iterations:
+                with self._holding_lock:
+                    self._holding.checkpoints[task.id] = (done, digest)
+        return digest
 
     def _post_results(self, source: _Source, results: list[tuple[str, str]], lease: float) -> None:
         """Post a batch; retry (capped backoff) while the lease could still hold."""
@@ -200,9 +240,9 @@ class Worker:
                 log.info("%d of %d result(s) were not accepted (lease lost)", len(results) - accepted, len(results))
             return
 
-    def _give_back(self, source: _Source, task_ids: list[str]) -> None:
+    def _give_back(self, source: _Source, task_ids: list[str], checkpoints: dict[str, Checkpoint]) -> None:
         try:
-            source.client.worker_down(returned=task_ids)
+            source.client.worker_down(returned=task_ids, checkpoints=checkpoints)
         except (NodeUnavailable, NodeRejected) as exc:
             log.warning("could not hand back %d task(s) to %s: %s (their lease will run out)",
                         len(task_ids), source.client.url, exc)
@@ -249,8 +289,9 @@ class Worker:
                 due = holding.source and self._clock() - holding.since >= holding.lease_seconds / 3
                 if due:
                     holding.since = self._clock()
+                    checkpoints = dict(holding.checkpoints)
             if due:
                 try:
-                    holding.source.client.heartbeat(list(holding.task_ids))
+                    holding.source.client.heartbeat(list(holding.task_ids), checkpoints)
                 except (NodeUnavailable, NodeRejected) as exc:
                     log.warning("heartbeat to %s failed: %s", holding.source.client.url, exc)
