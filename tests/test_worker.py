@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -9,7 +12,8 @@ import requests
 
 from provisioning.local_cluster import free_port
 from tests.helpers import running_cluster, wait_for
-from workerapp.client import NodeClient
+from workerapp import exitcodes
+from workerapp.client import NodeClient, NodeRejected
 from workerapp.compute import compute
 from workerapp.worker import Worker
 
@@ -112,3 +116,23 @@ def test_survives_an_unreachable_node_and_exits_idle(cluster):
     thread.join(timeout=20)
     assert not thread.is_alive() and result["code"] == 0
     assert worker.sources[0].failures >= 1
+
+
+def test_a_refusal_carries_the_nodes_status_code_and_reason(cluster):
+    a = cluster.urls[0]
+    with pytest.raises(NodeRejected) as refused:
+        NodeClient(a, "wrong-token", "w-wrong").claim(1, 10)
+    assert (refused.value.status, refused.value.code) == (401, "unauthorized")
+    assert "X-Cluster-Token" in refused.value.message
+    with pytest.raises(NodeRejected) as refused:
+        NodeClient(a, cluster.token, "w-bad").claim(0, 10)  # max_tasks must be >= 1
+    assert (refused.value.status, refused.value.code) == (400, "bad_request")
+
+
+def test_a_worker_with_a_wrong_token_exits_with_its_code_and_one_clear_line(cluster):
+    env = {**os.environ, "CLUSTER_TOKEN": "wrong-token"}
+    done = subprocess.run([sys.executable, "-m", "workerapp", "--worker-id", "w-wrong", "--idle-seconds", "60",
+                           *cluster.urls], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == exitcodes.REJECTED
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("401 unauthorized") == 1, done.stderr
