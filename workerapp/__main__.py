@@ -21,6 +21,7 @@ import sys
 from nodeapp.logs import configure_logging
 from workerapp import exitcodes
 from workerapp.client import NodeClient
+from workerapp.engine import EngineUnavailable, select_engine
 from workerapp.worker import Worker
 
 log = logging.getLogger("workerapp")
@@ -53,8 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         log.error("CLUSTER_TOKEN is not set: the nodes would refuse every call")
         return exitcodes.USAGE
     clients = [NodeClient(url, token, args.worker_id) for url in args.nodes]
+    try:
+        engine = select_engine()
+    except (ValueError, EngineUnavailable) as exc:
+        log.error("%s", exc)
+        return exitcodes.USAGE
     worker = Worker(clients, idle_seconds=args.idle_seconds, claim_seconds=args.claim_seconds,
-                    max_batch=args.max_batch)
+                    max_batch=args.max_batch, compute_fn=engine.compute)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.request_stop())
     return worker.run()

@@ -1,0 +1,228 @@
+"""The hash engines: the C chain (workerapp._native) and the hashlib loop agree with a plain hashlib
+reference; engine selection, its override and its fallback, in-process and in a real worker."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import running_cluster, wait_for
+from workerapp import engine
+from workerapp.compute import compute
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = [0, 1, 111, 112, 127, 128, 129, 1 << 20]
+#: sha512 of body(size), then 999,999 more times: made with the hashlib loop of ``reference``.
+MILLION = {
+    0: "69ec0da454e4affbdacd248b591c49e480714b501e290adf0df9d719a323be1e"
+       "92948c2db5c2644f157c05a4d98b0c34654f8e962efa6855cad465e654d1a3af",
+    1: "697dbb9bad49e88529cd1f11ec2b231448ce4cd94e3e35384b828d9ea1866840"
+       "8a8056b14449ebc46b367928ac375ba9375472a02155c65940830fd289d460b9",
+    111: "294ba144225e4e3732af438d85bf6cc74fc09a575c33e2bc440d4972eef9e721"
+         "c4f3d92eee8ed3a0c5fda5eab9e33695676bad23e446ce7bb6fa60e5be72744a",
+    112: "4f28dc157707a9eff0c3bad3da5126f0cd713b287ece95ec1fef8aed7d9c317e"
+         "27840506896d3299198415d9ef6e506b30613f45b725359b2d5005d857a7aa9f",
+    127: "5077c47b424c9c5c21dc6cd7ff9fb9a20ad7c62587ce0d5d36b7cb56015f35c3"
+         "6907232a099b6c510efdb1581cf3959edfe20f44be9cc55cd9b7c7906cec62df",
+    128: "ca3aac80f07d49f01e44f645f209709b3b4ba987aae077e40c8d9e0478f4c318"
+         "90ea38ad8e0a15dfc5fd82fe7a971379faf60e4027d3c7123bfb9b8f6b413975",
+    129: "49d805654b034356c280eb46db9716b65f155193d9320b9505979cde802d9980"
+         "be49e7f569228a7d34a69646999b90b715cd607a73d20d54e576f358c77aa583",
+    1 << 20: "22654b67caa0a66f84d9d4ce965e9cfa15077a980208f7308e3ff7515f3c01b3"
+             "e1408c8b3204198ebc746df793bae565edb2bb2cf73cc97d77e75394631497aa",
+}
+
+
+def body(size: int) -> bytes:
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+def reference(data: bytes, iterations: int) -> str:
+    digest = hashlib.sha512(data).digest()
+    for _ in range(iterations - 1):
+        digest = hashlib.sha512(digest).digest()
+    return digest.hex()
+
+
+def expected(size: int, iterations: int) -> str:
+    return MILLION[size] if iterations == 1_000_000 else reference(body(size), iterations)
+
+
+@pytest.fixture(scope="module")
+def native():
+    if os.environ.get("REQUIRE_NATIVE") == "1":
+        from workerapp import _native
+    else:
+        _native = pytest.importorskip("workerapp._native", reason="the C extension is not built here")
+    return _native
+
+
+def test_native_is_built_where_required():
+    """CI sets REQUIRE_NATIVE=1: there the extension must have been built by the install."""
+    if os.environ.get("REQUIRE_NATIVE") != "1":
+        pytest.skip("REQUIRE_NATIVE is not 1")
+    import workerapp._native  # noqa: F401
+
+    assert engine.select_engine({}).name == "native"
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 1000, 1_000_000])
+@pytest.mark.parametrize("size", SIZES)
+def test_native_agrees_with_hashlib_on_the_vector_table(native, size, iterations):
+    assert engine.compute_native(body(size), iterations) == expected(size, iterations)
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 1000])
+@pytest.mark.parametrize("size", SIZES)
+def test_python_loop_agrees_with_hashlib_on_the_vector_table(size, iterations):
+    assert compute(body(size), iterations) == reference(body(size), iterations)
+
+
+def test_python_loop_agrees_at_a_million_iterations():
+    assert compute(body(129), 1_000_000) == MILLION[129]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=300), iterations=st.integers(min_value=1, max_value=3000))
+def test_native_agrees_with_hashlib_on_random_cases(native, data, iterations):
+    assert engine.compute_native(data, iterations) == reference(data, iterations)
+
+
+def test_native_chain_edges(native):
+    digest = hashlib.sha512(b"x").digest()
+    assert native.chain(digest, 0) == digest
+    assert native.chain(bytearray(digest), 1) == hashlib.sha512(digest).digest()
+    with pytest.raises(ValueError, match="64 bytes"):
+        native.chain(digest[:63], 1)
+    with pytest.raises(ValueError, match=">= 0"):
+        native.chain(digest, -1)
+    with pytest.raises(ValueError):
+        engine.compute_native(b"x", 0)
+
+
+def test_native_chain_releases_the_gil(native):
+    """While a long chain runs in one thread, another thread keeps running Python code."""
+    digest = hashlib.sha512(b"").digest()
+    result = []
+    thread = threading.Thread(target=lambda: result.append(native.chain(digest, 3_000_000)))
+    thread.start()
+    progress = 0
+    while thread.is_alive():
+        progress += 1
+    thread.join()
+    assert result and progress > 1000
+
+
+# ------------------------------------------------------------------ selection
+def test_auto_picks_native_when_built(native, caplog):
+    with caplog.at_level(logging.INFO, logger="workerapp.engine"):
+        chosen = engine.select_engine({})
+    assert chosen.name == "native" and chosen.parallel
+    assert [r.getMessage() for r in caplog.records] == ["hash engine: native (C extension workerapp._native)"]
+
+
+def test_env_forces_python(native, caplog):
+    with caplog.at_level(logging.INFO, logger="workerapp.engine"):
+        chosen = engine.select_engine({engine.ENV: "python"})
+    assert chosen is engine.PYTHON and chosen.compute is compute
+    assert len(caplog.records) == 1 and "forced by TM_HASH_ENGINE=python" in caplog.records[0].getMessage()
+
+
+def test_missing_extension_falls_back_to_python_and_says_so_once(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "workerapp._native", None)  # what a failed import looks like
+    with caplog.at_level(logging.INFO, logger="workerapp.engine"):
+        chosen = engine.select_engine({engine.ENV: "auto"})
+    assert chosen is engine.PYTHON
+    assert len(caplog.records) == 1 and caplog.records[0].levelno == logging.WARNING
+    assert "workerapp._native is not built" in caplog.records[0].getMessage()
+    with pytest.raises(engine.EngineUnavailable, match="TM_HASH_ENGINE=native"):
+        engine.select_engine({engine.ENV: "native"})
+
+
+def test_failed_self_check_falls_back_to_python(native, monkeypatch, caplog):
+    monkeypatch.setattr(engine, "compute_native", lambda data, iterations: "0" * 128)
+    with caplog.at_level(logging.INFO, logger="workerapp.engine"):
+        assert engine.select_engine({}) is engine.PYTHON
+    assert "failed its self-check" in caplog.text
+
+
+def test_unknown_engine_name_is_refused():
+    with pytest.raises(ValueError, match="TM_HASH_ENGINE='fast'"):
+        engine.select_engine({engine.ENV: "fast"})
+
+
+# -------------------------------------------------------------- a real worker
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with running_cluster({"MAX_NUM_OF_WORKERS": "0"}, tmp_path_factory.mktemp("engine-cluster")) as cluster:
+        yield cluster
+
+
+def run_worker(cluster, tmp_path, worker_id, extra_env, pythonpath=None):
+    """Enqueue three tasks, run one worker process until idle; return its stderr and the results."""
+    url = cluster.urls[0]
+    tasks = {requests.put(f"{url}/enqueue", params={"iterations": n}, data=b"w%d" % n, timeout=5).json()["id"]:
+             (b"w%d" % n, n) for n in (1, 500, 20_000)}
+    env = {**os.environ, "CLUSTER_TOKEN": cluster.token, **extra_env}
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), str(ROOT)])
+    done = subprocess.run([sys.executable, "-m", "workerapp", "--worker-id", worker_id, "--idle-seconds", "0.5",
+                           url], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for task_id, (data, iterations) in tasks.items():
+        answer = wait_for(lambda: requests.get(f"{url}/status/{task_id}", timeout=5).json().get("result"),
+                          timeout=10, what=f"result of {task_id}")
+        assert answer == reference(data, iterations)
+    return done.stderr
+
+
+@pytest.mark.integration
+def test_worker_forced_to_python_works_and_says_so_once(cluster, tmp_path):
+    log = run_worker(cluster, tmp_path, "w-forced", {engine.ENV: "python"})
+    assert log.count("hash engine:") == 1
+    assert "hash engine: python (hashlib loop, forced by TM_HASH_ENGINE=python)" in log
+
+
+@pytest.mark.integration
+def test_worker_without_the_extension_uses_python_and_says_so_once(cluster, tmp_path):
+    """A sitecustomize makes ``import workerapp._native`` fail, as on a machine without a compiler."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['workerapp._native'] = None\n")
+    log = run_worker(cluster, tmp_path, "w-missing", {engine.ENV: "auto"}, pythonpath=site)
+    assert log.count("hash engine:") == 1
+    assert "hash engine: python (hashlib loop): workerapp._native is not built" in log
+
+
+@pytest.mark.integration
+def test_install_without_a_compiler_succeeds_without_the_extension(tmp_path):
+    """``pip wheel`` with a C compiler that always fails: the build still succeeds, pure Python."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.py", "setup.cfg", "README.md", "wsgi.py", "run_program.py"):
+        shutil.copy(ROOT / name, src / name)
+    for package in ("nodeapp", "workerapp", "provisioning", "tmclient", "tmcommon", "tmrun"):
+        if (ROOT / package).is_dir():
+            shutil.copytree(ROOT / package, src / package,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd"))
+    env = {**os.environ, "CC": "false", "PIP_NO_INPUT": "1"}
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--wheel-dir",
+                            str(tmp_path / "dist"), str(src)], env=env, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert 'building extension "workerapp._native" failed' in built.stdout + built.stderr
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "workerapp/engine.py" in names
+    assert not [n for n in names if n.startswith("workerapp/_native")]
