@@ -1,0 +1,457 @@
+"""A node's journal in DATA_DIR: every accepted task, result, failure and trim, made durable.
+
+SQLite (standard library) in WAL mode, one table row per task. One writer thread commits every
+record waiting at that moment in one transaction (group commit); ``write`` returns the
+``Commit`` the records ride in, and the caller blocks on ``Commit.wait()`` until they are
+durable as JOURNAL_SYNC promises:
+
+``batch`` (default)
+    synchronous=FULL, at most one commit (with its fsync) every JOURNAL_BATCH_MS; a record
+    waits for the batch it joined. Survives ``kill -9`` of the node and a power cut or OS crash.
+``always``
+    synchronous=FULL, a commit as soon as the writer is free (what arrives during one fsync
+    shares the next). The same guarantee with more fsyncs, for disks where fsync is cheap.
+``off``
+    synchronous=NORMAL: a commit is written to the OS but not fsynced (the WAL is fsynced at
+    checkpoints only). Survives ``kill -9`` of the node; a power cut or OS crash may lose the
+    last commits (SQLite keeps the file consistent, it never corrupts it).
+
+``load()`` rebuilds what the node had: queued tasks in submission order (leases are not
+journaled: a task that was running is queued again), kept results and failures, counters. A
+torn last write is dropped by SQLite itself; a damaged file is moved aside and every row still
+readable is copied into a new one (``nodeapp.journal_repair``). Either way the node starts and
+the log says what was skipped. A lock file stops a second process from using the same DATA_DIR.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from nodeapp import journal_repair
+
+log = logging.getLogger(__name__)
+
+SYNC_POLICIES = ("batch", "always", "off")
+DB_NAME = "journal.db"
+LOCK_NAME = "node.lock"
+SCHEMA_VERSION = 1
+QUEUED, COMPLETED, FAILED = 0, 1, 2
+#: After a checkpoint the WAL is cut back to this size (SQLite otherwise keeps its high-water mark).
+WAL_SIZE_LIMIT = 8 * 1024 * 1024
+#: Free pages (4 KiB) beyond which the writer gives space back to the file system.
+VACUUM_FREE_PAGES = 2048
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY,          -- submission order on this node
+    id TEXT NOT NULL,
+    iterations INTEGER NOT NULL,
+    enqueued_at REAL NOT NULL,
+    body BLOB,                        -- dropped once the task is done
+    state INTEGER NOT NULL DEFAULT 0, -- 0 queued, 1 completed, 2 failed
+    result TEXT,
+    done_at REAL,
+    reason TEXT
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+"""
+TASK_COLUMNS = "seq, id, iterations, enqueued_at, body, state, result, done_at, reason"
+
+
+class JournalError(RuntimeError):
+    """A record could not be made durable (disk full, I/O error, journal closed)."""
+
+
+class DataDirInUse(JournalError):
+    """Another process holds DATA_DIR's lock."""
+
+
+# ---------------------------------------------------------------- records
+class Accepted(NamedTuple):
+    seq: int
+    id: str
+    iterations: int
+    body: bytes
+    enqueued_at: float
+
+
+class Completed(NamedTuple):
+    seq: int
+    result: str
+    completed_at: float
+
+
+class Failed(NamedTuple):
+    seq: int
+    reason: str
+    failed_at: float
+
+
+class Trimmed(NamedTuple):
+    """A kept result or failure dropped beyond RESULTS_RETENTION."""
+
+    seq: int
+
+
+class Counted(NamedTuple):
+    """A counter of /stats moved by ``delta``."""
+
+    name: str
+    delta: int = 1
+
+
+Record = Accepted | Completed | Failed | Trimmed | Counted
+
+
+@dataclass(slots=True)
+class StoredTask:
+    seq: int
+    id: str
+    iterations: int
+    enqueued_at: float
+    body: bytes | None = None
+    result: str | None = None
+    done_at: float | None = None
+    reason: str | None = None
+
+
+@dataclass
+class Recovered:
+    """What ``Journal.load`` found."""
+
+    queued: list[StoredTask] = field(default_factory=list)  # submission order
+    completed: list[StoredTask] = field(default_factory=list)  # oldest completion first
+    failed: list[StoredTask] = field(default_factory=list)  # oldest first
+    counters: dict[str, int] = field(default_factory=dict)
+    last_seq: int = 0
+    skipped: list[str] = field(default_factory=list)  # what could not be recovered, for the log
+
+
+class Commit:
+    """The records one transaction makes durable. ``wait()`` blocks until it is committed."""
+
+    __slots__ = ("records", "error", "_done")
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Return once the records are durable; raise ``JournalError`` if they cannot be."""
+        if not self._done.wait(timeout):
+            raise JournalError(f"the journal did not commit within {timeout:g}s")
+        if self.error is not None:
+            raise JournalError(f"journal write failed: {self.error}") from self.error
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self._done.set()
+
+
+class Journal:
+    """The journal of one node in ``data_dir``. Not usable by two processes at once.
+
+    Use: ``journal = Journal(dir)`` (takes the lock), ``recovered = journal.load()``,
+    ``journal.start()`` (the writer thread), then ``journal.write([...]).wait()``; ``close()``.
+
+    Args:
+        data_dir: created if missing.
+        sync: ``batch``, ``always`` or ``off`` (see the module docstring).
+        batch_ms: ``batch``: the shortest time between two commits.
+        max_pending: records waiting for the writer beyond which ``write`` blocks (back-pressure).
+
+    Raises:
+        DataDirInUse: another process uses ``data_dir``.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, *, sync: str = "batch", batch_ms: float = 5.0,
+                 max_pending: int = 50_000) -> None:
+        if sync not in SYNC_POLICIES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_POLICIES)}, got {sync!r}")
+        self.data_dir = Path(data_dir)
+        self.sync = sync
+        self.batch_seconds = batch_ms / 1000.0 if sync == "batch" else 0.0
+        self.max_pending = max_pending
+        self.path = self.data_dir / DB_NAME
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _take_lock(self.data_dir / LOCK_NAME)
+        self._conn: sqlite3.Connection | None = None
+        self._wal_frames_valid = 0
+        self._cond = threading.Condition()
+        self._current = Commit()
+        self._pending = 0
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self.commits = 0
+        self.records_written = 0
+        self.skipped: list[str] = []
+
+    # ------------------------------------------------------------ recovery
+    def load(self) -> Recovered:
+        """Open the file and read back everything in it. Call once, before ``start``."""
+        tail = journal_repair.inspect_wal(self.path)
+        notes: list[str] = []
+        try:
+            self._conn = self._connect()
+            recovered = self._read()
+        except sqlite3.DatabaseError as exc:
+            if self._conn is not None:
+                self._conn.close()
+            notes += self._rebuild(exc)
+            self._conn = self._connect()
+            recovered = self._read()
+        else:
+            notes += tail.describe(self._wal_frames_valid)
+        recovered.skipped = notes + recovered.skipped
+        for note in recovered.skipped:
+            log.warning("journal %s: %s", self.path, note)
+        self.skipped = recovered.skipped
+        log.info("journal %s: recovered %d queued, %d completed, %d failed (sync=%s)", self.path,
+                 len(recovered.queued), len(recovered.completed), len(recovered.failed), self.sync)
+        return recovered
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect in a new file only
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise JournalError(f"{self.path}: SQLite refused WAL mode (got {mode!r})")
+            # Before anything writes: how many WAL frames SQLite found valid (torn ones are not).
+            self._wal_frames_valid = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+            conn.execute(f"PRAGMA synchronous={'NORMAL' if self.sync == 'off' else 'FULL'}")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise JournalError(f"{self.path} was written by a newer version (schema {version})")
+            if version < SCHEMA_VERSION:
+                conn.executescript(SCHEMA)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _read(self) -> Recovered:
+        found = Recovered()
+        bad = 0
+        for row in self._conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY seq"):
+            task = _task_from_row(row)
+            if task is None:
+                bad += 1
+                continue
+            state = row[5]
+            (found.queued if state == QUEUED else found.completed if state == COMPLETED else found.failed).append(task)
+            found.last_seq = max(found.last_seq, task.seq)
+        if bad:
+            found.skipped.append(f"{bad} task row(s) with values of the wrong type were skipped")
+        found.completed.sort(key=lambda t: (t.done_at, t.seq))
+        found.failed.sort(key=lambda t: (t.done_at, t.seq))
+        found.counters = {name: value for name, value in self._conn.execute("SELECT name, value FROM counters")
+                          if isinstance(name, str) and isinstance(value, int)}
+        for (value,) in self._conn.execute("SELECT value FROM meta WHERE name = 'last_seq'"):
+            found.last_seq = max(found.last_seq, int(value))
+        return found
+
+    def _rebuild(self, error: sqlite3.DatabaseError) -> list[str]:
+        """The file cannot be read: move it aside and copy what is still readable into a new one."""
+        aside = journal_repair.move_aside(self.path)
+        salvage = journal_repair.salvage(aside)
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN")
+            conn.executemany(f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", salvage.rows)
+            conn.executemany("INSERT INTO counters VALUES (?, ?)", salvage.counters.items())
+            conn.execute("INSERT INTO meta VALUES ('last_seq', ?)", (salvage.last_seq,))
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return [f"the file could not be read ({error}); moved it to {aside.name} and kept "
+                f"{len(salvage.rows)} readable task row(s)"] + salvage.notes
+
+    # -------------------------------------------------------------- writing
+    def start(self) -> None:
+        """Start the writer thread (once, after ``load``)."""
+        if self._conn is None:
+            raise JournalError("load() the journal before starting it")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
+            self._thread.start()
+
+    def write(self, records: list[Record]) -> Commit:
+        """Queue ``records`` for the next commit, in order, and return that commit.
+
+        Does not wait for durability (call ``wait()`` on the result), so it may be called under
+        the caller's own lock to keep records in the order the changes happened. Blocks only
+        while ``max_pending`` records wait for the writer.
+        """
+        with self._cond:
+            while self._pending >= self.max_pending and not self._closing:
+                self._cond.wait()
+            if self._closing:
+                raise JournalError("the journal is closed")
+            commit = self._current
+            commit.records.extend(records)
+            self._pending += len(records)
+            self._cond.notify_all()
+            return commit
+
+    def _run(self) -> None:
+        last_start = 0.0
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+            delay = last_start + self.batch_seconds - time.monotonic()
+            if delay > 0 and not self._closing:
+                time.sleep(delay)  # batch: let the records of the next few ms join this commit
+            with self._cond:
+                commit, self._current = self._current, Commit()
+                self._pending = 0
+                self._cond.notify_all()
+            last_start = time.monotonic()
+            commit._finish(self._commit(commit.records))
+            if self.commits % 256 == 0:
+                self._give_back_space()
+
+    def _commit(self, records: list[Record]) -> BaseException | None:
+        accepted, completed, failed, trimmed = [], [], [], []
+        counts: dict[str, int] = {}
+        last_seq = 0
+        for record in records:
+            kind = type(record)
+            if kind is Accepted:
+                accepted.append(record)
+                last_seq = max(last_seq, record.seq)
+            elif kind is Completed:
+                completed.append((record.result, record.completed_at, record.seq))
+            elif kind is Failed:
+                failed.append((record.reason, record.failed_at, record.seq))
+            elif kind is Trimmed:
+                trimmed.append(record)
+            else:
+                counts[record.name] = counts.get(record.name, 0) + record.delta
+        conn = self._conn
+        try:
+            conn.execute("BEGIN")
+            # For one task the order is always accepted -> completed or failed -> trimmed, so
+            # applying the kinds in that order is the same as applying the records one by one.
+            if accepted:
+                conn.executemany("INSERT INTO tasks (seq, id, iterations, body, enqueued_at) VALUES (?,?,?,?,?)",
+                                 accepted)
+                conn.execute("INSERT INTO meta VALUES ('last_seq', ?) ON CONFLICT(name) DO UPDATE "
+                             "SET value = max(value, excluded.value)", (last_seq,))
+            if completed:
+                conn.executemany(f"UPDATE tasks SET state = {COMPLETED}, result = ?, done_at = ?, body = NULL "
+                                 "WHERE seq = ?", completed)
+            if failed:
+                conn.executemany(f"UPDATE tasks SET state = {FAILED}, reason = ?, done_at = ?, body = NULL "
+                                 "WHERE seq = ?", failed)
+            if trimmed:
+                conn.executemany("DELETE FROM tasks WHERE seq = ?", trimmed)
+            if counts:
+                conn.executemany("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
+                                 "SET value = value + excluded.value", counts.items())
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.rollback()
+            log.error("journal %s: a commit of %d record(s) failed: %s", self.path, len(records), exc)
+            return exc
+        self.commits += 1
+        self.records_written += len(records)
+        return None
+
+    def _give_back_space(self) -> None:
+        """Return free pages beyond VACUUM_FREE_PAGES to the file system (after a burst)."""
+        try:
+            free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if free > VACUUM_FREE_PAGES:
+                self._conn.execute(f"PRAGMA incremental_vacuum({free - VACUUM_FREE_PAGES // 2})").fetchall()
+        except sqlite3.Error as exc:
+            log.warning("journal %s: could not give back free space: %s", self.path, exc)
+
+    # ---------------------------------------------------------------- admin
+    def size_bytes(self) -> int:
+        """The file and its WAL on disk."""
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.stat(f"{self.path}{suffix}").st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def info(self) -> dict:
+        """What /stats shows about the journal."""
+        return {"durable": True, "data_dir": str(self.data_dir), "sync": self.sync,
+                "batch_ms": self.batch_seconds * 1000, "bytes": self.size_bytes(), "commits": self.commits,
+                "records": self.records_written, "skipped_at_start": len(self.skipped)}
+
+    def close(self) -> None:
+        """Commit what waits, checkpoint, close the file and release the lock. Idempotent."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._conn is not None:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.warning("journal %s: checkpoint at close failed: %s", self.path, exc)
+            self._conn.close()
+            self._conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+
+def _take_lock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            raise DataDirInUse(f"DATA_DIR {path.parent} is in use by another node process"
+                               f"{f' (pid {holder})' if holder else ''}; one node per DATA_DIR") from None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _task_from_row(row: tuple) -> StoredTask | None:
+    """A row as read back, or None if a value has the wrong type (a damaged cell)."""
+    seq, task_id, iterations, enqueued_at, body, state, result, done_at, reason = row
+    if not (isinstance(seq, int) and isinstance(task_id, str) and isinstance(iterations, int)
+            and isinstance(enqueued_at, (int, float)) and state in (QUEUED, COMPLETED, FAILED)):
+        return None
+    if state == QUEUED and not isinstance(body, bytes):
+        return None
+    if state == COMPLETED and not (isinstance(result, str) and isinstance(done_at, (int, float))):
+        return None
+    if state == FAILED and not isinstance(done_at, (int, float)):
+        return None
+    return StoredTask(seq, task_id, iterations, float(enqueued_at), body if state == QUEUED else None,
+                      result, done_at, reason if isinstance(reason, str) else None)

@@ -1,0 +1,318 @@
+"""The journal on its own: what it writes comes back after a close, a kill -9, a torn WAL or a
+damaged file; one process per DATA_DIR; group commit; bounded size."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from nodeapp.journal import (
+    DB_NAME, Accepted, Completed, Counted, DataDirInUse, Failed, Journal, JournalError, Trimmed,
+)
+from tests.helpers import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def opened(path, **kwargs) -> tuple[Journal, object]:
+    journal = Journal(path, **kwargs)
+    recovered = journal.load()
+    journal.start()
+    return journal, recovered
+
+
+def accepted(seq: int, body: bytes = b"body") -> Accepted:
+    return Accepted(seq, f"task-{seq}", seq % 7 + 1, body, 1000.0 + seq)
+
+
+def test_everything_written_comes_back_after_close(tmp_path):
+    journal, recovered = opened(tmp_path)
+    assert (recovered.queued, recovered.completed, recovered.failed, recovered.counters) == ([], [], [], {})
+    journal.write([accepted(seq) for seq in range(1, 6)] + [Counted("enqueued", 5)]).wait()
+    journal.write([Completed(2, "r2", 2000.0), Completed(4, "r4", 1999.0), Counted("completed", 2)]).wait()
+    journal.write([Failed(3, "lease expired 5 times", 2001.0), Counted("failed")]).wait()
+    journal.write([Trimmed(4)]).wait()
+    journal.close()
+
+    journal, recovered = opened(tmp_path)
+    assert [t.id for t in recovered.queued] == ["task-1", "task-5"]  # submission order
+    assert [(t.iterations, t.body, t.enqueued_at) for t in recovered.queued] == [(2, b"body", 1001.0), (6, b"body", 1005.0)]
+    assert [(t.id, t.result, t.done_at, t.body) for t in recovered.completed] == [("task-2", "r2", 2000.0, None)]
+    assert [(t.id, t.reason, t.body) for t in recovered.failed] == [("task-3", "lease expired 5 times", None)]
+    assert recovered.counters == {"enqueued": 5, "completed": 2, "failed": 1}
+    assert recovered.last_seq == 5
+    assert recovered.skipped == []
+    journal.close()
+
+
+def test_completed_oldest_first_and_empty_body_kept(tmp_path):
+    journal, _ = opened(tmp_path)
+    journal.write([accepted(1, b""), accepted(2), accepted(3)]).wait()
+    journal.write([Completed(3, "c", 10.0), Completed(2, "b", 20.0)]).wait()
+    journal.close()
+    journal, recovered = opened(tmp_path)
+    assert [t.seq for t in recovered.completed] == [3, 2]
+    assert recovered.queued[0].body == b""
+    journal.close()
+
+
+def test_done_tasks_drop_their_body(tmp_path):
+    journal, _ = opened(tmp_path)
+    journal.write([accepted(1, b"x" * 10_000), accepted(2, b"y" * 10_000)]).wait()
+    journal.write([Completed(1, "r", 5.0), Failed(2, "why", 6.0)]).wait()
+    journal.close()
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks WHERE body IS NOT NULL").fetchone() == (0,)
+
+
+def test_last_seq_survives_trimming_of_the_newest_task(tmp_path):
+    journal, _ = opened(tmp_path)
+    journal.write([accepted(1), accepted(2), Completed(2, "r", 1.0), Trimmed(2)]).wait()
+    journal.close()
+    journal, recovered = opened(tmp_path)
+    assert [t.seq for t in recovered.queued] == [1]
+    assert recovered.last_seq == 2  # a new task must not take seq 2 again
+    journal.close()
+
+
+@pytest.mark.parametrize("sync, level", [("batch", 2), ("always", 2), ("off", 1)])
+def test_sync_policy_sets_sqlite_synchronous(tmp_path, sync, level):
+    journal, _ = opened(tmp_path, sync=sync, batch_ms=2)
+    assert journal._conn.execute("PRAGMA synchronous").fetchone()[0] == level  # FULL = 2, NORMAL = 1
+    assert journal._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    journal.write([accepted(1)]).wait()
+    assert journal.info()["sync"] == sync and journal.info()["durable"] is True
+    journal.close()
+
+
+def test_bad_sync_policy_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="sync must be one of batch, always, off"):
+        Journal(tmp_path, sync="sometimes")
+
+
+def test_second_user_of_a_data_dir_is_refused_with_one_line(tmp_path):
+    journal, _ = opened(tmp_path)
+    with pytest.raises(DataDirInUse) as refused:
+        Journal(tmp_path)
+    message = str(refused.value)
+    assert "\n" not in message and str(tmp_path) in message and f"pid {os.getpid()}" in message
+    journal.close()
+    Journal(tmp_path).close()  # free again once closed
+
+
+def test_lock_held_by_another_process(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from nodeapp.journal import Journal; Journal(sys.argv[1]); "
+                               "print('locked', flush=True); sys.stdin.read()", str(tmp_path)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DataDirInUse, match=f"pid {holder.pid}"):
+            Journal(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    Journal(tmp_path).close()  # the kernel released the lock with the process
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from nodeapp.journal import Journal, Accepted, Completed, Counted
+journal = Journal(sys.argv[1], sync=sys.argv[2])
+journal.load()
+journal.start()
+for seq in range(1, 101):
+    journal.write([Accepted(seq, f"t{seq}", 1, b"b" * 100, float(seq)), Counted("enqueued")]).wait()
+    if seq % 3 == 0:
+        journal.write([Completed(seq, f"r{seq}", float(seq))]).wait()
+print("durable", flush=True)
+journal.write([Accepted(101, "not-waited", 1, b"", 0.0)])  # may or may not make it
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("sync", ["batch", "always", "off"])
+def test_kill_9_keeps_every_acknowledged_record(tmp_path, sync):
+    run = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(tmp_path), sync], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == -9 and run.stdout.strip() == "durable", run.stderr
+    assert Path(f"{tmp_path / DB_NAME}-wal").exists()  # no clean close happened
+    journal, recovered = opened(tmp_path)
+    queued = {t.seq for t in recovered.queued} - {101}
+    assert queued == {seq for seq in range(1, 101) if seq % 3}
+    assert {t.result for t in recovered.completed} == {f"r{seq}" for seq in range(3, 101, 3)}
+    assert recovered.counters["enqueued"] == 100
+    assert recovered.skipped == []
+    journal.close()
+
+
+def crashed_copy(journal: Journal, target: Path) -> Path:
+    """The files of an open journal as a crash would leave them (the WAL not checkpointed)."""
+    target.mkdir()
+    for suffix in ("", "-wal"):
+        shutil.copyfile(f"{journal.path}{suffix}", target / f"{DB_NAME}{suffix}")
+    return target
+
+
+def test_torn_last_write_in_the_wal_is_skipped_and_logged(tmp_path, caplog):
+    journal, _ = opened(tmp_path / "live")
+    journal._conn.execute("PRAGMA wal_autocheckpoint=0")  # keep every frame in the WAL for the test
+    for seq in range(1, 11):
+        journal.write([accepted(seq)]).wait()
+    before_last = Path(f"{journal.path}-wal").stat().st_size
+    journal.write([accepted(seq, b"z" * 20_000) for seq in range(11, 14)]).wait()  # several frames
+    copy = crashed_copy(journal, tmp_path / "crashed")
+    journal.close()
+    wal = copy / f"{DB_NAME}-wal"
+    size = wal.stat().st_size
+    with open(wal, "r+b") as f:
+        f.truncate(before_last + (size - before_last) // 2)  # the last commit cut halfway
+
+    caplog.set_level(logging.WARNING, logger="nodeapp.journal")
+    journal, recovered = opened(copy)
+    assert [t.seq for t in recovered.queued] == list(range(1, 11))
+    assert len(recovered.skipped) == 1 and "unfinished" in recovered.skipped[0]
+    assert "the last write was unfinished" in caplog.text
+    journal.write([accepted(11)]).wait()  # and it goes on writing
+    journal.close()
+    journal, recovered = opened(copy)
+    assert [t.seq for t in recovered.queued] == list(range(1, 12))
+    journal.close()
+
+
+def filled(path: Path, count: int) -> None:
+    journal, _ = opened(path)
+    for start in range(1, count + 1, 500):
+        journal.write([accepted(seq, os.urandom(200)) for seq in range(start, min(count + 1, start + 500))]).wait()
+    journal.write([Counted("enqueued", count)]).wait()
+    journal.close()  # checkpointed: everything is in the main file
+
+
+def test_damaged_page_skips_its_rows_and_keeps_the_rest(tmp_path, caplog):
+    filled(tmp_path, 3000)
+    db = tmp_path / DB_NAME
+    size = db.stat().st_size
+    with open(db, "r+b") as f:
+        f.seek(size // 2 // 4096 * 4096)
+        f.write(b"\xff" * 4096)  # one page in the middle of the table, garbage
+    caplog.set_level(logging.WARNING, logger="nodeapp.journal")
+    journal, recovered = opened(tmp_path)
+    seqs = [t.seq for t in recovered.queued]
+    assert 2000 < len(seqs) < 3000
+    assert seqs == sorted(seqs) and seqs[0] == 1 and seqs[-1] == 3000
+    assert any("skipped unreadable task rows" in note for note in recovered.skipped)
+    assert "could not be read" in caplog.text
+    assert recovered.last_seq == 3000 and recovered.counters == {"enqueued": 3000}
+    assert list(tmp_path.glob(f"{DB_NAME}.damaged-*"))  # kept for a person to look at
+    journal.write([accepted(3001)]).wait()
+    journal.close()
+    journal, again = opened(tmp_path)
+    assert [t.seq for t in again.queued] == seqs + [3001] and again.skipped == []
+    journal.close()
+
+
+def test_truncated_file_keeps_what_is_before_the_cut(tmp_path):
+    filled(tmp_path, 3000)
+    db = tmp_path / DB_NAME
+    with open(db, "r+b") as f:
+        f.truncate(db.stat().st_size * 2 // 3 // 4096 * 4096)
+    journal, recovered = opened(tmp_path)
+    seqs = [t.seq for t in recovered.queued]
+    assert 0 < len(seqs) < 3000 and seqs == list(range(1, len(seqs) + 1))
+    assert recovered.skipped
+    journal.close()
+
+
+def test_garbage_file_starts_empty(tmp_path):
+    (tmp_path / DB_NAME).write_bytes(b"this is not a database " * 500)
+    journal, recovered = opened(tmp_path)
+    assert recovered.queued == [] and recovered.skipped
+    journal.write([accepted(1)]).wait()
+    journal.close()
+    journal, recovered = opened(tmp_path)
+    assert [t.seq for t in recovered.queued] == [1]
+    journal.close()
+
+
+def test_concurrent_writers_share_commits(tmp_path):
+    journal, _ = opened(tmp_path, sync="batch", batch_ms=5)
+    threads, per_thread = 8, 100
+
+    def writer(k: int) -> None:
+        for i in range(per_thread):
+            journal.write([accepted(k * per_thread + i + 1)]).wait()
+
+    workers = [threading.Thread(target=writer, args=(k,)) for k in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert journal.records_written == threads * per_thread
+    assert journal.commits < threads * per_thread / 2  # group commit: many records per transaction
+    journal.close()
+
+
+def test_write_blocks_while_the_writer_is_behind(tmp_path):
+    journal = Journal(tmp_path, max_pending=2)
+    journal.load()
+    journal.write([accepted(1), accepted(2)])  # not started: nothing is taken off yet
+    done = threading.Event()
+    blocked = threading.Thread(target=lambda: (journal.write([accepted(3)]).wait(), done.set()))
+    blocked.start()
+    assert not done.wait(0.2) and blocked.is_alive()
+    journal.start()
+    assert done.wait(30)
+    journal.close()
+    journal, recovered = opened(tmp_path)
+    assert [t.seq for t in recovered.queued] == [1, 2, 3]
+    journal.close()
+
+
+def test_failed_commit_raises_and_the_journal_goes_on(tmp_path):
+    journal, _ = opened(tmp_path)
+    journal.write([accepted(1)]).wait()
+    with pytest.raises(JournalError, match="journal write failed"):
+        journal.write([accepted(1)]).wait()  # the same seq twice: the commit fails as a whole
+    journal.write([accepted(2)]).wait()
+    journal.close()
+    with pytest.raises(JournalError, match="closed"):
+        journal.write([accepted(3)])
+    journal, recovered = opened(tmp_path)
+    assert [t.seq for t in recovered.queued] == [1, 2]
+    journal.close()
+
+
+def test_close_commits_what_waits(tmp_path):
+    journal, _ = opened(tmp_path, sync="batch", batch_ms=50)
+    commits = [journal.write([accepted(seq)]) for seq in range(1, 50)]
+    journal.close()
+    assert all(c.done and c.error is None for c in commits)
+    assert not Path(f"{journal.path}-wal").exists() or Path(f"{journal.path}-wal").stat().st_size == 0
+
+
+def test_size_stays_bounded_under_steady_load(tmp_path):
+    """Tasks accepted, completed, and trimmed beyond a retention of 1,000: the file stops growing
+    (the WAL grows to SQLite's checkpoint size, ~4 MB, then is reused)."""
+    journal, _ = opened(tmp_path, sync="off")
+    retention, sizes, seq = 1000, [], 0
+    for _ in range(30):
+        batch = []
+        for _ in range(1000):
+            seq += 1
+            batch += [accepted(seq, b"b" * 100), Completed(seq, "r" * 128, float(seq))]
+            if seq > retention:
+                batch.append(Trimmed(seq - retention))
+        journal.write(batch).wait()
+        sizes.append(journal.size_bytes())
+    journal.close()
+    assert max(sizes[20:]) <= max(sizes[:20]), sizes
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (retention,)
