@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import json
+import threading
+from collections.abc import Iterable
 
 from nodeapp.node import NodeStats
 from nodeapp.results import summary
@@ -26,19 +27,35 @@ def task_json(record: TaskRecord) -> dict:
         out["completed_at"] = record.completed_at
     if record.reason is not None:
         out["reason"] = record.reason
+    if record.done is not None:  # queued or running: progress, from the newest checkpoint
+        out["done"] = record.done
+    if record.resumed_from is not None:  # completed from a checkpoint (see nodeapp/checkpoints.py)
+        out["resumed_from"] = record.resumed_from
     return out
 
 
 class EncodedSummaries:
-    """``summary()`` of completed records as compact JSON, each encoded once while it is among
-    the ``size`` most recently listed (a completed record never changes)."""
+    """``summary()`` of completed records as compact JSON, each encoded once (a completed record
+    never changes) and kept for the ``size`` most recently encoded. Keyed by task id, whose hash
+    Python caches: hashing the record itself costs more than encoding it again."""
 
     def __init__(self, size: int) -> None:
-        self.encode = functools.lru_cache(maxsize=size)(self._encode)
+        self._size = size
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[TaskRecord, bytes]] = {}  # oldest first
 
-    @staticmethod
-    def _encode(record: TaskRecord) -> bytes:
-        return encode_json(summary(record))
+    def encode(self, records: Iterable[TaskRecord]) -> list[bytes]:
+        out = []
+        with self._lock:
+            cache = self._cache
+            for record in records:
+                hit = cache.get(record.id)
+                if hit is None or hit[0] is not record:
+                    hit = cache[record.id] = (record, encode_json(summary(record)))
+                out.append(hit[1])
+            while len(cache) > self._size:
+                del cache[next(iter(cache))]
+        return out
 
 
 def stats_json(stats: NodeStats) -> dict:
@@ -54,6 +71,7 @@ def stats_json(stats: NodeStats) -> dict:
         "enqueued": t.enqueued,
         "rejected_queue_full": t.rejected_full,
         "leases_expired": t.leases_expired,
+        "checkpoints": {"accepted": t.checkpoints_accepted, "refused": t.checkpoints_refused},
         "workers": {
             "live": w.live,
             "pending": w.pending,
