@@ -47,7 +47,7 @@ class FakeLauncher:
 
 
 class Clock:
-    """A settable clock, shared by the objects under test (NodeState, Scaler, launchers)."""
+    """A settable clock, shared by the objects under test (TaskStore, WorkerPool, Scaler, launchers)."""
 
     def __init__(self, now: float = 1_000.0) -> None:
         self.now = now
