@@ -8,9 +8,10 @@ may see a worker already forgotten whose tasks are not yet requeued; nothing dep
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from nodeapp.checkpoints import Checkpoint
 from nodeapp.tasks import LeasedTask, TaskCounts, TaskStore
 from nodeapp.workers import PoolCounts, WorkerPool
 
@@ -73,18 +74,21 @@ class Node:
         self.workers.seen(worker_id)
         return self.tasks.complete(worker_id, results)
 
-    def heartbeat(self, worker_id: str, task_ids: Iterable[str]) -> int:
+    def heartbeat(self, worker_id: str, task_ids: Iterable[str],
+                  checkpoints: Mapping[str, Checkpoint] | None = None) -> int:
         self.workers.seen(worker_id)
-        return self.tasks.heartbeat(worker_id, task_ids)
+        return self.tasks.heartbeat(worker_id, task_ids, checkpoints)
 
-    def worker_down(self, worker_id: str, returned: Iterable[str] = (), *, terminate: bool = True) -> WorkerGone:
+    def worker_down(self, worker_id: str, returned: Iterable[str] = (), *, terminate: bool = True,
+                    checkpoints: Mapping[str, Checkpoint] | None = None) -> WorkerGone:
         """Forget a worker and put every task it still holds back at the head of the queue.
 
-        Tasks in ``returned`` were handed back unstarted and cost no attempt. With ``terminate``
-        the launcher is asked to stop it too, in case it is still running. Idempotent.
+        Tasks in ``returned`` were handed back (unstarted, or with their ``checkpoints``) and
+        cost no attempt. With ``terminate`` the launcher is asked to stop it too, in case it is
+        still running. Idempotent.
         """
         worker = self.workers.remove(worker_id, terminate=terminate)
-        requeued, failed = self.tasks.release(worker_id, returned)
+        requeued, failed = self.tasks.release(worker_id, returned, checkpoints)
         return WorkerGone(worker is not None, requeued, failed, bool(worker and worker.borrowed))
 
     def scaling_figures(self) -> ScalingFigures:

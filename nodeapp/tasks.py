@@ -10,16 +10,28 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import threading
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from nodeapp.checkpoints import Checkpoint
 
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, COMPLETED, FAILED = "queued", "running", "completed", "failed"
+
+
+_TASK_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def is_task_id(text: str) -> bool:
+    """Whether ``text`` has the form of the ids ``submit`` makes (``uuid4().hex``)."""
+    return _TASK_ID.fullmatch(text) is not None
 
 
 class QueueFull(Exception):
@@ -37,6 +49,7 @@ class LeasedTask:
     id: str
     iterations: int
     data: bytes
+    checkpoint: Checkpoint | None = None  # where an earlier lease holder got to
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +64,8 @@ class TaskRecord:
     result: str | None = None
     completed_at: float | None = None
     reason: str | None = None
+    done: int | None = None  # queued or running: iterations done by its newest checkpoint
+    resumed_from: int | None = None  # completed: the checkpoint its last worker started from
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,8 @@ class TaskCounts:
     rejected_full: int
     leases_expired: int
     draining: bool
+    checkpoints_accepted: int = 0
+    checkpoints_refused: int = 0
 
 
 @dataclass(slots=True)
@@ -84,6 +101,8 @@ class _Task:
     attempts: int = 0
     worker_id: str | None = None
     lease_deadline: float = 0.0  # monotonic
+    checkpoint: Checkpoint | None = None  # kept when the task is requeued
+    claimed_from: int = 0  # the checkpoint's ``done`` when the current lease began
 
     def record(self, **finished) -> TaskRecord:
         return TaskRecord(self.id, finished.pop("state", self.state), self.iterations, self.enqueued_at,
@@ -129,6 +148,7 @@ class TaskStore:
         self._seq = 0
         self._enqueued = self._completed_total = self._failed_total = 0
         self._rejected_full = self._leases_expired = 0
+        self._checkpoints_accepted = self._checkpoints_refused = 0
 
     def submit(self, data: bytes, iterations: int) -> str:
         """Queue a task at the tail and return its id.
@@ -168,8 +188,9 @@ class TaskStore:
                 self._queue.popleft()
                 self._queued_iterations -= task.iterations
                 task.state, task.worker_id, task.lease_deadline = RUNNING, worker_id, deadline
+                task.claimed_from = task.checkpoint.done if task.checkpoint else 0
                 self._running[task.id] = task
-                leased.append(LeasedTask(task.id, task.iterations, task.data))
+                leased.append(LeasedTask(task.id, task.iterations, task.data, task.checkpoint))
                 if budget is not None:
                     budget -= task.iterations
             return leased
@@ -189,14 +210,18 @@ class TaskStore:
                     continue
                 del self._running[task_id]
                 del self._active[task_id]
-                self._keep(self._completed, task.record(state=COMPLETED, result=result, completed_at=now))
+                self._keep(self._completed, task.record(state=COMPLETED, result=result, completed_at=now,
+                                                        resumed_from=task.claimed_from or None))
                 self._completed_total += 1
                 accepted += 1
         return accepted
 
-    def heartbeat(self, worker_id: str, task_ids: Iterable[str]) -> int:
-        """Renew the leases ``worker_id`` holds among ``task_ids``; returns how many."""
+    def heartbeat(self, worker_id: str, task_ids: Iterable[str],
+                  checkpoints: Mapping[str, Checkpoint] | None = None) -> int:
+        """Renew the leases ``worker_id`` holds among ``task_ids``; returns how many. Keeps the
+        ``checkpoints`` that fit (see ``nodeapp.checkpoints``), ignores the others."""
         with self._lock:
+            self._take_checkpoints(worker_id, checkpoints)
             deadline = self._monotonic() + self.lease_seconds
             renewed = 0
             for task_id in task_ids:
@@ -214,13 +239,16 @@ class TaskStore:
             self._leases_expired += len(expired)
             return self._lose_leases(expired, "lease expired")
 
-    def release(self, worker_id: str, returned: Iterable[str] = ()) -> tuple[int, int]:
+    def release(self, worker_id: str, returned: Iterable[str] = (),
+                checkpoints: Mapping[str, Checkpoint] | None = None) -> tuple[int, int]:
         """Put every task ``worker_id`` holds back at the head; returns (requeued, failed).
 
-        Tasks in ``returned`` were handed back unstarted and cost no attempt; any other lease
-        counts as a lost attempt. Idempotent: a second call finds nothing held.
+        Tasks in ``returned`` were handed back (unstarted, or with their ``checkpoints``) and
+        cost no attempt; any other lease counts as a lost attempt. Idempotent: a second call
+        finds nothing held.
         """
         with self._lock:
+            self._take_checkpoints(worker_id, checkpoints)
             held = [t for t in self._running.values() if t.worker_id == worker_id]
             return self._lose_leases(held, "worker went down", free=set(returned))
 
@@ -229,7 +257,7 @@ class TaskStore:
         with self._lock:
             task = self._active.get(task_id)
             if task is not None:
-                return task.record()
+                return task.record(done=task.checkpoint.done if task.checkpoint else 0)
             return self._completed.get(task_id) or self._failed.get(task_id)
 
     def newest_completed(self, top: int) -> list[TaskRecord]:
@@ -262,9 +290,24 @@ class TaskStore:
                 rejected_full=self._rejected_full,
                 leases_expired=self._leases_expired,
                 draining=self._draining,
+                checkpoints_accepted=self._checkpoints_accepted,
+                checkpoints_refused=self._checkpoints_refused,
             )
 
     # --------------------------------------------------- private, lock held
+    def _take_checkpoints(self, worker_id: str, checkpoints: Mapping[str, Checkpoint] | None) -> None:
+        """Keep each checkpoint from the task's lease holder that moves it forward, short of the end."""
+        for task_id, checkpoint in (checkpoints or {}).items():
+            task = self._running.get(task_id)
+            current = task.checkpoint.done if task is not None and task.checkpoint else 0
+            if task is None or task.worker_id != worker_id or not current < checkpoint.done < task.iterations:
+                self._checkpoints_refused += 1
+                log.info("checkpoint refused: task %s at %d from %s (holder %s, at %d of %s)", task_id,
+                            checkpoint.done, worker_id, task and task.worker_id, current, task and task.iterations)
+                continue
+            task.checkpoint = checkpoint
+            self._checkpoints_accepted += 1
+
     def _keep(self, kept: OrderedDict[str, TaskRecord], record: TaskRecord) -> None:
         kept[record.id] = record
         while len(kept) > self.results_retention:
