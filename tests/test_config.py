@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from dataclasses import fields
+
 import pytest
 
 from nodeapp import create_app
 from nodeapp.config import SETTINGS, ConfigError, NodeConfig
 from tests.helpers import FakeLauncher
+from tmcommon.settings import BOTH, NODE
+from workerapp.__main__ import parse_args
 
 # The accepted ranges, written out here on purpose (not read from SETTINGS): this is what a user
 # is told, so the test pins it. (env, kind, low, high, how the range must be written)
@@ -133,3 +140,49 @@ def test_cluster_token_must_travel_in_a_header(token):
 def test_generated_style_tokens_are_accepted():
     token = "Az09-_.~!#$%&'*+^`|" + "x" * 40
     assert NodeConfig.load({"CLUSTER_TOKEN": token}).cluster_token == token
+
+
+# ------------------------------------------------------------------ the one schema, its other readers
+def test_node_config_has_a_field_per_setting_the_node_reads():
+    node_reads = {name for name, s in SETTINGS.items() if s.read_by in (NODE, BOTH)}
+    assert {f.name for f in fields(NodeConfig)} == node_reads
+    assert "worker_id" not in node_reads  # read by workers only
+    assert all(f.default == SETTINGS[f.name].default for f in fields(NodeConfig))
+
+
+@pytest.mark.parametrize("env, value, words", [
+    ("WORKER_IDLE_SECONDS", "abc", "a number from 0.1 to 86400"),
+    ("WORKER_IDLE_SECONDS", "0", "a number from 0.1 to 86400"),
+    ("CLAIM_SECONDS", "61", "a number from 0.01 to 60"),
+    ("CLUSTER_TOKEN", "tok en", "visible ASCII"),
+])
+def test_worker_refuses_a_bad_environment_value_in_one_line(env, value, words):
+    environ = {**os.environ, "CLUSTER_TOKEN": "t", env: value}
+    result = subprocess.run([sys.executable, "-m", "workerapp", "http://127.0.0.1:9"], env=environ,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert env in line and words in line
+
+
+def test_worker_options_default_to_the_environment_and_flags_win():
+    environ = {"WORKER_IDLE_SECONDS": "7", "CLAIM_SECONDS": "0.5", "WORKER_ID": "w1", "CLUSTER_TOKEN": "t"}
+    args = parse_args(["http://127.0.0.1:9"], environ=environ)
+    assert (args.worker_idle_seconds, args.claim_seconds, args.worker_id, args.cluster_token) == (7, 0.5, "w1", "t")
+    args = parse_args(["--idle-seconds", "3", "http://127.0.0.1:9"], environ={"WORKER_IDLE_SECONDS": "7"})
+    assert (args.worker_idle_seconds, args.claim_seconds) == (3, SETTINGS["claim_seconds"].default)
+
+
+def test_worker_flag_out_of_range_is_refused_with_the_range(capsys):
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--claim-seconds", "0", "http://127.0.0.1:9"], environ={})
+    assert exited.value.code == 2
+    assert "--claim-seconds: '0' is out of range: expected a number from 0.01 to 60" in capsys.readouterr().err
+
+
+def test_aws_mode_passes_every_node_setting_it_does_not_set_itself():
+    from tmrun.aws import PASSED_SETTINGS, SET_PER_NODE
+
+    node_envs = {s.env for s in SETTINGS.values() if s.read_by in (NODE, BOTH)}
+    assert set(PASSED_SETTINGS) >= node_envs - set(SET_PER_NODE)
+    assert not set(PASSED_SETTINGS) & set(SET_PER_NODE)

@@ -5,16 +5,28 @@ from pathlib import Path
 
 import pytest
 
-from nodeapp.config import SETTINGS
+from tmcommon import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 API_DOC = (ROOT / "docs" / "api.md").read_text()
 
 
-@pytest.mark.parametrize("env", sorted(s.env for s in SETTINGS.values()))
-def test_every_setting_is_documented(env):
-    assert f"`{env}`" in README
+def test_readme_settings_table_is_the_schema():
+    assert settings.readme_table(README) == settings.markdown_table(), (
+        "README.md's settings table differs from tmcommon/settings.py: "
+        "run  python -m tmcommon.settings --update README.md")
+    for setting in settings.SETTINGS.values():
+        assert f"| `{setting.env}` |" in README
+
+
+def test_update_rewrites_only_the_table(tmp_path):
+    stale = README.replace("| `MAX_QUEUED` |", "| `MAX_QUEUED_OLD` |")
+    path = tmp_path / "README.md"
+    path.write_text(stale)
+    assert settings.main(["--update", str(path)]) == 0
+    assert path.read_text() == settings.with_table(README)
+    assert settings.readme_table(path.read_text()) == settings.markdown_table()
 
 
 def test_every_endpoint_is_documented(app):

@@ -18,7 +18,8 @@ import signal
 import socket
 import sys
 
-from nodeapp.logs import configure_logging
+from tmcommon.logs import configure_logging
+from tmcommon.settings import WORKER, ConfigError, add_options, read_settings
 from workerapp import exitcodes
 from workerapp.client import NodeClient
 from workerapp.engine import EngineUnavailable, select_engine
@@ -27,39 +28,40 @@ from workerapp.worker import Worker
 log = logging.getLogger("workerapp")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> argparse.Namespace:
+    """The command line over the worker settings of the environment (``ConfigError`` if one is bad)."""
+    settings = read_settings(WORKER, os.environ if environ is None else environ)
     parser = argparse.ArgumentParser(prog="python -m workerapp", description=__doc__.split("\n\n")[0])
     parser.add_argument("nodes", nargs="+", metavar="NODE_URL", help="own node first, then the peer")
-    parser.add_argument("--worker-id", default=os.environ.get("WORKER_ID"),
-                        help="this worker's id, as its node knows it (env WORKER_ID; default: host-pid)")
-    parser.add_argument("--idle-seconds", type=float, default=float(os.environ.get("WORKER_IDLE_SECONDS", "60")),
-                        help="exit after this long without a task (env WORKER_IDLE_SECONDS, default 60)")
-    parser.add_argument("--claim-seconds", type=float, default=float(os.environ.get("CLAIM_SECONDS", "1.0")),
-                        help="work to claim at once, in seconds at the measured hash rate (default 1.0)")
+    add_options(parser, WORKER, settings)
     parser.add_argument("--max-batch", type=int, default=256, help="at most this many tasks per claim")
     args = parser.parse_args(argv)
     if len(args.nodes) > 2:
         parser.error("give at most two node URLs: own node, then the peer")
-    if args.idle_seconds <= 0 or args.claim_seconds <= 0 or args.max_batch < 1:
-        parser.error("--idle-seconds and --claim-seconds must be > 0, --max-batch >= 1")
+    if args.max_batch < 1:
+        parser.error("--max-batch must be >= 1")
     args.worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    args.cluster_token = settings["cluster_token"]  # from the environment only, never a flag
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except ConfigError as exc:  # a bad environment value: one line, as the node says it
+        print(f"python -m workerapp: error: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
     configure_logging()
-    token = os.environ.get("CLUSTER_TOKEN", "")
-    if not token:
+    if not args.cluster_token:
         log.error("CLUSTER_TOKEN is not set: the nodes would refuse every call")
         return exitcodes.USAGE
-    clients = [NodeClient(url, token, args.worker_id) for url in args.nodes]
+    clients = [NodeClient(url, args.cluster_token, args.worker_id) for url in args.nodes]
     try:
         engine = select_engine()
     except (ValueError, EngineUnavailable) as exc:
         log.error("%s", exc)
         return exitcodes.USAGE
-    worker = Worker(clients, idle_seconds=args.idle_seconds, claim_seconds=args.claim_seconds,
+    worker = Worker(clients, idle_seconds=args.worker_idle_seconds, claim_seconds=args.claim_seconds,
                     max_batch=args.max_batch, compute_fn=engine.compute)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.request_stop())

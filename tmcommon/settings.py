@@ -1,0 +1,247 @@
+"""The settings schema: every environment variable a node or a worker reads, described once.
+
+Everything else is made from ``SETTINGS``:
+
+- ``nodeapp.config.NodeConfig``: an attribute per setting the node reads (``config.max_workers``);
+- the worker's options and their environment defaults (``python -m workerapp --help``);
+- the settings table of README.md, between the ``settings:start`` and ``settings:end`` markers;
+- the node settings that AWS mode passes from the caller's environment to the nodes.
+
+Adding a setting is one entry in ``SETTINGS`` below: its attribute name, variable, type, default,
+range (or ``choices``/``form``), help, ``read_by`` (NODE, WORKER or BOTH) and, for the worker, the
+``option`` it takes on the command line. Then run ``python -m tmcommon.settings --update
+README.md`` to regenerate the README table (tests/test_readme.py fails until it matches), and read
+the value as ``config.<name>`` in the node or ``args.<name>`` in the worker.
+
+Every value is validated here: a bad one raises ``ConfigError`` naming the variable and the
+accepted range. This module imports nothing of the project's other packages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+NODE, WORKER, BOTH = "node", "worker", "both"
+README_START, README_END = "<!-- settings:start -->", "<!-- settings:end -->"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the program cannot run with."""
+
+
+@dataclass(frozen=True)
+class TextForm:
+    """What a string setting must look like; the empty string (not set) is always accepted."""
+
+    describe: str
+    accepts: Callable[[str], bool]
+    normalize: Callable[[str], str] = str
+
+
+URL = TextForm("an http:// or https:// URL", lambda v: v.startswith(("http://", "https://")),
+               lambda v: v.rstrip("/"))
+HEADER_SAFE = TextForm("visible ASCII characters, no spaces", lambda v: all("!" <= ch <= "~" for ch in v))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One tunable: attribute name, environment variable, type, default and accepted range."""
+
+    name: str
+    env: str
+    kind: type
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    help: str = ""
+    read_by: str = NODE
+    choices: tuple[str, ...] | None = None
+    form: TextForm | None = None
+    secret: bool = False  # never echoed in messages nor in a repr
+    shown_default: str | None = None  # how the README shows the default, if not the value itself
+    option: str | None = None  # the worker's command-line option
+
+    def describe_range(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.form:
+            return self.form.describe
+        if self.kind is str:
+            return "a string"
+        word = "an integer" if self.kind is int else "a number"
+        low, high = (f"{v:d}" if self.kind is int else f"{v:g}" for v in (self.low, self.high or 0))
+        if self.high is None:
+            return f"{word} >= {low}"
+        return f"{word} from {low} to {high}"
+
+    def describe_default(self) -> str:
+        if self.shown_default is not None:
+            return self.shown_default
+        if self.kind is str:
+            return f"`{self.default}`" if self.default else "none"
+        return f"{self.default:g}" if self.kind is float else str(self.default)
+
+    def parse(self, raw: Any, label: str | None = None) -> Any:
+        """The value of ``raw`` (text or a number), or ``ConfigError`` naming ``label`` (the variable).
+
+        ``label=""`` names only the value (for a command-line option, which argparse names).
+        """
+        label = self.env if label is None else label
+        shown = label if self.secret else f"{label}={raw!r}" if label else repr(raw)
+
+        def refused(problem: str = "is not valid") -> ConfigError:
+            return ConfigError(f"{shown} {problem}: expected {self.describe_range()}")
+
+        if self.kind is str:
+            value = str(raw).strip()
+            if self.form:
+                value = self.form.normalize(value)
+                if value and not self.form.accepts(value):
+                    raise refused()
+            if self.choices and value not in self.choices:
+                raise refused()
+            return value
+        try:
+            if self.kind is int:
+                if isinstance(raw, float) and not raw.is_integer():
+                    raise ValueError
+                value = int(str(raw).strip()) if not isinstance(raw, (int, float)) else int(raw)
+            else:
+                value = float(raw)
+        except (TypeError, ValueError):
+            raise refused() from None
+        if math.isnan(value) or (self.low is not None and value < self.low) or (
+            self.high is not None and value > self.high
+        ):
+            raise refused("is out of range")
+        return value
+
+
+#: Every setting, keyed by its attribute name (NodeConfig field, worker option dest).
+SETTINGS: dict[str, Setting] = {s.name: s for s in (
+    Setting("max_workers", "MAX_NUM_OF_WORKERS", int, 5, 0, 1000, "workers this node may run on its own quota"),
+    Setting("node_name", "NODE_NAME", str, "", shown_default="host name",
+            help="name in `/health`, `/stats`, logs and worker ids"),
+    Setting("node_url", "NODE_URL", str, "", form=URL, shown_default="from the bind address",
+            help="the URL workers use to reach this node"),
+    Setting("peer_url", "PEER_URL", str, "", form=URL,
+            help="the other node (can also be set by `POST /configure`)"),
+    Setting("cluster_token", "CLUSTER_TOKEN", str, "", form=HEADER_SAFE, secret=True, read_by=BOTH,
+            help="shared secret of the internal endpoints (without it they all answer 401), sent by workers "
+                 "and the peer in the `X-Cluster-Token` header"),
+    Setting("launcher", "LAUNCHER", str, "local", choices=("local", "ec2"), help="how workers are started"),
+    Setting("scale_interval", "SCALE_INTERVAL", float, 2.0, 0.05, 3600, "seconds between scaler runs"),
+    Setting("scale_wait", "SCALE_WAIT", float, 2.0, 0, 3600,
+            "seconds the oldest task may wait before the scaler adds workers"),
+    Setting("worker_idle_seconds", "WORKER_IDLE_SECONDS", float, 60.0, 0.1, 86400, read_by=BOTH,
+            option="--idle-seconds",
+            help="seconds without a task from either node after which a worker calls `worker_down` and exits"),
+    Setting("lease_seconds", "LEASE_SECONDS", float, 30.0, 0.1, 86400,
+            "seconds a claimed task stays leased without a heartbeat"),
+    Setting("max_attempts", "MAX_ATTEMPTS", int, 5, 1, 1000, "lost leases before a task is `failed`"),
+    Setting("boot_timeout", "BOOT_TIMEOUT", float, 300.0, 1, 86400,
+            "seconds a launched worker has to make its first claim; then it is terminated and its slot freed"),
+    Setting("max_body_bytes", "MAX_BODY_BYTES", int, 1024 * 1024, 0, 1024**3, "largest task body, in bytes",
+            shown_default="1048576 (1 MiB)"),
+    Setting("max_iterations", "MAX_ITERATIONS", int, 10_000_000, 1, 10**12, "largest `iterations`"),
+    Setting("max_queued", "MAX_QUEUED", int, 100_000, 1, 10**8,
+            "queued tasks at which `enqueue` answers 503 `queue_full`"),
+    Setting("results_retention", "RESULTS_RETENTION", int, 100_000, 1, 10**8,
+            "completed results (and, separately, failed tasks) kept per node"),
+    Setting("hash_rate", "HASH_RATE", float, 500_000.0, 1, 10**10,
+            "SHA-512 iterations per second the scaler assumes one worker does, to turn a backlog into "
+            "seconds of work"),
+    Setting("claim_seconds", "CLAIM_SECONDS", float, 1.0, 0.01, 60, read_by=BOTH, option="--claim-seconds",
+            help="seconds of work a worker may claim at once (the node counts them at `HASH_RATE`, "
+                 "the worker at its measured rate)"),
+    Setting("summary_seconds", "LOG_SUMMARY_SECONDS", float, 60.0, 0, 86400,
+            "seconds between summary log lines; 0 = none"),
+    Setting("worker_id", "WORKER_ID", str, "", read_by=WORKER, option="--worker-id", shown_default="host-pid",
+            help="this worker's id, as its node knows it"),
+)}
+
+
+def read_by(component: str) -> dict[str, Setting]:
+    """The settings that ``component`` (NODE or WORKER) reads."""
+    return {name: s for name, s in SETTINGS.items() if s.read_by in (component, BOTH)}
+
+
+def read_settings(
+    component: str, environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Defaults, then ``environ`` (empty = not set), then ``overrides`` by name; all validated."""
+    chosen = read_by(component)
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - set(chosen)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    values = {}
+    for name, setting in chosen.items():
+        if name in overrides:
+            raw = overrides[name]
+        elif environ.get(setting.env, "").strip() != "":
+            raw = environ[setting.env]
+        else:
+            raw = setting.default
+        values[name] = setting.parse(raw)
+    return values
+
+
+def add_options(parser: argparse.ArgumentParser, component: str, values: Mapping[str, Any]) -> None:
+    """An option per setting of ``component`` that has one, defaulting to ``values`` (read_settings)."""
+    for name, setting in read_by(component).items():
+        if setting.option:
+            def parse(text: str, setting: Setting = setting) -> Any:
+                try:
+                    return setting.parse(text, label="")
+                except ConfigError as exc:
+                    raise argparse.ArgumentTypeError(str(exc)) from None
+
+            accepted = "" if setting.kind is str and not setting.form else f", {setting.describe_range()}"
+            text = f"{setting.help} [env {setting.env}, default {setting.describe_default()}{accepted}]"
+            parser.add_argument(setting.option, dest=name, type=parse, default=values[name],
+                                help=text.replace("`", "").replace("%", "%%"))
+
+
+def markdown_table() -> str:
+    """The README's settings table."""
+    rows = ["| variable | default | accepted | read by | meaning |", "|---|---|---|---|---|"]
+    for s in SETTINGS.values():
+        rows.append(f"| `{s.env}` | {s.describe_default()} | {s.describe_range()} | {s.read_by} | {s.help} |")
+    return "\n".join(rows)
+
+
+def readme_table(text: str) -> str:
+    """The table between the markers of ``text`` (README.md), without the markers."""
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    return text[start:end].strip()
+
+
+def with_table(text: str) -> str:
+    """``text`` with the region between the markers replaced by the current table."""
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    return f"{text[:start]}\n{markdown_table()}\n{text[end:]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tmcommon.settings", description="The settings table.")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--markdown", action="store_true", help="print the README's settings table")
+    action.add_argument("--update", type=Path, metavar="README",
+                        help=f"rewrite the table between {README_START} and {README_END} in this file")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown_table())
+    else:
+        args.update.write_text(with_table(args.update.read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
