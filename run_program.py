@@ -12,20 +12,10 @@ below override them.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
-import threading
-import time
 
-from rich.console import Group, RenderableType
-from rich.live import Live
-from rich.text import Text
-
-from nodeapp.config import ConfigError, NodeConfig
-from provisioning.local_cluster import LocalCluster
-from tmclient.client import Client, NodesUnreachable
-from tmclient.render import console, stats_view
+from tmcommon.settings import SETTINGS, ConfigError
+from tmrun.aws import add_aws_arguments
 
 
 def parse_ports(text: str) -> tuple[int, int]:
@@ -44,87 +34,32 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--local", action="store_true", help="run both nodes and their workers on this machine")
     mode.add_argument("--destroy", action="store_true", help="AWS: remove every resource of the cluster")
     parser.add_argument("--ports", type=parse_ports, default=(8001, 8002), help="local mode: node ports (default 8001,8002)")
-    parser.add_argument("--max-workers", type=int, help="MAX_NUM_OF_WORKERS per node (default 5)")
+    workers = SETTINGS["max_workers"]
+    parser.add_argument("--max-workers", type=int,
+                        help=f"{workers.env} per node (default {workers.describe_default()})")
     parser.add_argument("--no-progress", action="store_true", help="local mode: no live status line")
-    try:
-        from provisioning.aws_cli import add_aws_arguments
-    except ImportError:  # AWS mode not installed in this checkout
-        add_aws_arguments = None
-    if add_aws_arguments:
-        add_aws_arguments(parser)
+    add_aws_arguments(parser)
     return parser
-
-
-def settings_env(args: argparse.Namespace) -> dict[str, str]:
-    """Environment for the nodes: os.environ, then flags; validated before anything starts."""
-    env = {}
-    if args.max_workers is not None:
-        env["MAX_NUM_OF_WORKERS"] = str(args.max_workers)
-    NodeConfig.load({**os.environ, **env, "LAUNCHER": "local"})  # raises ConfigError naming the variable
-    return env
-
-
-def status_view(cluster: LocalCluster) -> RenderableType:
-    """The live status, drawn with rich as ``tm stats`` draws it, and where the dashboard is."""
-    try:
-        view = stats_view(Client(cluster.urls, timeout=1, retries=1).stats())
-    except NodesUnreachable as exc:
-        view = Text(str(exc), style="red")
-    return Group(view, Text(f"dashboard: {cluster.urls[0]}/", style="dim"))
-
-
-def run_local(args: argparse.Namespace) -> int:
-    env = settings_env(args)
-    cluster = LocalCluster(ports=args.ports, env=env)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    print(f"starting two nodes (logs in {cluster.log_dir}) ...", file=sys.stderr, flush=True)
-    try:
-        cluster.start()
-    except (RuntimeError, TimeoutError) as exc:
-        cluster.stop()
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    for url in cluster.urls:
-        print(url, flush=True)
-    print(f"export TM_NODES={','.join(cluster.urls)}", file=sys.stderr)
-    print("Ctrl-C stops both nodes and every worker.", file=sys.stderr, flush=True)
-    live = None
-    if not args.no_progress and sys.stderr.isatty():
-        live = Live(status_view(cluster), console=console(stderr=True), auto_refresh=False)
-        live.start(refresh=True)
-    try:
-        while not stop.wait(1.0):
-            for node in cluster.nodes:
-                if node.process.poll() is not None:
-                    print(f"\n{node.name} exited (code {node.process.returncode}); see {node.log_path}", file=sys.stderr)
-                    stop.set()
-            if live is not None:
-                live.update(status_view(cluster), refresh=True)
-    finally:
-        if live is not None:
-            live.stop()
-        print("\nstopping ...", file=sys.stderr, flush=True)
-        started = time.monotonic()
-        cluster.stop(grace=8.0)
-        print(f"stopped in {time.monotonic() - started:.1f}s", file=sys.stderr)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    mode = "local mode" if args.local else "AWS mode"
     try:
         if args.local:
+            from tmrun.local import run_local
+
             return run_local(args)
-        from provisioning.aws_cli import run_aws  # imports boto3 only for AWS mode
+        from tmrun.aws import run_aws  # imports boto3 only for AWS mode
 
         return run_aws(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except ImportError as exc:
-        print(f"error: AWS mode is not available ({exc}); use --local", file=sys.stderr)
+    except ImportError as exc:  # a dependency of this mode is not installed
+        hint = "run ./init_setup.sh" if args.local else "run ./init_setup.sh, or use --local"
+        print(f"error: {mode} is not available: could not import {exc.name or exc} ({exc}); {hint}",
+              file=sys.stderr)
         return 2
 
 

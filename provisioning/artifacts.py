@@ -21,7 +21,6 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("nodeapp", "workerapp", "provisioning")
 #: Fixed timestamp inside the zip, so the same code gives the same wheel bytes.
 ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 
@@ -42,9 +41,19 @@ def _record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def _metadata(root: Path) -> tuple[str, str, str, list[str]]:
+def _setup_cfg(root: Path) -> configparser.ConfigParser:
     cfg = configparser.ConfigParser()
     cfg.read(root / "setup.cfg")
+    return cfg
+
+
+def packages(root: Path = PROJECT_ROOT) -> list[str]:
+    """The top-level packages of the distribution (setup.cfg's ``packages.find`` include list)."""
+    return [name for name in _setup_cfg(root)["options.packages.find"]["include"].split() if "." not in name]
+
+
+def _metadata(root: Path) -> tuple[str, str, str, list[str]]:
+    cfg = _setup_cfg(root)
     name = cfg["metadata"]["name"]
     version_text = (root / "nodeapp" / "version.py").read_text()
     version = re.search(r'__version__\s*=\s*"([^"]+)"', version_text).group(1)
@@ -58,7 +67,8 @@ def build_wheel(out_dir: Path, root: Path = PROJECT_ROOT) -> Wheel:
     dist = re.sub(r"[-_.]+", "_", name).lower()
     info = f"{dist}-{version}.dist-info"
     files: dict[str, bytes] = {}
-    for package in PACKAGES:
+    top_level = packages(root)
+    for package in top_level:
         for path in sorted((root / package).rglob("*.py")):
             if "__pycache__" not in path.parts:
                 files[path.relative_to(root).as_posix()] = path.read_bytes()
@@ -68,7 +78,7 @@ def build_wheel(out_dir: Path, root: Path = PROJECT_ROOT) -> Wheel:
                 f"Requires-Python: {python_requires}", *(f"Requires-Dist: {r}" for r in requires)]
     files[f"{info}/METADATA"] = ("\n".join(metadata) + "\n").encode()
     files[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: provisioning.artifacts\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    files[f"{info}/top_level.txt"] = ("\n".join([*PACKAGES, "run_program", "wsgi"]) + "\n").encode()
+    files[f"{info}/top_level.txt"] = ("\n".join([*top_level, "run_program", "wsgi"]) + "\n").encode()
     record = io.StringIO()
     writer = csv.writer(record, lineterminator="\n")
     for arcname, data in files.items():

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import requests
 
 from provisioning.local_cluster import LocalCluster
 from tests.helpers import wait_for
+from tmcommon.logs import configure_logging
 
 pytestmark = pytest.mark.integration
 
@@ -31,3 +33,37 @@ def test_json_logs_carry_events_and_no_secret(tmp_path):
     for event in ("worker launched", "worker seen", "worker down", "summary:", "scaler started", "Booting worker"):
         assert event in messages, f"no {event!r} line in the node log"
     assert BODY.decode() not in text and cluster.token not in text
+
+
+@pytest.fixture
+def root_logger():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield root
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_configure_logging_writes_json_lines_with_the_traceback(root_logger, monkeypatch, capsys):
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    configure_logging("debug")
+    log = logging.getLogger("tm.test")
+    log.debug("hello %s", "there")
+    try:
+        raise ZeroDivisionError("boom")
+    except ZeroDivisionError:
+        log.exception("it failed")
+    logging.getLogger("urllib3").info("noise")  # libraries stay at WARNING
+    first, second = (json.loads(line) for line in capsys.readouterr().err.splitlines())
+    assert (first["level"], first["logger"], first["msg"]) == ("debug", "tm.test", "hello there")
+    assert second["msg"] == "it failed" and "ZeroDivisionError: boom" in second["exc"]
+
+
+def test_configure_logging_reads_the_level_and_writes_text_by_default(root_logger, monkeypatch, capsys):
+    monkeypatch.setenv("LOG_LEVEL", "warning")
+    monkeypatch.delenv("LOG_FORMAT", raising=False)
+    configure_logging()
+    logging.getLogger("tm.test").info("not shown")
+    logging.getLogger("tm.test").warning("shown")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith("WARNING tm.test: shown")

@@ -1,4 +1,7 @@
-"""Logging set-up for node and worker processes: plain lines, or JSON lines with LOG_FORMAT=json."""
+"""Logging set-up for node and worker processes: plain lines, or JSON lines with LOG_FORMAT=json.
+
+Process-level variables (not node settings): LOG_LEVEL (default info) and LOG_FORMAT (text or json).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,9 @@ import logging
 import os
 import sys
 import time
+
+#: The environment variables read here; AWS mode passes them on to the nodes.
+LOG_VARIABLES = ("LOG_LEVEL", "LOG_FORMAT")
 
 
 class JsonFormatter(logging.Formatter):
