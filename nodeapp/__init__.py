@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask
 
-from nodeapp import errors
+from nodeapp import bodies, errors
 from nodeapp.config import NodeConfig
 from nodeapp.context import EXTENSION_KEY, NodeContext
 from nodeapp.peer import PeerClient
@@ -66,6 +66,7 @@ def create_app(
     )
     app.extensions[EXTENSION_KEY] = NodeContext(config, node, peer, launcher, scaler)
     errors.init_app(app)
+    bodies.init_app(app)
     from nodeapp.api import bp
 
     app.register_blueprint(bp)

@@ -9,13 +9,14 @@ import re
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
+from nodeapp.bodies import json_body, read_body
 from nodeapp.context import get_context
 from nodeapp.errors import ApiError
 from nodeapp.peer import PEER_HEADER
 from nodeapp.results import merge_newest
-from nodeapp.tasks import Draining, QueueFull
+from nodeapp.tasks import Draining, QueueFull, is_task_id
 from nodeapp.version import __version__
 from nodeapp.views import encode_json, task_json
 
@@ -23,10 +24,7 @@ bp = Blueprint("nodeapp", __name__)
 log = logging.getLogger(__name__)
 
 _DIGITS = re.compile(r"[0-9]{1,20}")
-#: Bodies are read in pieces of this size, so an oversized one is refused after MAX_BODY_BYTES + 1.
-_READ_CHUNK = 64 * 1024
-#: The largest JSON body an internal endpoint accepts (results and claims are small).
-MAX_JSON_BYTES = 4 * 1024 * 1024
+_RESULT = re.compile(r"[0-9a-f]{128}")
 
 
 def _positive_int(name: str, code: str, high: int | None = None) -> int:
@@ -39,41 +37,6 @@ def _positive_int(name: str, code: str, high: int | None = None) -> int:
     if high is not None and value > high:
         raise ApiError(400, code, f"'{name}' must be at most {high}, got {value}")
     return value
-
-
-def _read_body(limit: int) -> bytes:
-    """Read the request body, refusing it as soon as it exceeds ``limit`` bytes.
-
-    A declared Content-Length over the limit is refused before anything is read; a chunked
-    body is read piece by piece and refused once the limit is crossed.
-    """
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise ApiError(413, "body_too_large", f"body is {declared} bytes; the limit is {limit} (MAX_BODY_BYTES)")
-    stream = request.stream
-    parts, size = [], 0
-    while True:
-        part = stream.read(min(_READ_CHUNK, limit + 1 - size))
-        if not part:
-            break
-        parts.append(part)
-        size += len(part)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"body exceeds the limit of {limit} bytes (MAX_BODY_BYTES)")
-    return b"".join(parts)
-
-
-def _json_body() -> dict[str, Any]:
-    body = _read_body(MAX_JSON_BYTES)
-    if not body:
-        return {}
-    try:
-        data = current_app.json.loads(body)
-    except ValueError:
-        raise ApiError(400, "bad_json", "request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_json", "request body must be a JSON object")
-    return data
 
 
 def _field(data: dict, name: str, kind: type | tuple[type, ...], required: bool = True, default: Any = None) -> Any:
@@ -112,7 +75,7 @@ def _from_peer() -> bool:
 def enqueue():
     ctx = get_context()
     iterations = _positive_int("iterations", "bad_iterations", ctx.config.max_iterations)
-    data = _read_body(ctx.config.max_body_bytes)
+    data = read_body(ctx.config.max_body_bytes)
     try:
         task_id = ctx.node.tasks.submit(data, iterations)
     except QueueFull:
@@ -148,6 +111,8 @@ def pull_completed():
 @bp.get("/status/<task_id>")
 def status(task_id: str):
     ctx = get_context()
+    if not is_task_id(task_id):  # no such task anywhere: not worth asking the peer
+        raise ApiError(404, "unknown_task", f"no task with id {task_id!r} on either node (not a task id)")
     record = ctx.node.tasks.status(task_id)
     task = task_json(record) if record is not None else None
     headers = {}
@@ -185,7 +150,7 @@ def metrics():
 @internal
 def worker_down(instance_id: str):
     ctx = get_context()
-    data = _json_body()
+    data = json_body()
     named = _field(data, "instance_id", str, required=False, default=instance_id)
     if named != instance_id:
         raise ApiError(400, "bad_request", "instance_id in the body differs from the one in the path")
@@ -217,7 +182,7 @@ def return_quota():
 @internal
 def claim():
     ctx = get_context()
-    data = _json_body()
+    data = json_body()
     worker_id = _field(data, "worker_id", str)
     max_tasks = _field(data, "max_tasks", int, required=False, default=1)
     max_iterations = _field(data, "max_iterations", int, required=False, default=None)
@@ -237,13 +202,15 @@ def claim():
 @internal
 def complete():
     ctx = get_context()
-    data = _json_body()
+    data = json_body()
     worker_id = _field(data, "worker_id", str)
     results = _field(data, "results", list)
     pairs = []
     for item in results:
         if not (isinstance(item, dict) and isinstance(item.get("id"), str) and isinstance(item.get("result"), str)):
             raise ApiError(400, "bad_request", "each result must be an object with string 'id' and 'result'")
+        if not _RESULT.fullmatch(item["result"]):
+            raise ApiError(400, "bad_request", "each 'result' must be a SHA-512 digest: 128 lowercase hex characters")
         pairs.append((item["id"], item["result"]))
     return jsonify(accepted=ctx.node.complete(worker_id, pairs))
 
@@ -252,7 +219,7 @@ def complete():
 @internal
 def heartbeat():
     ctx = get_context()
-    data = _json_body()
+    data = json_body()
     worker_id = _field(data, "worker_id", str)
     task_ids = _field(data, "task_ids", list, required=False, default=[])
     renewed = ctx.node.heartbeat(worker_id, [t for t in task_ids if isinstance(t, str)])
@@ -263,7 +230,7 @@ def heartbeat():
 @internal
 def configure():
     ctx = get_context()
-    data = _json_body()
+    data = json_body()
     unknown = set(data) - {"peer_url", "max_workers"}
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")

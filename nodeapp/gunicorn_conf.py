@@ -82,6 +82,15 @@ def on_starting(server):
         raise RefuseToStart(2)
 
 
+def pre_request(worker, req):
+    """Let the app close this connection after its answer (see ``nodeapp.bodies``)."""
+    from nodeapp.bodies import CLOSE_HOOK
+
+    worker.log.debug("%s %s", req.method, req.path)
+    if req.body is not None:
+        setattr(req.body, CLOSE_HOOK, req.force_close)
+
+
 def _node_url_from_bind(cfg) -> str:
     host, _, port = cfg.bind[0].rpartition(":")
     if host in ("", "0.0.0.0", "[::]"):

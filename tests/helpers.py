@@ -93,3 +93,24 @@ def running_cluster(env: dict[str, str], log_dir, timeout: float = 60.0):
         yield cluster
     finally:
         cluster.stop()
+
+
+@contextmanager
+def running_node(env: dict[str, str], log_dir, peer_port: int | None = None, timeout: float = 60.0):
+    """One started node of a LocalCluster (node-a); its PEER_URL points at ``peer_port``
+    (a free, unused port when None), where nothing of the cluster runs."""
+    import pytest
+
+    from nodeapp.config import SETTINGS
+    from provisioning.local_cluster import LocalCluster, free_port
+
+    cluster = LocalCluster(ports=(free_port(), peer_port or free_port()), env=env, log_dir=log_dir)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for setting in SETTINGS.values():
+                mp.delenv(setting.env, raising=False)
+            cluster.start_node(0)
+        cluster.wait_healthy(timeout, nodes=cluster.nodes[:1])
+        yield cluster
+    finally:
+        cluster.stop_node(0)

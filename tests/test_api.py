@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from nodeapp import api, create_app
+from nodeapp import bodies, create_app
 from provisioning.local_cluster import free_port
 from tests.conftest import TOKEN
 from tests.helpers import FakeLauncher
@@ -23,6 +23,10 @@ INTERNAL = [  # (method, path, a body that would change something if it were acc
     ("POST", "/heartbeat", {"worker_id": "w1", "task_ids": []}),
     ("POST", "/configure", {"max_workers": 9, "peer_url": "http://127.0.0.1:9"}),
 ]
+
+
+#: A well-formed result (128 lowercase hex characters) where its value does not matter.
+RESULT = "ab" * 64
 
 
 def make_client(**settings):
@@ -78,7 +82,7 @@ def populated(client, auth):
     """A node with 2 completed, 1 running and 2 queued tasks."""
     ids = [enqueue(client, f"b{i}".encode()) for i in range(5)]
     tasks = claim(client, auth, "w1", 3)
-    assert complete(client, auth, "w1", [(t["id"], "r") for t in tasks[:2]]) == 2
+    assert complete(client, auth, "w1", [(t["id"], RESULT) for t in tasks[:2]]) == 2
     return ids
 
 
@@ -165,7 +169,7 @@ def test_oversized_chunked_body_is_refused_after_limit_plus_one_chunk(limit):
     response = client.put("/enqueue?iterations=1", headers={"Transfer-Encoding": "chunked"},
                           environ_overrides={"wsgi.input": stream, "wsgi.input_terminated": True})
     assert_error(response, 413, "body_too_large")
-    assert limit < stream.read_bytes <= limit + api._READ_CHUNK
+    assert limit < stream.read_bytes <= limit + bodies.READ_CHUNK
     assert snapshot(client) == before
 
 
@@ -237,7 +241,7 @@ def test_pull_completed_keeps_only_results_retention(auth):
     ids = [enqueue(client) for _ in range(3)]
     claim(client, auth)
     for task_id in ids:
-        complete(client, auth, "w1", [(task_id, "r-" + task_id)])
+        complete(client, auth, "w1", [(task_id, RESULT)])
     assert [r["id"] for r in client.post("/pullCompleted?top=10").get_json()] == ids[:0:-1]
     assert_error(client.get(f"/status/{ids[0]}"), 404, "unknown_task")
 
@@ -249,9 +253,9 @@ def test_status_in_every_state(auth):
     assert [t["id"] for t in claim(client, auth, "w1", 1)] == [lost]
     client.post("/worker_down/w1", headers=auth)  # its one attempt is gone: failed
     assert [t["id"] for t in claim(client, auth, "w2", 2)] == [running, completed]
-    complete(client, auth, "w2", [(completed, "abc")])
+    complete(client, auth, "w2", [(completed, RESULT)])
     c = client.get(f"/status/{completed}").get_json()
-    assert c["state"] == "completed" and c["result"] == "abc" and c["iterations"] == 3 and c["id"] == completed
+    assert c["state"] == "completed" and c["result"] == RESULT and c["iterations"] == 3 and c["id"] == completed
     assert {"id", "state", "iterations", "enqueued_at", "result", "completed_at"} <= set(c)
     r = client.get(f"/status/{running}").get_json()
     assert r["state"] == "running" and "result" not in r and r["iterations"] == 2
@@ -364,7 +368,7 @@ def test_wrong_methods_are_json_405_with_allow(client, populated, auth, method, 
 ], ids=["missing", "empty", "wrong", "same-length", "trailing-space", "upper", "other-header"])
 def test_internal_endpoints_need_the_token(client, populated, method, path, body, headers):
     if path == "/complete":
-        body = {"worker_id": "w1", "results": [{"id": i, "result": "forged"} for i in populated]}
+        body = {"worker_id": "w1", "results": [{"id": i, "result": "f" * 128} for i in populated]}
     before = snapshot(client, populated)
     assert_error(client.open(path, method=method, json=body, headers=headers), 401, "unauthorized")
     assert snapshot(client, populated) == before
@@ -393,7 +397,7 @@ def test_claim_and_complete(client, auth):
     assert [t["id"] for t in body["tasks"]] == ids[:2]
     results = [(t["id"], sha512_result(base64.b64decode(t["data"]), 1)) for t in body["tasks"]]
     payload = {"worker_id": "w1", "results": [{"id": i, "result": r} for i, r in results]
-               + [{"id": "unknown", "result": "x"}, {"id": ids[2], "result": "not leased"}]}
+               + [{"id": "unknown", "result": RESULT}, {"id": ids[2], "result": RESULT}]}
     response = client.post("/complete", json=payload, headers=auth)
     assert (response.status_code, response.get_json()) == (200, {"accepted": 2})
     assert client.post("/complete", json=payload, headers=auth).get_json() == {"accepted": 0}
@@ -504,7 +508,7 @@ def test_bad_json_bodies(client, populated, auth, method, path, data):
 def test_bad_internal_requests_change_nothing(client, populated, auth, path, body):
     if body.get("results") == "FILL_VALID_THEN_BAD":  # the valid first item must not be applied
         running = [i for i in populated if client.get(f"/status/{i}").get_json()["state"] == "running"]
-        body = {"worker_id": "w1", "results": [{"id": running[0], "result": "r"}, {"id": 1, "result": "r"}]}
+        body = {"worker_id": "w1", "results": [{"id": running[0], "result": RESULT}, {"id": 1, "result": RESULT}]}
     before = snapshot(client, populated)
     assert_error(client.post(path, json=body, headers=auth), 400, "bad_request")
     assert snapshot(client, populated) == before
@@ -516,7 +520,7 @@ def test_internal_body_size_is_bounded(client, populated, auth):
     response = client.post("/claim", headers={**auth, "Transfer-Encoding": "chunked"},
                            environ_overrides={"wsgi.input": stream, "wsgi.input_terminated": True})
     assert_error(response, 413, "body_too_large")
-    assert stream.read_bytes <= api.MAX_JSON_BYTES + api._READ_CHUNK
+    assert stream.read_bytes <= bodies.MAX_JSON_BYTES + bodies.READ_CHUNK
     assert snapshot(client, populated) == before
 
 
@@ -534,9 +538,9 @@ def test_unreachable_peer_sets_the_header_and_answers_locally(client, auth):
     client.post("/configure", json={"peer_url": dead_peer}, headers=auth)
     task_id = enqueue(client)
     claim(client, auth)
-    complete(client, auth, "w1", [(task_id, "r")])
+    complete(client, auth, "w1", [(task_id, RESULT)])
     timed = []
-    for call in (lambda: client.post("/pullCompleted?top=5"), lambda: client.get("/status/not-here"),
+    for call in (lambda: client.post("/pullCompleted?top=5"), lambda: client.get("/status/" + "0" * 32),
                  lambda: client.get(f"/status/{task_id}")):
         started = time.monotonic()
         timed.append(call())

@@ -25,6 +25,8 @@ from tests.helpers import running_cluster, wait_for
 pytestmark = pytest.mark.integration
 
 ENV = {"MAX_NUM_OF_WORKERS": "0", "MAX_BODY_BYTES": "65536"}
+#: A well-formed task id that no node has (the node asks its peer about it).
+UNKNOWN_ID = "0" * 32
 #: SPEC: without its peer a node answers "within 2 s"; the rest is headroom for a loaded machine
 #: (a node that waited on the peer instead would hit the client's 5 s timeout).
 PEER_GIVES_UP = 2.0 + 2.5
@@ -133,7 +135,7 @@ def test_status_answers_for_the_other_nodes_tasks(nodes):
     assert done["state"] == "completed" and done["result"] == sha512_result(b"from b", 3)
     assert b.status(on_a).json()["state"] == "queued"
     for node in nodes:
-        missing = node.status("no-such-task")
+        missing = node.status(UNKNOWN_ID)
         assert missing.status_code == 404 and missing.json()["error"] == "unknown_task"
         # asked the peer once: a ping-pong would end in the peer timeout and set this header
         assert "X-Peer-Unavailable" not in missing.headers
@@ -168,7 +170,7 @@ def test_body_limit_under_gunicorn(nodes):
     assert fits.status_code == 201
     [task] = [t for t in a.claim("worker-chunked") if t["id"] == fits.json()["id"]]
     assert base64.b64decode(task["data"]) == b"c" * 65536
-    assert a.complete("worker-chunked", [(task["id"], "r")]) == 1
+    assert a.complete("worker-chunked", [(task["id"], sha512_result(b"c" * 65536, 1))]) == 1
     with requests.Session() as session:  # declared size: refused before reading
         declared = session.put(f"{a.url}/enqueue", params={"iterations": 1}, data=b"d" * 65537, timeout=10)
     assert declared.status_code == 413 and declared.json()["error"] == "body_too_large"
@@ -263,7 +265,7 @@ def test_hung_peer_gives_x_peer_unavailable_within_its_timeout(cluster, nodes):
     local = a.enqueue(b"hung-peer test", 1)
     os.killpg(cluster.nodes[1].process.pid, signal.SIGSTOP)  # master and worker: connects, never answers
     try:
-        for call in (lambda: a.pull(10), lambda: a.status("no-such-task")):
+        for call in (lambda: a.pull(10), lambda: a.status(UNKNOWN_ID)):
             started = time.monotonic()
             response = call()
             assert time.monotonic() - started < PEER_GIVES_UP
@@ -302,7 +304,7 @@ def test_sigterm_drains_then_exits_and_the_peer_answers_alone(tmp_path):
         on_b = b.enqueue(b"kept on b", 1)
         on_a = a.enqueue(b"done during shutdown", 1)
         a.claim("worker-a")
-        done = json.dumps({"worker_id": "worker-a", "results": [{"id": on_a, "result": "r"}]}).encode()
+        done = json.dumps({"worker_id": "worker-a", "results": [{"id": on_a, "result": "ab" * 64}]}).encode()
         token = {"X-Cluster-Token": cluster.token, "Content-Type": "application/json"}
         in_flight_complete = partial_request(a.port, "POST", "/complete", done, token)
         in_flight_enqueue = partial_request(a.port, "PUT", "/enqueue?iterations=1", b"0123456789", {})
@@ -339,7 +341,7 @@ def test_sigterm_drains_then_exits_and_the_peer_answers_alone(tmp_path):
         wait_for(closed, timeout=15, what="the node to stop listening")
         assert master.wait(timeout=15) == 0
 
-        for call, expect in ((lambda: b.pull(10), 200), (lambda: b.status("no-such-task"), 404),
+        for call, expect in ((lambda: b.pull(10), 200), (lambda: b.status(UNKNOWN_ID), 404),
                              (lambda: b.status(on_a), 404)):
             response = call()  # a is gone: connections are refused at once
             assert response.status_code == expect

@@ -1,0 +1,91 @@
+"""Reading request bodies: size limits, cut-off uploads, broken chunking, deep JSON.
+
+A body is read to its end or refused. A request answered without its body read to the end
+(refused early, or read but broken) closes its connection after the answer, announced with
+``Connection: close``: what is left of the body on the wire would otherwise be taken for the
+next request. gunicorn decides about the connection, so its ``pre_request`` hook
+(``nodeapp.gunicorn_conf``) hands each request a way to ask for that (``CLOSE_HOOK``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, current_app, g, request
+from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import ClientDisconnected
+
+from nodeapp.errors import ApiError
+
+#: Bodies are read in pieces of this size, so an oversized one is refused after MAX_BODY_BYTES + 1.
+READ_CHUNK = 64 * 1024
+#: The largest JSON body an internal endpoint accepts (results and claims are small).
+MAX_JSON_BYTES = 4 * 1024 * 1024
+#: The attribute of ``wsgi.input`` that ``gunicorn_conf.pre_request`` sets to the request's
+#: ``force_close``: called, gunicorn answers with ``Connection: close`` and closes the connection.
+CLOSE_HOOK = "tm_close_connection"
+
+
+def read_body(limit: int) -> bytes:
+    """The whole request body, or an ApiError.
+
+    A declared Content-Length over ``limit`` is refused before anything is read (413); a chunked
+    body is read piece by piece and refused once it crosses the limit (413). A body that ends
+    before its declared length (400 ``incomplete_body``) or whose chunked framing is broken
+    (400 ``bad_chunked_body``) is refused too: nothing of it is used.
+    """
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise ApiError(413, "body_too_large", f"body is {declared} bytes; the limit is {limit} (MAX_BODY_BYTES)")
+    stream = request.stream
+    parts, size = [], 0
+    try:
+        while True:
+            part = stream.read(min(READ_CHUNK, limit + 1 - size))
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+            if size > limit:
+                raise ApiError(413, "body_too_large", f"body exceeds the limit of {limit} bytes (MAX_BODY_BYTES)")
+    except ClientDisconnected:  # werkzeug's own stream (not gunicorn's) saw the body end early
+        raise ApiError(400, "incomplete_body", f"the body ended before its Content-Length of {declared}") from None
+    except OSError:  # the connection ended inside a chunk (gunicorn's NoMoreData is an IOError)
+        raise ApiError(400, "incomplete_body", "the connection ended before the chunked body did") from None
+    except ParseException as exc:
+        raise ApiError(400, "bad_chunked_body", f"malformed chunked request body ({exc.__class__.__name__})") from None
+    if declared is not None and size != declared:
+        raise ApiError(400, "incomplete_body",
+                       f"Content-Length is {declared} but the body ended after {size} bytes; nothing was done")
+    g.body_read = True
+    return b"".join(parts)
+
+
+def json_body() -> dict[str, Any]:
+    """The request body as a JSON object; an empty body is ``{}``."""
+    body = read_body(MAX_JSON_BYTES)
+    if not body:
+        return {}
+    try:
+        data = current_app.json.loads(body)
+    except ValueError:
+        raise ApiError(400, "bad_json", "request body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(400, "bad_json", "request body is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "request body must be a JSON object")
+    return data
+
+
+def _has_body() -> bool:
+    return bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+
+
+def init_app(app: Flask) -> None:
+    @app.after_request
+    def _close_if_body_left(response):
+        if _has_body() and not g.get("body_read"):
+            close = getattr(request.environ.get("wsgi.input"), CLOSE_HOOK, None)
+            if close is not None:
+                close()
+        return response
