@@ -166,8 +166,8 @@ class Commit:
 class Journal:
     """The journal of one node in ``data_dir``. Not usable by two processes at once.
 
-    Use: ``journal = Journal(dir)`` (takes the lock), ``recovered = journal.load()``,
-    ``journal.start()`` (the writer thread), then ``journal.write([...]).wait()``; ``close()``.
+    Use: ``journal = Journal(dir)`` (takes the lock), ``recovered = journal.load()``, then
+    ``journal.write([...]).wait()`` (the first write starts the writer thread); ``close()``.
 
     Args:
         data_dir: created if missing.
@@ -200,6 +200,7 @@ class Journal:
         self.commits = 0
         self.records_written = 0
         self.skipped: list[str] = []
+        self.recovered: dict[str, int] = {}
 
     # ------------------------------------------------------------ recovery
     def load(self) -> Recovered:
@@ -221,6 +222,8 @@ class Journal:
         for note in recovered.skipped:
             log.warning("journal %s: %s", self.path, note)
         self.skipped = recovered.skipped
+        self.recovered = {"queued": len(recovered.queued), "completed": len(recovered.completed),
+                          "failed": len(recovered.failed)}
         log.info("journal %s: recovered %d queued, %d completed, %d failed (sync=%s)", self.path,
                  len(recovered.queued), len(recovered.completed), len(recovered.failed), self.sync)
         return recovered
@@ -286,10 +289,14 @@ class Journal:
 
     # -------------------------------------------------------------- writing
     def start(self) -> None:
-        """Start the writer thread (once, after ``load``)."""
+        """Start the writer thread (after ``load``); the first ``write`` does it too."""
+        with self._cond:
+            self._start()
+
+    def _start(self) -> None:
         if self._conn is None:
-            raise JournalError("load() the journal before starting it")
-        if self._thread is None:
+            raise JournalError("load() the journal before writing to it")
+        if self._thread is None and not self._closing:
             self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
             self._thread.start()
 
@@ -301,6 +308,10 @@ class Journal:
         while ``max_pending`` records wait for the writer.
         """
         with self._cond:
+            if self._closing:
+                raise JournalError("the journal is closed")
+            if self._thread is None:
+                self._start()
             while self._pending >= self.max_pending and not self._closing:
                 self._cond.wait()
             if self._closing:
@@ -403,7 +414,7 @@ class Journal:
         """What /stats shows about the journal."""
         return {"durable": True, "data_dir": str(self.data_dir), "sync": self.sync,
                 "batch_ms": self.batch_seconds * 1000, "bytes": self.size_bytes(), "commits": self.commits,
-                "records": self.records_written, "skipped_at_start": len(self.skipped)}
+                "records": self.records_written, "recovered": self.recovered, "skipped_at_start": len(self.skipped)}
 
     def close(self) -> None:
         """Commit what waits, checkpoint, close the file and release the lock. Idempotent."""
@@ -423,6 +434,20 @@ class Journal:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
+
+
+def open_journal(config) -> Journal | None:
+    """The journal that ``config`` (a NodeConfig) asks for, locked but not loaded; None without DATA_DIR."""
+    if not config.data_dir:
+        return None
+    return Journal(config.data_dir, sync=config.journal_sync, batch_ms=config.journal_batch_ms)
+
+
+def check_free(data_dir: str | os.PathLike) -> None:
+    """Raise ``DataDirInUse`` if another process holds ``data_dir`` (takes the lock and drops it)."""
+    lock = Path(data_dir) / LOCK_NAME
+    if lock.exists():
+        os.close(_take_lock(lock))
 
 
 def _take_lock(path: Path) -> int:

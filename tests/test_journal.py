@@ -263,16 +263,20 @@ def test_concurrent_writers_share_commits(tmp_path):
 def test_write_blocks_while_the_writer_is_behind(tmp_path):
     journal = Journal(tmp_path, max_pending=2)
     journal.load()
-    journal.write([accepted(1), accepted(2)])  # not started: nothing is taken off yet
+    gate, commit = threading.Event(), journal._commit
+    journal._commit = lambda records: (gate.wait(), commit(records))[1]  # a slow disk
+    journal.write([accepted(1), accepted(2)])
+    wait_for(lambda: journal._pending == 0, what="the writer to take the first records")
+    journal.write([accepted(3), accepted(4)])  # max_pending records wait now
     done = threading.Event()
-    blocked = threading.Thread(target=lambda: (journal.write([accepted(3)]).wait(), done.set()))
+    blocked = threading.Thread(target=lambda: (journal.write([accepted(5)]).wait(), done.set()))
     blocked.start()
     assert not done.wait(0.2) and blocked.is_alive()
-    journal.start()
+    gate.set()
     assert done.wait(30)
     journal.close()
     journal, recovered = opened(tmp_path)
-    assert [t.seq for t in recovered.queued] == [1, 2, 3]
+    assert [t.seq for t in recovered.queued] == [1, 2, 3, 4, 5]
     journal.close()
 
 
