@@ -7,7 +7,6 @@ here is the test's own, through ``/claim`` and ``/complete`` with the cluster to
 from __future__ import annotations
 
 import base64
-import hashlib
 import http.client
 import importlib.metadata
 import json
@@ -20,6 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from tests.digests import sha512_chain
 from tests.helpers import running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
@@ -30,13 +30,6 @@ UNKNOWN_ID = "0" * 32
 #: SPEC: without its peer a node answers "within 2 s"; the rest is headroom for a loaded machine
 #: (a node that waited on the peer instead would hit the client's 5 s timeout).
 PEER_GIVES_UP = 2.0 + 2.5
-
-
-def sha512_result(body: bytes, iterations: int) -> str:
-    digest = hashlib.sha512(body).digest()
-    for _ in range(iterations - 1):
-        digest = hashlib.sha512(digest).digest()
-    return digest.hex()
 
 
 class Node:
@@ -98,7 +91,7 @@ def test_pull_completed_merges_both_nodes_newest_first(nodes):
     for task_a, task_b in zip(claimed[a.url], claimed[b.url]):
         for node, task in ((a, task_a), (b, task_b)):
             worker = "worker-0" if node is a else "worker-1"
-            assert node.complete(worker, [(task["id"], sha512_result(bodies[task["id"]], 2))]) == 1
+            assert node.complete(worker, [(task["id"], sha512_chain(bodies[task["id"]], 2))]) == 1
             order.append(task["id"])
     newest_first = order[::-1]
     for node in nodes:
@@ -113,7 +106,7 @@ def test_pull_completed_merges_both_nodes_newest_first(nodes):
         assert times == sorted(times, reverse=True)
         for r in results:
             if r["id"] in bodies:
-                assert r["result"] == sha512_result(bodies[r["id"]], 2) and r["iterations"] == 2
+                assert r["result"] == sha512_chain(bodies[r["id"]], 2) and r["iterations"] == 2
         top = node.pull(4).json()
         assert [r["id"] for r in top] == newest_first[:4]  # both nodes' tasks within top
         assert node.pull(4).json() == top  # pulling does not consume
@@ -130,9 +123,9 @@ def test_status_answers_for_the_other_nodes_tasks(nodes):
     [task] = b.claim("worker-b", 1)
     assert task["id"] == on_b
     assert a.status(on_b).json()["state"] == "running"
-    b.complete("worker-b", [(on_b, sha512_result(b"from b", 3))])
+    b.complete("worker-b", [(on_b, sha512_chain(b"from b", 3))])
     done = a.status(on_b).json()
-    assert done["state"] == "completed" and done["result"] == sha512_result(b"from b", 3)
+    assert done["state"] == "completed" and done["result"] == sha512_chain(b"from b", 3)
     assert b.status(on_a).json()["state"] == "queued"
     for node in nodes:
         missing = node.status(UNKNOWN_ID)
@@ -170,7 +163,7 @@ def test_body_limit_under_gunicorn(nodes):
     assert fits.status_code == 201
     [task] = [t for t in a.claim("worker-chunked") if t["id"] == fits.json()["id"]]
     assert base64.b64decode(task["data"]) == b"c" * 65536
-    assert a.complete("worker-chunked", [(task["id"], sha512_result(b"c" * 65536, 1))]) == 1
+    assert a.complete("worker-chunked", [(task["id"], sha512_chain(b"c" * 65536, 1))]) == 1
     with requests.Session() as session:  # declared size: refused before reading
         declared = session.put(f"{a.url}/enqueue", params={"iterations": 1}, data=b"d" * 65537, timeout=10)
     assert declared.status_code == 413 and declared.json()["error"] == "body_too_large"
@@ -205,7 +198,7 @@ def test_concurrent_clients_and_workers_on_both_nodes_lose_nothing(nodes):
                     tasks = node.claim(worker, 3)
                     if tasks:
                         got = True
-                        results = [(t["id"], sha512_result(base64.b64decode(t["data"]), 1)) for t in tasks]
+                        results = [(t["id"], sha512_chain(base64.b64decode(t["data"]), 1)) for t in tasks]
                         assert node.complete(worker, results) == len(tasks)
                         with lock:
                             done.extend(t["id"] for t in tasks)

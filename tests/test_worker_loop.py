@@ -3,7 +3,6 @@ on a fake clock that every wait of the loop advances: no HTTP, no sleeping."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import threading
@@ -11,20 +10,13 @@ from collections import deque
 
 import pytest
 
+from tests.digests import sha512_chain
 from tests.helpers import Clock
 from workerapp import exitcodes
 from workerapp.client import ClaimedTask, NodeRejected, NodeUnavailable
 from workerapp.worker import Worker
 
 UNAUTHORIZED = ("unauthorized", "missing or wrong X-Cluster-Token")
-
-
-def expected(data: bytes, iterations: int) -> str:
-    """The task's result, written out again with hashlib (not the worker's compute())."""
-    digest = hashlib.sha512(data).digest()
-    for _ in range(iterations - 1):
-        digest = hashlib.sha512(digest).digest()
-    return digest.hex()
 
 
 class FakeNode:
@@ -109,7 +101,7 @@ def test_results_are_the_chained_sha512_of_each_task_in_batches(clock):
     node = FakeNode("own", tasks)
     worker = make_worker([node], clock, max_batch=8)
     assert worker.run() == exitcodes.OK
-    assert node.results == {f"own/{i}": expected(d, n) for i, (d, n) in enumerate(tasks)}
+    assert node.results == {f"own/{i}": sha512_chain(d, n) for i, (d, n) in enumerate(tasks)}
     assert worker.completed == 30
     assert [n for _, n in node.log][:5] == [8, 8, 8, 6, 0]  # batches of max_batch, then empty
     assert node.downs == [[]]  # one goodbye, nothing handed back
@@ -157,7 +149,7 @@ def test_backoff_doubles_up_to_its_cap_and_resets_when_the_node_answers(clock):
     backoffs = [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0]
     for gap, backoff in zip(gaps, backoffs, strict=True):
         assert backoff - 1e-9 <= gap < backoff + 0.5  # never earlier; at most one poll later
-    assert node.results == {"own/0": expected(b"late", 5)}
+    assert node.results == {"own/0": sha512_chain(b"late", 5)}
     assert worker.sources[0].failures == 0 and worker.sources[0].backoff == 0.0
 
 
@@ -176,7 +168,7 @@ def test_posting_results_is_retried_while_the_lease_holds(clock):
     worker = make_worker([node], clock)
     assert worker.run() == exitcodes.OK
     assert node.calls.count("complete") == 3 and worker.waits[:2] == [0.1, 0.2]
-    assert node.results == {"own/0": expected(b"r", 3)} and worker.completed == 1
+    assert node.results == {"own/0": sha512_chain(b"r", 3)} and worker.completed == 1
 
 
 def test_results_are_given_up_when_the_lease_would_have_run_out(clock):
@@ -196,11 +188,11 @@ def test_stop_finishes_the_task_in_hand_and_hands_back_the_rest(clock):
     def compute_then_stop(data: bytes, iterations: int) -> str:
         computed.append(data)
         worker.request_stop()  # SIGTERM while the first task runs
-        return expected(data, iterations)
+        return sha512_chain(data, iterations)
 
     worker = make_worker([node], clock, compute_fn=compute_then_stop)
     assert worker.run() == exitcodes.OK
-    assert len(computed) == 1 and node.results == {"own/0": expected(*tasks[0])}
+    assert len(computed) == 1 and node.results == {"own/0": sha512_chain(*tasks[0])}
     assert node.downs == [["own/1", "own/2", "own/3"], []]  # handed back unstarted, then goodbye
     assert node.calls.count("claim") == 1
 
