@@ -44,7 +44,7 @@ SYNC_POLICIES = ("batch", "always", "off")
 DB_NAME = "journal.db"
 LOCK_NAME = "node.lock"
 SCHEMA_VERSION = 1
-QUEUED, COMPLETED, FAILED = 0, 1, 2
+QUEUED, COMPLETED, FAILED, CANCELLED = 0, 1, 2, 3
 #: After a checkpoint the WAL is cut back to this size (SQLite otherwise keeps its high-water mark).
 WAL_SIZE_LIMIT = 8 * 1024 * 1024
 #: Free pages (4 KiB) beyond which the writer gives space back to the file system.
@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     iterations INTEGER NOT NULL,
     enqueued_at REAL NOT NULL,
     body BLOB,                        -- dropped once the task is done
-    state INTEGER NOT NULL DEFAULT 0, -- 0 queued, 1 completed, 2 failed
+    state INTEGER NOT NULL DEFAULT 0, -- 0 queued, 1 completed, 2 failed, 3 cancelled
     result TEXT,
     done_at REAL,
     reason TEXT
@@ -95,6 +95,7 @@ class Failed(NamedTuple):
     seq: int
     reason: str
     failed_at: float
+    cancelled: bool = False  # ended by a client rather than by lost leases
 
 
 class Trimmed(NamedTuple):
@@ -103,14 +104,13 @@ class Trimmed(NamedTuple):
     seq: int
 
 
-class Counted(NamedTuple):
-    """A counter of /stats moved by ``delta``."""
+class Counters(NamedTuple):
+    """The counters of /stats at one moment (the newest written wins)."""
 
-    name: str
-    delta: int = 1
+    values: dict[str, int]
 
 
-Record = Accepted | Completed | Failed | Trimmed | Counted
+Record = Accepted | Completed | Failed | Trimmed | Counters
 
 
 @dataclass(slots=True)
@@ -123,6 +123,7 @@ class StoredTask:
     result: str | None = None
     done_at: float | None = None
     reason: str | None = None
+    cancelled: bool = False
 
 
 @dataclass
@@ -131,7 +132,7 @@ class Recovered:
 
     queued: list[StoredTask] = field(default_factory=list)  # submission order
     completed: list[StoredTask] = field(default_factory=list)  # oldest completion first
-    failed: list[StoredTask] = field(default_factory=list)  # oldest first
+    failed: list[StoredTask] = field(default_factory=list)  # failed or cancelled, oldest first
     counters: dict[str, int] = field(default_factory=dict)
     last_seq: int = 0
     skipped: list[str] = field(default_factory=list)  # what could not be recovered, for the log
@@ -344,7 +345,7 @@ class Journal:
 
     def _commit(self, records: list[Record]) -> BaseException | None:
         accepted, completed, failed, trimmed = [], [], [], []
-        counts: dict[str, int] = {}
+        counters: dict[str, int] = {}
         last_seq = 0
         for record in records:
             kind = type(record)
@@ -354,11 +355,11 @@ class Journal:
             elif kind is Completed:
                 completed.append((record.result, record.completed_at, record.seq))
             elif kind is Failed:
-                failed.append((record.reason, record.failed_at, record.seq))
+                failed.append((CANCELLED if record.cancelled else FAILED, record.reason, record.failed_at, record.seq))
             elif kind is Trimmed:
                 trimmed.append(record)
             else:
-                counts[record.name] = counts.get(record.name, 0) + record.delta
+                counters = record.values
         conn = self._conn
         try:
             conn.execute("BEGIN")
@@ -373,13 +374,13 @@ class Journal:
                 conn.executemany(f"UPDATE tasks SET state = {COMPLETED}, result = ?, done_at = ?, body = NULL "
                                  "WHERE seq = ?", completed)
             if failed:
-                conn.executemany(f"UPDATE tasks SET state = {FAILED}, reason = ?, done_at = ?, body = NULL "
-                                 "WHERE seq = ?", failed)
+                conn.executemany("UPDATE tasks SET state = ?, reason = ?, done_at = ?, body = NULL WHERE seq = ?",
+                                 failed)
             if trimmed:
                 conn.executemany("DELETE FROM tasks WHERE seq = ?", trimmed)
-            if counts:
+            if counters:
                 conn.executemany("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
-                                 "SET value = value + excluded.value", counts.items())
+                                 "SET value = excluded.value", counters.items())
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -470,13 +471,13 @@ def _task_from_row(row: tuple) -> StoredTask | None:
     """A row as read back, or None if a value has the wrong type (a damaged cell)."""
     seq, task_id, iterations, enqueued_at, body, state, result, done_at, reason = row
     if not (isinstance(seq, int) and isinstance(task_id, str) and isinstance(iterations, int)
-            and isinstance(enqueued_at, (int, float)) and state in (QUEUED, COMPLETED, FAILED)):
+            and isinstance(enqueued_at, (int, float)) and state in (QUEUED, COMPLETED, FAILED, CANCELLED)):
         return None
     if state == QUEUED and not isinstance(body, bytes):
         return None
     if state == COMPLETED and not (isinstance(result, str) and isinstance(done_at, (int, float))):
         return None
-    if state == FAILED and not isinstance(done_at, (int, float)):
+    if state in (FAILED, CANCELLED) and not isinstance(done_at, (int, float)):
         return None
     return StoredTask(seq, task_id, iterations, float(enqueued_at), body if state == QUEUED else None,
-                      result, done_at, reason if isinstance(reason, str) else None)
+                      result, done_at, reason if isinstance(reason, str) else None, state == CANCELLED)

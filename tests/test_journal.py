@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nodeapp.journal import (
-    DB_NAME, Accepted, Completed, Counted, DataDirInUse, Failed, Journal, JournalError, Trimmed,
+    DB_NAME, Accepted, Completed, Counters, DataDirInUse, Failed, Journal, JournalError, Trimmed,
 )
 from tests.helpers import wait_for
 
@@ -36,9 +36,11 @@ def accepted(seq: int, body: bytes = b"body") -> Accepted:
 def test_everything_written_comes_back_after_close(tmp_path):
     journal, recovered = opened(tmp_path)
     assert (recovered.queued, recovered.completed, recovered.failed, recovered.counters) == ([], [], [], {})
-    journal.write([accepted(seq) for seq in range(1, 6)] + [Counted("enqueued", 5)]).wait()
-    journal.write([Completed(2, "r2", 2000.0), Completed(4, "r4", 1999.0), Counted("completed", 2)]).wait()
-    journal.write([Failed(3, "lease expired 5 times", 2001.0), Counted("failed")]).wait()
+    journal.write([accepted(seq) for seq in range(1, 7)] + [Counters({"enqueued": 6})]).wait()
+    journal.write([Completed(2, "r2", 2000.0), Completed(4, "r4", 1999.0),
+                   Counters({"enqueued": 6, "completed": 1}), Counters({"enqueued": 6, "completed": 2})]).wait()
+    journal.write([Failed(3, "lease expired 5 times", 2001.0), Failed(6, "cancelled by a client", 2002.0, True),
+                   Counters({"failed": 1})]).wait()
     journal.write([Trimmed(4)]).wait()
     journal.close()
 
@@ -46,9 +48,10 @@ def test_everything_written_comes_back_after_close(tmp_path):
     assert [t.id for t in recovered.queued] == ["task-1", "task-5"]  # submission order
     assert [(t.iterations, t.body, t.enqueued_at) for t in recovered.queued] == [(2, b"body", 1001.0), (6, b"body", 1005.0)]
     assert [(t.id, t.result, t.done_at, t.body) for t in recovered.completed] == [("task-2", "r2", 2000.0, None)]
-    assert [(t.id, t.reason, t.body) for t in recovered.failed] == [("task-3", "lease expired 5 times", None)]
-    assert recovered.counters == {"enqueued": 5, "completed": 2, "failed": 1}
-    assert recovered.last_seq == 5
+    assert [(t.id, t.reason, t.body, t.cancelled) for t in recovered.failed] == [
+        ("task-3", "lease expired 5 times", None, False), ("task-6", "cancelled by a client", None, True)]
+    assert recovered.counters == {"enqueued": 6, "completed": 2, "failed": 1}  # the newest values of each
+    assert recovered.last_seq == 6
     assert recovered.skipped == []
     journal.close()
 
@@ -125,12 +128,12 @@ def test_lock_held_by_another_process(tmp_path):
 
 KILLED_WRITER = """
 import os, signal, sys
-from nodeapp.journal import Journal, Accepted, Completed, Counted
+from nodeapp.journal import Journal, Accepted, Completed, Counters
 journal = Journal(sys.argv[1], sync=sys.argv[2])
 journal.load()
 journal.start()
 for seq in range(1, 101):
-    journal.write([Accepted(seq, f"t{seq}", 1, b"b" * 100, float(seq)), Counted("enqueued")]).wait()
+    journal.write([Accepted(seq, f"t{seq}", 1, b"b" * 100, float(seq)), Counters({"enqueued": seq})]).wait()
     if seq % 3 == 0:
         journal.write([Completed(seq, f"r{seq}", float(seq))]).wait()
 print("durable", flush=True)
@@ -192,7 +195,7 @@ def filled(path: Path, count: int) -> None:
     journal, _ = opened(path)
     for start in range(1, count + 1, 500):
         journal.write([accepted(seq, os.urandom(200)) for seq in range(start, min(count + 1, start + 500))]).wait()
-    journal.write([Counted("enqueued", count)]).wait()
+    journal.write([Counters({"enqueued": count})]).wait()
     journal.close()  # checkpointed: everything is in the main file
 
 
