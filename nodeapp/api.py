@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from nodeapp.bodies import json_body, read_body
+from nodeapp.checkpoints import parse_checkpoints
 from nodeapp.context import get_context
 from nodeapp.errors import ApiError
 from nodeapp.peer import PEER_HEADER
@@ -63,6 +64,14 @@ def internal(view):
         return view(*args, **kwargs)
 
     return checked
+
+
+def _checkpoints(data: dict) -> dict:
+    """The body's optional ``checkpoints`` (``nodeapp/checkpoints.py``); malformed ones are a 400."""
+    try:
+        return parse_checkpoints(data.get("checkpoints", []))
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
 
 
 def _from_peer() -> bool:
@@ -155,7 +164,8 @@ def worker_down(instance_id: str):
     if named != instance_id:
         raise ApiError(400, "bad_request", "instance_id in the body differs from the one in the path")
     returned = _field(data, "returned", list, required=False, default=[])
-    gone = ctx.node.worker_down(instance_id, [r for r in returned if isinstance(r, str)])
+    checkpoints = _checkpoints(data)
+    gone = ctx.node.worker_down(instance_id, [r for r in returned if isinstance(r, str)], checkpoints=checkpoints)
     if gone.removed or gone.requeued:
         log.info("worker down: %s (%s), %d task(s) requeued, %d failed", instance_id,
                  "ours" if gone.removed else "peer's", gone.requeued, gone.failed)
@@ -192,7 +202,8 @@ def claim():
     max_iterations = budget if max_iterations is None else min(max_iterations, budget)
     tasks = ctx.node.claim(worker_id, min(max_tasks, 1000), max_iterations)
     return jsonify(
-        tasks=[{"id": t.id, "iterations": t.iterations, "data": base64.b64encode(t.data or b"").decode()}
+        tasks=[{"id": t.id, "iterations": t.iterations, "data": base64.b64encode(t.data or b"").decode(),
+                **({"checkpoint": {"done": t.checkpoint.done, "digest": t.checkpoint.digest}} if t.checkpoint else {})}
                for t in tasks],
         lease_seconds=ctx.config.lease_seconds,
     )
@@ -222,7 +233,8 @@ def heartbeat():
     data = json_body()
     worker_id = _field(data, "worker_id", str)
     task_ids = _field(data, "task_ids", list, required=False, default=[])
-    renewed = ctx.node.heartbeat(worker_id, [t for t in task_ids if isinstance(t, str)])
+    checkpoints = _checkpoints(data)
+    renewed = ctx.node.heartbeat(worker_id, [t for t in task_ids if isinstance(t, str)], checkpoints)
     return jsonify(renewed=renewed, lease_seconds=ctx.config.lease_seconds)
 
 

@@ -17,6 +17,8 @@ from nodeapp.views import EncodedSummaries, stats_json
 from provisioning.launchers import Launcher
 
 EXTENSION_KEY = "nodeapp"
+#: Long running tasks listed with their progress in ``/stats`` (and so on the dashboard).
+IN_PROGRESS_SHOWN = 10
 
 
 @dataclass
@@ -41,6 +43,8 @@ class NodeContext:
         stats = stats_json(self.node.stats())
         stats["node"] = self.config.node_name
         stats["peer"] = self.peer.info()
+        stats["in_progress"] = [{"id": r.id, "done": r.done, "iterations": r.iterations}
+                                for r in self.node.tasks.in_progress(IN_PROGRESS_SHOWN)]
         stats["scaler"] = {
             "running": self.scheduler is not None,
             "launcher": self.launcher.kind,

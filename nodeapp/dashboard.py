@@ -60,12 +60,19 @@ def result_view(result: dict) -> dict:
     return {key: result.get(key) for key in ("id", "iterations", "completed_at", "result")}
 
 
+def progress_view(item: dict, node: str) -> dict:
+    done, total = int(item.get("done") or 0), int(item.get("iterations") or 0)
+    return {"node": node, "id": str(item.get("id", "")), "done": done, "iterations": total,
+            "percent": round(100 * done / total, 1) if total else 0.0}
+
+
 def cluster_view() -> dict:
     """This node and its peer, their totals, newest results and last scaling decisions."""
     ctx = get_context()
     own = ctx.stats()
     nodes = [node_view(own, ctx.config.node_url or None)]
     decisions = [decision_view(d, nodes[0]["node"]) for d in own["scaler"]["decisions"]]
+    in_progress = [progress_view(p, nodes[0]["node"]) for p in own.get("in_progress", [])]
     results = [summary(r) for r in ctx.node.tasks.newest_completed(NEWEST)]
     peer_url = ctx.peer.url or None
     if peer_url:
@@ -75,6 +82,7 @@ def cluster_view() -> dict:
         else:
             nodes.append(node_view(theirs, peer_url))
             decisions += [decision_view(d, nodes[1]["node"]) for d in (theirs.get("scaler") or {}).get("decisions", [])]
+            in_progress += [progress_view(p, nodes[1]["node"]) for p in theirs.get("in_progress") or []]
             peer_results = ctx.peer.newest_results(NEWEST)
             if peer_results is not None:
                 results = merge_newest(results, peer_results, NEWEST)
@@ -89,6 +97,7 @@ def cluster_view() -> dict:
         "nodes": nodes,
         "results": [result_view(r) for r in results[:NEWEST]],
         "decisions": sorted(decisions, key=lambda d: d["at"] or 0, reverse=True)[:NEWEST],
+        "in_progress": sorted(in_progress, key=lambda p: p["percent"], reverse=True)[:NEWEST],
     }
 
 

@@ -260,6 +260,13 @@ class TaskStore:
                 return task.record(done=task.checkpoint.done if task.checkpoint else 0)
             return self._completed.get(task_id) or self._failed.get(task_id)
 
+    def in_progress(self, top: int) -> list[TaskRecord]:
+        """Up to ``top`` running tasks that have a checkpoint, furthest along first."""
+        with self._lock:
+            started = [t for t in self._running.values() if t.checkpoint]
+            started.sort(key=lambda t: t.checkpoint.done / t.iterations, reverse=True)
+            return [t.record(done=t.checkpoint.done) for t in started[:top]]
+
     def newest_completed(self, top: int) -> list[TaskRecord]:
         """The ``top`` newest completed tasks, newest first. O(top)."""
         with self._lock:

@@ -6,8 +6,9 @@ import threading
 
 import pytest
 
+from tests.digests import sha512_chain as reference
 from tests.helpers import wait_for
-from tests.test_worker_loop import FakeNode, expected as reference
+from tests.test_worker_loop import FakeNode
 from workerapp.client import ClaimedTask
 from workerapp.compute import chain, compute
 from workerapp.worker import Worker

@@ -2,7 +2,9 @@
 
 Exit codes: 0 done; 1 an error (a node answered with an error, no node reachable, a file
 unreadable); 2 bad usage (also: no node URLs); 3 enqueue --wait, wait or bench ran out of
-time; 4 a task waited on has failed. Every error is one line on stderr.
+time; 4 a task shown or waited on has failed or was cancelled; 5 a task is not on the node that
+answered and the other node could not be asked (it may be there: try again). Every error is
+one line on stderr.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from rich.text import Text
 
 from tmclient import render
 from tmclient.bench import run_bench
-from tmclient.client import Client, NodesUnreachable, TaskManagerError, WaitTimeout
+from tmclient.client import ApiError, Client, EnqueueIncomplete, NodesUnreachable, TaskManagerError, WaitTimeout
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT, EXIT_FAILED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT, EXIT_FAILED, EXIT_PEER_UNAVAILABLE = 0, 1, 2, 3, 4, 5
+#: States of a task that ended without a result.
+UNFINISHED = ("failed", "cancelled")
 
 
 class UsageError(Exception):
@@ -64,11 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("enqueue", parents=[common], help="queue one task per file (- reads stdin); prints the ids")
     p.add_argument("files", nargs="+", metavar="FILE", help="a file whose bytes are the task body, or - for stdin")
     p.add_argument("-n", "--iterations", type=positive_int, required=True, help="SHA-512 iterations per task")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="compute every task, even when an identical task's result is kept")
     p.add_argument("--wait", action="store_true", help="then wait for the tasks with a progress bar, and show them")
     p.add_argument("--timeout", type=positive_float, metavar="S", help="with --wait: give up after S seconds")
 
     p = commands.add_parser("status", parents=[common], help="show tasks by id")
     p.add_argument("ids", nargs="+", metavar="ID", help="task ids, or - to read them from stdin")
+
+    p = commands.add_parser("cancel", parents=[common], help="cancel queued or running tasks")
+    p.add_argument("ids", nargs="+", metavar="ID", help="task ids, or - to read them from stdin")
+
+    p = commands.add_parser("retry", parents=[common], help="queue failed or cancelled tasks again")
+    p.add_argument("ids", nargs="+", metavar="ID", help="task ids, or - to read them from stdin")
+    p.add_argument("--no-reuse", action="store_true", help="compute them even when an identical result is kept")
+
+    p = commands.add_parser("results", parents=[common], help="every result after a cursor, oldest first, once each")
+    p.add_argument("--after", default="", metavar="CURSOR", help="the cursor a previous run printed (default: "
+                   "from the oldest result kept)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep waiting for new results until Ctrl-C")
+    p.add_argument("--poll", type=positive_float, default=1.0, metavar="S", help="--follow: seconds between asks")
 
     p = commands.add_parser("pull", parents=[common], help="the newest results of the cluster")
     p.add_argument("--top", type=positive_int, default=10, metavar="N", help="how many (default 10)")
@@ -132,10 +151,21 @@ def print_json(value) -> None:
 
 
 def wait_with_progress(client: Client, ids: list[str], timeout: float | None) -> dict[str, dict]:
-    """Wait with a progress bar; returns each task's full status (``wait`` may lack ``enqueued_at``)."""
+    """Wait with a progress bar; returns each task's full status (``wait`` may lack ``enqueued_at``).
+
+    A second bar counts iterations once a task reports progress (a long task's checkpoints)."""
     with render.progress_bars() as progress:
         bar = progress.add_task("tasks", total=len(ids))
-        done = client.wait(ids, timeout=timeout, on_progress=lambda n, total: progress.update(bar, completed=n))
+        hashes: list = []
+
+        def on_iterations(done_iterations: int, total: int) -> None:
+            if not hashes and done_iterations and done_iterations < total:
+                hashes.append(progress.add_task("iterations", total=total))
+            if hashes:
+                progress.update(hashes[0], completed=done_iterations, total=total)
+
+        done = client.wait(ids, timeout=timeout, on_progress=lambda n, total: progress.update(bar, completed=n),
+                           on_iterations=on_iterations)
     missing = [task_id for task_id, task in done.items() if "enqueued_at" not in task]
     with ThreadPoolExecutor(max_workers=8) as pool:
         done.update(zip(missing, pool.map(client.status, missing), strict=True))
@@ -147,19 +177,26 @@ def show_tasks(args: argparse.Namespace, tasks: list[dict]) -> int:
         print_json(tasks)
     else:
         render.show(render.tasks_table(tasks))
-    failed = [t["id"] for t in tasks if t.get("state") == "failed"]
+    failed = [t["id"] for t in tasks if t.get("state") in UNFINISHED]
     if failed:
-        print(f"tm: error: {len(failed)} of {len(tasks)} tasks failed", file=sys.stderr)
+        print(f"tm: error: {len(failed)} of {len(tasks)} tasks failed or were cancelled", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
 
 def cmd_enqueue(client: Client, args: argparse.Namespace) -> int:
-    ids = []
-    for body in read_bodies(args.files):
-        ids.append(client.enqueue(body, args.iterations))
-        if not getattr(args, "json", False):
-            print(ids[-1], flush=True)
+    bodies = read_bodies(args.files)
+    quiet = getattr(args, "json", False)
+
+    def queued(batch: list[str]) -> None:
+        if not quiet:
+            print("\n".join(batch), flush=True)
+
+    if len(bodies) == 1:
+        ids = [client.enqueue(bodies[0], args.iterations, reuse=not args.no_reuse)]
+        queued(ids)
+    else:  # one request per batch of up to 1000 tasks
+        ids = client.enqueue_many(bodies, args.iterations, reuse=not args.no_reuse, on_batch=queued)
     if not args.wait:
         if getattr(args, "json", False):
             print_json({"ids": ids})
@@ -167,12 +204,64 @@ def cmd_enqueue(client: Client, args: argparse.Namespace) -> int:
     done = wait_with_progress(client, ids, args.timeout)
     if getattr(args, "json", False):
         print_json({"ids": ids, "tasks": list(done.values())})
-        return EXIT_FAILED if any(t.get("state") == "failed" for t in done.values()) else EXIT_OK
+        return EXIT_FAILED if any(t.get("state") in UNFINISHED for t in done.values()) else EXIT_OK
     return show_tasks(args, list(done.values()))
 
 
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
     return show_tasks(args, [client.status(task_id) for task_id in task_ids(args.ids)])
+
+
+def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    return act_on_each(args, client.cancel)
+
+
+def cmd_retry(client: Client, args: argparse.Namespace) -> int:
+    return act_on_each(args, lambda task_id: client.retry(task_id, reuse=not args.no_reuse))
+
+
+def act_on_each(args: argparse.Namespace, action) -> int:
+    """``tm cancel``/``tm retry``: act on every id, show the tasks it worked for, then one line per
+    refusal; the exit code is that of the first refusal."""
+    tasks, errors = [], []
+    for task_id in task_ids(args.ids):
+        try:
+            tasks.append(action(task_id))
+        except ApiError as exc:
+            errors.append(exc)
+    if getattr(args, "json", False):
+        print_json(tasks)
+    elif tasks:
+        render.show(render.tasks_table(tasks))
+    for exc in errors:
+        _error(str(exc))
+    return exit_code(errors[0]) if errors else EXIT_OK
+
+
+def cmd_results(client: Client, args: argparse.Namespace) -> int:
+    """Print each result once, oldest first; the cursor to go on from goes to stderr at the end."""
+    cursor = args.after
+    as_json = getattr(args, "json", False)
+    try:
+        while True:
+            page = client.results_page(cursor, 1000)
+            if as_json:
+                sys.stdout.write("".join(json.dumps(r) + "\n" for r in page["results"]))
+                sys.stdout.flush()
+            elif page["results"]:
+                render.show(render.results_table(page["results"]))
+            if page.get("missed"):
+                print(f"tm: {page['missed']} results were dropped (RESULTS_RETENTION) before they could be read",
+                      file=sys.stderr)
+            cursor = page["next"]
+            if len(page["results"]) < 1000:
+                if not args.follow:
+                    break
+                time.sleep(args.poll)
+    except KeyboardInterrupt:
+        pass
+    print(f"next: {cursor}   (go on with: tm results --after {cursor})", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_pull(client: Client, args: argparse.Namespace) -> int:
@@ -243,6 +332,7 @@ def cmd_bench(client: Client, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "enqueue": cmd_enqueue, "status": cmd_status, "pull": cmd_pull,
+    "cancel": cmd_cancel, "retry": cmd_retry, "results": cmd_results,
     "wait": cmd_wait, "stats": cmd_stats, "bench": cmd_bench,
 }
 
@@ -258,12 +348,20 @@ def main(argv: list[str] | None = None) -> int:
     except WaitTimeout as exc:
         _error(str(exc))
         return EXIT_TIMEOUT
+    except EnqueueIncomplete as exc:  # the ids queued were printed batch by batch
+        _error(str(exc))
+        return exit_code(exc.error)
     except TaskManagerError as exc:
         _error(str(exc))
-        return EXIT_ERROR
+        return exit_code(exc)
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
+
+
+def exit_code(exc: TaskManagerError) -> int:
+    """EXIT_PEER_UNAVAILABLE for a task that may be on the node that could not be asked, else EXIT_ERROR."""
+    return EXIT_PEER_UNAVAILABLE if isinstance(exc, ApiError) and exc.code == "peer_unavailable" else EXIT_ERROR
 
 
 def _error(message: str) -> None:

@@ -5,12 +5,13 @@
     done = client.wait([task_id], timeout=60)
     print(done[task_id]["result"])
 
-``enqueue`` takes the nodes in turn, so both queues (and both nodes' worker quotas) get work;
-the other calls go to the node that last answered. When a node cannot be reached (connection
-refused, timeout) or is shutting down, the call moves on to the next node, and that node is
-tried last for the next ``COOLDOWN`` seconds; after a full round the client backs off and tries
-again, ``retries`` times. An HTTP error answer raises ``ApiError`` with the
-server's ``error`` code and ``message``.
+``enqueue`` and ``enqueue_many`` take the nodes in turn, so both queues (and both nodes' worker
+quotas) get work; the other calls go to the node that last answered. When a node cannot be
+reached (connection refused, timeout) or is shutting down, the call moves on to the next node,
+and that node is tried last for the next ``COOLDOWN`` seconds; after a full round the client
+backs off and tries again, ``retries`` times. Every task is sent with an idempotency key, so an
+enqueue that timed out is sent again with the same key and is queued once. An HTTP error answer
+raises ``ApiError`` with the server's ``error`` code and ``message``.
 """
 
 from __future__ import annotations
@@ -19,14 +20,19 @@ import io
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import requests
 
-#: Task states after which a task never changes again.
-FINAL_STATES = ("completed", "failed")
+from tmcommon import batchwire
+
+#: Task states after which a task never changes again (unless a client retries it).
+FINAL_STATES = ("completed", "failed", "cancelled")
+#: The node's defaults of MAX_BATCH_TASKS and MAX_BATCH_BYTES: ``enqueue_many`` splits at these.
+BATCH_TASKS, BATCH_BYTES = 1000, 16 * 1024 * 1024
 
 #: Figures that ``Client.stats`` adds up over the nodes.
 _SUMMED = ("queued", "running", "completed", "failed", "enqueued")
@@ -50,6 +56,14 @@ class ApiError(TaskManagerError):
 
 class NodesUnreachable(TaskManagerError):
     """No node could be reached after every retry."""
+
+
+class EnqueueIncomplete(TaskManagerError):
+    """``enqueue_many`` queued the first batches (``ids``), then ``error`` stopped it."""
+
+    def __init__(self, ids: list[str], total: int, error: TaskManagerError) -> None:
+        super().__init__(f"{len(ids)} of {total} tasks were queued, then: {error}")
+        self.ids, self.error = ids, error
 
 
 class WaitTimeout(TaskManagerError):
@@ -146,20 +160,17 @@ class Client:
         with self._lock:
             self._down_until[index] = time.monotonic() + COOLDOWN
 
-    def _request(self, method: str, path: str, *, idempotent: bool = True, **kwargs: Any) -> requests.Response:
-        """Send to the preferred node, failing over and backing off; raise on an HTTP error.
-
-        A non-idempotent call (enqueue) starts at the next node in turn, and is moved to
-        another node only when the connection itself failed, never after a read timeout, so a
-        task is not queued twice.
-        """
+    def _request(self, method: str, path: str, *, rotate: bool = False, **kwargs: Any) -> requests.Response:
+        """Send to the preferred node (with ``rotate``, to the next node in turn), failing over
+        and backing off; raise on an HTTP error. Every call is safe to repeat: enqueues carry an
+        idempotency key."""
         problems: list[str] = []
         delay = self.backoff
         for attempt in range(self.retries):
             if attempt:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-            for index in self._order(rotate=not idempotent):
+            for index in self._order(rotate=rotate):
                 url = self.node_urls[index]
                 try:
                     response = self._session().request(method, url + path, timeout=self.timeout, **kwargs)
@@ -167,11 +178,8 @@ class Client:
                     self._mark_down(index)
                     problems.append(f"{url}: {_short(exc)}")
                     continue
-                except requests.Timeout as exc:
+                except requests.Timeout:
                     self._mark_down(index)
-                    if not idempotent:
-                        raise NodesUnreachable(f"{url} did not answer {method} {path} within {self.timeout:g}s; "
-                                               "the task may or may not have been queued") from exc
                     problems.append(f"{url}: no answer within {self.timeout:g}s")
                     continue
                 if response.status_code == 503 and _error_code(response) == "shutting_down":
@@ -194,11 +202,85 @@ class Client:
             raise ApiError(response.status_code, "bad_response", "the answer is not JSON", response.url) from None
 
     # ---------------------------------------------------------------- calls
-    def enqueue(self, data: bytes | str | os.PathLike | BinaryIO, iterations: int) -> str:
-        """Queue one task; ``data`` is bytes, a path or a binary file. Returns the task id."""
+    def enqueue(self, data: bytes | str | os.PathLike | BinaryIO, iterations: int, *, key: str | None = None,
+                reuse: bool = True) -> str:
+        """Queue one task; ``data`` is bytes, a path or a binary file. Returns the task id.
+
+        ``key`` is its idempotency key (a new random one by default): sending the same key again
+        gives the same id and queues nothing. ``reuse=False`` computes it even when an identical
+        task's result is kept.
+        """
         body = _read_data(data)
-        answer = self._json("PUT", "/enqueue", params={"iterations": iterations}, data=body, idempotent=False)
-        return answer["id"]
+        headers = {"Idempotency-Key": key or uuid.uuid4().hex}
+        params = {"iterations": iterations, **({} if reuse else {"reuse": 0})}
+        return self._json("PUT", "/enqueue", params=params, data=body, headers=headers, rotate=True)["id"]
+
+    def enqueue_many(self, items: Iterable, iterations: int | None = None, *, reuse: bool = True,
+                     on_batch: Callable[[list[str]], None] | None = None) -> list[str]:
+        """Queue many tasks with few requests (``PUT /enqueue_batch``); returns their ids in order.
+
+        ``items`` are bodies (bytes, paths or binary files) that all take ``iterations``, or
+        ``(body, iterations)`` pairs. They go in batches of at most ``BATCH_TASKS`` tasks and
+        ``BATCH_BYTES`` bytes, each queued whole or not at all, each task with its own
+        idempotency key. ``on_batch(ids)`` is called after each batch.
+
+        Raises:
+            EnqueueIncomplete: a batch failed after earlier ones were queued (their ids attached).
+            ApiError, NodesUnreachable: the first batch failed; nothing was queued.
+        """
+        tasks = [(_read_data(item), iterations) if iterations is not None else (_read_data(item[0]), item[1])
+                 for item in items]
+        batches: list[list[tuple[bytes, int, str]]] = [[]]
+        size = 8
+        for body, count in tasks:
+            key = uuid.uuid4().hex
+            task_size = batchwire.encoded_size(len(body), key)
+            if batches[-1] and (len(batches[-1]) >= BATCH_TASKS or size + task_size > BATCH_BYTES):
+                batches.append([])
+                size = 8
+            batches[-1].append((body, count, key))
+            size += task_size
+        ids: list[str] = []
+        for batch in batches if tasks else []:
+            try:
+                answer = self._json("PUT", "/enqueue_batch", params={} if reuse else {"reuse": 0},
+                                    data=batchwire.encode(batch), rotate=True,
+                                    headers={"Content-Type": batchwire.CONTENT_TYPE})
+            except TaskManagerError as exc:
+                if ids:
+                    raise EnqueueIncomplete(ids, len(tasks), exc) from exc
+                raise
+            ids += answer["ids"]
+            if on_batch is not None:
+                on_batch(answer["ids"])
+        return ids
+
+    def cancel(self, task_id: str) -> dict:
+        """Cancel a queued or running task; returns its status (``cancelled``)."""
+        return self._json("POST", f"/cancel/{task_id}")
+
+    def retry(self, task_id: str, *, reuse: bool = True) -> dict:
+        """Queue a failed or cancelled task again under its id; returns its status."""
+        return self._json("POST", f"/retry/{task_id}", params={} if reuse else {"reuse": 0})
+
+    def results_page(self, after: str | None = None, limit: int = 100) -> dict:
+        """``{"results": [...], "next": cursor, "missed": n}``: results of the whole cluster
+        completed after the cursor ``after`` (from the oldest kept), oldest first."""
+        return self._json("GET", "/results", params={"after": after or "", "limit": limit})
+
+    def results(self, after: str | None = None, *, follow: bool = False, limit: int = 100,
+                poll: float = 1.0) -> Iterator[dict]:
+        """Every result completed after the cursor ``after``, each once, oldest first. Stops
+        when all are read, or with ``follow`` waits ``poll`` seconds and reads on, for ever."""
+        cursor = after or ""
+        while True:
+            page = self.results_page(cursor, limit)
+            yield from page["results"]
+            cursor = page["next"]
+            if len(page["results"]) < limit:
+                if not follow:
+                    return
+                time.sleep(poll)
 
     def status(self, task_id: str) -> dict:
         """``{"id", "state", "iterations", "enqueued_at", "result"?, "completed_at"?, ...}``."""
@@ -215,12 +297,15 @@ class Client:
         *,
         poll: float = 0.25,
         on_progress: Callable[[int, int], None] | None = None,
+        on_iterations: Callable[[int, int], None] | None = None,
     ) -> dict[str, dict]:
         """Wait until every task is completed or failed; returns ``{id: status}`` in ``ids`` order.
 
         Each round reads the newest results in one call (cheap for many tasks), then asks
         ``status`` of a few unfinished tasks in turn, which also notices failed ones.
-        ``on_progress(finished, total)`` is called after every round.
+        ``on_progress(finished, total)`` is called after every round, and
+        ``on_iterations(done, total)`` with the iterations of the tasks whose size is known so
+        far (a long running task counts what its newest checkpoint says is done).
 
         Raises:
             WaitTimeout: ``timeout`` seconds passed first (``done`` and ``pending`` attached).
@@ -228,6 +313,7 @@ class Client:
         """
         wanted = list(dict.fromkeys(ids))
         done: dict[str, dict] = {}
+        iterations: dict[str, tuple[int, int]] = {}  # id -> (done, total), as last seen
         deadline = None if timeout is None else time.monotonic() + timeout
         turn = 0
         while True:
@@ -237,16 +323,23 @@ class Client:
                 for item in self.pull_completed(min(len(pending) * 2 + 20, 10_000)):
                     if item.get("id") in pending_set:
                         done[item["id"]] = {**item, "state": "completed"}
+                        iterations[item["id"]] = (item.get("iterations", 0), item.get("iterations", 0))
                 pending = [i for i in wanted if i not in done]
                 start = turn % len(pending) if pending else 0
                 for task_id in (pending[start:] + pending[:start])[:_STATUS_PER_ROUND]:
                     status = self.status(task_id)
+                    total = int(status.get("iterations", 0))
                     if status.get("state") in FINAL_STATES:
                         done[task_id] = status
+                        iterations[task_id] = (total, total)
+                    else:
+                        iterations[task_id] = (int(status.get("done", 0)), total)
                 turn += _STATUS_PER_ROUND
                 pending = [i for i in wanted if i not in done]
             if on_progress is not None:
                 on_progress(len(wanted) - len(pending), len(wanted))
+            if on_iterations is not None:
+                on_iterations(sum(d for d, _ in iterations.values()), sum(t for _, t in iterations.values()))
             if not pending:
                 return {i: done[i] for i in wanted}
             if deadline is not None and time.monotonic() >= deadline:

@@ -23,6 +23,7 @@ from tmcommon.settings import WORKER, ConfigError, add_options, read_settings
 from workerapp import exitcodes
 from workerapp.client import NodeClient
 from workerapp.engine import EngineUnavailable, select_engine
+from workerapp.spot import METADATA_URL, SpotWatcher
 from workerapp.worker import Worker
 
 log = logging.getLogger("workerapp")
@@ -35,6 +36,11 @@ def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = N
     parser.add_argument("nodes", nargs="+", metavar="NODE_URL", help="own node first, then the peer")
     add_options(parser, WORKER, settings)
     parser.add_argument("--max-batch", type=int, default=256, help="at most this many tasks per claim")
+    parser.add_argument("--spot", action="store_true",
+                        help="on a spot instance: watch the instance metadata for the interruption notice, "
+                             "then hand every task back with its checkpoint and exit")
+    parser.add_argument("--metadata-url", default=METADATA_URL, help=argparse.SUPPRESS)  # tests: a stub IMDSv2
+    parser.add_argument("--spot-poll-seconds", type=float, default=5.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if len(args.nodes) > 2:
         parser.error("give at most two node URLs: own node, then the peer")
@@ -65,7 +71,15 @@ def main(argv: list[str] | None = None) -> int:
                     max_batch=args.max_batch, compute_fn=engine.compute)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.request_stop())
-    return worker.run()
+    watcher = None
+    if args.spot:
+        watcher = SpotWatcher(worker.evacuate, base_url=args.metadata_url, interval=args.spot_poll_seconds)
+        watcher.start()
+    try:
+        return worker.run()
+    finally:
+        if watcher is not None:
+            watcher.stop()
 
 
 if __name__ == "__main__":

@@ -81,6 +81,17 @@
       cell(tr, n.quota.borrowed, "num");
       cell(tr, n.draining ? "shutting down" : "up", n.draining ? "bad" : "ok");
     });
+    fill("progress", "progress-empty", data.in_progress || [], function (tr, p) {
+      cell(tr, p.node);
+      cell(tr, short(p.id, 12), "mono", p.id);
+      cell(tr, p.done, "num");
+      cell(tr, p.iterations, "num");
+      const bar = document.createElement("progress");
+      bar.max = 100;
+      bar.value = p.percent;
+      bar.textContent = p.percent + " %";
+      cell(tr, p.percent + " %").prepend(bar, " ");
+    });
     fill("results", "results-empty", data.results, function (tr, r) {
       cell(tr, clock(r.completed_at));
       cell(tr, short(r.id, 12), "mono", r.id);
