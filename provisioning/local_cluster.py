@@ -29,6 +29,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def port_in_use(port: int) -> bool:
+    """Whether a server could not listen on 127.0.0.1:``port`` now (as gunicorn binds: SO_REUSEADDR,
+    so a port in TIME_WAIT counts as free)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen(1)
+        except OSError:
+            return True
+    return False
+
+
 @dataclass
 class LocalNode:
     name: str
@@ -68,6 +81,10 @@ class LocalCluster:
     @property
     def urls(self) -> list[str]:
         return [node.url for node in self.nodes]
+
+    def busy_ports(self) -> list[int]:
+        """The nodes' ports something else listens on already (check before starting)."""
+        return [node.port for node in self.nodes if port_in_use(node.port)]
 
     def node_env(self, index: int) -> dict[str, str]:
         node, peer = self.nodes[index], self.nodes[1 - index]

@@ -1,4 +1,5 @@
-"""Local mode of ``run_program.py``: two nodes on this machine, a live status line, Ctrl-C stops all."""
+"""Local mode of ``run_program.py``: two nodes on this machine, kept up by a supervisor (a node
+that exits is restarted), a live status view; only Ctrl-C (or SIGTERM) stops them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from nodeapp.config import NodeConfig
 from provisioning.local_cluster import LocalCluster
 from tmclient.client import Client, NodesUnreachable
 from tmclient.render import console, stats_view
+from tmrun.supervise import Supervisor
 
 
 def settings_env(args: argparse.Namespace) -> dict[str, str]:
@@ -28,19 +30,27 @@ def settings_env(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def status_view(cluster: LocalCluster) -> RenderableType:
-    """The live status, drawn with rich as ``tm stats`` draws it, and where the dashboard is."""
+def status_view(cluster: LocalCluster, supervisor: Supervisor | None = None) -> RenderableType:
+    """The live status, drawn with rich as ``tm stats`` draws it, the supervisor's newest events,
+    and where the dashboard is."""
     try:
         view = stats_view(Client(cluster.urls, timeout=1, retries=1).stats())
     except NodesUnreachable as exc:
         view = Text(str(exc), style="red")
-    return Group(view, Text(f"dashboard: {cluster.urls[0]}/", style="dim"))
+    events = [Text(line, style="yellow", no_wrap=True, overflow="ellipsis") for line in (supervisor.events if supervisor else ())]
+    return Group(view, *events, Text(f"dashboard: {cluster.urls[0]}/", style="dim"))
 
 
 def run_local(args: argparse.Namespace) -> int:
-    """Start both nodes, show their status until Ctrl-C or a node exits, then stop everything."""
+    """Start both nodes, restart one that exits, show their status until Ctrl-C, then stop everything."""
     env = settings_env(args)
     cluster = LocalCluster(ports=args.ports, env=env)
+    busy = cluster.busy_ports()
+    if busy:
+        taken = " and ".join(f"127.0.0.1:{port}" for port in busy)
+        print(f"error: {taken} {'is' if len(busy) == 1 else 'are'} in use (another run_program.py --local?); "
+              "choose free ports with --ports A,B", file=sys.stderr)
+        return 1
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -53,20 +63,29 @@ def run_local(args: argparse.Namespace) -> int:
         return 1
     for url in cluster.urls:
         print(url, flush=True)
+    for node in cluster.nodes:
+        print(f"{node.name}: pid {node.process.pid}, log {node.log_path}", file=sys.stderr)
     print(f"export TM_NODES={','.join(cluster.urls)}", file=sys.stderr)
-    print("Ctrl-C stops both nodes and every worker.", file=sys.stderr, flush=True)
+    print("A node that exits is restarted; Ctrl-C stops both nodes and every worker.", file=sys.stderr, flush=True)
     live = None
     if not args.no_progress and sys.stderr.isatty():
-        live = Live(status_view(cluster), console=console(stderr=True), auto_refresh=False)
+        live = Live(Text("starting ..."), console=console(stderr=True), auto_refresh=False)
+
+    def on_event(line: str) -> None:
+        if live is not None:
+            live.console.print(line, style="yellow", highlight=False)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    supervisor = Supervisor(cluster, on_event)
+    if live is not None:
+        live.update(status_view(cluster, supervisor))
         live.start(refresh=True)
     try:
         while not stop.wait(1.0):
-            for node in cluster.nodes:
-                if node.process.poll() is not None:
-                    print(f"\n{node.name} exited (code {node.process.returncode}); see {node.log_path}", file=sys.stderr)
-                    stop.set()
+            supervisor.check()
             if live is not None:
-                live.update(status_view(cluster), refresh=True)
+                live.update(status_view(cluster, supervisor), refresh=True)
     finally:
         if live is not None:
             live.stop()
