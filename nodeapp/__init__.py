@@ -17,6 +17,7 @@ from nodeapp.config import NodeConfig
 from nodeapp.context import EXTENSION_KEY, NodeContext
 from nodeapp.peer import PeerClient
 from nodeapp.scaling import Scaler
+from nodeapp.serving import refuse_unfit_server
 from nodeapp.node import Node
 from provisioning.launchers import Launcher, make_launcher
 
@@ -39,7 +40,9 @@ def create_app(
 
     Raises:
         ConfigError: a setting is invalid; the message names the variable and its range.
+        gunicorn.errors.AppImportError: gunicorn, loading the app, runs in a way a node cannot.
     """
+    refuse_unfit_server()  # under a gunicorn the node cannot run under (nodeapp/serving.py)
     config = NodeConfig.load(environ, settings)
     if not config.cluster_token:
         logging.getLogger(__name__).warning(

@@ -3,7 +3,8 @@
 A node is ONE gunicorn worker process with threads: the queue lives in that process's memory.
 A second worker process would hold a second, separate queue and run a second scaler, and worker
 recycling (max_requests, reload) would silently drop the queue, so the node refuses to start
-with any of them.
+with any of them: here in ``on_starting``, and again as the app loads (``nodeapp/serving.py``),
+for a gunicorn started without this file.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 import os
 import signal
 import threading
+
+from nodeapp.serving import problems as _problems
 
 # ------------------------------------------------------------------ process model
 workers = 1  # a literal on purpose: never from WEB_CONCURRENCY (see module docstring)
@@ -53,25 +56,6 @@ if os.environ.get("LOG_FORMAT", "text").lower() == "json":
 
 class RefuseToStart(SystemExit):
     """Raised from ``on_starting``: the configuration would split or drop the in-memory queue."""
-
-
-def _problems(cfg) -> list[str]:
-    found = []
-    if cfg.workers != 1:
-        found.append(f"workers={cfg.workers}: a node must run exactly 1 gunicorn worker process, "
-                     "because its queue lives in that process's memory (use threads for concurrency)")
-    if cfg.max_requests:
-        found.append(f"max_requests={cfg.max_requests}: worker recycling would drop the in-memory queue")
-    if cfg.reload:
-        found.append("reload=True: reloading restarts the worker and drops the in-memory queue")
-    from gunicorn.workers.gthread import ThreadWorker
-
-    if not issubclass(cfg.worker_class, ThreadWorker):
-        found.append(f"worker class {cfg.worker_class.__name__}: a node needs gthread (threads share the queue, "
-                     "and a request to the peer must not block the node's only thread)")
-    if cfg.preload_app:
-        found.append("preload_app=True: the app and its queue must be built in the serving worker process")
-    return found
 
 
 def on_starting(server):
