@@ -2,6 +2,7 @@
 """Run the task manager.
 
     python3 run_program.py --local [--ports A,B]   two nodes on this machine, local worker processes
+                          [--proxy]              ... each behind nginx, as in AWS mode
     python3 run_program.py [AWS options]           create the cluster on AWS (see README)
     python3 run_program.py --destroy               remove everything the AWS mode created
 
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-workers", type=int,
                         help=f"{workers.env} per node (default {workers.describe_default()})")
     parser.add_argument("--no-progress", action="store_true", help="local mode: no live status line")
+    parser.add_argument("--proxy", action="store_true",
+                        help="local mode: each node behind nginx, configured as AWS mode configures it "
+                             "(needs nginx installed)")
     add_aws_arguments(parser)
     return parser
 

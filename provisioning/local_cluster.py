@@ -2,6 +2,8 @@
 
 Each node runs in its own session (process group), so its local worker processes share that
 group and ``stop()`` can take the whole group down, leaving no orphan even if a node hangs.
+With ``proxy=True`` each node's gunicorn listens on a loopback port of its own behind an nginx
+(``provisioning.proxy``) that holds the node's public port, as in AWS mode.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+
+from provisioning.proxy import LocalProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_NAMES = ("node-a", "node-b")
@@ -48,10 +52,17 @@ class LocalNode:
     port: int
     log_path: Path
     process: subprocess.Popen | None = None
+    backend_port: int | None = None  # gunicorn's own port when nginx holds ``port``
+    proxy: LocalProxy | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def backend_url(self) -> str:
+        """gunicorn itself, past the proxy if there is one."""
+        return f"http://127.0.0.1:{self.backend_port or self.port}"
 
 
 class LocalCluster:
@@ -62,6 +73,7 @@ class LocalCluster:
         env: extra environment for both nodes (SPEC.md settings such as MAX_NUM_OF_WORKERS).
         token: the cluster token; CLUSTER_TOKEN from ``env`` or the environment, else generated.
         log_dir: where each node writes its log (``node-a.log``, ``node-b.log``).
+        proxy: put each node behind nginx (its files in ``log_dir/node-a-nginx/``).
     """
 
     def __init__(
@@ -70,13 +82,15 @@ class LocalCluster:
         env: Mapping[str, str] | None = None,
         token: str | None = None,
         log_dir: Path | None = None,
+        proxy: bool = False,
     ) -> None:
         ports = ports or (free_port(), free_port())
         self.env = dict(env or {})
         self.token = token or self.env.get("CLUSTER_TOKEN") or os.environ.get("CLUSTER_TOKEN") or secrets.token_urlsafe(24)
         self.log_dir = Path(log_dir) if log_dir else Path(os.environ.get("TMPDIR", "/tmp")) / f"taskmanager-{os.getpid()}"
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.nodes = [LocalNode(name, port, self.log_dir / f"{name}.log") for name, port in zip(NODE_NAMES, ports)]
+        self.nodes = [LocalNode(name, port, self.log_dir / f"{name}.log", backend_port=free_port() if proxy else None)
+                      for name, port in zip(NODE_NAMES, ports)]
 
     @property
     def urls(self) -> list[str]:
@@ -96,7 +110,7 @@ class LocalCluster:
             "NODE_URL": node.url,
             "PEER_URL": peer.url,
             "CLUSTER_TOKEN": self.token,
-            "BIND": f"127.0.0.1:{node.port}",
+            "BIND": f"127.0.0.1:{node.backend_port or node.port}",
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -108,6 +122,9 @@ class LocalCluster:
                 cmd, cwd=ROOT, env=self.node_env(index), stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
+        if node.backend_port and not (node.proxy and node.proxy.running):
+            node.proxy = LocalProxy(node.port, node.backend_port, self.node_env(index), self.log_dir / f"{node.name}-nginx")
+            node.proxy.start()
         return node
 
     def start(self, timeout: float = 30.0) -> LocalCluster:
@@ -123,6 +140,8 @@ class LocalCluster:
             while True:
                 if node.process is not None and node.process.poll() is not None:
                     raise RuntimeError(f"{node.name} exited with code {node.process.returncode}:\n{self.tail(node)}")
+                if node.proxy is not None and not node.proxy.running:
+                    raise RuntimeError(f"{node.name}'s nginx exited:\n{node.proxy.error_log()}")
                 try:
                     if requests.get(node.url + "/health", timeout=1).status_code == 200:
                         break
@@ -157,6 +176,8 @@ class LocalCluster:
         except (ProcessLookupError, PermissionError):
             pass
         proc.wait()
+        if node.proxy is not None:
+            node.proxy.stop(grace=max(grace, 1.0))
 
     def stop(self, grace: float = 8.0) -> None:
         for node in self.nodes:

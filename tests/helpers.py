@@ -96,15 +96,16 @@ def running_cluster(env: dict[str, str], log_dir, timeout: float = 60.0):
 
 
 @contextmanager
-def running_node(env: dict[str, str], log_dir, peer_port: int | None = None, timeout: float = 60.0):
-    """One started node of a LocalCluster (node-a); its PEER_URL points at ``peer_port``
-    (a free, unused port when None), where nothing of the cluster runs."""
+def running_node(env: dict[str, str], log_dir, peer_port: int | None = None, timeout: float = 60.0,
+                 proxy: bool = False):
+    """One started node of a LocalCluster (node-a), behind nginx with ``proxy``; its PEER_URL
+    points at ``peer_port`` (a free, unused port when None), where nothing of the cluster runs."""
     import pytest
 
     from nodeapp.config import SETTINGS
     from provisioning.local_cluster import LocalCluster, free_port
 
-    cluster = LocalCluster(ports=(free_port(), peer_port or free_port()), env=env, log_dir=log_dir)
+    cluster = LocalCluster(ports=(free_port(), peer_port or free_port()), env=env, log_dir=log_dir, proxy=proxy)
     try:
         with pytest.MonkeyPatch.context() as mp:
             for setting in SETTINGS.values():

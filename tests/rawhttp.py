@@ -26,8 +26,8 @@ class RawConnection:
     """One TCP connection; ``read_response`` parses one response at a time, so pipelined answers
     can be read one after the other. Every read waits at most ``timeout`` seconds."""
 
-    def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 5.0, source: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
         self._file = self.sock.makefile("rb")
 
     def send(self, data: bytes) -> None:

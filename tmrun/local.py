@@ -44,7 +44,7 @@ def status_view(cluster: LocalCluster, supervisor: Supervisor | None = None) -> 
 def run_local(args: argparse.Namespace) -> int:
     """Start both nodes, restart one that exits, show their status until Ctrl-C, then stop everything."""
     env = settings_env(args)
-    cluster = LocalCluster(ports=args.ports, env=env)
+    cluster = LocalCluster(ports=args.ports, env=env, proxy=args.proxy)
     busy = cluster.busy_ports()
     if busy:
         taken = " and ".join(f"127.0.0.1:{port}" for port in busy)
@@ -57,7 +57,7 @@ def run_local(args: argparse.Namespace) -> int:
     print(f"starting two nodes (logs in {cluster.log_dir}) ...", file=sys.stderr, flush=True)
     try:
         cluster.start()
-    except (RuntimeError, TimeoutError) as exc:
+    except (RuntimeError, TimeoutError) as exc:  # NginxNotFound is a RuntimeError
         cluster.stop()
         print(f"error: {exc}", file=sys.stderr)
         return 1
