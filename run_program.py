@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tmcommon.invocation import program_command
 from tmcommon.settings import SETTINGS, ConfigError
 from tmrun.aws import add_aws_arguments
 
@@ -29,8 +30,22 @@ def parse_ports(text: str) -> tuple[int, int]:
     return a, b
 
 
+def help_text() -> str:
+    """The docstring, its commands spelled as they work in this shell (``.venv/bin/python run_program.py``)."""
+    documented, typed = "python3 run_program.py", program_command()
+    shift = len(typed) - len(documented)
+    lines = []
+    for line in __doc__.splitlines():
+        if line.startswith("    " + documented):
+            line = "    " + typed + line[4 + len(documented):]
+        elif line.startswith(" " * (4 + len(documented))):  # a usage line's continuation: keep it aligned
+            line = " " * shift + line if shift > 0 else line[-shift:]
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--local", action="store_true", help="run both nodes and their workers on this machine")
     mode.add_argument("--destroy", action="store_true", help="AWS: remove every resource of the cluster")
