@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import logging
 import re
@@ -15,10 +16,13 @@ from nodeapp.bodies import json_body, read_body
 from nodeapp.checkpoints import parse_checkpoints
 from nodeapp.context import get_context
 from nodeapp.errors import ApiError
+from nodeapp.loans import MAX_LOANS, is_loan_id
 from nodeapp.peer import PEER_HEADER
 from nodeapp.results import merge_newest
-from nodeapp.tasks import Draining, QueueFull, is_task_id
+from nodeapp.enqueueing import REPLAYED_HEADER, queue, request_key, reuse_wanted
+from nodeapp.tasks import Submission, is_task_id
 from nodeapp.version import __version__
+from nodeapp.workers import Report
 from nodeapp.views import encode_json, task_json
 
 bp = Blueprint("nodeapp", __name__)
@@ -79,21 +83,26 @@ def _from_peer() -> bool:
     return PEER_HEADER in request.headers
 
 
+def peer_unavailable(task_id: str, action: str = "") -> ApiError:
+    """A task this node does not have, while the peer, which may have it, could not be asked."""
+    late = f"; the {action} may still reach it" if action else ""
+    return ApiError(503, "peer_unavailable", f"task {task_id} is not on this node, and the other node could not be "
+                    f"asked (it may be there{late}); retry later",
+                    headers={"Retry-After": "2", "X-Peer-Unavailable": "1"})
+
+
 # ------------------------------------------------------------------ public
 @bp.put("/enqueue")
 def enqueue():
     ctx = get_context()
     iterations = _positive_int("iterations", "bad_iterations", ctx.config.max_iterations)
+    key, reuse = request_key(), reuse_wanted()
     data = read_body(ctx.config.max_body_bytes)
-    try:
-        task_id = ctx.node.tasks.submit(data, iterations)
-    except QueueFull:
-        raise ApiError(503, "queue_full", f"the queue holds MAX_QUEUED={ctx.config.max_queued} tasks; retry later",
-                       headers={"Retry-After": "1"}) from None
-    except Draining:
-        raise ApiError(503, "shutting_down", "this node is shutting down; send the task to the other node",
-                       headers={"Retry-After": "1"}) from None
-    return jsonify(id=task_id), 201
+    [done], headers = queue(ctx, [Submission(data, iterations, hashlib.sha512(data).digest(), key)], reuse)
+    answer = {"id": done.id, **({"reused_from": done.reused_from} if done.reused_from else {})}
+    if done.replayed:
+        return jsonify(answer), 200, {**headers, REPLAYED_HEADER: "true"}
+    return jsonify(answer), 201, headers
 
 
 @bp.post("/pullCompleted")
@@ -124,21 +133,20 @@ def status(task_id: str):
         raise ApiError(404, "unknown_task", f"no task with id {task_id!r} on either node (not a task id)")
     record = ctx.node.tasks.status(task_id)
     task = task_json(record) if record is not None else None
-    headers = {}
     if task is None and not _from_peer() and ctx.peer.url:
         answered, task = ctx.peer.status(task_id)
         if not answered:
-            headers["X-Peer-Unavailable"] = "1"
+            raise peer_unavailable(task_id)
     if task is None:
-        raise ApiError(404, "unknown_task", f"no task with id {task_id!r} on either node", headers=headers)
-    return jsonify(task), 200, headers
+        raise ApiError(404, "unknown_task", f"no task with id {task_id!r} on either node")
+    return jsonify(task)
 
 
 @bp.get("/health")
 def health():
     ctx = get_context()
     return jsonify(status="ok", node=ctx.config.node_name, version=__version__,
-                   draining=ctx.node.tasks.draining)
+                   draining=ctx.node.tasks.draining, durable=ctx.node.tasks.journal is not None)
 
 
 @bp.get("/stats")
@@ -175,16 +183,31 @@ def worker_down(instance_id: str):
 @bp.get("/try_get_node_quota")
 @internal
 def try_get_node_quota():
-    granted = get_context().node.workers.lend()
-    log.log(logging.INFO if granted else logging.DEBUG, "quota %s to peer", "lent" if granted else "refused")
-    return jsonify(granted=granted)
+    grant = get_context().node.workers.lend()
+    if grant is None:
+        log.debug("quota refused to peer")
+        return jsonify(granted=False)
+    log.info("quota lent to peer: loan %s for %gs unless renewed", grant.loan, grant.ttl)
+    return jsonify(granted=True, loan=grant.loan, ttl=grant.ttl)
+
+
+@bp.post("/renew_quota")
+@internal
+def renew_quota():
+    loans = _field(json_body(), "loans", list)
+    if len(loans) > MAX_LOANS or not all(map(is_loan_id, loans)):
+        raise ApiError(400, "bad_request", f"'loans' must be at most {MAX_LOANS} loan ids (1 to 64 of 0-9, a-f)")
+    return jsonify(get_context().node.workers.renewal(loans).to_json())
 
 
 @bp.post("/return_quota")
 @internal
 def return_quota():
-    new_max = get_context().node.workers.loan_returned()
-    log.info("quota returned by peer: max now %d", new_max)
+    loan = _field(json_body(), "loan", str, required=False)
+    if loan is not None and not is_loan_id(loan):
+        raise ApiError(400, "bad_request", "'loan' must be a loan id (1 to 64 of 0-9, a-f)")
+    new_max = get_context().node.workers.loan_returned(loan)
+    log.info("quota returned by peer%s: max now %d", f": loan {loan}" if loan else "", new_max)
     return jsonify(max=new_max)
 
 
@@ -198,9 +221,13 @@ def claim():
     max_iterations = _field(data, "max_iterations", int, required=False, default=None)
     if not worker_id or max_tasks < 1 or (max_iterations is not None and max_iterations < 1):
         raise ApiError(400, "bad_request", "worker_id must be non-empty; max_tasks and max_iterations >= 1")
-    budget = int(ctx.config.hash_rate * ctx.config.claim_seconds)
+    try:
+        report = Report.from_claim(data)  # the worker's rate, engine and lanes, when it sends them
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+    budget = int((report.rate if report else ctx.config.hash_rate) * ctx.config.claim_seconds)
     max_iterations = budget if max_iterations is None else min(max_iterations, budget)
-    tasks = ctx.node.claim(worker_id, min(max_tasks, 1000), max_iterations)
+    tasks = ctx.node.claim(worker_id, min(max_tasks, 1000), max_iterations, report)
     return jsonify(
         tasks=[{"id": t.id, "iterations": t.iterations, "data": base64.b64encode(t.data or b"").decode(),
                 **({"checkpoint": {"done": t.checkpoint.done, "digest": t.checkpoint.digest}} if t.checkpoint else {})}
@@ -234,8 +261,11 @@ def heartbeat():
     worker_id = _field(data, "worker_id", str)
     task_ids = _field(data, "task_ids", list, required=False, default=[])
     checkpoints = _checkpoints(data)
-    renewed = ctx.node.heartbeat(worker_id, [t for t in task_ids if isinstance(t, str)], checkpoints)
-    return jsonify(renewed=renewed, lease_seconds=ctx.config.lease_seconds)
+    task_ids = [t for t in task_ids if isinstance(t, str)]
+    renewed = ctx.node.heartbeat(worker_id, task_ids, checkpoints)
+    # tasks cancelled (or whose lease was lost) meanwhile: the worker stops them, their results would be ignored
+    stop = ctx.node.tasks.stopped(worker_id, task_ids) if renewed < len(task_ids) else []
+    return jsonify(renewed=renewed, lease_seconds=ctx.config.lease_seconds, stop=stop)
 
 
 @bp.post("/configure")

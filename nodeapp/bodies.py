@@ -26,7 +26,7 @@ MAX_JSON_BYTES = 4 * 1024 * 1024
 CLOSE_HOOK = "tm_close_connection"
 
 
-def read_body(limit: int) -> bytes:
+def read_body(limit: int, setting: str = "MAX_BODY_BYTES") -> bytes:
     """The whole request body, or an ApiError.
 
     A declared Content-Length over ``limit`` is refused before anything is read (413); a chunked
@@ -36,7 +36,7 @@ def read_body(limit: int) -> bytes:
     """
     declared = request.content_length
     if declared is not None and declared > limit:
-        raise ApiError(413, "body_too_large", f"body is {declared} bytes; the limit is {limit} (MAX_BODY_BYTES)")
+        raise ApiError(413, "body_too_large", f"body is {declared} bytes; the limit is {limit} ({setting})")
     stream = request.stream
     parts, size = [], 0
     try:
@@ -47,7 +47,7 @@ def read_body(limit: int) -> bytes:
             parts.append(part)
             size += len(part)
             if size > limit:
-                raise ApiError(413, "body_too_large", f"body exceeds the limit of {limit} bytes (MAX_BODY_BYTES)")
+                raise ApiError(413, "body_too_large", f"body exceeds the limit of {limit} bytes ({setting})")
     except ClientDisconnected:  # werkzeug's own stream (not gunicorn's) saw the body end early
         raise ApiError(400, "incomplete_body", f"the body ended before its Content-Length of {declared}") from None
     except OSError:  # the connection ended inside a chunk (gunicorn's NoMoreData is an IOError)

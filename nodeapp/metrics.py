@@ -1,10 +1,13 @@
-"""``GET /metrics``: the figures of ``/stats`` in Prometheus text format, read at scrape time."""
+"""``GET /metrics``: the figures of ``/stats`` in Prometheus text format, read at scrape time,
+and histograms of task wait, run and end-to-end times and of request latency by endpoint."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, generate_latest
+from flask import Flask, g, request
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -34,12 +37,19 @@ class StatsCollector:
         yield gauge("queued_tasks", "Tasks waiting in the queue", s["queued"])
         yield gauge("queued_iterations", "Declared iterations of the waiting tasks", s["queued_iterations"])
         yield gauge("running_tasks", "Tasks leased to a worker", s["running"])
+        yield gauge("body_bytes", "Bytes of task bodies held (queued and running tasks)", s["body_bytes"])
         yield gauge("results_kept", "Completed results kept for pullCompleted/status", s["results_kept"])
         yield counter("tasks_enqueued", "Tasks accepted by this node", s["enqueued"])
         yield counter("tasks_completed", "Tasks of this node completed", s["completed"])
         yield counter("tasks_failed", "Tasks failed after MAX_ATTEMPTS lost leases", s["failed"])
         yield counter("enqueue_rejected", "Enqueues refused with queue_full", s["rejected_queue_full"])
         yield counter("leases_expired", "Leases that ran out", s["leases_expired"])
+        yield counter("tasks_reused", "Tasks completed from an identical task's result or run, without a run "
+                      "of their own", s["reused"])
+        yield counter("tasks_cancelled", "Tasks cancelled by a client", s["cancelled"])
+        yield counter("tasks_retried", "Failed or cancelled tasks queued again by a client", s["retried"])
+        yield counter("idempotent_replays", "Enqueued tasks whose Idempotency-Key was known: nothing queued",
+                      s["idempotent_replays"])
         w = s["workers"]
         yield gauge("workers_live", "Workers that have claimed at least once", w["live"])
         yield gauge("workers_pending", "Workers launched but not yet seen", w["pending"])
@@ -51,12 +61,57 @@ class StatsCollector:
         yield gauge("peer_reachable", "1 if the last call to the peer succeeded", 1 if reachable else 0)
 
 
+#: Task times span milliseconds (a one-iteration task) to hours (a task of 10^10 iterations).
+TASK_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+#: A node answers in about a millisecond; a call that waits on the peer gives up within 2 s.
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class TaskTimings:
+    """What ``TaskStore`` reports (``tasks.timings``): a task's wait (enqueued -> first claimed),
+    its run (claimed -> result accepted) and its end-to-end time (enqueued -> result accepted)."""
+
+    def __init__(self, registry: CollectorRegistry, node: str) -> None:
+        def histogram(name: str, doc: str) -> Histogram:
+            return Histogram(f"taskmanager_task_{name}_seconds", doc, ["node"], registry=registry,
+                             buckets=TASK_BUCKETS).labels(node)
+
+        self.waited = histogram("wait", "Seconds from enqueue to a worker's first claim of the task").observe
+        self.ran = histogram("run", "Seconds from the claim to the accepted result (the last lease)").observe
+        self.finished = histogram("latency", "Seconds from enqueue to the accepted result, for tasks a worker "
+                                  "ran").observe
+
+
 class Metrics:
     """A registry of this app's own (no global registry, so tests can build many apps)."""
 
     def __init__(self, read_stats: Callable[[], dict], node: str) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StatsCollector(read_stats, node))
+        self.task_timings = TaskTimings(self.registry, node)
+        self._node = node
+        self._requests = Histogram("taskmanager_http_request_duration_seconds",
+                                   "Seconds to answer an HTTP request, by route (Flask's URL rule), method and "
+                                   "status", ["node", "endpoint", "method", "status"], registry=self.registry,
+                                   buckets=REQUEST_BUCKETS)
+
+    def instrument(self, app: Flask) -> None:
+        """Time every request of ``app``; call before other ``before_request`` hooks are added,
+        so that a request one of them refuses is timed too."""
+        app.before_request(self._started)
+        app.after_request(self._answered)
+
+    @staticmethod
+    def _started() -> None:
+        g.metrics_started = time.perf_counter()
+
+    def _answered(self, response):
+        started = g.pop("metrics_started", None)
+        if started is not None:
+            rule = request.url_rule.rule if request.url_rule is not None else "(no route)"
+            self._requests.labels(self._node, rule, request.method, str(response.status_code)).observe(
+                time.perf_counter() - started)
+        return response
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -15,11 +15,15 @@ from urllib.parse import quote
 
 import requests
 
+from nodeapp.loans import Grant, Renewal
+
 log = logging.getLogger(__name__)
 
 PEER_HEADER = "X-Peer-Request"
 #: (connect, read) timeouts; together they stay under the 2 s that SPEC.md allows.
 PEER_TIMEOUT = (0.5, 1.3)
+#: Seconds after a failed call during which ``lookup`` (on the enqueue path) does not ask again.
+LOOKUP_BACKOFF = 2.0
 
 
 class PeerClient:
@@ -36,6 +40,7 @@ class PeerClient:
         self._session.headers.update({"X-Cluster-Token": token, PEER_HEADER: quote(node_name, safe="") or "1"})
         self._reachable: bool | None = None
         self._last_contact: float | None = None
+        self._failed_at = 0.0  # monotonic
 
     @property
     def url(self) -> str:
@@ -72,6 +77,8 @@ class PeerClient:
         """Record the outcome of a call; returns the previous reachability."""
         with self._lock:
             previous, self._reachable = self._reachable, ok
+            if not ok:
+                self._failed_at = time.monotonic()
             if ok:
                 self._last_contact = time.time()
                 if previous is False:
@@ -105,12 +112,38 @@ class PeerClient:
         except ValueError:
             return False, None
 
-    def try_get_quota(self) -> bool:
-        data = self._json("GET", "/try_get_node_quota")
-        return bool(isinstance(data, dict) and data.get("granted") is True)
+    def lookup(self, keys: list[str], works: list[tuple[str, int]]) -> dict | None:
+        """The peer's ``POST /lookup`` for an enqueue: what it knows of these idempotency keys and
+        (digest hex, iterations) pairs. None when it cannot be asked, without asking at all for
+        LOOKUP_BACKOFF seconds after a failed call, so a hung peer slows one enqueue, not each."""
+        with self._lock:
+            if self._reachable is False and time.monotonic() - self._failed_at < LOOKUP_BACKOFF:
+                return None
+        data = self._json("POST", "/lookup", json={"keys": keys, "works": works})
+        return data if isinstance(data, dict) else None
 
-    def return_quota(self) -> bool:
-        return self._json("POST", "/return_quota") is not None
+    def forward(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any] | None:
+        """A public call passed on to the peer as (status, JSON answer); None if it could not be
+        asked or did not answer in JSON."""
+        response = self._call(method, path, **kwargs)
+        if response is None:
+            return None
+        try:
+            return response.status_code, response.json()
+        except ValueError:
+            self._mark(False)
+            return None
+
+    def try_get_quota(self) -> Grant | None:
+        """A slot lent by the peer, or None (refused, unreachable, or an answer without a loan id)."""
+        return Grant.from_json(self._json("GET", "/try_get_node_quota"))
+
+    def renew_quota(self, loans: list[str]) -> Renewal | None:
+        """Renew the loans we hold from the peer (``nodeapp/loans.py``); None if it did not answer."""
+        return Renewal.from_json(self._json("POST", "/renew_quota", json={"loans": loans}))
+
+    def return_quota(self, loan: str) -> bool:
+        return self._json("POST", "/return_quota", json={"loan": loan}) is not None
 
     def stats(self) -> dict | None:
         """The peer's own ``/stats`` (for the dashboard's whole-cluster view), or None."""

@@ -4,10 +4,19 @@ Lease deadlines and the age of the oldest queued task are on a monotonic clock; 
 gives only the times users see (``enqueued_at``, ``completed_at``). What leaves the store is
 immutable: a lease is a ``LeasedTask``, a status or a kept result a ``TaskRecord``. Nothing here
 does I/O, so the lock is only ever held for short, bounded work.
+
+With a journal (DATA_DIR, ``nodeapp.journal``), each change a client or worker is told about (a
+task accepted, completed, failed or cancelled, a kept record dropped past retention) is handed to
+the journal under the lock, so that its records keep the order of the changes, and waited for
+after the lock is released, before the method returns: enqueues stay concurrent and share
+commits. A worker may claim (even complete) a task whose acceptance is not durable yet: its
+completion record is queued behind the acceptance record, and the answers to both wait for their
+commits. Leases, checkpoints, idempotency keys and the reuse index are not journaled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import re
@@ -15,15 +24,24 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nodeapp.checkpoints import Checkpoint
+from nodeapp.journal import Accepted, Commit, Completed, Counters, Failed, Journal, Recovered, Record, Trimmed
+from nodeapp.completions import CompletionLog
+from nodeapp.idempotency import IdempotencyKeys, KeyEntry
+from nodeapp.reuse import ReuseIndex, Work
 
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, COMPLETED, FAILED = "queued", "running", "completed", "failed"
+CANCELLED = "cancelled"
+# How submit_many admits an item (see TaskStore._match).
+_REPLAY, _QUEUE, _FOLLOW, _DONE, _DONE_PEER = "replay", "queue", "follow", "done", "done-peer"
+#: Bodies of failed and cancelled tasks kept for ``retry`` (the oldest are dropped past it).
+KEPT_BODIES_BYTES = 64 * 1024 * 1024
 
 
 _TASK_ID = re.compile(r"[0-9a-f]{32}")
@@ -35,11 +53,49 @@ def is_task_id(text: str) -> bool:
 
 
 class QueueFull(Exception):
-    """The queue holds MAX_QUEUED tasks; the client should retry later."""
+    """The queue holds MAX_QUEUED tasks, or a new body would take the bodies held past
+    MAX_QUEUED_BYTES; the client should retry later. The message says which."""
 
 
 class Draining(Exception):
     """The node is shutting down and accepts no new task."""
+
+
+class KeyMismatch(Exception):
+    """Item ``index`` reuses an idempotency key of an earlier request with another body or
+    iteration count; nothing was queued."""
+
+    def __init__(self, index: int, key: str, task_id: str) -> None:
+        super().__init__(f"idempotency key {key!r} was first used for task {task_id} with another body or "
+                         "iteration count")
+        self.index, self.key, self.task_id = index, key, task_id
+
+
+class WrongState(Exception):
+    """``cancel`` or ``retry`` of a task whose state does not allow it; ``record`` is the task now."""
+
+    def __init__(self, record: TaskRecord, message: str) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One task for ``submit_many``; ``digest`` is sha512(data), computed outside the store's lock."""
+
+    data: bytes
+    iterations: int
+    digest: bytes
+    key: str | None = None  # idempotency key
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What became of one submission."""
+
+    id: str
+    replayed: bool = False  # its idempotency key was known: the id it first got, nothing new queued
+    reused_from: str | None = None  # completed at once from, or shares the run of, this task
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +122,8 @@ class TaskRecord:
     reason: str | None = None
     done: int | None = None  # queued or running: iterations done by its newest checkpoint
     resumed_from: int | None = None  # completed: the checkpoint its last worker started from
+    reused_from: str | None = None  # completed from (or, queued or running, shares the run of) this task
+    seq: int = 0  # the task's row in the journal
 
 
 @dataclass(frozen=True)
@@ -74,6 +132,7 @@ class TaskCounts:
 
     queued: int
     queued_iterations: int
+    body_bytes: int  # bodies held: queued and running tasks (MAX_QUEUED_BYTES)
     oldest_wait: float  # seconds the head of the queue has waited (monotonic)
     running: int
     results_kept: int
@@ -85,11 +144,16 @@ class TaskCounts:
     draining: bool
     checkpoints_accepted: int = 0
     checkpoints_refused: int = 0
+    reused: int = 0  # completed from another task's result or run, without a run of their own
+    cancelled: int = 0
+    retried: int = 0
+    replayed: int = 0  # submissions whose idempotency key was known: nothing queued
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Task:
-    """A queued or running task; lives only inside the store."""
+    """A queued or running task; lives only inside the store. A task that shares the run of
+    another (its ``leader``) is in neither the queue nor the leases: it ends with its leader."""
 
     id: str
     iterations: int
@@ -103,10 +167,22 @@ class _Task:
     lease_deadline: float = 0.0  # monotonic
     checkpoint: Checkpoint | None = None  # kept when the task is requeued
     claimed_from: int = 0  # the checkpoint's ``done`` when the current lease began
+    claimed_tick: float = 0.0  # monotonic, when the current lease began (0: never claimed)
+    digest: bytes = b""  # sha512(data)
+    leader: _Task | None = None
+    followers: list[_Task] = field(default_factory=list)
 
     def record(self, **finished) -> TaskRecord:
         return TaskRecord(self.id, finished.pop("state", self.state), self.iterations, self.enqueued_at,
-                          self.attempts, **finished)
+                          self.attempts, seq=self.seq, **finished)
+
+
+#: Counters of /stats kept in the journal: name there -> TaskStore attribute.
+_JOURNALED_COUNTERS = {
+    "enqueued": "_enqueued", "completed": "_completed_total", "failed": "_failed_total",
+    "rejected_full": "_rejected_full", "leases_expired": "_leases_expired", "reused": "_reused",
+    "cancelled": "_cancelled", "retried": "_retried", "replayed": "_replayed",
+}
 
 
 class TaskStore:
@@ -116,9 +192,14 @@ class TaskStore:
         lease_seconds: how long a claimed task stays leased without a heartbeat.
         max_attempts: lost leases after which a task is failed instead of requeued.
         max_queued: queued tasks at which ``submit`` raises ``QueueFull``.
+        max_queued_bytes: bytes of bodies held (queued and running tasks) that ``submit``
+            refuses to exceed (``QueueFull``).
         results_retention: completed (and, separately, failed) tasks kept.
+        idempotency_seconds: how long an idempotency key is remembered.
+        epoch: the id of this run of the store in ``completed_after`` cursors (random by default).
         monotonic: the clock of lease deadlines and queue age.
         wall: seconds since the epoch, for ``enqueued_at`` and ``completed_at``.
+        journal: makes each change durable before the method that made it returns (DATA_DIR).
     """
 
     def __init__(
@@ -127,16 +208,26 @@ class TaskStore:
         lease_seconds: float = 30.0,
         max_attempts: int = 5,
         max_queued: int = 100_000,
+        max_queued_bytes: int = 256 * 1024**2,
         results_retention: int = 100_000,
+        idempotency_seconds: float = 86400.0,
+        epoch: str | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        journal: Journal | None = None,
     ) -> None:
         self._lock = threading.Lock()
+        #: Observes wait, run and end-to-end seconds (``nodeapp.metrics.TaskTimings``); set by the app.
+        self.timings = None
+        self.journal = journal
+        self._unwritten: list[Record] = []  # for the journal, gathered under the lock
         self._monotonic = monotonic
         self._wall = wall
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes
+        self._body_bytes = 0  # bodies of queued and running tasks
         self.results_retention = results_retention
         self._queue: deque[_Task] = deque()
         self._queued_iterations = 0
@@ -149,27 +240,173 @@ class TaskStore:
         self._enqueued = self._completed_total = self._failed_total = 0
         self._rejected_full = self._leases_expired = 0
         self._checkpoints_accepted = self._checkpoints_refused = 0
+        self.epoch = epoch or uuid.uuid4().hex[:16]
+        self._keys = IdempotencyKeys(idempotency_seconds, monotonic)
+        self._reuse = ReuseIndex()
+        self._log: CompletionLog[TaskRecord] = CompletionLog()
+        self._kept_bodies: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()  # failed/cancelled: data, digest
+        self._kept_bytes = 0
+        self._reused = self._cancelled = self._retried = self._replayed = 0
 
-    def submit(self, data: bytes, iterations: int) -> str:
-        """Queue a task at the tail and return its id.
+    def submit(self, data: bytes, iterations: int, *, reuse: bool = False) -> str:
+        """Queue one task at the tail and return its id (``submit_many`` of one, by default
+        without reuse)."""
+        return self.submit_many([Submission(data, iterations, hashlib.sha512(data).digest())], reuse=reuse)[0].id
+
+    def submit_many(self, items: Sequence[Submission], *, reuse: bool = True,
+                    peer_keys: Mapping[str, KeyEntry] | None = None,
+                    peer_results: Mapping[Work, tuple[str, str]] | None = None) -> list[Submitted]:
+        """Queue every item, in order, or none; returns what became of each.
+
+        An item whose idempotency key this store knows (or ``peer_keys``, the peer's answer, or
+        an earlier item) is *replayed*: it gets the id its key first got and queues nothing.
+        With ``reuse``, an item whose (digest, iterations) matches a kept result (here, or the
+        peer's ``(id, result)`` in ``peer_results``) completes at once from it, and one that
+        matches a queued or running task (or an earlier item) shares that task's run.
 
         Raises:
-            QueueFull: MAX_QUEUED tasks are already waiting.
+            KeyMismatch: a known key with another body or iterations (nothing queued).
+            QueueFull: the tasks that would enter the queue do not fit (nothing queued).
             Draining: the node is shutting down.
+        """
+        peer_keys, peer_results = peer_keys or {}, peer_results or {}
+        with self._lock:
+            if self._draining:
+                raise Draining()
+            steps: list[tuple[str, str, object]] = []  # (how, task id, source)
+            new_keys: dict[str, KeyEntry] = {}
+            leaders: dict[Work, str] = {}  # pairs first queued by this call
+            queued = queued_bytes = 0
+            for index, item in enumerate(items):
+                if item.key is not None:
+                    known = new_keys.get(item.key) or self._keys.get(item.key) or peer_keys.get(item.key)
+                    if known is not None:
+                        if not known.matches(item.iterations, item.digest):
+                            raise KeyMismatch(index, item.key, known.task_id)
+                        steps.append((_REPLAY, known.task_id, None))
+                        continue
+                task_id = uuid.uuid4().hex
+                if item.key is not None:
+                    new_keys[item.key] = KeyEntry(task_id, item.iterations, item.digest)
+                how, source = self._match((item.digest, item.iterations), reuse, leaders, peer_results)
+                if how == _QUEUE:
+                    leaders.setdefault((item.digest, item.iterations), task_id)
+                    queued, queued_bytes = queued + 1, queued_bytes + len(item.data)
+                steps.append((how, task_id, source))
+            self._check_room(queued, queued_bytes)
+            wall, tick = self._wall(), self._monotonic()
+            out = []
+            for item, (how, task_id, source) in zip(items, steps, strict=True):
+                if how == _REPLAY:
+                    self._replayed += 1
+                    out.append(Submitted(task_id, replayed=True))
+                    continue
+                self._seq += 1
+                task = _Task(task_id, item.iterations, wall, tick, item.data, self._seq, digest=item.digest)
+                out.append(Submitted(task_id, reused_from=self._admit(task, how, source)))
+                self._enqueued += 1
+            for key, entry in new_keys.items():
+                self._keys.put(key, entry)
+            commit = self._flush()
+        self._durable(commit)
+        return out
+
+    def lookup(self, keys: Iterable[str], works: Iterable[Work]) -> tuple[dict[str, KeyEntry], dict[Work, tuple[str, str]]]:
+        """What this store knows of ``keys`` (idempotency) and of ``works`` (kept results as
+        ``(id, result)``), for the peer's ``submit_many``."""
+        with self._lock:
+            known = {key: entry for key in keys if (entry := self._keys.get(key)) is not None}
+            results = {}
+            for work in works:
+                done = self._reuse.done(work)
+                if done is not None and work not in results:
+                    record = self._completed[done]
+                    results[work] = (record.reused_from or done, record.result)
+            return known, results
+
+    def cancel(self, task_id: str) -> TaskRecord | None:
+        """Cancel a queued or running task; returns its ``cancelled`` record, or None if this
+        store does not know the id. A running task's worker is told by ``stopped`` (its next
+        heartbeat) and its result is ignored; a task that shared its run is not cancelled with it.
+
+        Raises:
+            WrongState: the task completed or failed (cancelling a cancelled task is no error).
+        """
+        with self._lock:
+            task = self._active.get(task_id)
+            if task is None:
+                record = self._completed.get(task_id) or self._failed.get(task_id)
+                if record is not None and record.state != CANCELLED:
+                    raise WrongState(record, f"task {task_id} is {record.state}: only a queued or running task "
+                                             "can be cancelled")
+                return record
+            if task.leader is not None:
+                task.leader.followers.remove(task)
+            else:
+                if task.state == QUEUED:
+                    self._queue.remove(task)
+                    self._queued_iterations -= task.iterations
+                else:
+                    del self._running[task_id]
+                self._body_bytes -= len(task.data)
+                self._hand_over(task)
+            del self._active[task_id]
+            record = task.record(state=CANCELLED, completed_at=self._wall(), reason="cancelled by a client")
+            self._end(record, task)
+            self._cancelled += 1
+            commit = self._flush()
+        self._durable(commit)
+        return record
+
+    def retry(self, task_id: str, *, reuse: bool = True) -> TaskRecord | None:
+        """Queue a failed or cancelled task again under its id, with its attempts from 0; returns
+        its record now (with ``reuse`` it may share a run or complete at once). None if unknown.
+
+        Raises:
+            WrongState: the task is queued, running or completed, or its body was no longer kept.
+            QueueFull, Draining: as ``submit_many``.
         """
         with self._lock:
             if self._draining:
                 raise Draining()
-            if len(self._queue) >= self.max_queued:
-                self._rejected_full += 1
-                raise QueueFull()
+            record = self._failed.get(task_id)
+            if record is None:
+                current = self._status(task_id)
+                if current is None:
+                    return None
+                raise WrongState(current, f"task {task_id} is {current.state}: only a failed or cancelled task "
+                                          "can be retried")
+            kept = self._kept_bodies.get(task_id)
+            if kept is None:
+                raise WrongState(record, f"the body of task {task_id} is no longer kept (past "
+                                         f"{KEPT_BODIES_BYTES // 2**20} MiB of failed and cancelled bodies)")
+            data, digest = kept
+            how, source = self._match((digest, record.iterations), reuse)
+            if how == _QUEUE:
+                self._check_room(1, len(data))
+            del self._failed[task_id]
+            self._note(Trimmed(record.seq))  # its row goes; the task comes back under a new seq
+            self._drop_body(task_id)
             self._seq += 1
-            task = _Task(uuid.uuid4().hex, iterations, self._wall(), self._monotonic(), data, self._seq)
-            self._queue.append(task)
-            self._active[task.id] = task
-            self._queued_iterations += iterations
-            self._enqueued += 1
-            return task.id
+            self._admit(_Task(task_id, record.iterations, self._wall(), self._monotonic(), data, self._seq,
+                              digest=digest), how, source)
+            self._retried += 1
+            record = self._status(task_id)
+            commit = self._flush()
+        self._durable(commit)
+        return record
+
+    def stopped(self, worker_id: str, task_ids: Iterable[str]) -> list[str]:
+        """Those of ``task_ids`` no longer leased to ``worker_id`` (cancelled, or requeued after a
+        lost lease): its result for them would be ignored, so it should stop computing them."""
+        with self._lock:
+            return [i for i in task_ids if (t := self._running.get(i)) is None or t.worker_id != worker_id]
+
+    def completed_after(self, seq: int, limit: int) -> tuple[list[tuple[int, TaskRecord]], int]:
+        """Up to ``limit`` (number, record) completed after number ``seq`` of this ``epoch``,
+        oldest first, and how many completions after ``seq`` were already dropped (retention)."""
+        with self._lock:
+            return self._log.after(seq, limit)
 
     def claim(self, worker_id: str, max_tasks: int = 1, max_iterations: int | None = None) -> list[LeasedTask]:
         """Lease up to ``max_tasks`` tasks from the head of the queue to ``worker_id``.
@@ -178,7 +415,8 @@ class TaskStore:
         always given), so that waiting work stays visible to the scaler.
         """
         with self._lock:
-            deadline = self._monotonic() + self.lease_seconds
+            now = self._monotonic()
+            deadline = now + self.lease_seconds
             leased: list[LeasedTask] = []
             budget = max_iterations
             while self._queue and len(leased) < max_tasks:
@@ -189,6 +427,9 @@ class TaskStore:
                 self._queued_iterations -= task.iterations
                 task.state, task.worker_id, task.lease_deadline = RUNNING, worker_id, deadline
                 task.claimed_from = task.checkpoint.done if task.checkpoint else 0
+                if self.timings is not None and not task.claimed_tick:
+                    self.timings.waited(now - task.enqueued_tick)
+                task.claimed_tick = now
                 self._running[task.id] = task
                 leased.append(LeasedTask(task.id, task.iterations, task.data, task.checkpoint))
                 if budget is not None:
@@ -203,17 +444,22 @@ class TaskStore:
         """
         accepted = 0
         with self._lock:
-            now = self._wall()
+            now, tick = self._wall(), self._monotonic()
             for task_id, result in results:
                 task = self._running.get(task_id)
                 if task is None or task.worker_id != worker_id:
                     continue
+                if self.timings is not None:
+                    self.timings.ran(tick - task.claimed_tick)
+                    self.timings.finished(tick - task.enqueued_tick)
                 del self._running[task_id]
                 del self._active[task_id]
-                self._keep(self._completed, task.record(state=COMPLETED, result=result, completed_at=now,
-                                                        resumed_from=task.claimed_from or None))
-                self._completed_total += 1
+                self._body_bytes -= len(task.data)
+                self._completed_now(task.record(state=COMPLETED, result=result, completed_at=now,
+                                                resumed_from=task.claimed_from or None), task)
                 accepted += 1
+            commit = self._flush()
+        self._durable(commit)
         return accepted
 
     def heartbeat(self, worker_id: str, task_ids: Iterable[str],
@@ -237,7 +483,10 @@ class TaskStore:
             now = self._monotonic()
             expired = [t for t in self._running.values() if t.lease_deadline <= now]
             self._leases_expired += len(expired)
-            return self._lose_leases(expired, "lease expired")
+            outcome = self._lose_leases(expired, "lease expired")
+            commit = self._flush()
+        self._durable(commit)
+        return outcome
 
     def release(self, worker_id: str, returned: Iterable[str] = (),
                 checkpoints: Mapping[str, Checkpoint] | None = None) -> tuple[int, int]:
@@ -250,15 +499,15 @@ class TaskStore:
         with self._lock:
             self._take_checkpoints(worker_id, checkpoints)
             held = [t for t in self._running.values() if t.worker_id == worker_id]
-            return self._lose_leases(held, "worker went down", free=set(returned))
+            outcome = self._lose_leases(held, "worker went down", free=set(returned))
+            commit = self._flush()
+        self._durable(commit)
+        return outcome
 
     def status(self, task_id: str) -> TaskRecord | None:
         """The task as it is now, or None if unknown (or dropped past retention)."""
         with self._lock:
-            task = self._active.get(task_id)
-            if task is not None:
-                return task.record(done=task.checkpoint.done if task.checkpoint else 0)
-            return self._completed.get(task_id) or self._failed.get(task_id)
+            return self._status(task_id)
 
     def in_progress(self, top: int) -> list[TaskRecord]:
         """Up to ``top`` running tasks that have a checkpoint, furthest along first."""
@@ -282,12 +531,41 @@ class TaskStore:
         with self._lock:
             return self._draining
 
+    def restore(self, recovered: Recovered) -> None:
+        """Take back what the journal kept (before any request): the queue in submission order,
+        kept results, failures and cancellations (trimmed again if RESULTS_RETENTION is now
+        lower), counters. Leases were not kept: a task that was running is queued again."""
+        with self._lock:
+            now, tick = self._wall(), self._monotonic()
+            for stored in recovered.queued:
+                data = stored.body or b""
+                waited = max(0.0, now - stored.enqueued_at)
+                self._admit(_Task(stored.id, stored.iterations, stored.enqueued_at, tick - waited, data, stored.seq,
+                                  digest=hashlib.sha512(data).digest()), _QUEUE, None)
+            self._unwritten.clear()  # _admit noted them as accepted: they are in the journal already
+            for stored in recovered.completed:
+                record = TaskRecord(stored.id, COMPLETED, stored.iterations, stored.enqueued_at,
+                                    result=stored.result, completed_at=stored.done_at, seq=stored.seq)
+                self._keep(self._completed, record)
+                self._log.append(record)
+            self._log.keep_newest(len(self._completed))
+            for stored in recovered.failed:
+                self._keep(self._failed, TaskRecord(stored.id, CANCELLED if stored.cancelled else FAILED,
+                                                    stored.iterations, stored.enqueued_at, reason=stored.reason,
+                                                    completed_at=stored.done_at, seq=stored.seq))
+            for name, attribute in _JOURNALED_COUNTERS.items():
+                setattr(self, attribute, recovered.counters.get(name, 0))
+            self._seq = max(self._seq, recovered.last_seq)
+            # Trims of a lowered RESULTS_RETENTION wait in _unwritten for the next change, so that
+            # building a node starts no thread.
+
     def counts(self) -> TaskCounts:
         with self._lock:
             oldest = self._monotonic() - self._queue[0].enqueued_tick if self._queue else 0.0
             return TaskCounts(
                 queued=len(self._queue),
                 queued_iterations=self._queued_iterations,
+                body_bytes=self._body_bytes,
                 oldest_wait=oldest,
                 running=len(self._running),
                 results_kept=len(self._completed),
@@ -299,6 +577,10 @@ class TaskStore:
                 draining=self._draining,
                 checkpoints_accepted=self._checkpoints_accepted,
                 checkpoints_refused=self._checkpoints_refused,
+                reused=self._reused,
+                cancelled=self._cancelled,
+                retried=self._retried,
+                replayed=self._replayed,
             )
 
     # --------------------------------------------------- private, lock held
@@ -318,7 +600,148 @@ class TaskStore:
     def _keep(self, kept: OrderedDict[str, TaskRecord], record: TaskRecord) -> None:
         kept[record.id] = record
         while len(kept) > self.results_retention:
-            kept.popitem(last=False)
+            _, dropped = kept.popitem(last=False)
+            self._note(Trimmed(dropped.seq))
+            self._reuse.forget_done(dropped.id)
+            self._drop_body(dropped.id)
+
+    def _status(self, task_id: str) -> TaskRecord | None:
+        task = self._active.get(task_id)
+        if task is None:
+            return self._completed.get(task_id) or self._failed.get(task_id)
+        runner = task.leader or task
+        return task.record(state=runner.state, done=runner.checkpoint.done if runner.checkpoint else 0,
+                           reused_from=task.leader and task.leader.id)
+
+    def _check_room(self, count: int, size: int) -> None:
+        """Raise ``QueueFull`` unless ``count`` more tasks of ``size`` bytes in all fit."""
+        if len(self._queue) + count > self.max_queued:
+            self._rejected_full += 1
+            raise QueueFull(f"the queue holds MAX_QUEUED={self.max_queued} tasks" if count == 1 else
+                            f"the queue holds {len(self._queue)} tasks; {count} more would exceed "
+                            f"MAX_QUEUED={self.max_queued}")
+        if self._body_bytes + size > self.max_queued_bytes:
+            self._rejected_full += 1
+            raise QueueFull(f"the bodies held ({self._body_bytes} bytes) and {'this one' if count == 1 else 'these'} "
+                            f"({size}) would exceed MAX_QUEUED_BYTES={self.max_queued_bytes}")
+
+    def _match(self, work: Work, reuse: bool, batch_leaders: Mapping[Work, str] | None = None,
+               peer_results: Mapping[Work, tuple[str, str]] | None = None) -> tuple[str, object]:
+        """How a new task of ``work`` is admitted: (_DONE, kept id), (_DONE_PEER, (peer's id,
+        result)), (_FOLLOW, leader id) or (_QUEUE, None)."""
+        if reuse:
+            done = self._reuse.done(work)
+            if done is not None:
+                return _DONE, done
+            if peer_results and work in peer_results:
+                return _DONE_PEER, peer_results[work]
+            leader = (batch_leaders or {}).get(work) or self._reuse.leader(work)
+            if leader is not None:
+                return _FOLLOW, leader
+        return _QUEUE, None
+
+    def _admit(self, task: _Task, how: str, source) -> str | None:
+        """Admit a new task as ``_match`` said; returns the task it reuses, if any."""
+        self._note(Accepted(task.seq, task.id, task.iterations, b"" if how in (_DONE, _DONE_PEER) else task.data,
+                            task.enqueued_at))
+        if how in (_DONE, _DONE_PEER):
+            if how == _DONE:  # named after the task that ran, not after a copy of its result
+                kept = self._completed[source]
+                source = (kept.reused_from or source, kept.result)
+            source_id, result = source
+            self._reused += 1
+            self._completed_now(task.record(state=COMPLETED, result=result, completed_at=self._wall(),
+                                            reused_from=source_id), task)
+            return source_id
+        self._active[task.id] = task
+        if how == _FOLLOW:
+            leader = self._active[source]
+            task.leader, task.data = leader, leader.data
+            leader.followers.append(task)
+            return leader.id
+        self._queue.append(task)
+        self._queued_iterations += task.iterations
+        self._body_bytes += len(task.data)
+        if self._reuse.leader((task.digest, task.iterations)) is None:
+            self._reuse.set_leader((task.digest, task.iterations), task.id)
+        return None
+
+    def _completed_now(self, record: TaskRecord, task: _Task) -> None:
+        """Keep a completed record, numbered in the completion log; the tasks that shared its run
+        complete with it."""
+        self._note(Completed(task.seq, record.result, record.completed_at))
+        self._keep(self._completed, record)
+        self._log.append(record)
+        self._log.keep_newest(len(self._completed))
+        self._completed_total += 1
+        work = (task.digest, task.iterations)
+        self._reuse.drop_leader(work, task.id)
+        self._reuse.add_done(work, task.id)
+        followers, task.followers = task.followers, []
+        for follower in followers:
+            del self._active[follower.id]
+            self._reused += 1
+            self._completed_now(follower.record(state=COMPLETED, result=record.result, completed_at=record.completed_at,
+                                                reused_from=task.id), follower)
+
+    def _fail(self, task: _Task, reason: str) -> None:
+        """Keep a failed record; the tasks that shared its run fail with it."""
+        self._end(task.record(state=FAILED, completed_at=self._wall(), reason=reason), task)
+        self._failed_total += 1
+        self._reuse.drop_leader((task.digest, task.iterations), task.id)
+        followers, task.followers = task.followers, []
+        for follower in followers:
+            del self._active[follower.id]
+            self._fail(follower, f"it shared the run of task {task.id}, which failed: {reason}")
+
+    def _hand_over(self, task: _Task) -> None:
+        """A task whose run others share leaves without a result: the first of them is queued at
+        the head in its place, the rest share that one's run."""
+        work = (task.digest, task.iterations)
+        self._reuse.drop_leader(work, task.id)
+        followers, task.followers = task.followers, []
+        if not followers:
+            return
+        first, *rest = followers
+        first.leader, first.followers, first.state = None, rest, QUEUED
+        for follower in rest:
+            follower.leader = first
+        self._queue.appendleft(first)
+        self._queued_iterations += first.iterations
+        self._body_bytes += len(first.data)
+        self._reuse.set_leader(work, first.id)
+
+    def _end(self, record: TaskRecord, task: _Task) -> None:
+        """Keep a failed or cancelled record, and its body for ``retry`` (within KEPT_BODIES_BYTES)."""
+        self._note(Failed(task.seq, record.reason or "", record.completed_at, record.state == CANCELLED))
+        self._keep(self._failed, record)
+        self._kept_bodies[task.id] = (task.data, task.digest)
+        self._kept_bytes += len(task.data)
+        while self._kept_bytes > KEPT_BODIES_BYTES:
+            self._drop_body(next(iter(self._kept_bodies)))
+
+    def _note(self, *records: Record) -> None:
+        if self.journal is not None:
+            self._unwritten.extend(records)
+
+    def _flush(self) -> Commit | None:
+        """Hand the records noted so far, and the counters now, to the journal (lock held)."""
+        if not self._unwritten:
+            return None
+        self._unwritten.append(Counters({name: getattr(self, a) for name, a in _JOURNALED_COUNTERS.items()}))
+        records, self._unwritten = self._unwritten, []
+        return self.journal.write(records)
+
+    @staticmethod
+    def _durable(commit: Commit | None) -> None:
+        """Wait, without the lock, until ``commit`` is durable (raises ``JournalError``)."""
+        if commit is not None:
+            commit.wait()
+
+    def _drop_body(self, task_id: str) -> None:
+        kept = self._kept_bodies.pop(task_id, None)
+        if kept is not None:
+            self._kept_bytes -= len(kept[0])
 
     def _lose_leases(self, tasks: list[_Task], why: str, free: set[str] = frozenset()) -> tuple[int, int]:
         """Requeue leased tasks at the head (oldest first) or fail them after max_attempts.
@@ -333,9 +756,9 @@ class TaskStore:
             task.worker_id = None
             if task.attempts >= self.max_attempts:
                 del self._active[task.id]
+                self._body_bytes -= len(task.data)
                 reason = f"{why} {task.attempts} times (MAX_ATTEMPTS={self.max_attempts})"
-                self._keep(self._failed, task.record(state=FAILED, completed_at=self._wall(), reason=reason))
-                self._failed_total += 1
+                self._fail(task, reason)
                 log.warning("task failed: %s, %s", task.id, reason)
                 failed += 1
             else:

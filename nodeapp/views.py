@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from nodeapp.node import NodeStats
 from nodeapp.results import summary
 from nodeapp.tasks import RUNNING, TaskRecord
+from nodeapp.workers import Worker
 
 
 def encode_json(value: dict) -> bytes:
@@ -31,6 +32,8 @@ def task_json(record: TaskRecord) -> dict:
         out["done"] = record.done
     if record.resumed_from is not None:  # completed from a checkpoint (see nodeapp/checkpoints.py)
         out["resumed_from"] = record.resumed_from
+    if record.reused_from is not None:  # completed from, or shares the run of, an identical task
+        out["reused_from"] = record.reused_from
     return out
 
 
@@ -58,12 +61,20 @@ class EncodedSummaries:
         return out
 
 
+def worker_json(worker: Worker) -> dict:
+    """One worker in ``/stats``: its engine, lanes and rate are null until its first claim says them."""
+    report = worker.report
+    return {"id": worker.id, "state": worker.state, "borrowed": worker.borrowed,
+            "engine": report and report.engine, "lanes": report and report.lanes, "rate": report and report.rate}
+
+
 def stats_json(stats: NodeStats) -> dict:
     """The figures of ``GET /stats`` that the node model owns (peer and scaler are added by the context)."""
     t, w = stats.tasks, stats.workers
     return {
         "queued": t.queued,
         "queued_iterations": t.queued_iterations,
+        "body_bytes": t.body_bytes,
         "running": t.running,
         "completed": t.completed,
         "failed": t.failed,
@@ -72,14 +83,19 @@ def stats_json(stats: NodeStats) -> dict:
         "rejected_queue_full": t.rejected_full,
         "leases_expired": t.leases_expired,
         "checkpoints": {"accepted": t.checkpoints_accepted, "refused": t.checkpoints_refused},
+        "reused": t.reused,
+        "cancelled": t.cancelled,
+        "retried": t.retried,
+        "idempotent_replays": t.replayed,
         "workers": {
             "live": w.live,
             "pending": w.pending,
+            "reserved": w.reserved,
             "max": w.max,
             "base_max": w.base_max,
             "launched_total": w.launched_total,
             "down_total": w.down_total,
         },
-        "quota": {"lent": w.lent, "borrowed": w.borrowed, "owed": w.owed},
+        "quota": {"lent": w.lent, "borrowed": w.borrowed, "owed": w.owed, "recovering": w.recovering},
         "draining": t.draining,
     }

@@ -269,18 +269,18 @@ class Client:
         return self._json("GET", "/results", params={"after": after or "", "limit": limit})
 
     def results(self, after: str | None = None, *, follow: bool = False, limit: int = 100,
-                poll: float = 1.0) -> Iterator[dict]:
+                poll: float = 1.0, stop: threading.Event | None = None) -> Iterator[dict]:
         """Every result completed after the cursor ``after``, each once, oldest first. Stops
-        when all are read, or with ``follow`` waits ``poll`` seconds and reads on, for ever."""
+        when all are read, or with ``follow`` waits ``poll`` seconds and reads on until ``stop``
+        is set (for ever without one)."""
         cursor = after or ""
+        stop = stop or threading.Event()
         while True:
             page = self.results_page(cursor, limit)
             yield from page["results"]
             cursor = page["next"]
-            if len(page["results"]) < limit:
-                if not follow:
-                    return
-                time.sleep(poll)
+            if len(page["results"]) < limit and (not follow or stop.wait(poll)):
+                return
 
     def status(self, task_id: str) -> dict:
         """``{"id", "state", "iterations", "enqueued_at", "result"?, "completed_at"?, ...}``."""

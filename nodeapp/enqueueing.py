@@ -1,0 +1,93 @@
+"""Queueing what a client sends, for ``PUT /enqueue`` and ``PUT /enqueue_batch``.
+
+Idempotency keys and reusable results are looked up on the peer too (one ``POST /lookup`` per
+request), then every task of the request is queued in one step (``TaskStore.submit_many``), all
+or nothing. When the peer cannot be asked, keys and results are checked on this node only and
+the answer carries ``X-Peer-Unavailable: 1``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from flask import request
+
+from nodeapp.errors import ApiError
+from nodeapp.idempotency import KeyEntry, is_key
+from nodeapp.tasks import Draining, KeyMismatch, QueueFull, Submission, Submitted
+
+KEY_HEADER = "Idempotency-Key"
+#: Set (to ``true``) on an answer that repeats what an earlier request with the same key got.
+REPLAYED_HEADER = "Idempotent-Replayed"
+_RESULT = re.compile(r"[0-9a-f]{128}")
+_FLAGS = {"1": True, "true": True, "0": False, "false": False}
+
+
+def reuse_wanted() -> bool:
+    """The ``reuse`` query parameter: on unless ``0`` or ``false``."""
+    raw = request.args.get("reuse", "1")
+    if raw.lower() not in _FLAGS:
+        raise ApiError(400, "bad_reuse", f"'reuse' must be 1 or 0 (true or false), got {raw!r}")
+    return _FLAGS[raw.lower()]
+
+
+def request_key() -> str | None:
+    """The request's ``Idempotency-Key`` header, if any."""
+    key = request.headers.get(KEY_HEADER)
+    if key is None:
+        return None
+    if not is_key(key):
+        raise ApiError(400, "bad_idempotency_key", f"{KEY_HEADER} must be 1 to 255 visible ASCII characters")
+    return key
+
+
+def queue(ctx, items: list[Submission], reuse: bool, *, batch: bool = False) -> tuple[list[Submitted], dict]:
+    """Queue ``items`` (all or none); returns what became of each and the answer's extra headers."""
+    headers: dict[str, str] = {}
+    peer_keys: dict = {}
+    peer_results: dict = {}
+    keys = [item.key for item in items if item.key is not None]
+    works = list(dict.fromkeys((item.digest.hex(), item.iterations) for item in items)) if reuse else []
+    if ctx.peer.url and (keys or works):
+        answer = ctx.peer.lookup(keys, works)
+        if answer is None:
+            headers["X-Peer-Unavailable"] = "1"
+        else:
+            peer_keys, peer_results = _peer_answer(answer)
+    try:
+        return ctx.node.tasks.submit_many(items, reuse=reuse, peer_keys=peer_keys, peer_results=peer_results), headers
+    except KeyMismatch as exc:
+        where = f"task {exc.index}: " if batch else ""
+        raise ApiError(422, "idempotency_key_mismatch", f"{where}{exc}; nothing was queued") from None
+    except QueueFull as full:
+        raise ApiError(503, "queue_full", f"{full}; nothing was queued, retry later",
+                       headers={"Retry-After": "1"}) from None
+    except Draining:
+        raise ApiError(503, "shutting_down", "this node is shutting down; send the task to the other node",
+                       headers={"Retry-After": "1"}) from None
+
+
+def lookup_answer(known: dict[str, KeyEntry], results: dict) -> dict:
+    """``POST /lookup``'s answer (read back by ``_peer_answer``)."""
+    return {"keys": {key: {"id": e.task_id, "iterations": e.iterations, "digest": e.digest.hex()}
+                     for key, e in known.items()},
+            "results": [[digest.hex(), iterations, task_id, result]
+                        for (digest, iterations), (task_id, result) in results.items()]}
+
+
+def _peer_answer(answer: dict) -> tuple[dict[str, KeyEntry], dict]:
+    """The peer's ``lookup_answer``; entries of the wrong form are left out."""
+    keys, results = {}, {}
+    for key, entry in (answer.get("keys") or {}).items():
+        try:
+            keys[key] = KeyEntry(str(entry["id"]), int(entry["iterations"]), bytes.fromhex(entry["digest"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+    for item in answer.get("results") or []:
+        try:
+            digest, iterations, task_id, result = item
+            if isinstance(result, str) and _RESULT.fullmatch(result):
+                results[(bytes.fromhex(digest), int(iterations))] = (str(task_id), result)
+        except (TypeError, ValueError):
+            continue
+    return keys, results

@@ -1,0 +1,178 @@
+"""Endpoints for a task's life beyond SPEC.md's core: batch enqueue, cancel, retry, results by
+cursor, and the peer's look-up of idempotency keys and reusable results (docs/api.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import re
+
+from flask import Blueprint, jsonify, request
+
+from nodeapp import cursor
+from nodeapp.api import _field, _from_peer, _positive_int, internal, peer_unavailable
+from nodeapp.bodies import json_body, read_body
+from nodeapp.context import get_context
+from nodeapp.enqueueing import lookup_answer, queue, reuse_wanted
+from nodeapp.errors import ApiError
+from nodeapp.idempotency import is_key
+from nodeapp.results import summary
+from nodeapp.tasks import Draining, QueueFull, Submission, TaskRecord, WrongState, is_task_id
+from nodeapp.views import task_json
+from tmcommon import batchwire
+
+bp = Blueprint("tasks", __name__)
+
+#: Most results one ``GET /results`` answer holds, and how many without ``limit``.
+RESULTS_PAGE_MAX, RESULTS_PAGE_DEFAULT = 1000, 100
+#: Most keys and pairs one ``POST /lookup`` may ask about.
+LOOKUP_MAX = 100_000
+_WORK = re.compile(r"[0-9a-f]{128}")
+
+
+# ------------------------------------------------------------------ batch enqueue
+@bp.put("/enqueue_batch")
+def enqueue_batch():
+    ctx = get_context()
+    config = ctx.config
+    reuse = reuse_wanted()
+    if request.mimetype != batchwire.CONTENT_TYPE:
+        raise ApiError(415, "unsupported_media_type",
+                       f"a batch is sent as Content-Type: {batchwire.CONTENT_TYPE} (see docs/api.md), "
+                       f"got {request.mimetype or 'none'!r}")
+    data = read_body(config.max_batch_bytes, "MAX_BATCH_BYTES")
+    items = []
+    try:
+        count = batchwire.declared_count(data)
+        if count > config.max_batch_tasks:
+            raise ApiError(413, "batch_too_large",
+                           f"the batch declares {count} tasks; the limit is {config.max_batch_tasks} (MAX_BATCH_TASKS)")
+        if count == 0:
+            raise ApiError(400, "bad_batch", "the batch holds no task")
+        for index, task in enumerate(batchwire.decode(data)):
+            if not 1 <= task.iterations <= config.max_iterations:
+                raise ApiError(400, "bad_iterations", f"task {index}: iterations must be from 1 to "
+                               f"{config.max_iterations} (MAX_ITERATIONS), got {task.iterations}; nothing was queued")
+            if len(task.body) > config.max_body_bytes:
+                raise ApiError(413, "body_too_large", f"task {index}: the body is {len(task.body)} bytes; the limit "
+                               f"is {config.max_body_bytes} (MAX_BODY_BYTES); nothing was queued")
+            items.append(Submission(task.body, task.iterations, hashlib.sha512(task.body).digest(), task.key))
+    except batchwire.BatchFormatError as exc:
+        raise ApiError(400, "bad_batch", f"{exc}; nothing was queued") from None
+    done, headers = queue(ctx, items, reuse, batch=True)
+    replayed = sum(d.replayed for d in done)
+    answer = {"ids": [d.id for d in done], "replayed": replayed,
+              "reused": sum(d.reused_from is not None for d in done)}
+    if replayed == len(done):
+        headers["Idempotent-Replayed"] = "true"
+        return jsonify(answer), 200, headers
+    return jsonify(answer), 201, headers
+
+
+@bp.post("/lookup")
+@internal
+def lookup():
+    """The peer asks, before queueing, what this node knows of keys and (digest, iterations) pairs."""
+    data = json_body()
+    keys = _field(data, "keys", list, required=False, default=[])
+    works = _field(data, "works", list, required=False, default=[])
+    if len(keys) > LOOKUP_MAX or len(works) > LOOKUP_MAX:
+        raise ApiError(400, "bad_request", f"at most {LOOKUP_MAX} keys and {LOOKUP_MAX} works")
+    if not all(isinstance(k, str) and is_key(k) for k in keys):
+        raise ApiError(400, "bad_request", "each key must be 1 to 255 visible ASCII characters")
+    if not all(isinstance(w, list) and len(w) == 2 and isinstance(w[0], str) and _WORK.fullmatch(w[0])
+               and type(w[1]) is int and w[1] >= 1 for w in works):
+        raise ApiError(400, "bad_request", "each work must be [sha512 hex digest, iterations >= 1]")
+    known, results = get_context().node.tasks.lookup(keys, [(bytes.fromhex(d), n) for d, n in works])
+    return jsonify(lookup_answer(known, results))
+
+
+# ------------------------------------------------------------------ cancel and retry
+@bp.post("/cancel/<task_id>")
+def cancel(task_id: str):
+    return _act(task_id, "cancel", lambda tasks: tasks.cancel(task_id), "not_cancellable")
+
+
+@bp.post("/retry/<task_id>")
+def retry(task_id: str):
+    reuse = reuse_wanted()
+    return _act(task_id, "retry", lambda tasks: tasks.retry(task_id, reuse=reuse), "not_retryable")
+
+
+def _act(task_id: str, verb: str, action, refusal: str):
+    """Do ``action`` on this node's task, or pass the call on to the peer when this node lacks it."""
+    ctx = get_context()
+    if not is_task_id(task_id):
+        raise ApiError(404, "unknown_task", f"no task with id {task_id!r} on either node (not a task id)")
+    try:
+        record: TaskRecord | None = action(ctx.node.tasks)
+    except WrongState as exc:
+        raise ApiError(409, refusal, str(exc)) from None
+    except QueueFull as full:
+        raise ApiError(503, "queue_full", f"{full}; retry later", headers={"Retry-After": "1"}) from None
+    except Draining:
+        raise ApiError(503, "shutting_down", "this node is shutting down; it queues nothing more",
+                       headers={"Retry-After": "1"}) from None
+    if record is not None:
+        return jsonify(task_json(record))
+    if not _from_peer() and ctx.peer.url:
+        answer = ctx.peer.forward("POST", f"/{verb}/{task_id}", params=request.args)
+        if answer is None:
+            raise peer_unavailable(task_id, verb)
+        status, body = answer
+        return jsonify(body), status
+    raise ApiError(404, "unknown_task", f"no task with id {task_id!r} on either node")
+
+
+# ------------------------------------------------------------------ results by cursor
+@bp.get("/results")
+def results():
+    ctx = get_context()
+    limit = (_positive_int("limit", "bad_limit", RESULTS_PAGE_MAX) if "limit" in request.args
+             else RESULTS_PAGE_DEFAULT)
+    raw = request.args.get("after", "")
+    try:
+        positions = cursor.decode(raw)
+    except ValueError as exc:
+        raise ApiError(400, "bad_cursor", str(exc)) from None
+    tasks = ctx.node.tasks
+    pairs, missed = tasks.completed_after(positions.get(tasks.epoch, 0), limit)
+    ours = [(record.completed_at, tasks.epoch, seq, _result_json(record)) for seq, record in pairs]
+    if _from_peer():  # the peer merges: give it the numbers too
+        return jsonify(epoch=tasks.epoch, results=[e[3] for e in ours], seqs=[e[2] for e in ours], missed=missed)
+    headers = {}
+    next_positions = {tasks.epoch: positions.get(tasks.epoch, 0)}
+    theirs = []
+    if ctx.peer.url:
+        answer = _peer_page(ctx.peer.forward("GET", "/results", params={"after": raw, "limit": limit}))
+        if answer is None:
+            headers["X-Peer-Unavailable"] = "1"
+            next_positions.update((e, s) for e, s in positions.items() if e != tasks.epoch)  # keep their place
+        else:
+            epoch, theirs, their_missed = answer
+            next_positions[epoch] = positions.get(epoch, 0)
+            missed += their_missed
+    merged = list(heapq.merge(ours, theirs, key=lambda e: e[0]))[:limit]
+    for _, epoch, seq, _ in merged:
+        next_positions[epoch] = seq
+    return jsonify(results=[e[3] for e in merged], next=cursor.encode(next_positions), missed=missed), 200, headers
+
+
+def _result_json(record: TaskRecord) -> dict:
+    out = summary(record)
+    if record.reused_from is not None:
+        out["reused_from"] = record.reused_from
+    return out
+
+
+def _peer_page(answer) -> tuple[str, list, int] | None:
+    """The peer's own part of ``GET /results`` as (epoch, entries like ours, missed), or None."""
+    if answer is None or answer[0] != 200 or not isinstance(answer[1], dict):
+        return None
+    body = answer[1]
+    epoch, items, seqs = body.get("epoch"), body.get("results"), body.get("seqs")
+    if not (isinstance(epoch, str) and isinstance(items, list) and isinstance(seqs, list) and len(items) == len(seqs)):
+        return None
+    entries = [(item.get("completed_at") or 0.0, epoch, seq, item) for item, seq in zip(items, seqs)
+               if isinstance(item, dict) and type(seq) is int]
+    return epoch, entries, int(body.get("missed") or 0)
