@@ -37,6 +37,7 @@ class NodeContext:
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.stats, self.config.node_name)
+        self.node.tasks.timings = self.metrics.task_timings
         self.summaries = EncodedSummaries(self.config.results_retention)
 
     def stats(self) -> dict:

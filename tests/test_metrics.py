@@ -1,0 +1,81 @@
+"""/metrics histograms: task wait, run and end-to-end times, and request latency by route."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from nodeapp.tasks import TaskStore
+from tests.helpers import Clock
+
+
+class Recorded:
+    """A ``TaskTimings`` stand-in that keeps what the store reports."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, float]] = []
+        self.waited = lambda s: self.seen.append(("wait", s))
+        self.ran = lambda s: self.seen.append(("run", s))
+        self.finished = lambda s: self.seen.append(("latency", s))
+
+
+def test_the_store_reports_wait_run_and_end_to_end_times():
+    clock = Clock()
+    store = TaskStore(monotonic=clock, wall=clock, lease_seconds=10)
+    store.timings = timings = Recorded()
+    task_id = store.submit(b"x", 5)
+    clock.now += 3
+    store.claim("w1")
+    clock.now += 11  # the lease runs out: requeued, claimed again (no second "wait")
+    store.requeue_expired()
+    clock.now += 1
+    store.claim("w2")
+    clock.now += 2
+    assert store.complete("w2", [(task_id, "ab" * 64)]) == 1
+    assert store.complete("w2", [(task_id, "ab" * 64)]) == 0  # a repeated result is not timed again
+    assert timings.seen == [("wait", 3), ("run", 2), ("latency", 17)]
+
+
+def samples(client) -> dict[tuple[str, frozenset], float]:
+    text = client.get("/metrics").get_data(as_text=True)
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(found: dict, name: str, **labels: str) -> float:
+    return found.get((name, frozenset({"node": "test-node", **labels}.items())), 0.0)
+
+
+def test_task_histograms_move_when_a_task_is_claimed_and_completed(client, auth):
+    before = samples(client)
+    task_id = client.put("/enqueue?iterations=1", data=b"body").get_json()["id"]
+    client.post("/claim", json={"worker_id": "w1", "max_tasks": 1}, headers=auth)
+    middle = samples(client)
+    client.post("/complete", json={"worker_id": "w1", "results": [{"id": task_id, "result": "ab" * 64}]},
+                headers=auth)
+    after = samples(client)
+    for name in ("taskmanager_task_wait_seconds", "taskmanager_task_run_seconds", "taskmanager_task_latency_seconds"):
+        assert value(before, name + "_count") == 0
+        assert value(after, name + "_count") == 1
+        assert value(after, name + "_bucket", le="+Inf") == 1
+        assert value(after, name + "_bucket", le="7200.0") == 1  # inside the largest finite bucket
+        assert value(after, name + "_sum") >= 0
+    assert value(middle, "taskmanager_task_wait_seconds_count") == 1
+    assert value(middle, "taskmanager_task_run_seconds_count") == 0  # not completed yet
+
+
+def test_request_latency_by_route_method_and_status(client):
+    before = samples(client)
+    client.put("/enqueue?iterations=1", data=b"a")
+    client.put("/enqueue?iterations=0", data=b"a")  # refused: 400
+    client.get("/status/" + "0" * 32)  # the route, not the id, is the label
+    client.get("/no/such/page")
+    after = samples(client)
+    name = "taskmanager_http_request_duration_seconds_count"
+    assert value(after, name, endpoint="/enqueue", method="PUT", status="201") == \
+        value(before, name, endpoint="/enqueue", method="PUT", status="201") + 1
+    assert value(after, name, endpoint="/enqueue", method="PUT", status="400") == 1
+    assert value(after, name, endpoint="/status/<task_id>", method="GET", status="404") == 1
+    assert value(after, name, endpoint="(no route)", method="GET", status="404") == 1
+    assert value(after, "taskmanager_http_request_duration_seconds_bucket", endpoint="/enqueue", method="PUT",
+                 status="201", le="+Inf") >= 1
+    assert not any("0" * 32 in str(labels) for _, labels in after)  # no label per task id
