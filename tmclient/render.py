@@ -33,6 +33,11 @@ def console(stderr: bool = False) -> Console:
     return con
 
 
+def is_terminal(stderr: bool = False) -> bool:
+    """Whether tables go to a terminal (then they are cut to fit it) or to a pipe (kept whole)."""
+    return console(stderr).is_terminal
+
+
 def show(renderable, stderr: bool = False) -> None:
     """Print a table; to a pipe or a file without the trailing padding of a fixed-width console."""
     con = console(stderr)
@@ -52,33 +57,57 @@ def when(timestamp: float | None) -> str:
     return time.strftime("%H:%M:%S", time.localtime(timestamp))
 
 
-def tasks_table(tasks: Iterable[dict]) -> Table:
-    """``tm status`` / ``tm wait``: one row per task."""
-    table = Table(box=None, pad_edge=False)
+#: Narrower terminals get no "enqueued" column in ``tm status``/``tm wait``, to leave room for the result.
+ENQUEUED_FROM_WIDTH = 110
+
+
+def listing(fit: bool | None, width: int | None) -> tuple[Table, bool, int]:
+    """A table of one row per task, whether it fits and the width it fits. With ``fit``
+    (default: when stdout is a terminal, of its ``width``) each row is one line: the last column
+    takes the width left and ends in "…" where its text is longer. Otherwise (a pipe, a file)
+    the table is as wide as its text."""
+    fit = is_terminal() if fit is None else fit
+    width = width or console().width
+    return Table(box=None, pad_edge=False, expand=fit), fit, width
+
+
+def add_text_column(table: Table, header: str, fit: bool) -> None:
+    """The last column: results (128 characters) and reasons."""
+    if fit:
+        table.add_column(header, no_wrap=True, overflow="ellipsis", ratio=1)
+    else:
+        table.add_column(header, overflow="fold")
+
+
+def tasks_table(tasks: Iterable[dict], fit: bool | None = None, width: int | None = None) -> Table:
+    """``tm status`` / ``tm wait``: one row per task (see ``listing`` for ``fit`` and ``width``)."""
+    table, fit, width = listing(fit, width)
+    enqueued = not fit or width >= ENQUEUED_FROM_WIDTH
     table.add_column("id", no_wrap=True, min_width=ID_WIDTH)
-    table.add_column("state")
-    table.add_column("iterations", justify="right")
-    table.add_column("enqueued")
-    table.add_column("completed")
-    table.add_column("result / reason", overflow="fold")
+    table.add_column("state", no_wrap=True)
+    table.add_column("iterations", justify="right", no_wrap=True)
+    if enqueued:
+        table.add_column("enqueued", no_wrap=True)
+    table.add_column("completed", no_wrap=True)
+    add_text_column(table, "result" if fit else "result / reason", fit)  # in a terminal: a header it can show whole
     styles = {"completed": "green", "failed": "red", "running": "yellow"}
     for task in tasks:
         state = task.get("state", "")
         table.add_row(
             task.get("id", ""), Text(state, style=styles.get(state, "")), str(task.get("iterations", "")),
-            when(task.get("enqueued_at")), when(task.get("completed_at")),
+            *([when(task.get("enqueued_at"))] if enqueued else []), when(task.get("completed_at")),
             task.get("result") or task.get("reason") or "",
         )
     return table
 
 
-def results_table(results: Iterable[dict]) -> Table:
-    """``tm pull``: the newest results."""
-    table = Table(box=None, pad_edge=False)
+def results_table(results: Iterable[dict], fit: bool | None = None, width: int | None = None) -> Table:
+    """``tm pull``: the newest results (see ``listing`` for ``fit`` and ``width``)."""
+    table, fit, _ = listing(fit, width)
     table.add_column("id", no_wrap=True, min_width=ID_WIDTH)
-    table.add_column("iterations", justify="right")
-    table.add_column("completed")
-    table.add_column("result", overflow="fold")
+    table.add_column("iterations", justify="right", no_wrap=True)
+    table.add_column("completed", no_wrap=True)
+    add_text_column(table, "result", fit)
     for item in results:
         table.add_row(item.get("id", ""), str(item.get("iterations", "")), when(item.get("completed_at")),
                       item.get("result") or "")
@@ -86,20 +115,23 @@ def results_table(results: Iterable[dict]) -> Table:
 
 
 def stats_view(stats: dict) -> Group:
-    """``tm stats`` and ``run_program.py --local``: one row per node, a total row, and the peer links."""
-    table = Table(title=f"cluster at {when(time.time())}", title_justify="left", pad_edge=False)
-    for name in ("node", "queued", "running", "completed", "failed", "workers live+pending/max",
-                 "lent", "borrowed", "peer"):
-        table.add_column(name, justify="left" if name in ("node", "peer") else "right")
+    """``tm stats`` and ``run_program.py --local``: one row per node, a total row, the peer links,
+    and the newest scaling decisions; fits 80 columns (URLs and long lines go below the table)."""
+    table = Table(title=f"cluster at {when(time.time())} (workers: live+pending/max)", title_justify="left",
+                  box=None, pad_edge=False,
+                  header_style="bold underline")
+    for name in ("node", "queued", "running", "done", "failed", "workers", "lent", "borrowed", "peer"):
+        table.add_column(name, justify="left" if name in ("node", "peer") else "right", no_wrap=True)
+    below = []
     for node in stats["nodes"]:
         if not node.get("reachable"):
-            table.add_row(node["url"], *[""] * 7, Text(f"unreachable: {node.get('error', '')}", style="red"))
+            below.append(Text(f"{node['url']} unreachable: {node.get('error', '')}", style="red"))
             continue
         workers, quota, peer = node.get("workers", {}), node.get("quota", {}), node.get("peer") or {}
         link = {True: Text("reachable", style="green"), False: Text("unreachable", style="red")}.get(
-            peer.get("reachable"), Text("not contacted yet" if peer.get("url") else "no peer", style="dim"))
+            peer.get("reachable"), Text("not yet" if peer.get("url") else "no peer", style="dim"))
         table.add_row(
-            f"{node.get('node') or ''} {node['url']}".strip(), str(node.get("queued", 0)), str(node.get("running", 0)),
+            node.get("node") or node["url"], str(node.get("queued", 0)), str(node.get("running", 0)),
             str(node.get("completed", 0)), str(node.get("failed", 0)),
             f"{workers.get('live', 0)}+{workers.get('pending', 0)}/{workers.get('max', 0)}",
             str(quota.get("lent", 0)), str(quota.get("borrowed", 0)), link,
@@ -107,13 +139,16 @@ def stats_view(stats: dict) -> Group:
     totals = stats["totals"]
     tw = totals["workers"]
     table.add_row(Text("total", style="bold"), str(totals["queued"]), str(totals["running"]),
-                  str(totals["completed"]), str(totals["failed"]), f"{tw['live']}+{tw['pending']}/{tw['max']}",
-                  "", "", "", end_section=True)
+                  str(totals["completed"]), str(totals["failed"]), f"{tw['live']}+{tw['pending']}/{tw['max']}")
+    where = "  ".join(f"{n.get('node')} {n['url']}" for n in stats["nodes"] if n.get("reachable") and n.get("node"))
+    if where:
+        below.append(Text(where, style="dim"))
     lines = [Text(f"{when(d.get('at'))} {d['node']}: {d.get('reason', '')} -> launched {d.get('launched', 0)}, "
-                  f"borrowed {d.get('borrowed', 0)}", style="dim") for d in newest_decisions(stats["nodes"], 5)]
+                  f"borrowed {d.get('borrowed', 0)}", style="dim", no_wrap=True, overflow="ellipsis")
+             for d in newest_decisions(stats["nodes"], 5)]
     if lines:
         lines.insert(0, Text("last scaling decisions", style="bold"))
-    return Group(table, *lines)
+    return Group(table, *below, *lines)
 
 
 def newest_decisions(nodes: list[dict], count: int) -> list[dict]:
