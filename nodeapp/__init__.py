@@ -15,7 +15,6 @@ from flask import Flask
 from nodeapp import bodies, errors
 from nodeapp.config import NodeConfig
 from nodeapp.context import EXTENSION_KEY, NodeContext
-from nodeapp.journal import open_journal
 from nodeapp.peer import PeerClient
 from nodeapp.scaling import Scaler
 from nodeapp.serving import refuse_unfit_server
@@ -41,7 +40,6 @@ def create_app(
 
     Raises:
         ConfigError: a setting is invalid; the message names the variable and its range.
-        DataDirInUse: another node process uses DATA_DIR.
         gunicorn.errors.AppImportError: gunicorn, loading the app, runs in a way a node cannot.
     """
     refuse_unfit_server()  # under a gunicorn the node cannot run under (nodeapp/serving.py)
@@ -51,22 +49,14 @@ def create_app(
             "CLUSTER_TOKEN is not set: internal endpoints answer 401, so no worker or peer can talk to this node")
     app = Flask(__name__, static_folder=None)  # the dashboard blueprint serves its own files
     app.json.sort_keys = False
-    journal = open_journal(config)
     node = Node.build(
         max_workers=config.max_workers,
-        # A loan outlives a few scaler runs, so that one late renewal does not end it.
-        loan_ttl=max(config.loan_ttl, 3 * config.scale_interval),
-        recovering=bool(config.peer_url),
         lease_seconds=config.lease_seconds,
         max_attempts=config.max_attempts,
         max_queued=config.max_queued,
-        max_queued_bytes=config.max_queued_bytes,
         results_retention=config.results_retention,
-        journal=journal,
         idempotency_seconds=config.idempotency_seconds,
     )
-    if journal is not None:
-        node.tasks.restore(journal.load())
     peer = PeerClient(config.peer_url, config.cluster_token, config.node_name)
     if launcher is None:
         launcher = make_launcher(
@@ -75,11 +65,10 @@ def create_app(
         )
     scaler = Scaler(
         node, launcher, peer,
-        node_url=config.node_url, worker_peer_url=config.worker_peer_url, scale_wait=config.scale_wait, hash_rate=config.hash_rate,
+        node_url=config.node_url, scale_wait=config.scale_wait, hash_rate=config.hash_rate,
         boot_timeout=config.boot_timeout, summary_seconds=config.summary_seconds,
     )
-    app.extensions[EXTENSION_KEY] = context = NodeContext(config, node, peer, launcher, scaler)
-    context.metrics.instrument(app)  # first: times the requests the next hooks refuse, too
+    app.extensions[EXTENSION_KEY] = NodeContext(config, node, peer, launcher, scaler)
     errors.init_app(app)
     bodies.init_app(app)
     from nodeapp.api import bp

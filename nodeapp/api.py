@@ -16,13 +16,11 @@ from nodeapp.bodies import json_body, read_body
 from nodeapp.checkpoints import parse_checkpoints
 from nodeapp.context import get_context
 from nodeapp.errors import ApiError
-from nodeapp.loans import MAX_LOANS, is_loan_id
 from nodeapp.peer import PEER_HEADER
 from nodeapp.results import merge_newest
 from nodeapp.enqueueing import REPLAYED_HEADER, queue, request_key, reuse_wanted
 from nodeapp.tasks import Submission, is_task_id
 from nodeapp.version import __version__
-from nodeapp.workers import Report
 from nodeapp.views import encode_json, task_json
 
 bp = Blueprint("nodeapp", __name__)
@@ -146,7 +144,7 @@ def status(task_id: str):
 def health():
     ctx = get_context()
     return jsonify(status="ok", node=ctx.config.node_name, version=__version__,
-                   draining=ctx.node.tasks.draining, durable=ctx.node.tasks.journal is not None)
+                   draining=ctx.node.tasks.draining)
 
 
 @bp.get("/stats")
@@ -183,31 +181,16 @@ def worker_down(instance_id: str):
 @bp.get("/try_get_node_quota")
 @internal
 def try_get_node_quota():
-    grant = get_context().node.workers.lend()
-    if grant is None:
-        log.debug("quota refused to peer")
-        return jsonify(granted=False)
-    log.info("quota lent to peer: loan %s for %gs unless renewed", grant.loan, grant.ttl)
-    return jsonify(granted=True, loan=grant.loan, ttl=grant.ttl)
-
-
-@bp.post("/renew_quota")
-@internal
-def renew_quota():
-    loans = _field(json_body(), "loans", list)
-    if len(loans) > MAX_LOANS or not all(map(is_loan_id, loans)):
-        raise ApiError(400, "bad_request", f"'loans' must be at most {MAX_LOANS} loan ids (1 to 64 of 0-9, a-f)")
-    return jsonify(get_context().node.workers.renewal(loans).to_json())
+    granted = get_context().node.workers.lend()
+    log.log(logging.INFO if granted else logging.DEBUG, "quota %s to peer", "lent" if granted else "refused")
+    return jsonify(granted=granted)
 
 
 @bp.post("/return_quota")
 @internal
 def return_quota():
-    loan = _field(json_body(), "loan", str, required=False)
-    if loan is not None and not is_loan_id(loan):
-        raise ApiError(400, "bad_request", "'loan' must be a loan id (1 to 64 of 0-9, a-f)")
-    new_max = get_context().node.workers.loan_returned(loan)
-    log.info("quota returned by peer%s: max now %d", f": loan {loan}" if loan else "", new_max)
+    new_max = get_context().node.workers.loan_returned()
+    log.info("quota returned by peer: max now %d", new_max)
     return jsonify(max=new_max)
 
 
@@ -221,13 +204,9 @@ def claim():
     max_iterations = _field(data, "max_iterations", int, required=False, default=None)
     if not worker_id or max_tasks < 1 or (max_iterations is not None and max_iterations < 1):
         raise ApiError(400, "bad_request", "worker_id must be non-empty; max_tasks and max_iterations >= 1")
-    try:
-        report = Report.from_claim(data)  # the worker's rate, engine and lanes, when it sends them
-    except ValueError as exc:
-        raise ApiError(400, "bad_request", str(exc)) from None
-    budget = int((report.rate if report else ctx.config.hash_rate) * ctx.config.claim_seconds)
+    budget = int(ctx.config.hash_rate * ctx.config.claim_seconds)
     max_iterations = budget if max_iterations is None else min(max_iterations, budget)
-    tasks = ctx.node.claim(worker_id, min(max_tasks, 1000), max_iterations, report)
+    tasks = ctx.node.claim(worker_id, min(max_tasks, 1000), max_iterations)
     return jsonify(
         tasks=[{"id": t.id, "iterations": t.iterations, "data": base64.b64encode(t.data or b"").decode(),
                 **({"checkpoint": {"done": t.checkpoint.done, "digest": t.checkpoint.digest}} if t.checkpoint else {})}

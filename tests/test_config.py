@@ -28,8 +28,6 @@ NUMERIC = [
     ("MAX_BODY_BYTES", int, 0, 1024**3, "from 0 to 1073741824"),
     ("MAX_ITERATIONS", int, 1, 10**12, "from 1 to 1000000000000"),
     ("MAX_QUEUED", int, 1, 10**8, "from 1 to 100000000"),
-    ("MAX_QUEUED_BYTES", int, 1, 2**40, "from 1 to 1099511627776"),
-    ("LOAN_TTL_SECONDS", float, 2, 86400, "from 2 to 86400"),
     ("RESULTS_RETENTION", int, 1, 10**8, "from 1 to 100000000"),
     ("MAX_BATCH_TASKS", int, 1, 100_000, "from 1 to 100000"),
     ("MAX_BATCH_BYTES", int, 8, 1024**3, "from 8 to 1073741824"),
@@ -37,7 +35,6 @@ NUMERIC = [
     ("HASH_RATE", float, 1, 10**10, "from 1 to 1e+10"),
     ("CLAIM_SECONDS", float, 0.01, 60, "from 0.01 to 60"),
     ("LOG_SUMMARY_SECONDS", float, 0, 86400, "from 0 to 86400"),
-    ("JOURNAL_BATCH_MS", float, 0, 1000, "from 0 to 1000"),
 ]
 
 
