@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from nodeapp.checkpoints import Checkpoint
 from nodeapp.tasks import LeasedTask, TaskCounts, TaskStore
-from nodeapp.workers import PoolCounts, WorkerPool
+from nodeapp.workers import PoolCounts, Report, WorkerPool
 
 
 @dataclass(frozen=True)
@@ -59,15 +59,19 @@ class Node:
         max_workers: int = 5,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        loan_ttl: float = 6.0,
+        recovering: bool = False,
         **task_settings,
     ) -> Node:
         """A node with its own store and pool; ``task_settings`` go to ``TaskStore``."""
         return cls(TaskStore(monotonic=monotonic, wall=wall, **task_settings),
-                   WorkerPool(max_workers=max_workers, monotonic=monotonic))
+                   WorkerPool(max_workers=max_workers, monotonic=monotonic, loan_ttl=loan_ttl,
+                              recovering=recovering))
 
-    def claim(self, worker_id: str, max_tasks: int = 1, max_iterations: int | None = None) -> list[LeasedTask]:
-        """``TaskStore.claim``, and a registered worker becomes live."""
-        self.workers.seen(worker_id)
+    def claim(self, worker_id: str, max_tasks: int = 1, max_iterations: int | None = None,
+              report: Report | None = None) -> list[LeasedTask]:
+        """``TaskStore.claim``, and a registered worker becomes live (with its ``report``)."""
+        self.workers.seen(worker_id, report)
         return self.tasks.claim(worker_id, max_tasks, max_iterations)
 
     def complete(self, worker_id: str, results: Iterable[tuple[str, str]]) -> int:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 from nodeapp.peer import PeerClient
 from nodeapp.node import Node, ScalingFigures
+from nodeapp.workers import Reservation
 from provisioning.launchers import Launcher
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,8 @@ def decide(f: ScalingFigures, *, scale_wait: float, hash_rate: float) -> Decisio
 
 
 class Scaler:
-    """One scaler run (``tick``): requeue expired leases, terminate departed workers, reconcile,
-    give back quota, ping the peer, launch and borrow.
+    """One scaler run (``tick``): renew loans, requeue expired leases, terminate departed
+    workers, reconcile, give back quota, ping the peer, launch and borrow.
 
     Runs in the APScheduler thread; every figure it reads or changes goes through the ``Node``.
     Each step is guarded on its own: one that fails is logged and the later steps still run;
@@ -73,6 +74,7 @@ class Scaler:
         peer: PeerClient,
         *,
         node_url: str,
+        worker_peer_url: str = "",
         scale_wait: float,
         hash_rate: float,
         boot_timeout: float,
@@ -85,6 +87,7 @@ class Scaler:
         self.launcher = launcher
         self.peer = peer
         self.node_url = node_url
+        self.worker_peer_url = worker_peer_url  # the peer as workers reach it, if not peer.url
         self.scale_wait = scale_wait
         self.hash_rate = hash_rate
         self.boot_timeout = boot_timeout
@@ -116,6 +119,7 @@ class Scaler:
 
     def _tick(self) -> None:
         for what, step in (
+            ("renew loans", self._renew_loans),
             ("requeue expired leases", self._requeue_expired),
             ("terminate departed workers", self._terminate_departed),
             ("reconcile workers", self._reconcile),
@@ -140,14 +144,18 @@ class Scaler:
 
     def _scale(self) -> None:
         figures = self.node.scaling_figures()
-        decision = decide(figures, scale_wait=self.scale_wait, hash_rate=self.hash_rate)
-        launched = self._launch(decision.launch, borrowed=False)
+        decision = decide(figures, scale_wait=self.scale_wait, hash_rate=self.node.workers.worker_rate(self.hash_rate))
+        with self.node.workers.reserve(decision.launch) as slots:  # what is free by now
+            launched = self._launch(slots)
         borrowed = 0
         for _ in range(decision.borrow):
-            if not self.peer.try_get_quota():
+            asked_at = self._monotonic()
+            grant = self.peer.try_get_quota()
+            if grant is None:
                 break
-            log.info("quota borrowed from peer %s", self.peer.url)
-            borrowed += self._launch(1, borrowed=True)  # a slot left unused is owed back
+            log.info("quota borrowed from peer %s: loan %s", self.peer.url, grant.loan)
+            with self.node.workers.reserve_loan(grant, asked_at) as slot:  # unused, it is owed back
+                borrowed += self._launch(slot)
         if decision.launch or decision.borrow:
             self._record(figures, decision, launched, borrowed)
 
@@ -164,17 +172,19 @@ class Scaler:
                  figures.queued, figures.running, figures.live, figures.pending, figures.max_workers)
         self._summary_at, self._summary_counts = now, counts
 
-    def _launch(self, count: int, *, borrowed: bool) -> int:
+    def _launch(self, slots: Reservation) -> int:
+        """Launch workers on the reserved ``slots`` and bind them; returns how many."""
+        count, borrowed = slots.count, slots.borrowed
         if count <= 0:
             return 0
-        urls = [self.node_url] + ([self.peer.url] if self.peer.url else [])
-        with self.node.workers.reserve(count, borrowed=borrowed) as slots:
-            try:
-                ids = self.launcher.launch(count, urls)
-            except Exception:
-                log.exception("launching %d worker(s) failed", count)
-                return 0
-            slots.bind(ids)
+        peer_url = self.worker_peer_url or self.peer.url
+        urls = [self.node_url] + ([peer_url] if peer_url else [])
+        try:
+            ids = self.launcher.launch(count, urls)
+        except Exception:
+            log.exception("launching %d worker(s) failed", count)
+            return 0
+        slots.bind(ids)
         if getattr(ids, "note", ""):
             self._launch_notes.append(ids.note)
         for worker_id in ids:
@@ -208,14 +218,28 @@ class Scaler:
             log.warning("worker lost: %s %s; %d task(s) requeued", worker.id, why, gone.requeued)
 
     def _give_back_quota(self) -> None:
-        """Return the borrowed slots we owe; what the peer does not take stays owed."""
+        """Return the loans we owe; what the peer does not take stays owed (until it expires)."""
         with self.node.workers.repaying() as debt:
             while debt.remaining:
-                if not self.peer.return_quota():
+                if not self.peer.return_quota(debt.loans[0]):
                     log.warning("could not return %d quota unit(s) to peer; will retry", debt.remaining)
                     return
+                log.info("quota returned to peer %s: loan %s", self.peer.url, debt.loans[0])
                 debt.repaid()
-                log.info("quota returned to peer %s", self.peer.url)
+
+    def _renew_loans(self) -> None:
+        """Renew the loans we hold from the peer; while recovering, learn what it holds from us.
+        Loans the peer no longer has are let go; when it cannot be reached, they lapse in time."""
+        workers = self.node.workers
+        loans = workers.held_loans()
+        if not self.peer.url or not (loans or workers.recovering):
+            return
+        sent_at = self._monotonic()
+        renewal = self.peer.renew_quota(loans)
+        if renewal is not None:
+            lost = workers.renewed(loans, renewal, sent_at)
+            if lost:
+                log.warning("quota: peer %s no longer has %d of our %d loan(s)", self.peer.url, lost, len(loans))
 
     def _record(self, figures: ScalingFigures, decision: Decision, launched: int, borrowed: int) -> None:
         """Keep the decision in the bounded history. Runs that launch nothing in a row (say, at max

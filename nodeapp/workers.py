@@ -1,9 +1,12 @@
 """The workers this node launched and its worker quota, behind the pool's own lock.
 
 The quota: ``max = base_max - lent + borrowed``. A slot is *taken* by a registered worker
-(pending or live) or by a reservation that a launch will fill. Slots lent to the peer lower our
-max until the peer gives them back; slots borrowed from the peer raise it until the worker on
-them goes down, and are then *owed* back until the scaler returns them.
+(pending or live) or by a reservation that a launch will fill; taken never exceeds max, except
+by workers a launcher started beyond what was asked. Slots lent to the peer lower our max until
+the peer gives them back or stops renewing them; slots borrowed from the peer raise it until the
+worker on them goes down, and are then *owed* back until the scaler returns them. A borrowed
+slot whose loan is lost (not renewed in time, or the lender no longer has it) moves its worker
+to our own quota if there is room, else that worker is stopped (``nodeapp/loans.py``).
 
 Boot deadlines are on a monotonic clock. Nothing here does I/O: what needs a call to the peer or
 the launcher is handed out (``terminating``, ``repaying``) and put back if the call fails.
@@ -12,15 +15,51 @@ the launcher is handed out (``terminating``, ``repaying``) and put back if the c
 from __future__ import annotations
 
 import logging
+import re
+import statistics
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from nodeapp.loans import Grant, LoanBook, Renewal
 
 log = logging.getLogger(__name__)
 
 PENDING, LIVE = "pending", "live"
+#: Bounds of what a worker may report in a claim (``Report``).
+MAX_REPORTED_RATE = 1e12
+MAX_LANES = 4096
+_ENGINE = re.compile(r"[a-z0-9_.-]{1,32}")
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What a worker says of itself when it claims: iterations/s of all its lanes, engine, lanes."""
+
+    rate: float
+    engine: str
+    lanes: int
+
+    @classmethod
+    def from_claim(cls, body: dict) -> Report | None:
+        """The optional ``rate`` (with ``engine`` and ``lanes``) of a claim's body; None without ``rate``.
+
+        Raises:
+            ValueError: with a message for the caller, if one of them is malformed.
+        """
+        if "rate" not in body:
+            return None
+        rate, engine, lanes = body["rate"], body.get("engine", "unknown"), body.get("lanes", 1)
+        if type(rate) not in (int, float) or not 0 < rate <= MAX_REPORTED_RATE:
+            raise ValueError(f"'rate' must be a number of iterations/s above 0 and at most {MAX_REPORTED_RATE:g}")
+        if not isinstance(engine, str) or not _ENGINE.fullmatch(engine):
+            raise ValueError("'engine' must be 1 to 32 characters of a-z, 0-9, '_', '.', '-'")
+        if type(lanes) is not int or not 1 <= lanes <= MAX_LANES:
+            raise ValueError(f"'lanes' must be an integer from 1 to {MAX_LANES}")
+        return cls(float(rate), engine, lanes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +71,7 @@ class Worker:
     borrowed: bool
     launched_at: float  # monotonic
     last_seen: float | None = None  # monotonic
+    report: Report | None = None
 
 
 @dataclass(frozen=True)
@@ -48,11 +88,13 @@ class PoolCounts:
     owed: int
     launched_total: int
     down_total: int
+    recovering: bool = False
 
 
 class Reservation:
-    """Slots held for a launch in flight (``WorkerPool.reserve``): ``bind`` the launched ids,
-    and leaving the ``with`` block (or ``release``) frees what was not bound."""
+    """Slots held for a launch in flight (``WorkerPool.reserve``): ``count`` may be fewer than
+    asked (0 when nothing is free). ``bind`` the launched ids; leaving the ``with`` block (or
+    ``release``) frees what was not bound."""
 
     def __init__(self, pool: WorkerPool, count: int, borrowed: bool) -> None:
         self._pool = pool
@@ -77,12 +119,16 @@ class Reservation:
 
 @dataclass
 class Debt:
-    """Borrowed slots to give back to the peer; ``repaid`` once per slot returned."""
+    """Loans to give back to the peer, first one first; ``repaid`` once per loan returned."""
 
-    remaining: int
+    loans: list[str]
+
+    @property
+    def remaining(self) -> int:
+        return len(self.loans)
 
     def repaid(self) -> None:
-        self.remaining -= 1
+        self.loans.pop(0)
 
 
 class WorkerPool:
@@ -90,18 +136,21 @@ class WorkerPool:
 
     Args:
         max_workers: this node's own worker quota (MAX_NUM_OF_WORKERS).
-        monotonic: the clock of launch times and boot deadlines.
+        monotonic: the clock of launch times, boot deadlines and loans.
+        loan_ttl: seconds a loan to the peer lasts without a renewal (LOAN_TTL_SECONDS).
+        recovering: start recovering (``nodeapp/loans.py``): the node has a peer.
     """
 
-    def __init__(self, *, max_workers: int = 5, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, max_workers: int = 5, monotonic: Callable[[], float] = time.monotonic,
+                 rates_kept: int = 32, loan_ttl: float = 6.0, recovering: bool = False) -> None:
         self._lock = threading.Lock()
         self._monotonic = monotonic
         self._workers: dict[str, Worker] = {}
+        self._rates: OrderedDict[str, float] = OrderedDict()  # newest report of each recent worker
+        self._rates_kept = rates_kept
         self._base_max = max_workers
-        self._lent = 0
-        self._borrowed = 0
-        self._reserved = 0
-        self._owed = 0  # borrowed slots freed but not yet given back to the peer
+        self._loans = LoanBook(loan_ttl, monotonic(), recovering)
+        self._open: set[Reservation] = set()
         self._departed: list[str] = []  # workers gone down, for the launcher to terminate
         self._launched_total = 0
         self._down_total = 0
@@ -112,16 +161,30 @@ class WorkerPool:
         with self._lock:
             self._register(worker_ids, borrowed=False)
 
-    def seen(self, worker_id: str) -> None:
-        """The worker called us (claim, complete, heartbeat): a registered one is live."""
+    def seen(self, worker_id: str, report: Report | None = None) -> None:
+        """The worker called us (claim, complete, heartbeat): a registered one is live. A
+        ``report`` (from a claim, also by the peer's workers) is kept for ``worker_rate``."""
         with self._lock:
+            if report is not None:
+                self._rates[worker_id] = report.rate
+                self._rates.move_to_end(worker_id)
+                while len(self._rates) > self._rates_kept:
+                    self._rates.popitem(last=False)
             worker = self._workers.get(worker_id)
             if worker is None:
                 return
             now = self._monotonic()
             if worker.state == PENDING:
-                log.info("worker seen: %s, %.1fs after launch", worker_id, now - worker.launched_at)
-            self._workers[worker_id] = Worker(worker_id, LIVE, worker.borrowed, worker.launched_at, now)
+                log.info("worker seen: %s, %.1fs after launch%s", worker_id, now - worker.launched_at,
+                         f", {report.engine} engine, {report.lanes} lane(s), {report.rate:.0f} iterations/s"
+                         if report else "")
+            self._workers[worker_id] = replace(worker, state=LIVE, last_seen=now, report=report or worker.report)
+
+    def worker_rate(self, default: float) -> float:
+        """Iterations/s of one worker, for the scaler: the median of the rates the most recent
+        workers reported, or ``default`` (HASH_RATE) before any has."""
+        with self._lock:
+            return statistics.median(self._rates.values()) if self._rates else default
 
     def remove(self, worker_id: str, *, terminate: bool = True) -> Worker | None:
         """Forget a worker; returns it, or None if unknown (idempotent).
@@ -136,8 +199,7 @@ class WorkerPool:
                 if terminate:
                     self._departed.append(worker_id)
                 if worker.borrowed:
-                    self._borrowed -= 1
-                    self._owed += 1
+                    self._loans.owe()
             return worker
 
     def workers(self) -> list[Worker]:
@@ -165,41 +227,84 @@ class WorkerPool:
             raise
 
     # ----------------------------------------------------------------- quota
-    def reserve(self, count: int = 1, *, borrowed: bool = False) -> Reservation:
-        """Hold ``count`` slots for a launch. ``borrowed``: the peer just granted them, so our
-        max rises by ``count``. Use as a context manager; see ``Reservation``."""
-        with self._lock:
-            self._reserved += count
-            if borrowed:
-                self._borrowed += count
-        return Reservation(self, count, borrowed)
+    @property
+    def loan_ttl(self) -> float:
+        return self._loans.ttl
 
-    def lend(self) -> bool:
-        """The peer asks for a slot: grant it if one is free (taken < max)."""
+    def reserve(self, count: int = 1) -> Reservation:
+        """Hold up to ``count`` free slots of our quota for a launch (none while recovering).
+        Use as a context manager; see ``Reservation``."""
         with self._lock:
-            if len(self._workers) + self._reserved < self._max():
-                self._lent += 1
-                return True
-            return False
+            now = self._settle()
+            free = 0 if self._loans.recovering(now) else self._max() - self._taken()
+            return self._open_reservation(max(0, min(count, free)), borrowed=False)
 
-    def loan_returned(self) -> int:
-        """A lent slot comes back; returns the new max. Ignored if nothing was lent."""
+    def reserve_loan(self, grant: Grant, asked_at: float) -> Reservation:
+        """The peer granted a slot (asked at monotonic ``asked_at``): our max rises by one and the
+        slot is held for its launch. Use as a context manager; see ``Reservation``."""
         with self._lock:
-            if self._lent > 0:
-                self._lent -= 1
+            self._loans.take(grant, asked_at)
+            return self._open_reservation(1, borrowed=True)
+
+    def lend(self) -> Grant | None:
+        """The peer asks for a slot: lend it if one is free (taken < max) and we are not recovering."""
+        with self._lock:
+            now = self._settle()
+            if self._loans.recovering(now) or self._taken() >= self._max():
+                return None
+            return self._loans.lend(now)
+
+    def renewal(self, loans: Iterable[str]) -> Renewal:
+        """The peer renews the ``loans`` it holds from us: those still lent, and what we hold from it."""
+        with self._lock:
+            now = self._settle()
+            held = self._loans.peer_holds(loans, now, room=self._max() - self._taken())
+            return Renewal(held, self._loans.ttl, list(self._loans.held))
+
+    def held_loans(self) -> list[str]:
+        """The loans we hold from the peer, to renew."""
+        with self._lock:
+            self._settle()
+            return list(self._loans.held)
+
+    @property
+    def recovering(self) -> bool:
+        with self._lock:
+            return self._loans.recovering(self._monotonic())
+
+    def renewed(self, asked: list[str], renewal: Renewal, sent_at: float) -> int:
+        """The peer answered our renewal of ``asked``, sent at monotonic ``sent_at``. Loans it no
+        longer holds are let go; its ``borrowed`` list renews (or, recovering, adopts) our loans to
+        it. Returns how many loans were lost."""
+        with self._lock:
+            now = self._settle()
+            lost = self._loans.renewed(asked, renewal, sent_at)
+            for loan in lost:
+                self._let_go(loan, "the peer no longer has it")
+            self._loans.peer_holds(renewal.borrowed, now, room=self._max() - self._taken())
+            return len(lost)
+
+    def loan_returned(self, loan: str | None = None) -> int:
+        """A lent slot comes back (``loan`` by id, or the one nearest its end); returns the new
+        max. Ignored if unknown."""
+        with self._lock:
+            self._settle()
+            self._loans.returned(loan)
             return self._max()
 
     @contextmanager
     def repaying(self) -> Iterator[Debt]:
-        """The borrowed slots owed to the peer, to return in the block; whatever is not
-        ``repaid`` by its end (or when it raises) stays owed."""
+        """The loans owed to the peer, to return in the block; whatever is not ``repaid`` by its
+        end (or when it raises) stays owed."""
         with self._lock:
-            debt, self._owed = Debt(self._owed), 0
+            self._settle()
+            owed, self._loans.owed = self._loans.owed, {}
+            debt = Debt(list(owed))
         try:
             yield debt
         finally:
             with self._lock:
-                self._owed += debt.remaining
+                self._loans.owed.update((loan, owed[loan]) for loan in debt.loans)
 
     def set_base_max(self, max_workers: int) -> int:
         """Change our own quota; returns the new max."""
@@ -209,23 +314,59 @@ class WorkerPool:
 
     def counts(self) -> PoolCounts:
         with self._lock:
+            self._settle()
             live = sum(1 for w in self._workers.values() if w.state == LIVE)
             return PoolCounts(
                 live=live,
                 pending=len(self._workers) - live,
-                reserved=self._reserved,
+                reserved=self._reserved(),
                 max=self._max(),
                 base_max=self._base_max,
-                lent=self._lent,
-                borrowed=self._borrowed,
-                owed=self._owed,
+                lent=len(self._loans.lent),
+                borrowed=len(self._loans.held),
+                owed=len(self._loans.owed),
                 launched_total=self._launched_total,
                 down_total=self._down_total,
+                recovering=self._loans.recovering(self._monotonic()),
             )
 
     # --------------------------------------------------- private, lock held
     def _max(self) -> int:
-        return self._base_max - self._lent + self._borrowed
+        return self._base_max - len(self._loans.lent) + len(self._loans.held)
+
+    def _reserved(self) -> int:
+        return sum(r.count for r in self._open)
+
+    def _taken(self) -> int:
+        return len(self._workers) + self._reserved()
+
+    def _settle(self) -> float:
+        """Let go of the loans that lapsed and drop expired ones; returns now."""
+        now = self._monotonic()
+        for loan in self._loans.expire(now):
+            self._let_go(loan, "not renewed in time")
+        return now
+
+    def _let_go(self, loan: str, why: str) -> None:
+        """A held loan is gone: one borrowed slot's user moves to our own quota if there is room,
+        else it is stopped (a worker is forgotten and terminated; a launch in flight loses a slot)."""
+        users = [w for w in self._workers.values() if w.borrowed]
+        users.sort(key=lambda w: w.state != PENDING)  # pending ones first: they do no work yet
+        slots = [r for r in self._open if r.borrowed and r.count]
+        if self._taken() <= self._max():
+            if users:
+                self._workers[users[0].id] = replace(users[0], borrowed=False)
+            elif slots:
+                slots[0].borrowed = False
+            log.warning("quota: loan %s lost (%s); its worker stays, on our own quota", loan, why)
+        elif users:
+            del self._workers[users[0].id]
+            self._departed.append(users[0].id)
+            self._down_total += 1
+            log.warning("quota: loan %s lost (%s); worker %s is stopped", loan, why, users[0].id)
+        elif slots:
+            slots[0].count -= 1
+            log.warning("quota: loan %s lost (%s) while its worker was launching", loan, why)
 
     def _register(self, worker_ids: Iterable[str], borrowed: bool) -> None:
         now = self._monotonic()
@@ -233,17 +374,30 @@ class WorkerPool:
             self._workers[worker_id] = Worker(worker_id, PENDING, borrowed, now)
             self._launched_total += 1
 
+    def _open_reservation(self, count: int, borrowed: bool) -> Reservation:
+        reservation = Reservation(self, count, borrowed)
+        self._open.add(reservation)
+        return reservation
+
     def _bind(self, reservation: Reservation, worker_ids: list[str]) -> int:
         with self._lock:
             bound = min(len(worker_ids), reservation.count)
-            self._reserved -= bound
+            reservation.count -= bound
             self._register(worker_ids[:bound], reservation.borrowed)
-            self._register(worker_ids[bound:], borrowed=False)  # more than reserved: still tracked
-            return reservation.count - bound
+            for worker_id in worker_ids[bound:]:  # more than reserved: kept only if there is room
+                if self._taken() < self._max():
+                    self._register([worker_id], borrowed=False)
+                else:
+                    self._launched_total += 1
+                    self._down_total += 1
+                    self._departed.append(worker_id)
+                    log.warning("worker %s launched beyond the quota; it is stopped", worker_id)
+            return reservation.count
 
     def _release(self, reservation: Reservation) -> None:
         with self._lock:
-            self._reserved -= reservation.count
             if reservation.borrowed:
-                self._borrowed -= reservation.count
-                self._owed += reservation.count
+                for _ in range(reservation.count):
+                    self._loans.owe()
+            reservation.count = 0
+            self._open.discard(reservation)

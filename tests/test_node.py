@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from nodeapp.loans import Grant
 from nodeapp.node import Node
 from nodeapp.results import summary
 from nodeapp.tasks import FAILED, QUEUED, RUNNING
@@ -91,10 +92,10 @@ def test_worker_down_is_idempotent_and_leaves_other_workers_alone(make_node):
         assert departed == []
 
 
-def test_worker_down_of_a_borrowed_worker_owes_the_slot_back(make_node):
+def test_worker_down_of_a_borrowed_worker_owes_the_slot_back(make_node, clock):
     node = make_node(max_workers=1)
     node.workers.add(["own"])
-    with node.workers.reserve(1, borrowed=True) as slot:
+    with node.workers.reserve_loan(Grant("1a", 60.0), clock.now) as slot:
         slot.bind(["lent-to-us"])
     assert node.worker_down("lent-to-us").borrowed is True
     assert node.workers.counts().owed == 1

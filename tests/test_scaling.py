@@ -10,6 +10,7 @@ import itertools
 
 import pytest
 
+from nodeapp.loans import Grant, Renewal
 from nodeapp.peer import PeerClient
 from nodeapp.scaling import Scaler, decide
 from nodeapp.node import Node, ScalingFigures
@@ -72,12 +73,15 @@ class StatePeer(PeerClient):
         self.peer_state = state
         self.up = reachable
 
-    def try_get_quota(self) -> bool:
-        return self.up and self.peer_state.workers.lend()
+    def try_get_quota(self) -> Grant | None:
+        return self.peer_state.workers.lend() if self.up else None
 
-    def return_quota(self) -> bool:
+    def renew_quota(self, loans: list[str]) -> Renewal | None:
+        return self.peer_state.workers.renewal(loans) if self.up else None
+
+    def return_quota(self, loan: str) -> bool:
         if self.up:
-            self.peer_state.workers.loan_returned()
+            self.peer_state.workers.loan_returned(loan)
         return self.up
 
     def ping(self) -> bool:
@@ -110,6 +114,14 @@ def test_backlog_launches_once_and_counts_pending(cluster):
     assert decision["launched"] == 1 and decision["figures"]["queued"] == 1
 
 
+def test_workers_get_the_peer_url_they_reach_it_by(cluster):
+    clock, ours, _, launcher, peer, scaler = cluster
+    scaler.worker_peer_url = "http://127.0.0.1:7"  # WORKER_PEER_URL: the nodes talk through another address
+    ours.tasks.submit(b"x", 10)
+    scaler.tick()
+    assert launcher.launched[0][1] == ["http://127.0.0.1:1", "http://127.0.0.1:7"]
+
+
 def test_claim_makes_a_worker_live(cluster):
     _, ours, _, launcher, _, scaler = cluster
     ours.tasks.submit(b"x", 1)
@@ -132,7 +144,7 @@ def test_at_max_borrows_from_peer_and_returns_the_slot(cluster):
     for worker_id, _ in launcher.launched:
         ours.worker_down(worker_id)
     scaler.tick()  # returns the owed slots
-    assert stats(ours)["quota"] == {"lent": 0, "borrowed": 0, "owed": 0}
+    assert stats(ours)["quota"] == {"lent": 0, "borrowed": 0, "owed": 0, "recovering": False}
     assert stats(theirs)["quota"]["lent"] == 0
     assert stats(ours)["workers"]["max"] + stats(theirs)["workers"]["max"] == 4
 
@@ -225,18 +237,17 @@ def test_summary_line_every_interval(cluster, caplog):
 
 
 # ------------------------------------------------------------------ a failed step
-def owe_one_slot(ours: Node, theirs: Node) -> None:
+def owe_one_slot(ours: Node, theirs: Node, clock: Clock) -> None:
     """The peer lent us a slot whose launch failed: we owe it back."""
-    assert theirs.workers.lend()
-    with ours.workers.reserve(1, borrowed=True):
+    with ours.workers.reserve_loan(theirs.workers.lend(), clock.now):
         pass
 
 
 def test_a_failed_terminate_keeps_the_ids_and_later_steps_still_run(cluster, caplog):
-    _, ours, theirs, launcher, _, scaler = cluster
+    clock, ours, theirs, launcher, _, scaler = cluster
     ours.workers.add(["gone"])
     ours.worker_down("gone")  # due for termination
-    owe_one_slot(ours, theirs)  # due to be given back
+    owe_one_slot(ours, theirs, clock)  # due to be given back
     ours.tasks.submit(b"x", 1)  # due to launch a worker
     terminate = launcher.terminate
 
@@ -254,16 +265,16 @@ def test_a_failed_terminate_keeps_the_ids_and_later_steps_still_run(cluster, cap
 
 
 def test_quota_not_returned_when_the_peer_call_raises_stays_owed(cluster, caplog):
-    _, ours, theirs, launcher, peer, scaler = cluster
-    owe_one_slot(ours, theirs)
-    owe_one_slot(ours, theirs)
+    clock, ours, theirs, launcher, peer, scaler = cluster
+    owe_one_slot(ours, theirs, clock)
+    owe_one_slot(ours, theirs, clock)
     calls = []
 
-    def flaky() -> bool:
+    def flaky(loan: str) -> bool:
         calls.append(1)
         if len(calls) > 1:
             raise ConnectionError("peer reset the connection")
-        theirs.workers.loan_returned()
+        theirs.workers.loan_returned(loan)
         return True
 
     peer.return_quota = flaky

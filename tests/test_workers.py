@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from nodeapp.loans import Grant
 from nodeapp.workers import LIVE, PENDING, WorkerPool
 from tests.helpers import Clock
 
@@ -18,36 +19,48 @@ def quota(pool: WorkerPool) -> tuple[int, int, int, int]:
     return c.max, c.lent, c.borrowed, c.base_max
 
 
+def borrow(pool: WorkerPool, clock: Clock):
+    """A slot the peer granted, reserved for its launch."""
+    borrow.loans += 1
+    return pool.reserve_loan(Grant(f"{borrow.loans:x}", 60.0), clock.now)
+
+
+borrow.loans = 0
+
+
 def test_quota_lend_return_borrow_arithmetic(clock):
     pool = WorkerPool(max_workers=3, monotonic=clock)
     pool.add(["a"])  # pending
     pool.add(["b"])
     pool.seen("b")  # live
     assert (pool.counts().live, pool.counts().pending) == (1, 1)
-    assert pool.lend() is True  # live + pending = 2 < 3: max 3 -> 2
+    first = pool.lend()  # live + pending = 2 < 3: max 3 -> 2
+    assert first and first.ttl == pool.loan_ttl
     assert quota(pool) == (2, 1, 0, 3)
-    assert pool.lend() is False  # 2 < 2 is false: refused, nothing changes
+    assert pool.lend() is None  # 2 < 2 is false: refused, nothing changes
     assert quota(pool) == (2, 1, 0, 3)
     assert pool.remove("a") is not None
-    assert pool.lend() is True  # 1 < 2
+    assert pool.lend()  # 1 < 2
     assert quota(pool) == (1, 2, 0, 3)
-    assert pool.lend() is False  # 1 < 1 is false
-    assert pool.loan_returned() == 2
-    assert pool.loan_returned() == 3
+    assert pool.lend() is None  # 1 < 1 is false
+    assert pool.loan_returned(first.loan) == 2
+    assert pool.loan_returned(first.loan) == 2  # the same loan twice: counted once
+    assert pool.loan_returned() == 3  # SPEC's bare return: the loan nearest its end
     assert pool.loan_returned() == 3  # nothing lent any more: a stray return changes nothing
     assert quota(pool) == (3, 0, 0, 3)
-    borrowed = pool.reserve(2, borrowed=True)  # the peer granted two slots, launch in flight
+    borrowed = [borrow(pool, clock), borrow(pool, clock)]  # the peer granted two slots, launches in flight
     assert quota(pool) == (5, 0, 2, 3)  # max = base - lent + borrowed
-    assert pool.lend() is True  # 1 worker + 2 reserved < 5: a node may lend while it borrows
+    assert pool.lend()  # 1 worker + 2 reserved < 5: a node may lend while it borrows
     assert quota(pool) == (4, 1, 2, 3)
-    borrowed.bind(["c", "d"])
+    borrowed[0].bind(["c"])
+    borrowed[1].bind(["d"])
     assert pool.counts().reserved == 0 and pool.counts().pending == 2
     assert pool.set_base_max(6) == 7
 
 
 def test_zero_quota_never_lends(clock):
     pool = WorkerPool(max_workers=0, monotonic=clock)
-    assert pool.lend() is False
+    assert pool.lend() is None
     assert quota(pool) == (0, 0, 0, 0)
 
 
@@ -55,17 +68,19 @@ def test_reserved_slots_are_taken_until_bound_or_released(clock):
     pool = WorkerPool(max_workers=2, monotonic=clock)
     with pool.reserve(2) as slots:
         assert pool.counts().reserved == 2
-        assert pool.lend() is False  # both slots are held for the launch in flight
+        assert pool.lend() is None  # both slots are held for the launch in flight
+        with pool.reserve(1) as more:
+            assert more.count == 0  # nothing is left to reserve either
         slots.bind(["w1"])  # the launcher started one of the two
         assert (pool.counts().reserved, pool.counts().pending) == (1, 1)
     assert pool.counts().reserved == 0  # the unused one is free again
-    assert pool.lend() is True
+    assert pool.lend()
     assert quota(pool) == (1, 1, 0, 2)
 
 
 def test_an_unused_borrowed_slot_is_owed_back(clock):
     pool = WorkerPool(max_workers=1, monotonic=clock)
-    with pool.reserve(1, borrowed=True):
+    with borrow(pool, clock):
         assert quota(pool) == (2, 0, 1, 1)  # the launch failed: nothing bound
     assert quota(pool) == (1, 0, 0, 1)
     assert pool.counts().owed == 1
@@ -78,7 +93,7 @@ def test_an_unused_borrowed_slot_is_owed_back(clock):
 def test_a_borrowed_worker_going_down_owes_its_slot_once(clock):
     pool = WorkerPool(max_workers=1, monotonic=clock)
     pool.add(["own"])
-    with pool.reserve(1, borrowed=True) as slot:
+    with borrow(pool, clock) as slot:
         slot.bind(["lent-to-us"])
     assert quota(pool) == (2, 0, 1, 1)
     assert pool.remove("lent-to-us").borrowed is True
@@ -91,7 +106,7 @@ def test_a_borrowed_worker_going_down_owes_its_slot_once(clock):
 def test_what_is_not_repaid_stays_owed_also_when_the_block_fails(clock):
     pool = WorkerPool(max_workers=0, monotonic=clock)
     for worker in ("a", "b", "c"):
-        with pool.reserve(1, borrowed=True) as slot:
+        with borrow(pool, clock) as slot:
             slot.bind([worker])
         pool.remove(worker)
     assert pool.counts().owed == 3

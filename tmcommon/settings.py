@@ -132,6 +132,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             help="the URL workers use to reach this node"),
     Setting("peer_url", "PEER_URL", str, "", form=URL,
             help="the other node (can also be set by `POST /configure`)"),
+    Setting("worker_peer_url", "WORKER_PEER_URL", str, "", form=URL, shown_default="`PEER_URL`",
+            help="the other node's URL as given to the workers this node launches, when they reach it "
+                 "by another address than this node does"),
     Setting("cluster_token", "CLUSTER_TOKEN", str, "", form=HEADER_SAFE, secret=True, read_by=BOTH,
             help="shared secret of the internal endpoints (without it they all answer 401), sent by workers "
                  "and the peer in the `X-Cluster-Token` header"),
@@ -139,6 +142,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("scale_interval", "SCALE_INTERVAL", float, 2.0, 0.05, 3600, "seconds between scaler runs"),
     Setting("scale_wait", "SCALE_WAIT", float, 2.0, 0, 3600,
             "seconds the oldest task may wait before the scaler adds workers"),
+    Setting("loan_ttl", "LOAN_TTL_SECONDS", float, 6.0, 2, 86400,
+            "seconds a worker slot lent to the peer stays lent unless the borrower renews it (at least "
+            "3 × `SCALE_INTERVAL`); the borrower renews on each scaler run and gives up a slot it could "
+            "not renew for 2/3 of this time"),
     Setting("worker_idle_seconds", "WORKER_IDLE_SECONDS", float, 60.0, 0.1, 86400, read_by=BOTH,
             option="--idle-seconds",
             help="seconds without a task from either node after which a worker calls `worker_down` and exits"),
@@ -152,6 +159,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("max_iterations", "MAX_ITERATIONS", int, 10_000_000, 1, 10**12, "largest `iterations`"),
     Setting("max_queued", "MAX_QUEUED", int, 100_000, 1, 10**8,
             "queued tasks at which `enqueue` answers 503 `queue_full`"),
+    Setting("max_queued_bytes", "MAX_QUEUED_BYTES", int, 256 * 1024**2, 1, 2**40,
+            shown_default="268435456 (256 MiB)",
+            help="bytes of task bodies a node holds (queued and running) beyond which `enqueue` answers 503 "
+                 "`queue_full`; the default fits the 1 GiB node instance of AWS mode"),
     Setting("results_retention", "RESULTS_RETENTION", int, 100_000, 1, 10**8,
             "completed results (and, separately, failed tasks) kept per node"),
     Setting("max_batch_tasks", "MAX_BATCH_TASKS", int, 1000, 1, 100_000,
