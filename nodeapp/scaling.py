@@ -59,8 +59,9 @@ def decide(f: ScalingFigures, *, scale_wait: float, hash_rate: float) -> Decisio
 
 
 class Scaler:
-    """One scaler run (``tick``): renew loans, requeue expired leases, terminate departed
-    workers, reconcile, give back quota, ping the peer, launch and borrow.
+    """One scaler run (``tick``): renew loans, terminate departed workers, requeue expired
+    leases, reconcile, give back quota, ping the peer, launch and borrow (not from a peer that
+    did not answer its last call: the ping step finds out when it is back).
 
     Runs in the APScheduler thread; every figure it reads or changes goes through the ``Node``.
     Each step is guarded on its own: one that fails is logged and the later steps still run;
@@ -119,9 +120,9 @@ class Scaler:
 
     def _tick(self) -> None:
         for what, step in (
-            ("renew loans", self._renew_loans),
+            ("renew loans", self._renew_loans),  # first, and the terminate step right after it:
+            ("terminate departed workers", self._terminate_departed),  # workers of lost loans stop now
             ("requeue expired leases", self._requeue_expired),
-            ("terminate departed workers", self._terminate_departed),
             ("reconcile workers", self._reconcile),
             ("give back quota", self._give_back_quota),
             ("ping peer", self._ping_peer),
@@ -148,7 +149,7 @@ class Scaler:
         with self.node.workers.reserve(decision.launch) as slots:  # what is free by now
             launched = self._launch(slots)
         borrowed = 0
-        for _ in range(decision.borrow):
+        for _ in range(decision.borrow if self.peer.info()["reachable"] is not False else 0):
             asked_at = self._monotonic()
             grant = self.peer.try_get_quota()
             if grant is None:
