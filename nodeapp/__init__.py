@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask
 
-from nodeapp import bodies, errors
+from nodeapp import bodies, errors, origin
 from nodeapp.config import NodeConfig
 from nodeapp.context import EXTENSION_KEY, NodeContext
 from nodeapp.peer import PeerClient
@@ -68,8 +68,10 @@ def create_app(
         node_url=config.node_url, scale_wait=config.scale_wait, hash_rate=config.hash_rate,
         boot_timeout=config.boot_timeout, summary_seconds=config.summary_seconds,
     )
-    app.extensions[EXTENSION_KEY] = NodeContext(config, node, peer, launcher, scaler)
+    app.extensions[EXTENSION_KEY] = context = NodeContext(config, node, peer, launcher, scaler)
+    context.metrics.instrument(app)  # first: times the requests the next hooks refuse, too
     errors.init_app(app)
+    origin.init_app(app)  # a browser changes state only from the node's own pages
     bodies.init_app(app)
     from nodeapp.api import bp
 

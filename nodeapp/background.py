@@ -28,6 +28,10 @@ def start_background(app: Flask, node_url: str | None = None) -> BackgroundSched
             ctx.scaler.tick, "interval", seconds=ctx.config.scale_interval, id="scale",
             max_instances=1, coalesce=True, replace_existing=True,
         )
+        scheduler.add_job(
+            ctx.sample_history, "interval", seconds=ctx.config.history_seconds, id="history",
+            max_instances=1, coalesce=True, replace_existing=True,
+        )
         scheduler.start()
         ctx.scheduler = scheduler
         log.info("scaler started: every %gs, launcher %s, node url %s",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from flask import current_app
 
 from nodeapp.config import NodeConfig
+from nodeapp.history import History, Sample
 from nodeapp.metrics import Metrics
 from nodeapp.node import Node
 from nodeapp.peer import PeerClient
@@ -32,6 +34,7 @@ class NodeContext:
     scaler: Scaler
     metrics: Metrics = field(init=False)
     summaries: EncodedSummaries = field(init=False)
+    history: History = field(init=False)
     scheduler: Any = None
     background_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -39,6 +42,7 @@ class NodeContext:
         self.metrics = Metrics(self.stats, self.config.node_name)
         self.node.tasks.timings = self.metrics.task_timings
         self.summaries = EncodedSummaries(self.config.results_retention)
+        self.history = History(self.config.history_seconds)
 
     def stats(self) -> dict:
         stats = stats_json(self.node.stats())
@@ -52,6 +56,14 @@ class NodeContext:
             "decisions": self.scaler.decisions()[:20],
         }
         return stats
+
+    def sample_history(self) -> None:
+        """One sample of the dashboard's chart (a scheduler job, every HISTORY_SECONDS). Asks the
+        peer for its health, so that an outage shows even when nothing else calls it."""
+        peer_reachable = self.peer.ping() if self.peer.url else None
+        tasks, workers = self.node.tasks.counts(), self.node.workers.counts()
+        self.history.add(Sample(self.history.slot(time.time()), tasks.queued, tasks.running, workers.live,
+                                workers.pending, tasks.completed, tasks.failed, peer_reachable))
 
     def configure(self, peer_url: str | None = None, max_workers: int | None = None) -> None:
         """Settings that ``run_program.py`` sends after start (``POST /configure``)."""

@@ -146,3 +146,13 @@ class PeerClient:
 
     def ping(self) -> bool:
         return self._json("GET", "/health") is not None
+
+    def history(self) -> dict | None:
+        """The peer's own ``GET /history`` (the dashboard's chart), or None."""
+        data = self._json("GET", "/history")
+        return data if isinstance(data, dict) else None
+
+    def dashboard_part(self) -> dict | None:
+        """The peer's own workers and failed tasks (``GET /dashboard/node``), or None."""
+        data = self._json("GET", "/dashboard/node")
+        return data if isinstance(data, dict) else None

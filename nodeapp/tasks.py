@@ -521,6 +521,11 @@ class TaskStore:
         with self._lock:
             return list(itertools.islice(reversed(self._completed.values()), top))
 
+    def newest_failed(self, top: int) -> list[TaskRecord]:
+        """The ``top`` newest failed or cancelled tasks, newest first (the dashboard's list). O(top)."""
+        with self._lock:
+            return list(itertools.islice(reversed(self._failed.values()), top))
+
     def start_draining(self) -> None:
         """From now on ``submit`` raises ``Draining``."""
         with self._lock:

@@ -1,4 +1,5 @@
-"""The dashboard: its JSON through the test client, and the page in a real headless Chromium.
+"""The dashboard: its JSON through the test client, and the page in a real headless Chromium
+(the chart of the last hour, look-up, cancel and retry, the stale warning).
 
 The browser test drives Debian's ``chromium`` (/usr/bin/chromium) with the Playwright package and
 never downloads a browser. Without chromium it is skipped, unless REQUIRE_BROWSER=1 (set by CI),
@@ -13,6 +14,7 @@ import shutil
 
 import pytest
 
+from nodeapp.history import History, Sample, merge
 from provisioning.local_cluster import free_port
 from tests.conftest import TOKEN
 from tests.helpers import QUICK_ENV, running_cluster, wait_for
@@ -75,6 +77,72 @@ def test_unreachable_peer_is_shown_as_unreachable(app):
     assert data["totals"]["workers"]["max"] == 5  # only the node that answered counts
 
 
+def sample(at: float, completed: int, queued: int = 0, peer: bool | None = True) -> Sample:
+    return Sample(at, queued, 1, 2, 0, completed, 0, peer)
+
+
+def test_history_keeps_a_bounded_series_with_a_rate_per_minute():
+    history = History(interval=10, points=360)
+    assert history.slot(1_000_017.5) == 1_000_010
+    for i in range(400):
+        history.add(sample(1_000_000 + 10 * i, completed=5 * i))
+    points = history.samples()
+    assert len(points) == 360 and points[0].at == 1_000_000 + 10 * 40
+    assert {p.per_minute for p in points} == {30.0}  # 5 completions per 10 s
+    history.add(sample(points[-1].at, completed=points[-1].completed + 1))  # the same slot: replaced
+    assert len(history.samples()) == 360 and history.samples()[-1].per_minute == 36.0
+
+
+def test_merge_adds_the_nodes_up_per_sample_time():
+    a = [{"at": 10.0, "queued": 1, "running": 1, "live": 1, "pending": 0, "per_minute": None, "peer_reachable": True},
+         {"at": 20.0, "queued": 2, "running": 1, "live": 1, "pending": 1, "per_minute": 6.0, "peer_reachable": False}]
+    b = [{"at": 10.0, "queued": 3, "running": 0, "live": 2, "pending": 0, "per_minute": 12.0, "peer_reachable": True}]
+    assert merge([a, b]) == [
+        {"at": 10.0, "queued": 4, "running": 1, "live": 3, "pending": 0, "per_minute": 12.0, "nodes": 2,
+         "peer_down": False},
+        {"at": 20.0, "queued": 2, "running": 1, "live": 1, "pending": 1, "per_minute": 6.0, "nodes": 1,
+         "peer_down": True},
+    ]
+
+
+def test_history_failed_tasks_and_workers_in_the_json(app, client, auth):
+    from nodeapp.context import get_context
+
+    app.extensions["nodeapp"].node.workers.add(["w1"])
+    run_one_task(client, auth, b"other")  # w1 claims: live, seen just now
+    queued = client.put("/enqueue?iterations=5", data=SECRET_BODY).get_json()["id"]
+    with app.app_context():
+        get_context().sample_history()
+    assert client.post(f"/cancel/{queued}").status_code == 200
+    own = client.get("/history").get_json()
+    assert own["node"] == "test-node" and own["interval"] == 10.0 and len(own["points"]) == 1
+    point = own["points"][0]
+    assert (point["queued"], point["completed"], point["peer_reachable"]) == (1, 1, None)
+    assert own["decisions"] == []
+    chart = client.get("/dashboard/history").get_json()
+    assert chart["window"] == 3600.0 and chart["points"][0]["queued"] == 1 and chart["points"][0]["nodes"] == 1
+    data = client.get("/dashboard/data").get_json()
+    assert [(f["id"], f["state"], f["reason"]) for f in data["failed"]] == [(queued, "cancelled", "cancelled by a client")]
+    (worker,) = data["workers"]
+    assert (worker["node"], worker["id"], worker["state"]) == ("test-node", "w1", "live")
+    assert 0 <= worker["last_seen_ago"] < 60
+    assert client.get("/dashboard/node").get_json()["failed"][0]["id"] == queued
+    assert SECRET_BODY.decode() not in client.get("/dashboard/data").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("headers", [{"Origin": "http://evil.example"}, {"Origin": "null"},
+                                     {"Sec-Fetch-Site": "cross-site"}, {"Origin": "http://localhost:9999"}])
+def test_a_browser_on_another_site_cannot_change_state(client, headers):
+    task_id = client.put("/enqueue?iterations=5", data=b"x").get_json()["id"]
+    refused = client.post(f"/cancel/{task_id}", headers=headers)
+    assert refused.status_code == 403 and refused.get_json()["error"] == "cross_origin"
+    assert client.put("/enqueue?iterations=5", data=b"y", headers=headers).status_code == 403
+    assert client.get(f"/status/{task_id}", headers=headers).get_json()["state"] == "queued"  # reading is fine
+    assert client.get("/stats").get_json()["enqueued"] == 1  # the refused enqueue queued nothing
+    same_site = client.post(f"/cancel/{task_id}", headers={"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"})
+    assert same_site.status_code == 200 and same_site.get_json()["state"] == "cancelled"
+
+
 # ------------------------------------------------------------------------- the browser
 def chromium_path() -> str | None:
     return CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
@@ -98,7 +166,8 @@ def browser_or_skip():
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     browser_or_skip()
-    with running_cluster(QUICK_ENV, tmp_path_factory.mktemp("dashboard-cluster")) as nodes:
+    env = {**QUICK_ENV, "HISTORY_SECONDS": "0.5"}  # the chart fills in seconds
+    with running_cluster(env, tmp_path_factory.mktemp("dashboard-cluster")) as nodes:
         yield nodes
 
 
@@ -175,9 +244,75 @@ def test_fits_a_phone_width_screen(page):
         page.set_viewport_size({"width": 1100, "height": 900})
 
 
+def count(page, selector: str) -> int:
+    return page.locator(selector).count()
+
+
+@pytest.mark.integration
+def test_the_chart_draws_the_last_hour_with_scaling_decisions(page):
+    wait_for(lambda: int(page.evaluate("() => document.body.dataset.chartPoints || '0'")) >= 3, timeout=30,
+             what="three samples in the chart")
+    for cls in ("queued", "running", "live", "pending"):
+        assert count(page, f"#chart-load path.line.{cls}") == 1
+    assert count(page, "#chart-rate path.line.rate") == 1
+    wait_for(lambda: count(page, "#chart-load g.marker") >= 1, timeout=20, what="a scaling decision marked")
+    assert "launched" in page.text_content("#chart-load g.marker title")
+    assert page.is_hidden("#chart-empty")
+    assert count(page, "#chart-load rect.band") == 0  # no outage yet
+
+
+@pytest.mark.integration
+def test_workers_are_listed_with_state_engine_and_last_seen(page, cluster):
+    client = Client(cluster.urls)
+    client.wait([client.enqueue(b"keep a worker busy", 20_000)], timeout=60)
+    wait_for(lambda: "s ago" in table_text(page, "workers"), timeout=20, what="a worker with its last-seen time")
+    rows = table_text(page, "workers")
+    assert "live" in rows and ("native" in rows or "python" in rows)
+
+
+@pytest.mark.integration
+def test_look_up_cancel_and_retry_from_the_page(page, cluster):
+    client = Client(cluster.urls)
+    task_id = client.enqueue(b"a long task to cancel", 10_000_000)
+    page.fill("#lookup-id", task_id)
+    page.click("#lookup button[type=submit]")
+    wait_for(lambda: page.is_visible("#lookup-result") and task_id in page.inner_text("#lookup-result"), timeout=10,
+             what="the task looked up")
+    assert page.inner_text("#lookup-result .state-queued, #lookup-result .state-running") in ("queued", "running")
+    page.click("#lookup-result button:text('Cancel')")
+    wait_for(lambda: "cancelled" in page.inner_text("#action-message"), timeout=10, what="the cancel answered")
+    assert client.status(task_id)["state"] == "cancelled"
+    wait_for(lambda: task_id[:12] in table_text(page, "failed"), timeout=10, what="the cancelled task listed")
+    assert "cancelled by a client" in table_text(page, "failed")
+
+    page.click(f"#failed td[title='{task_id}'] ~ td button:text('Retry')")
+    wait_for(lambda: "queued again" in page.inner_text("#action-message"), timeout=10, what="the retry answered")
+    assert client.status(task_id)["state"] in ("queued", "running")
+    client.cancel(task_id)  # spare the CPU
+
+    page.fill("#lookup-id", "f" * 32)  # a well-formed id no node knows
+    page.click("#lookup button[type=submit]")
+    wait_for(lambda: "unknown_task" in page.inner_text("#action-message"), timeout=10, what="the unknown id reported")
+
+
+@pytest.mark.integration
+def test_a_stale_warning_shows_while_updates_stop(page):
+    assert page.is_hidden("#stale")
+    page.route("**/dashboard/data", lambda route: route.abort())
+    try:
+        wait_for(lambda: page.is_visible("#stale"), timeout=20, what="the stale warning")
+        assert page.inner_text("#stale").startswith("Stale: no update for")
+        assert "is-stale" in page.evaluate("() => document.body.className")
+    finally:
+        page.unroute("**/dashboard/data")
+    wait_for(lambda: page.is_hidden("#stale"), timeout=20, what="the warning gone once updates resume")
+
+
 @pytest.mark.integration
 def test_shows_when_the_peer_goes_away(page, cluster):
     cluster.stop_node(1, grace=5)
     wait_for(lambda: figure(page, "peer") == "unreachable", timeout=20, what="the peer shown unreachable")
     assert "unreachable" in table_text(page, "nodes")
     assert figure(page, "total-workers").endswith("/ 2")  # only node-a's figures count now
+    wait_for(lambda: count(page, "#chart-load rect.band") >= 1, timeout=30, what="the outage marked in the chart")
+    assert "peer unreachable" in page.text_content("#chart-load rect.band title")

@@ -179,6 +179,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
                  "the worker at its measured rate)"),
     Setting("summary_seconds", "LOG_SUMMARY_SECONDS", float, 60.0, 0, 86400,
             "seconds between summary log lines; 0 = none"),
+    Setting("history_seconds", "HISTORY_SECONDS", float, 10.0, 0.1, 600,
+            "seconds between two samples of the dashboard's chart (`GET /history` keeps the newest 360: an hour "
+            "at the default)"),
     Setting("worker_id", "WORKER_ID", str, "", read_by=WORKER, option="--worker-id", shown_default="host-pid",
             help="this worker's id, as its node knows it"),
 )}

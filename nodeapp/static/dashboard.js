@@ -1,11 +1,17 @@
-// The dashboard polls the node's dashboard/data JSON and redraws the figures; no library, no build step.
+// The dashboard polls the node's dashboard/data JSON and redraws the figures, draws the last hour
+// from dashboard/history (chart.js), looks tasks up and cancels or retries them; no build step.
 "use strict";
 
 (function () {
   const POLL_MS = 2000;
+  const FETCH_TIMEOUT_MS = 5000;
+  const STALE_S = 3 * POLL_MS / 1000; // three missed refreshes in a row
   const RATE_WINDOW_S = 60;
   const source = document.body.dataset.source;
+  const historySource = document.body.dataset.history;
+  const historyMs = Math.max(2000, 1000 * Number(document.body.dataset.historySeconds || 10));
   const samples = []; // [server time in s, completed total], for "completed / min"
+  let lastUpdate = null; // Date.now() of the last refresh that worked
 
   function byId(id) { return document.getElementById(id); }
 
@@ -45,6 +51,47 @@
   }
 
   function workers(w) { return w ? w.live + " / " + w.pending + " / " + w.max : ""; }
+
+  // fetch with a deadline: a node that hangs must not stop the page from noticing.
+  function getJSON(url, options) {
+    const controller = new AbortController();
+    const timer = setTimeout(function () { controller.abort(); }, FETCH_TIMEOUT_MS);
+    const init = Object.assign({ cache: "no-store", headers: { Accept: "application/json" }, signal: controller.signal },
+      options || {});
+    return fetch(url, init).then(function (response) {
+      return response.json().catch(function () { return {}; }).then(function (body) {
+        return { ok: response.ok, status: response.status, body: body };
+      });
+    }).finally(function () { clearTimeout(timer); });
+  }
+
+  function ago(seconds) {
+    if (seconds === null || seconds === undefined) return "never";
+    return seconds < 90 ? Math.round(seconds) + " s ago" : Math.round(seconds / 60) + " min ago";
+  }
+
+  function button(text, onClick, title) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = text;
+    if (title) b.title = title;
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
+  // ------------------------------------------------------------ stale warning
+  function checkStale() {
+    const banner = byId("stale");
+    const age = lastUpdate === null ? null : (Date.now() - lastUpdate) / 1000;
+    const stale = age === null ? performance.now() / 1000 > STALE_S : age > STALE_S;
+    banner.hidden = !stale;
+    document.body.classList.toggle("is-stale", stale);
+    if (stale) {
+      banner.textContent = "Stale: " + (age === null ? "no update received yet" :
+        "no update for " + Math.round(age) + " s (last at " + clock(lastUpdate / 1000) + ")") +
+        ". The figures below are not current.";
+    }
+  }
 
   function perMinute(at, completed) {
     if (samples.length && completed < samples[samples.length - 1][1]) samples.length = 0; // a node dropped out
@@ -107,19 +154,152 @@
       cell(tr, d.queued, "num");
       cell(tr, d.workers, "num");
     });
+    fill("failed", "failed-empty", data.failed || [], function (tr, f) {
+      cell(tr, clock(f.at));
+      cell(tr, f.node);
+      cell(tr, short(f.id, 12), "mono", f.id);
+      cell(tr, f.state, "bad");
+      cell(tr, f.iterations, "num");
+      cell(tr, f.reason);
+      cell(tr, "").appendChild(button("Retry", function () { act("retry", f.id); }, "queue task " + f.id + " again"));
+    });
+    fill("workers", "workers-empty", data.workers || [], function (tr, w) {
+      cell(tr, w.node);
+      cell(tr, w.id, "mono");
+      cell(tr, w.state, w.state === "live" ? "ok" : "");
+      cell(tr, w.engine || "–");
+      cell(tr, w.borrowed ? "borrowed" : "own");
+      cell(tr, ago(w.last_seen_ago), "num");
+    });
     setText("updated", "updated " + clock(data.at), "ok");
+    lastUpdate = Date.now();
+    checkStale();
   }
 
   function poll() {
-    fetch(source, { cache: "no-store", headers: { Accept: "application/json" } })
-      .then(function (response) {
-        if (!response.ok) throw new Error("HTTP " + response.status);
-        return response.json();
+    getJSON(source)
+      .then(function (answer) {
+        if (!answer.ok) throw new Error("HTTP " + answer.status);
+        render(answer.body);
       })
-      .then(render)
       .catch(function (err) { setText("updated", "cannot reach this node (" + err.message + ")", "bad"); })
       .finally(function () { setTimeout(poll, POLL_MS); });
   }
 
+  // ------------------------------------------------------------ the last hour
+  function drawHistory(h) {
+    const end = h.at, start = h.at - h.window;
+    const pts = h.points || [];
+    const series = function (name, cls, key) {
+      return { name: name, cls: cls, points: pts.map(function (p) { return [p.at, p[key] === undefined ? null : p[key]]; }) };
+    };
+    const markers = (h.decisions || []).map(function (d) {
+      return { at: d.at, title: clock(d.at) + " " + d.node + ": " + d.reason + " -> launched " + d.launched +
+        ", borrowed " + d.borrowed };
+    });
+    const bands = [];
+    pts.forEach(function (p) {
+      if (!p.peer_down) return;
+      const last = bands[bands.length - 1];
+      if (last && p.at - last.to <= h.interval * 1.5) last.to = p.at + h.interval;
+      else bands.push({ from: p.at, to: p.at + h.interval });
+    });
+    bands.forEach(function (b) { b.title = "peer unreachable " + clock(b.from) + " – " + clock(b.to); });
+    window.TmChart.draw(byId("chart-load"), {
+      start: start, end: end, markers: markers, bands: bands,
+      series: [series("queued", "queued", "queued"), series("running", "running", "running"),
+        series("workers live", "live", "live"), series("workers pending", "pending", "pending")],
+    });
+    window.TmChart.draw(byId("chart-rate"), {
+      start: start, end: end, markers: markers, bands: bands,
+      series: [series("completed per minute", "rate", "per_minute")],
+    });
+    byId("chart-empty").hidden = pts.length > 1;
+    document.body.dataset.chartPoints = String(pts.length);
+  }
+
+  function pollHistory() {
+    getJSON(historySource)
+      .then(function (answer) { if (answer.ok) drawHistory(answer.body); })
+      .catch(function () { /* the stale warning tells */ })
+      .finally(function () { setTimeout(pollHistory, historyMs); });
+  }
+
+  // ------------------------------------------------------------ look-up, cancel, retry
+  function showMessage(text, bad) {
+    const el = byId("action-message");
+    el.textContent = text;
+    el.className = "action-message " + (bad ? "bad" : "ok");
+    el.hidden = false;
+  }
+
+  function errorText(answer) {
+    const b = answer.body || {};
+    return (b.error ? b.error + ": " : "HTTP " + answer.status + ": ") + (b.message || "");
+  }
+
+  function showTask(task) {
+    const box = byId("lookup-result");
+    const rows = [["id", task.id], ["state", task.state], ["iterations", task.iterations],
+      ["enqueued", clock(task.enqueued_at)], ["completed", clock(task.completed_at)]];
+    if (task.done !== undefined && task.state !== "completed") rows.push(["iterations done", task.done]);
+    if (task.result) rows.push(["result", task.result]);
+    if (task.reason) rows.push(["reason", task.reason]);
+    if (task.reused_from) rows.push(["reused from", task.reused_from]);
+    const dl = document.createElement("dl");
+    rows.forEach(function (r) {
+      if (r[1] === "" || r[1] === undefined || r[1] === null) return;
+      const dt = document.createElement("dt"), dd = document.createElement("dd");
+      dt.textContent = r[0];
+      dd.textContent = String(r[1]);
+      if (r[0] === "state") dd.className = "state-" + task.state;
+      dl.append(dt, dd);
+    });
+    const actions = document.createElement("p");
+    if (task.state === "queued" || task.state === "running") {
+      actions.appendChild(button("Cancel", function () { act("cancel", task.id); }, "cancel task " + task.id));
+    }
+    if (task.state === "failed" || task.state === "cancelled") {
+      actions.appendChild(button("Retry", function () { act("retry", task.id); }, "queue task " + task.id + " again"));
+    }
+    box.replaceChildren(dl, actions);
+    box.dataset.taskId = task.id;
+    box.hidden = false;
+  }
+
+  function lookUp(id) {
+    id = id.trim().toLowerCase();
+    if (!id) return;
+    getJSON("status/" + encodeURIComponent(id)).then(function (answer) {
+      if (answer.ok) {
+        showTask(answer.body);
+        byId("action-message").hidden = true;
+      } else {
+        byId("lookup-result").hidden = true;
+        showMessage(errorText(answer), true);
+      }
+    }).catch(function (err) { showMessage("cannot reach this node (" + err.message + ")", true); });
+  }
+
+  // Cancel and retry are public API calls (no token), like enqueue; the node refuses them from
+  // another site's pages (nodeapp/origin.py).
+  function act(verb, id) {
+    getJSON(verb + "/" + encodeURIComponent(id), { method: "POST" }).then(function (answer) {
+      if (answer.ok) {
+        showMessage("task " + id + (verb === "cancel" ? " cancelled" : " queued again") + ": now " + answer.body.state, false);
+        showTask(answer.body);
+      } else {
+        showMessage(verb + " " + id + " refused: " + errorText(answer), true);
+      }
+    }).catch(function (err) { showMessage("cannot reach this node (" + err.message + ")", true); });
+  }
+
+  byId("lookup").addEventListener("submit", function (event) {
+    event.preventDefault();
+    lookUp(byId("lookup-id").value);
+  });
+
+  setInterval(checkStale, 1000);
   poll();
+  pollHistory();
 })();
