@@ -18,12 +18,12 @@ import requests
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
 from provisioning import policies
-from provisioning.artifacts import ArtifactBucket, Wheel
+from provisioning.artifacts import ArtifactBucket, Artifacts
 from provisioning.iam import IamWrapper
 from provisioning.instances import (
     ALIVE_STATES, NOT_GONE_STATES, architecture, cluster_instances, latest_ami, run_request, tag_value,
 )
-from provisioning.naming import NODE_PORT, TAG_ROLE, ClusterNames
+from provisioning.naming import NODE_PORT, TAG_ROLE, TOKEN_VARIABLES, ClusterNames, partition_of
 from provisioning.network import NetworkWrapper
 from provisioning.secrets import TokenStore
 from provisioning.userdata import Delivery, node_script
@@ -48,6 +48,7 @@ class ClusterSpec:
     node_env: Mapping[str, str] = field(default_factory=dict)
     port: int = NODE_PORT
     worker_spot: bool = False
+    permissions_boundary: str | None = None  # an ARN the caller's organisation requires; else our own
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,9 @@ class Provisioner:
     @property
     def names(self) -> ClusterNames:
         if self._names is None:
-            account = self.c.sts.get_caller_identity()["Account"]
-            self._names = ClusterNames(self.spec.name, account, self.spec.region)
+            identity = self.c.sts.get_caller_identity()
+            self._names = ClusterNames(self.spec.name, identity["Account"], self.spec.region,
+                                       partition_of(identity.get("Arn", "")))
         return self._names
 
     def say(self, text: str) -> None:
@@ -138,15 +140,19 @@ class Provisioner:
         found = [f"instance {i['InstanceId']}" for i in cluster_instances(self.c.ec2, self.spec.name)]
         found += [f"security group {g['GroupName']}" for g in NetworkWrapper(self.c.ec2).cluster_groups(self.spec.name)]
         found += [f"role {r['RoleName']}" for r in IamWrapper(self.c.iam).roles(names.iam_path)]
-        if TokenStore(self.c.ssm).exists(names.token_parameter):
-            found.append(f"parameter {names.token_parameter}")
+        store = TokenStore(self.c.ssm)
+        found += [f"parameter {name}" for name in self._token_parameters() if store.exists(name)]
         if ArtifactBucket(self.c.s3, self.spec.region).exists(names.bucket):
             found.append(f"bucket {names.bucket}")
         return found
 
     # ------------------------------------------------------------ building
-    def provision(self, wheel: Wheel, token: str | None = None) -> tuple[list[NodeInstance], str]:
-        """Build the cluster; returns its nodes and token. Raises StepFailed."""
+    def _token_parameters(self) -> list[str]:
+        return [self.names.token_parameter_of(kind) for kind in TOKEN_VARIABLES]
+
+    def provision(self, artifacts: Artifacts, token: str | None = None) -> list[NodeInstance]:
+        """Build the cluster; returns its nodes. ``token`` is the worker token (else a new one).
+        Raises StepFailed."""
         spec = self.spec
         tags = None
         with self.step("look up the account, default VPC and subnets"):
@@ -156,17 +162,26 @@ class Provisioner:
             vpc = net.default_vpc()
             subnets = net.default_subnets(vpc)
         with self.step("look up the Amazon Linux 2023 AMIs (public SSM parameter)"):
-            node_ami = latest_ami(self.c.ssm, architecture(self.c.ec2, spec.node_instance_type))
-            worker_ami = latest_ami(self.c.ssm, architecture(self.c.ec2, spec.worker_instance_type))
-        with self.step("store the cluster token in SSM Parameter Store (SecureString)"):
-            token = TokenStore(self.c.ssm).create(names.token_parameter, tags, token)
-            self.created.append(f"parameter {names.token_parameter}")
-        wheel_key = f"wheels/{wheel.filename}"
-        with self.step(f"upload {wheel.filename} to the cluster bucket"):
+            node_arch = architecture(self.c.ec2, spec.node_instance_type)
+            worker_arch = architecture(self.c.ec2, spec.worker_instance_type)
+            node_ami = latest_ami(self.c.ssm, node_arch)
+            worker_ami = latest_ami(self.c.ssm, worker_arch)
+        with self.step(f"build the code for {node_arch} nodes and {worker_arch} workers (pip wheel, pip download)"):
+            node_bundle = artifacts.bundle("node", node_arch)
+            worker_bundle = artifacts.bundle("worker", worker_arch)
+            self.say(f"  {artifacts.wheel.filename} (sha256 {artifacts.wheel.sha256[:12]}); "
+                     f"{len(node_bundle.wheels)} wheels for nodes, {len(worker_bundle.wheels)} for workers")
+        with self.step("store the worker, peer and operator tokens in SSM Parameter Store (SecureString)"):
+            store = TokenStore(self.c.ssm)
+            for kind in TOKEN_VARIABLES:
+                store.create(names.token_parameter_of(kind), tags, token if kind == "worker" else None)
+                self.created.append(f"parameter {names.token_parameter_of(kind)}")
+        with self.step("upload the bundles to the cluster bucket"):
             bucket = ArtifactBucket(self.c.s3, spec.region)
             bucket.create(names.bucket, tags)
             self.created.append(f"bucket {names.bucket}")
-            wheel_uri = bucket.upload(names.bucket, wheel_key, wheel)
+            node_uri = bucket.upload(names.bucket, node_bundle)
+            worker_uri = bucket.upload(names.bucket, worker_bundle)
         with self.step("create the security groups"):
             node_sg = net.create_group(names.security_group("node"), "task manager nodes", vpc, tags)
             self.created.append(f"security group {names.security_group('node')} ({node_sg})")
@@ -176,13 +191,17 @@ class Provisioner:
             net.open_node_port(node_sg, worker_sg, spec.port, spec.allow_cidr,
                                spec.ssh_cidr if spec.key_name else None)
         node_subnets = [subnets[i % len(subnets)] for i in range(len(NODE_NAMES))]
-        scope = policies.WorkerLaunchScope(worker_ami, spec.worker_instance_type, tuple(dict.fromkeys(node_subnets)),
-                                           worker_sg, wheel_key)
+        scope = policies.WorkerLaunchScope(worker_ami, spec.worker_instance_type, tuple(subnets), worker_sg,
+                                           node_bundle.key)
         with self.step("create the IAM roles, policies and instance profiles"):
             iam = IamWrapper(self.c.iam)
-            for kind, document in (("worker", policies.worker_policy(names, wheel_key)),
+            boundary = spec.permissions_boundary
+            if not boundary:
+                boundary = iam.create_policy(names.boundary, names.iam_path, policies.boundary_policy(names), tags)
+                self.created.append(f"policy {names.boundary} (permissions boundary)")
+            for kind, document in (("worker", policies.worker_policy(names, worker_bundle.key)),
                                    ("node", policies.node_policy(names, scope))):
-                iam.create_role(names.role(kind), names.iam_path, policies.trust_policy(), tags)
+                iam.create_role(names.role(kind), names.iam_path, policies.trust_policy(), tags, boundary)
                 self.created.append(f"role {names.role(kind)}")
                 policy_arn = iam.create_policy(names.policy(kind), names.iam_path, document, tags)
                 self.created.append(f"policy {names.policy(kind)}")
@@ -192,22 +211,25 @@ class Provisioner:
             if spec.worker_spot and iam.ensure_spot_service_role():
                 self.say("  created the account's service-linked role for EC2 Spot (AWSServiceRoleForEC2Spot; "
                          "it is shared by the account and stays after --destroy)")
-        delivery = Delivery(spec.region, wheel_uri, names.token_parameter)
+        delivery = Delivery(spec.region, node_uri, names.token_parameter)
+        node_secrets = {TOKEN_VARIABLES[kind]: names.token_parameter_of(kind) for kind in ("peer", "operator")}
         ids = []
-        for node_name, subnet in zip(NODE_NAMES, node_subnets):
+        for index, (node_name, subnet) in enumerate(zip(NODE_NAMES, node_subnets)):
             with self.step(f"create {node_name} ({spec.node_instance_type})"):
+                worker_subnets = [subnet, *(s for s in subnets if s != subnet)]  # its own zone first
                 env = {**spec.node_env, "NODE_NAME": node_name, "LAUNCHER": "ec2",
                        "MAX_NUM_OF_WORKERS": str(spec.max_workers),
                        "TM_CLUSTER": spec.name, "TM_REGION": spec.region,
                        "TM_WORKER_AMI": worker_ami, "TM_WORKER_INSTANCE_TYPE": spec.worker_instance_type,
-                       "TM_WORKER_SUBNET": subnet, "TM_WORKER_SECURITY_GROUP": worker_sg,
+                       "TM_WORKER_SUBNETS": ",".join(worker_subnets), "TM_WORKER_SECURITY_GROUP": worker_sg,
                        "TM_WORKER_INSTANCE_PROFILE": names.profile_arn("worker"),
-                       "TM_WHEEL_URI": wheel_uri, "TM_TOKEN_PARAMETER": names.token_parameter,
+                       "TM_WORKER_BUNDLE_URI": worker_uri, "TM_TOKEN_PARAMETER": names.token_parameter,
                        "TM_WORKER_SPOT": "1" if spec.worker_spot else "0"}
                 request = run_request(
                     ami_id=node_ami, instance_type=spec.node_instance_type, subnet_id=subnet,
                     security_group_id=node_sg, profile_arn=names.profile_arn("node"),
-                    user_data=node_script(delivery, env, spec.port),
+                    user_data=node_script(delivery, env, spec.port, secrets=node_secrets,
+                                          peer_name=NODE_NAMES[1 - index]),
                     tags=names.tags(**{TAG_ROLE: "node", "Name": node_name}), key_name=spec.key_name)
                 instance_id = self._run_when_profile_ready(request)
                 self.created.append(f"instance {instance_id} ({node_name})")
@@ -215,7 +237,7 @@ class Provisioner:
         with self.step("wait for both nodes to be running"):
             self.c.ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": 60})
             nodes = self.nodes()
-        return nodes, token
+        return nodes
 
     def _run_when_profile_ready(self, request: dict) -> str:
         deadline = self.clock() + PROFILE_PROPAGATION_SECONDS
@@ -247,8 +269,8 @@ class Provisioner:
                         for i in instances]
         removed += self._with_retry(lambda: NetworkWrapper(self.c.ec2).delete_cluster_groups(self.spec.name))
         removed += IamWrapper(self.c.iam).delete_path(names.iam_path)
-        if TokenStore(self.c.ssm).delete(names.token_parameter):
-            removed.append(f"parameter {names.token_parameter}")
+        store = TokenStore(self.c.ssm)
+        removed += [f"parameter {name}" for name in self._token_parameters() if store.delete(name)]
         if ArtifactBucket(self.c.s3, self.spec.region).delete(names.bucket):
             removed.append(f"bucket {names.bucket}")
         return removed
@@ -291,13 +313,12 @@ def wait_healthy(urls: Mapping[str, str], timeout: float, out: TextIO, *,
         sleep(interval)
 
 
-def configure_nodes(nodes: list[NodeInstance], urls: Mapping[str, str], token: str, max_workers: int) -> dict:
-    """``POST /configure`` each node with its peer's private URL and MAX_NUM_OF_WORKERS."""
-    answers = {}
-    for node, peer in ((nodes[0], nodes[1]), (nodes[1], nodes[0])):
-        reply = requests.post(urls[node.name] + "/configure", timeout=10,
-                              headers={"X-Cluster-Token": token},
-                              json={"peer_url": peer.private_url, "max_workers": max_workers})
-        reply.raise_for_status()
-        answers[node.name] = reply.json()
-    return answers
+def peer_of(url: str, other: NodeInstance) -> str:
+    """What the node at ``url`` says of its peer in its public ``/stats``, in a few words."""
+    try:
+        peer = requests.get(url + "/stats", timeout=5).json().get("peer") or {}
+    except (requests.RequestException, ValueError, AttributeError):
+        return "its peer could not be checked"
+    if peer.get("url") != other.private_url:
+        return f"peer {other.name} not found yet: see /var/log/tm-bootstrap.log"
+    return f"peer {other.name} {'reachable' if peer.get('reachable') else 'found, not reached yet'}"

@@ -9,11 +9,12 @@ Settings come from the environment, which the node's user-data writes (see docs/
     TM_CLUSTER                  cluster name (the tm-cluster tag)            required
     TM_WORKER_AMI               AMI id for workers                           required
     TM_WORKER_INSTANCE_TYPE     e.g. t3.micro                                required
-    TM_WORKER_SUBNET            subnet id workers launch into                required
+    TM_WORKER_SUBNETS           subnet ids workers launch into, comma-separated, the
+                                node's own first (the others after a capacity error)  required
     TM_WORKER_SECURITY_GROUP    the workers' security group id               required
     TM_WORKER_INSTANCE_PROFILE  ARN of the worker instance profile           required
-    TM_WHEEL_URI                s3://bucket/key of this project's wheel      required
-    TM_TOKEN_PARAMETER          SSM parameter holding the cluster token      required
+    TM_WORKER_BUNDLE_URI        s3://bucket/key of the workers' code bundle  required
+    TM_TOKEN_PARAMETER          SSM parameter holding the worker token       required
     TM_REGION                   region (else AWS_DEFAULT_REGION)             required
     TM_LIST_GRACE               seconds a just-launched instance counts as running
                                 although DescribeInstances does not list it yet (default 120)
@@ -55,10 +56,10 @@ _REQUIRED = {
     "cluster": "TM_CLUSTER",
     "ami_id": "TM_WORKER_AMI",
     "instance_type": "TM_WORKER_INSTANCE_TYPE",
-    "subnet_id": "TM_WORKER_SUBNET",
+    "subnet_ids": "TM_WORKER_SUBNETS",
     "security_group_id": "TM_WORKER_SECURITY_GROUP",
     "profile_arn": "TM_WORKER_INSTANCE_PROFILE",
-    "wheel_uri": "TM_WHEEL_URI",
+    "bundle_uri": "TM_WORKER_BUNDLE_URI",
     "token_parameter": "TM_TOKEN_PARAMETER",
 }
 
@@ -73,10 +74,10 @@ class Ec2WorkerSettings:
     region: str
     ami_id: str
     instance_type: str
-    subnet_id: str
+    subnet_ids: tuple[str, ...]
     security_group_id: str
     profile_arn: str
-    wheel_uri: str
+    bundle_uri: str
     token_parameter: str
     list_grace: float = DEFAULT_LIST_GRACE
     spot: bool = False
@@ -97,11 +98,12 @@ class Ec2WorkerSettings:
         spot = _FLAGS.get(environ.get("TM_WORKER_SPOT", "").strip().lower())
         if spot is None:
             raise Ec2SettingsError(f"TM_WORKER_SPOT={environ['TM_WORKER_SPOT']!r} is not 1 or 0")
+        values["subnet_ids"] = tuple(s.strip() for s in values["subnet_ids"].split(",") if s.strip())
         return cls(region=region, list_grace=grace, spot=spot, **values)
 
     @property
     def delivery(self) -> Delivery:
-        return Delivery(self.region, self.wheel_uri, self.token_parameter)
+        return Delivery(self.region, self.bundle_uri, self.token_parameter)
 
 
 class Ec2Launcher:
@@ -174,7 +176,7 @@ class Ec2Launcher:
     def _run(self, count: int, node_urls: list[str], *, spot: bool) -> dict:
         s = self.settings
         request = run_request(
-            ami_id=s.ami_id, instance_type=s.instance_type, subnet_id=s.subnet_id,
+            ami_id=s.ami_id, instance_type=s.instance_type, subnet_id=s.subnet_ids[0],
             security_group_id=s.security_group_id, profile_arn=s.profile_arn,
             user_data=worker_script(s.delivery, node_urls, self.idle_seconds, spot=spot),
             tags=self.tags(), count=count, terminate_on_shutdown=True, spot=spot)

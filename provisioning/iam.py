@@ -23,11 +23,12 @@ class IamWrapper:
     def from_client(cls, session: Any) -> IamWrapper:
         return cls(session.client("iam"))
 
-    def create_role(self, name: str, path: str, trust: dict, tags: list[dict]) -> str:
-        """Create a role that ``trust`` lets assume; returns its ARN."""
+    def create_role(self, name: str, path: str, trust: dict, tags: list[dict], boundary: str | None = None) -> str:
+        """Create a role that ``trust`` lets assume, capped by the ``boundary`` policy; returns its ARN."""
+        extra = {"PermissionsBoundary": boundary} if boundary else {}
         try:
             role = self.iam.create_role(RoleName=name, Path=path, AssumeRolePolicyDocument=json.dumps(trust),
-                                        Description="scalable task manager cluster role", Tags=tags)
+                                        Description="scalable task manager cluster role", Tags=tags, **extra)
         except ClientError as err:
             log.error("could not create role %s: %s", name, err.response["Error"]["Code"])
             raise

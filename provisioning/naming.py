@@ -26,13 +26,29 @@ def check_cluster_name(name: str) -> str:
     return name
 
 
+#: The three tokens of a cluster, each in its own SSM parameter (docs/aws.md, "Tokens"): workers
+#: hold only the worker token (CLUSTER_TOKEN); the nodes also hold the peer and operator tokens.
+TOKEN_VARIABLES = {"worker": "CLUSTER_TOKEN", "peer": "PEER_TOKEN", "operator": "OPERATOR_TOKEN"}
+
+
+def partition_of(arn: str) -> str:
+    """``aws``, ``aws-us-gov`` or ``aws-cn``: the partition of an ARN (the caller's, say)."""
+    parts = arn.split(":")
+    return parts[1] if len(parts) > 2 and parts[0] == "arn" and parts[1] else "aws"
+
+
 @dataclass(frozen=True)
 class ClusterNames:
-    """The resource names of cluster ``cluster`` in ``account`` / ``region``."""
+    """The resource names of cluster ``cluster`` in ``account`` / ``region`` (ARNs in ``partition``)."""
 
     cluster: str
     account: str
     region: str
+    partition: str = "aws"
+
+    def arn(self, service: str, resource: str, *, region: bool = True, account: bool = True) -> str:
+        return (f"arn:{self.partition}:{service}:{self.region if region else ''}:"
+                f"{self.account if account else ''}:{resource}")
 
     @property
     def iam_path(self) -> str:
@@ -48,21 +64,43 @@ class ClusterNames:
         return f"tm-{self.cluster}-{kind}"
 
     def role_arn(self, kind: str) -> str:
-        return f"arn:aws:iam::{self.account}:role{self.iam_path}{self.role(kind)}"
+        return self.arn("iam", f"role{self.iam_path}{self.role(kind)}", region=False)
 
     def profile_arn(self, kind: str) -> str:
-        return f"arn:aws:iam::{self.account}:instance-profile{self.iam_path}{self.profile(kind)}"
+        return self.arn("iam", f"instance-profile{self.iam_path}{self.profile(kind)}", region=False)
+
+    @property
+    def boundary(self) -> str:
+        """The permissions boundary policy of the cluster's roles."""
+        return f"tm-{self.cluster}-boundary"
+
+    @property
+    def boundary_arn(self) -> str:
+        return self.arn("iam", f"policy{self.iam_path}{self.boundary}", region=False)
 
     def security_group(self, kind: str) -> str:
         return f"tm-{self.cluster}-{kind}"
 
     @property
     def token_parameter(self) -> str:
-        return f"/tm/{self.cluster}/cluster-token"
+        """The worker token (CLUSTER_TOKEN), the only one workers can read."""
+        return self.token_parameter_of("worker")
+
+    def token_parameter_of(self, kind: str) -> str:
+        """The SSM parameter of the ``worker``, ``peer`` or ``operator`` token."""
+        if kind not in TOKEN_VARIABLES:
+            raise ValueError(f"no token kind {kind!r}")
+        return f"/tm/{self.cluster}/cluster-token" if kind == "worker" else f"/tm/{self.cluster}/{kind}-token"
+
+    def parameter_arn(self, name: str) -> str:
+        return self.arn("ssm", f"parameter{name}")
 
     @property
     def token_parameter_arn(self) -> str:
-        return f"arn:aws:ssm:{self.region}:{self.account}:parameter{self.token_parameter}"
+        return self.parameter_arn(self.token_parameter)
+
+    def bucket_arn(self, key: str = "") -> str:
+        return self.arn("s3", self.bucket + (f"/{key}" if key else ""), region=False, account=False)
 
     @property
     def bucket(self) -> str:

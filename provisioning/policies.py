@@ -4,17 +4,23 @@ Least privilege, statement by statement:
 
 * nodes may run instances only with the cluster's tags, the worker profile, the worker
   instance type, IMDSv2 required, from the worker AMI into the cluster's subnets and worker
-  security group (on-demand or as one-time spot requests); may tag only as part of that launch; may terminate only the cluster's
-  workers; may describe instances (a read action that cannot be scoped); may pass only the
-  worker role, and only to EC2; may read only the cluster's token and wheel.
-* workers may read the cluster's token and wheel, nothing else.
+  security group (on-demand or as one-time spot requests), with network interfaces only in those
+  subnets; may tag only as part of that launch; may terminate only the cluster's workers; may
+  describe instances (a read action that cannot be scoped: workers and the peer node are found
+  with it); may pass only the worker role, and only to EC2; may read only the cluster's three
+  tokens and the node bundle.
+* workers may read the worker token and the worker bundle, nothing else.
+* both roles get a permissions boundary (``boundary_policy``, or one the caller names) that caps
+  them at those actions on the cluster's resources, whatever is attached to them later.
+
+ARNs are made in the caller's partition (``aws``, ``aws-us-gov``, ``aws-cn``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from provisioning.naming import TAG_CLUSTER, TAG_ROLE, ClusterNames
+from provisioning.naming import TAG_CLUSTER, TAG_ROLE, TOKEN_VARIABLES, ClusterNames
 
 VERSION = "2012-10-17"
 
@@ -36,24 +42,42 @@ class WorkerLaunchScope:
     instance_type: str
     subnet_ids: tuple[str, ...]
     security_group_id: str
-    wheel_key: str
+    bundle_key: str  # the node's own bundle (workers read theirs with their own role)
 
 
-def _read_statements(names: ClusterNames, wheel_key: str) -> list[dict]:
+def _read_statements(names: ClusterNames, bundle_key: str, token_kinds: tuple[str, ...]) -> list[dict]:
     return [
-        {"Sid": "ReadClusterToken", "Effect": "Allow", "Action": "ssm:GetParameter",
-         "Resource": names.token_parameter_arn},
-        {"Sid": "FetchWheel", "Effect": "Allow", "Action": "s3:GetObject",
-         "Resource": f"arn:aws:s3:::{names.bucket}/{wheel_key}"},
+        {"Sid": "ReadClusterTokens", "Effect": "Allow", "Action": "ssm:GetParameter",
+         "Resource": [names.parameter_arn(names.token_parameter_of(kind)) for kind in token_kinds]},
+        {"Sid": "FetchBundle", "Effect": "Allow", "Action": "s3:GetObject",
+         "Resource": names.bucket_arn(bundle_key)},
     ]
 
 
-def worker_policy(names: ClusterNames, wheel_key: str) -> dict:
-    return {"Version": VERSION, "Statement": _read_statements(names, wheel_key)}
+def worker_policy(names: ClusterNames, bundle_key: str) -> dict:
+    """A worker reads the worker token and its bundle: not the peer's or the operator's token."""
+    return {"Version": VERSION, "Statement": _read_statements(names, bundle_key, ("worker",))}
+
+
+def boundary_policy(names: ClusterNames) -> dict:
+    """The permissions boundary of both roles: the actions they use, on the cluster's resources
+    where the action allows it (RunInstances and DescribeInstances touch images, subnets, ...)."""
+    ec2 = names.arn("ec2", "")
+    return {"Version": VERSION, "Statement": [
+        {"Sid": "ClusterEc2", "Effect": "Allow",
+         "Action": ["ec2:RunInstances", "ec2:CreateTags", "ec2:TerminateInstances"],
+         "Resource": [f"{ec2}*", names.arn("ec2", "image/*", account=False)]},
+        {"Sid": "Describe", "Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"},
+        {"Sid": "PassClusterRoles", "Effect": "Allow", "Action": "iam:PassRole",
+         "Resource": names.arn("iam", f"role{names.iam_path}*", region=False)},
+        {"Sid": "ClusterTokens", "Effect": "Allow", "Action": "ssm:GetParameter",
+         "Resource": names.parameter_arn(f"/tm/{names.cluster}/*")},
+        {"Sid": "ClusterBucket", "Effect": "Allow", "Action": "s3:GetObject", "Resource": names.bucket_arn("*")},
+    ]}
 
 
 def node_policy(names: ClusterNames, scope: WorkerLaunchScope) -> dict:
-    ec2 = f"arn:aws:ec2:{names.region}:{names.account}"
+    ec2 = names.arn("ec2", "")[:-1]  # arn:<partition>:ec2:<region>:<account>
     cluster_tag = f"aws:RequestTag/{TAG_CLUSTER}"
     statements = [
         {"Sid": "RunOnlyTaggedImdsv2Workers", "Effect": "Allow", "Action": "ec2:RunInstances",
@@ -69,11 +93,13 @@ def node_policy(names: ClusterNames, scope: WorkerLaunchScope) -> dict:
          }},
         {"Sid": "RunWithClusterResources", "Effect": "Allow", "Action": "ec2:RunInstances",
          "Resource": [
-             f"arn:aws:ec2:{names.region}::image/{scope.ami_id}",
+             names.arn("ec2", f"image/{scope.ami_id}", account=False),
              *(f"{ec2}:subnet/{subnet}" for subnet in scope.subnet_ids),
              f"{ec2}:security-group/{scope.security_group_id}",
-             f"{ec2}:network-interface/*",
          ]},
+        {"Sid": "RunWithInterfacesInClusterSubnets", "Effect": "Allow", "Action": "ec2:RunInstances",
+         "Resource": f"{ec2}:network-interface/*",
+         "Condition": {"ArnEquals": {"ec2:Subnet": [f"{ec2}:subnet/{subnet}" for subnet in scope.subnet_ids]}}},
         {"Sid": "RunAsSpot", "Effect": "Allow", "Action": "ec2:RunInstances",
          "Resource": f"{ec2}:spot-instances-request/*"},  # the request a spot launch (--spot) makes
         {"Sid": "RunWithTaggedVolumes", "Effect": "Allow", "Action": "ec2:RunInstances",
@@ -91,7 +117,7 @@ def node_policy(names: ClusterNames, scope: WorkerLaunchScope) -> dict:
         {"Sid": "PassOnlyWorkerRoleToEc2", "Effect": "Allow", "Action": "iam:PassRole",
          "Resource": names.role_arn("worker"),
          "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}},
-        *_read_statements(names, scope.wheel_key),
+        *_read_statements(names, scope.bundle_key, tuple(TOKEN_VARIABLES)),
     ]
     return {"Version": VERSION, "Statement": statements}
 
@@ -122,6 +148,10 @@ OPERATION_ACTIONS = {
     "s3:ListObjectVersions": ("s3:ListBucketVersions",),
     "s3:DeleteObjects": ("s3:DeleteObject", "s3:DeleteObjectVersion"),
     "s3:PutPublicAccessBlock": ("s3:PutBucketPublicAccessBlock",),
+    # a bundle above 8 MB goes up in parts: each part is authorised as s3:PutObject
+    "s3:CreateMultipartUpload": ("s3:PutObject",),
+    "s3:UploadPart": ("s3:PutObject",),
+    "s3:CompleteMultipartUpload": ("s3:PutObject",),
     "ec2:RunInstances": ("ec2:RunInstances", "ec2:CreateTags", "iam:PassRole"),
     "ec2:CreateSecurityGroup": ("ec2:CreateSecurityGroup", "ec2:CreateTags"),
     "ssm:PutParameter": ("ssm:PutParameter", "ssm:AddTagsToResource"),

@@ -1,13 +1,17 @@
 """User-data scripts for node and worker instances (pure text; no AWS call, no secret).
 
-Both scripts install this project's wheel from the cluster bucket into a venv, read the
-instance's own id and address through IMDSv2, fetch the cluster token from SSM Parameter Store
-with the instance role into a root-only file, and start the program as a systemd service run
-by an unprivileged user. Nothing secret is ever written into the user-data itself, and the
-scripts never enable ``set -x`` (which would log the token).
+Both scripts install this project's bundle (``provisioning.artifacts``: the wheel and the wheels
+it needs, no PyPI) from the cluster bucket into a venv, read the instance's own id and address
+through IMDSv2, fetch their tokens from SSM Parameter Store with the instance role into a
+root-only file, and start the program as a systemd service run by an unprivileged user. Nothing
+secret is ever written into the user-data itself, and the scripts never enable ``set -x``
+(which would log a token).
 
-The worker's service powers the machine off when the worker exits, and so does any failure
-during its boot: with shutdown behaviour ``terminate`` the instance then stops costing.
+Every step that goes over the network is retried (5 tries, 2-16 s apart) and its duration is
+logged (``step NAME: Ns``) in /var/log/tm-bootstrap.log. A boot that fails says so on the
+instance console (``aws ec2 get-console-output``) and powers the machine off: a worker at once
+(shutdown behaviour ``terminate``: it stops costing), a node after FAILED_NODE_GRACE minutes
+(left to look at over SSH; then ``stop``). A boot that hangs is powered off at its deadline.
 """
 
 from __future__ import annotations
@@ -28,23 +32,56 @@ class Delivery:
     """Where an instance gets its code and its token."""
 
     region: str
-    wheel_uri: str  # s3://bucket/key.whl
-    token_parameter: str
+    bundle_uri: str  # s3://bucket/bundles/<role>-<arch>-<sha>.tar
+    token_parameter: str  # the worker token (CLUSTER_TOKEN of workers and nodes)
 
-    @property
-    def wheel_file(self) -> str:
-        return self.wheel_uri.rsplit("/", 1)[-1]
+
+#: Minutes a boot may take before the failsafe powers the machine off, and minutes a node whose
+#: boot failed stays up for a look over SSH.
+BOOT_DEADLINE_MINUTES = {"node": 25, "worker": 15}
+FAILED_NODE_GRACE = 15
 
 
 _PRELUDE = r"""#!/bin/bash
 # Scalable task manager: __KIND__ bootstrap, rendered by provisioning.userdata. Holds no secret.
 set -euo pipefail
 exec >>/var/log/tm-bootstrap.log 2>&1
-__FAILSAFE__
 REGION=__REGION__
-WHEEL_URI=__WHEEL_URI__
-WHEEL_FILE=__WHEEL_FILE__
-TOKEN_PARAMETER=__TOKEN_PARAMETER__
+BUNDLE_URI=__BUNDLE_URI__
+STEP=start
+
+say() {  # into the log, and onto the console that get-console-output shows
+    echo "tm-bootstrap: $*"
+    echo "tm-bootstrap: $*" >>/dev/console 2>/dev/null || true
+}
+step() {  # step NAME COMMAND...: run it, log how long it took, return its exit code
+    local started=${SECONDS} code
+    STEP=$1
+    shift
+    "$@"
+    code=$?
+    echo "step ${STEP}: $((SECONDS - started))s" >&2
+    return "${code}"
+}
+retry() {  # retry COMMAND...: 5 tries, 2, 4, 8, 16 s apart (messages to stderr: the log)
+    local attempt=1
+    until "$@"; do
+        if [ "${attempt}" -ge 5 ]; then
+            echo "gave up after ${attempt} tries: $1 $2" >&2
+            return 1
+        fi
+        echo "try ${attempt} failed: $1 $2; again in $((2 ** attempt))s" >&2
+        sleep $((2 ** attempt))
+        attempt=$((attempt + 1))
+    done
+}
+failed() {
+    say "__KIND__ boot FAILED at step ${STEP} (exit $1); details in /var/log/tm-bootstrap.log"
+    __ON_FAILURE__
+}
+trap 'code=$?; [ "${code}" = 0 ] || failed "${code}"' EXIT
+# the failsafe: a boot that hangs is powered off at its deadline (cancelled when the boot ends)
+shutdown -h +__DEADLINE__ "tm: __KIND__ boot did not finish within __DEADLINE__ minutes"
 
 imds() {  # IMDSv2: a session token first, then the metadata path
     local session
@@ -57,20 +94,37 @@ INSTANCE_ID=$(imds instance-id)
 PRIVATE_IP=$(imds local-ipv4)
 echo "bootstrap of ${INSTANCE_ID} (${PRIVATE_IP}) started"
 
-dnf install -y -q python3.11 python3.11-pip
+step packages retry dnf install -y -q python3.11 python3.11-pip
 id tm >/dev/null 2>&1 || useradd --system --home-dir /opt/tm --shell /sbin/nologin tm
-install -d -m 755 /opt/tm
-python3.11 -m venv __VENV__
-aws s3 cp --only-show-errors --region "${REGION}" "${WHEEL_URI}" "/opt/tm/${WHEEL_FILE}"
-__VENV__/bin/pip install --quiet --disable-pip-version-check "/opt/tm/${WHEEL_FILE}"
+install -d -m 755 /opt/tm /opt/tm/wheels
+step venv python3.11 -m venv __VENV__
+step bundle retry aws s3 cp --only-show-errors --region "${REGION}" "${BUNDLE_URI}" /opt/tm/bundle.tar
+tar -xf /opt/tm/bundle.tar -C /opt/tm/wheels
+# every wheel of the bundle, and nothing from PyPI
+step install retry __VENV__/bin/pip install --quiet --disable-pip-version-check --no-index --no-deps \
+    /opt/tm/wheels/*.whl
 
-install -d -m 700 /etc/tm
-(
-    umask 077
-    token=$(aws ssm get-parameter --region "${REGION}" --name "${TOKEN_PARAMETER}" \
-        --with-decryption --query Parameter.Value --output text)
-    printf 'CLUSTER_TOKEN=%s\n' "${token}" > /etc/tm/secret.env
-)
+read_parameter() {  # a SecureString of SSM Parameter Store, read with the instance role
+    aws ssm get-parameter --region "${REGION}" --name "$1" --with-decryption \
+        --query Parameter.Value --output text
+}
+write_secrets() {  # VARIABLE=/parameter/name ... into the root-only /etc/tm/secret.env
+    local pair value
+    install -d -m 700 /etc/tm
+    (umask 077 && : > /etc/tm/secret.env.new)
+    for pair in "$@"; do
+        value=$(retry read_parameter "${pair#*=}") || return 1
+        printf '%s=%s\n' "${pair%%=*}" "${value}" >> /etc/tm/secret.env.new
+    done
+    mv /etc/tm/secret.env.new /etc/tm/secret.env
+}
+step secrets write_secrets __SECRETS__
+"""
+
+_EPILOGUE = r"""
+shutdown -c  # the boot finished: cancel the failsafe
+trap - EXIT
+say "__KIND__ boot finished in ${SECONDS}s"
 """
 
 _NODE = r"""
@@ -79,7 +133,7 @@ __NODE_ENV__
 NODE_URL=http://${PRIVATE_IP}:__PORT__
 ENV
 chmod 644 /etc/tm/node.env
-
+__PEER__
 cat > /etc/systemd/system/tm-node.service <<'UNIT'
 [Unit]
 Description=Scalable task manager node
@@ -105,7 +159,28 @@ systemctl enable --now tm-node.service
 echo "node service started"
 """
 
+#: The peer node's private address, found by its tags with the node's role: no /configure over the
+#: internet. Without a peer in time the node runs alone (and says so on the console).
+_PEER = r"""
+if step peer __VENV__/bin/python -m provisioning.peer_lookup --region "${REGION}" __PEER_ARGS__ \
+        >> /etc/tm/node.env; then
+    echo "peer: $(grep '^PEER_URL=' /etc/tm/node.env)"
+else
+    say "no peer node found: this node runs alone"
+fi
+"""
+
 _WORKER = r"""
+# The C hash engine, compiled for this machine (x86_64 or arm64); without it the worker uses the
+# hashlib loop and says so in its log.
+# (setuptools, which native_build uses, comes with the bundle)
+if step compiler retry dnf install -y -q gcc python3.11-devel \
+        && step native __VENV__/bin/python -m workerapp.native_build; then
+    echo "native hash engine built"
+else
+    echo "native hash engine not built: the worker uses the hashlib loop"
+fi
+
 cat > /etc/systemd/system/tm-worker.service <<UNIT
 [Unit]
 Description=Scalable task manager worker (the machine powers off when it exits)
@@ -117,14 +192,13 @@ Type=simple
 User=tm
 EnvironmentFile=/etc/tm/secret.env
 WorkingDirectory=/opt/tm
-ExecStart=__VENV__/bin/python -m workerapp --worker-id ${INSTANCE_ID} __WORKER_ARGS__
+ExecStart=__VENV__/bin/python -m workerapp --worker-id ${INSTANCE_ID} --lanes auto __WORKER_ARGS__
 ExecStopPost=+/usr/bin/systemctl poweroff --no-block
 Restart=no
 # "+": the power-off runs as root although the worker runs as the unprivileged user tm
 UNIT
 systemctl daemon-reload
 systemctl start --no-block tm-worker.service
-trap - EXIT
 echo "worker service started"
 """
 
@@ -144,24 +218,38 @@ def _check_safe(name: str, value: str) -> str:
     return value
 
 
-def _prelude(kind: str, delivery: Delivery, failsafe: str) -> str:
+def _prelude(kind: str, delivery: Delivery, on_failure: str, secrets: Mapping[str, str]) -> str:
+    pairs = {"CLUSTER_TOKEN": delivery.token_parameter, **secrets}
     return _fill(_PRELUDE, {
-        "KIND": kind, "FAILSAFE": failsafe, "VENV": VENV,
+        "KIND": kind, "ON_FAILURE": on_failure, "VENV": VENV, "DEADLINE": str(BOOT_DEADLINE_MINUTES[kind]),
         "REGION": shlex.quote(_check_safe("region", delivery.region)),
-        "WHEEL_URI": shlex.quote(_check_safe("wheel_uri", delivery.wheel_uri)),
-        "WHEEL_FILE": shlex.quote(_check_safe("wheel_file", delivery.wheel_file)),
-        "TOKEN_PARAMETER": shlex.quote(_check_safe("token_parameter", delivery.token_parameter)),
+        "BUNDLE_URI": shlex.quote(_check_safe("bundle_uri", delivery.bundle_uri)),
+        "SECRETS": " ".join(shlex.quote(_check_safe(f"secret {var}", f"{var}={name}")) for var, name in pairs.items()),
     })
 
 
-def node_script(delivery: Delivery, env: Mapping[str, str], port: int = NODE_PORT) -> str:
-    """User-data of a node: ``env`` becomes the service's environment (never CLUSTER_TOKEN)."""
-    if "CLUSTER_TOKEN" in env:
-        raise ValueError("CLUSTER_TOKEN must not go into user-data: nodes read it from SSM")
+def _epilogue(kind: str) -> str:
+    return _fill(_EPILOGUE, {"KIND": kind})
+
+
+def node_script(delivery: Delivery, env: Mapping[str, str], port: int = NODE_PORT, *,
+                secrets: Mapping[str, str] | None = None, peer_name: str | None = None) -> str:
+    """User-data of a node: ``env`` becomes the service's environment (never a token); ``secrets``
+    maps more variables (PEER_TOKEN, ...) to the SSM parameters the node reads them from; with
+    ``peer_name`` the node looks its peer up by tag (env must hold TM_CLUSTER) for PEER_URL."""
+    leaked = {"CLUSTER_TOKEN", *(secrets or {})} & set(env)
+    if leaked:
+        raise ValueError(f"{', '.join(sorted(leaked))} must not go into user-data: nodes read it from SSM")
     env = {**env, "BIND": f"0.0.0.0:{port}"}
     lines = [f"{key}={_check_safe(key, str(value))}" for key, value in env.items()]
-    body = _fill(_NODE, {"NODE_ENV": "\n".join(lines), "PORT": str(port), "VENV": VENV})
-    return _prelude("node", delivery, "") + body
+    peer = ""
+    if peer_name:
+        args = (f"--cluster {_check_safe('TM_CLUSTER', env['TM_CLUSTER'])} --peer {_check_safe('peer', peer_name)} "
+                f"--port {int(port)}")
+        peer = _fill(_PEER, {"VENV": VENV, "PEER_ARGS": args})
+    body = _fill(_NODE, {"NODE_ENV": "\n".join(lines), "PORT": str(port), "VENV": VENV, "PEER": peer})
+    on_failure = f"shutdown -h +{FAILED_NODE_GRACE} \"tm: the node's boot failed\""  # then stopped
+    return _prelude("node", delivery, on_failure, secrets or {}) + body + _epilogue("node")
 
 
 def worker_script(delivery: Delivery, node_urls: list[str], idle_seconds: float, *, spot: bool = False) -> str:
@@ -170,7 +258,7 @@ def worker_script(delivery: Delivery, node_urls: list[str], idle_seconds: float,
     if not 1 <= len(node_urls) <= 2:
         raise ValueError("a worker pulls from its own node and at most one peer")
     urls = " ".join(_check_safe("node_url", url) for url in node_urls)
-    failsafe = "trap 'shutdown -h now' EXIT  # a failed boot powers off: the instance terminates"
+    on_failure = "shutdown -h now  # the instance terminates"
     args = f"--idle-seconds {float(idle_seconds):g}{' --spot' if spot else ''} {urls}"
     body = _fill(_WORKER, {"VENV": VENV, "WORKER_ARGS": args})
-    return _prelude("worker", delivery, failsafe) + body
+    return _prelude("worker", delivery, on_failure, {}) + body + _epilogue("worker")

@@ -33,6 +33,15 @@ def service_models():
                                  aws_secret_access_key="testing", aws_session_token="testing")
 
 
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory):
+    """The code AWS mode delivers (``provisioning.artifacts``), built once per test session: pip
+    builds the wheel of this checkout and downloads the bundles' wheels from PyPI when first asked."""
+    from provisioning.artifacts import Artifacts
+
+    return Artifacts(tmp_path_factory.mktemp("artifacts"))
+
+
 @pytest.fixture
 def aws(monkeypatch, service_models) -> Iterator[object]:
     """A boto3 Session inside ``mock_aws``; clients are created inside the mock, never at import."""
@@ -45,7 +54,8 @@ def aws(monkeypatch, service_models) -> Iterator[object]:
 
 
 class LoopbackNode:
-    """A real node app (FakeLauncher) served on 127.0.0.1 by werkzeug in a thread."""
+    """A real node app (FakeLauncher) served on 127.0.0.1 by werkzeug in a thread. ``calls`` lists
+    (method, path, X-Cluster-Token sent) of each request it got."""
 
     def __init__(self, name: str, token: str) -> None:
         from werkzeug.serving import make_server
@@ -56,6 +66,14 @@ class LoopbackNode:
         self.launcher = FakeLauncher()
         self.app = create_app({"cluster_token": token, "node_name": name, "node_url": "http://127.0.0.1:1"},
                               launcher=self.launcher)
+        self.calls: list[tuple[str, str, bool]] = []
+        app = self.app.wsgi_app
+
+        def recording(environ, start_response):
+            self.calls.append((environ["REQUEST_METHOD"], environ["PATH_INFO"], "HTTP_X_CLUSTER_TOKEN" in environ))
+            return app(environ, start_response)
+
+        self.app.wsgi_app = recording
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -1,7 +1,8 @@
 """The whole AWS flow of run_program.py against moto: create, report the existing cluster, destroy.
 
-The nodes' /health and /configure are answered by real node apps on loopback: ``reach`` maps
-each instance's (moto-invented) public IP to one of them, so no packet goes to those addresses.
+The nodes' /health and /stats are answered by real node apps on loopback: ``reach`` maps each
+instance's (moto-invented) public IP to one of them, so no packet goes to those addresses. The
+code delivered is the real build (``artifacts``, made once per test session).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from provisioning import policies
 from provisioning.cluster import wait_healthy
 from provisioning.instances import AMI_PARAMETER
 from provisioning.naming import ClusterNames
-from tests.aws_helpers import REGION, LoopbackNode, aws, service_models  # noqa: F401
+from tests.aws_helpers import REGION, LoopbackNode, artifacts, aws, service_models  # noqa: F401
 from tmrun.aws import run_aws
 
 TOKEN = "cluster-token-from-the-environment"
@@ -34,7 +35,7 @@ def loopback_nodes():
 
 
 @pytest.fixture
-def cli(aws, loopback_nodes, monkeypatch):  # noqa: F811
+def cli(aws, loopback_nodes, artifacts, monkeypatch):  # noqa: F811
     """run_program's parser and run_aws, with moto, loopback nodes and no real sleeping."""
     monkeypatch.setenv("CLUSTER_TOKEN", TOKEN)
     monkeypatch.setenv("SCALE_WAIT", "3")
@@ -54,7 +55,7 @@ def cli(aws, loopback_nodes, monkeypatch):  # noqa: F811
         out = io.StringIO()
         args = run_program.build_parser().parse_args(list(argv))
         code = run_aws(args, session=aws, reach=reach, find_public_cidr=find_public_cidr, out=out,
-                       sleep=lambda seconds: None)
+                       sleep=lambda seconds: None, artifacts=lambda work_dir: artifacts)
         return code, out.getvalue()
 
     run.reached = reached
@@ -72,7 +73,7 @@ def user_data(ec2, instance_id: str) -> str:
     return base64.b64decode(value).decode()
 
 
-def test_create_report_destroy(cli, aws, loopback_nodes, capsys, request):  # noqa: F811
+def test_create_report_destroy(cli, aws, loopback_nodes, artifacts, capsys, request):  # noqa: F811
     ec2, iam, ssm, s3 = (aws.client(n) for n in ("ec2", "iam", "ssm", "s3"))
     names = ClusterNames("demo", aws.client("sts").get_caller_identity()["Account"], REGION)
 
@@ -95,11 +96,13 @@ def test_create_report_destroy(cli, aws, loopback_nodes, capsys, request):  # no
     assert f"open to {CLIENT_CIDR} (this machine)" in out
     assert sorted(set(cli.reached)) == sorted(ips)
 
-    # /configure reached each (real) node with its peer's private address and the max
-    for me, peer in ((0, 1), (1, 0)):
-        ctx = loopback_nodes[f"node-{me + 1}"].context
-        assert ctx.peer.url == f"http://{nodes[peer]['PrivateIpAddress']}:8000"
-        assert ctx.node.workers.counts().max == 3
+    # no token crossed the internet: only public endpoints were called, without X-Cluster-Token;
+    # each node finds its peer by tag at boot, and gets its maximum in its user-data
+    for node in loopback_nodes.values():
+        assert node.calls and {(method, path) for method, path, _ in node.calls} <= {("GET", "/health"),
+                                                                                 ("GET", "/stats")}
+        assert not [call for call in node.calls if call[2]]
+    assert "node-1: " in out and "peer node-2 not found yet" in out  # the loopback nodes have no peer
 
     # the node instances
     ami = ssm.get_parameter(Name=AMI_PARAMETER.format(arch="x86_64"))["Parameter"]["Value"]
@@ -115,11 +118,18 @@ def test_create_report_destroy(cli, aws, loopback_nodes, capsys, request):  # no
         assert [g["GroupId"] for g in node["SecurityGroups"]] == [node_sg["GroupId"]]
         script = user_data(ec2, node["InstanceId"])
         assert TOKEN not in script
+        worker_bundle = artifacts.bundle("worker", "x86_64")
         for line in (f"NODE_NAME=node-{index}", "LAUNCHER=ec2", "MAX_NUM_OF_WORKERS=3", "SCALE_WAIT=3",
                      f"TM_WORKER_SECURITY_GROUP={worker_sg['GroupId']}", f"TM_WORKER_AMI={ami}",
-                     f"TM_WORKER_SUBNET={node['SubnetId']}", f"TM_TOKEN_PARAMETER={names.token_parameter}",
+                     f"TM_TOKEN_PARAMETER={names.token_parameter}",
+                     f"TM_WORKER_BUNDLE_URI=s3://{names.bucket}/{worker_bundle.key}",
                      f"TM_WORKER_INSTANCE_PROFILE={names.profile_arn('worker')}"):
             assert f"\n{line}\n" in script
+        subnets = next(line for line in script.splitlines() if line.startswith("TM_WORKER_SUBNETS="))
+        assert subnets.split("=")[1].split(",")[0] == node["SubnetId"]  # its own zone first
+        assert f"--cluster demo --peer node-{3 - index} --port 8000" in script  # the peer, found by tag
+        assert (f"CLUSTER_TOKEN={names.token_parameter} PEER_TOKEN=/tm/demo/peer-token "
+                "OPERATOR_TOKEN=/tm/demo/operator-token") in script
     assert ec2.describe_instance_attribute(InstanceId=nodes[0]["InstanceId"],
         Attribute="instanceInitiatedShutdownBehavior")["InstanceInitiatedShutdownBehavior"]["Value"] == "stop"
 
@@ -133,20 +143,27 @@ def test_create_report_destroy(cli, aws, loopback_nodes, capsys, request):  # no
     # IAM: the documents attached are the least-privilege ones checked in test_aws_policies
     roles = {r["RoleName"] for r in iam.list_roles(PathPrefix=names.iam_path)["Roles"]}
     assert roles == {"tm-demo-node", "tm-demo-worker"}
+    for role in roles:  # capped by the cluster's permissions boundary
+        assert iam.get_role(RoleName=role)["Role"]["PermissionsBoundary"]["PermissionsBoundaryArn"] == \
+            names.boundary_arn
     attached = iam.list_attached_role_policies(RoleName="tm-demo-worker")["AttachedPolicies"]
     (worker_policy,) = [p["PolicyArn"] for p in attached]
     version = iam.get_policy(PolicyArn=worker_policy)["Policy"]["DefaultVersionId"]
     document = iam.get_policy_version(PolicyArn=worker_policy, VersionId=version)["PolicyVersion"]["Document"]
     document = json.loads(document) if isinstance(document, str) else document
-    assert document == policies.worker_policy(names, "wheels/scalable_task_manager-0.1.0-py3-none-any.whl")
+    assert document == policies.worker_policy(names, worker_bundle.key)
     profile = iam.get_instance_profile(InstanceProfileName="tm-demo-node")["InstanceProfile"]
     assert [r["RoleName"] for r in profile["Roles"]] == ["tm-demo-node"]
 
-    # the token: a SecureString in SSM; the wheel: in the cluster's private bucket
-    parameter = ssm.get_parameter(Name=names.token_parameter, WithDecryption=True)["Parameter"]
-    assert (parameter["Type"], parameter["Value"]) == ("SecureString", TOKEN)
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=names.bucket)["Contents"]]
-    assert keys == ["wheels/scalable_task_manager-0.1.0-py3-none-any.whl"]
+    # the tokens: SecureStrings in SSM, three different ones; the bundles: in the cluster's private bucket
+    values = set()
+    for kind in ("worker", "peer", "operator"):
+        parameter = ssm.get_parameter(Name=names.token_parameter_of(kind), WithDecryption=True)["Parameter"]
+        assert parameter["Type"] == "SecureString" and len(parameter["Value"]) >= 32
+        values.add(parameter["Value"])
+    assert len(values) == 3 and TOKEN in values  # the worker token is CLUSTER_TOKEN of the environment
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=names.bucket)["Contents"])
+    assert keys == sorted([artifacts.bundle("node", "x86_64").key, worker_bundle.key])
     block = s3.get_public_access_block(Bucket=names.bucket)["PublicAccessBlockConfiguration"]
     assert all(block.values())
 
@@ -165,9 +182,10 @@ def test_create_report_destroy(cli, aws, loopback_nodes, capsys, request):  # no
     assert code == 0, capsys.readouterr().err
     assert out.count("removed instance i-") == 3
     for item in ("security group tm-demo-node", "security group tm-demo-worker", "role tm-demo-node",
-                 "role tm-demo-worker", "policy tm-demo-node", "policy tm-demo-worker",
+                 "role tm-demo-worker", "policy tm-demo-node", "policy tm-demo-worker", "policy tm-demo-boundary",
                  "instance profile tm-demo-node", "instance profile tm-demo-worker",
-                 f"parameter {names.token_parameter}", f"bucket {names.bucket}"):
+                 "parameter /tm/demo/cluster-token", "parameter /tm/demo/peer-token",
+                 "parameter /tm/demo/operator-token", f"bucket {names.bucket}"):
         assert f"removed {item}" in out
     assert_nothing_left(aws, names)
 

@@ -39,9 +39,9 @@ def env(aws):  # noqa: F811
                                                      names.role("worker"), names.tags())
     ami = latest_ami(ssm, architecture(ec2, "t3.micro"))
     environ = {"TM_CLUSTER": "demo", "TM_REGION": REGION, "TM_WORKER_AMI": ami,
-               "TM_WORKER_INSTANCE_TYPE": "t3.micro", "TM_WORKER_SUBNET": subnet,
+               "TM_WORKER_INSTANCE_TYPE": "t3.micro", "TM_WORKER_SUBNETS": subnet,
                "TM_WORKER_SECURITY_GROUP": worker_sg, "TM_WORKER_INSTANCE_PROFILE": profile_arn,
-               "TM_WHEEL_URI": f"s3://{names.bucket}/wheels/scalable_task_manager-0.1.0-py3-none-any.whl",
+               "TM_WORKER_BUNDLE_URI": f"s3://{names.bucket}/bundles/worker-x86_64-0123456789abcdef.tar",
                "TM_TOKEN_PARAMETER": names.token_parameter, "TM_LIST_GRACE": "60"}
     return {"ec2": ec2, "session": aws, "environ": environ, "ami": ami, "subnet": subnet, "sg": worker_sg,
             "profile_arn": profile_arn}
@@ -109,8 +109,8 @@ def test_backlog_launches_configured_workers_never_more_than_max(env, node):
         assert shutdown["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
         user_data = base64.b64decode(ec2.describe_instance_attribute(
             InstanceId=instance_id, Attribute="userData")["UserData"]["Value"]).decode()
-        assert f"--worker-id ${{INSTANCE_ID}} --idle-seconds 30 {NODE_URL}\n" in user_data
-        assert env["environ"]["TM_WHEEL_URI"] in user_data
+        assert f"--worker-id ${{INSTANCE_ID}} --lanes auto --idle-seconds 30 {NODE_URL}\n" in user_data
+        assert env["environ"]["TM_WORKER_BUNDLE_URI"] in user_data
         assert "token" not in "".join(tags.values()) and "ignored" not in user_data
     first, second = reversed(scaler.decisions())
     assert first["launched"] == 3 and second["launched"] == 0
@@ -200,8 +200,8 @@ def test_missing_settings_are_named():
     with pytest.raises(Ec2SettingsError) as info:
         Ec2WorkerSettings.from_environ({"TM_CLUSTER": "demo"})
     message = str(info.value)
-    for name in ("TM_WORKER_AMI", "TM_WORKER_SUBNET", "TM_WORKER_SECURITY_GROUP", "TM_WORKER_INSTANCE_PROFILE",
-                 "TM_WHEEL_URI", "TM_TOKEN_PARAMETER", "TM_REGION"):
+    for name in ("TM_WORKER_AMI", "TM_WORKER_SUBNETS", "TM_WORKER_SECURITY_GROUP", "TM_WORKER_INSTANCE_PROFILE",
+                 "TM_WORKER_BUNDLE_URI", "TM_TOKEN_PARAMETER", "TM_REGION"):
         assert name in message
     assert "TM_CLUSTER" not in message
 

@@ -7,11 +7,12 @@ import json
 import pytest
 
 from provisioning import policies
-from provisioning.naming import ClusterNames
+from provisioning.naming import ClusterNames, partition_of
 
 NAMES = ClusterNames("demo", "123456789012", "eu-west-1")
 SCOPE = policies.WorkerLaunchScope("ami-0123456789abcdef0", "t3.small", ("subnet-aaa", "subnet-bbb"),
-                                   "sg-0worker", "wheels/scalable_task_manager-0.1.0-py3-none-any.whl")
+                                   "sg-0worker", "bundles/node-x86_64-0123456789abcdef.tar")
+WORKER_BUNDLE = "bundles/worker-arm64-fedcba9876543210.tar"
 WRITE_ACTIONS = {"ec2:RunInstances", "ec2:CreateTags", "ec2:TerminateInstances", "iam:PassRole"}
 #: The only actions a node's policy may grant, and a worker's.
 NODE_ACTIONS = WRITE_ACTIONS | {"ec2:DescribeInstances", "ssm:GetParameter", "s3:GetObject"}
@@ -36,11 +37,13 @@ def by_action(document: dict, action: str) -> list[dict]:
     return [s for s in statements(document) if action in actions(s)]
 
 
-@pytest.fixture(params=["node", "worker"])
+@pytest.fixture(params=["node", "worker", "boundary"])
 def document(request) -> dict:
     if request.param == "node":
         return policies.node_policy(NAMES, SCOPE)
-    return policies.worker_policy(NAMES, SCOPE.wheel_key)
+    if request.param == "boundary":
+        return policies.boundary_policy(NAMES)
+    return policies.worker_policy(NAMES, WORKER_BUNDLE)
 
 
 def test_no_wildcard_action_and_only_allow(document):
@@ -63,13 +66,34 @@ def test_node_policy_grants_only_what_a_node_does():
     assert granted == NODE_ACTIONS
 
 
-def test_worker_policy_is_reading_the_secret_and_the_wheel_only():
-    document = policies.worker_policy(NAMES, SCOPE.wheel_key)
+def test_worker_policy_is_reading_the_worker_token_and_its_bundle_only():
+    document = policies.worker_policy(NAMES, WORKER_BUNDLE)
     granted = {a: resources(s) for s in statements(document) for a in actions(s)}
-    assert granted == {
+    assert granted == {  # not the peer's nor the operator's token
         "ssm:GetParameter": ["arn:aws:ssm:eu-west-1:123456789012:parameter/tm/demo/cluster-token"],
-        "s3:GetObject": [f"arn:aws:s3:::{NAMES.bucket}/{SCOPE.wheel_key}"],
+        "s3:GetObject": [f"arn:aws:s3:::{NAMES.bucket}/{WORKER_BUNDLE}"],
     }
+
+
+def test_the_boundary_caps_both_roles_at_the_cluster():
+    document = policies.boundary_policy(NAMES)
+    granted = {a for s in statements(document) for a in actions(s)}
+    assert granted == NODE_ACTIONS  # the node's actions, of which the worker's are a part
+    by = {a: resources(s) for s in statements(document) for a in actions(s)}
+    assert by["ssm:GetParameter"] == ["arn:aws:ssm:eu-west-1:123456789012:parameter/tm/demo/*"]
+    assert by["s3:GetObject"] == [f"arn:aws:s3:::{NAMES.bucket}/*"]
+    assert by["iam:PassRole"] == ["arn:aws:iam::123456789012:role/tm/demo/*"]
+
+
+def test_arns_follow_the_callers_partition():
+    gov = ClusterNames("demo", "123456789012", "us-gov-west-1", partition_of(
+        "arn:aws-us-gov:iam::123456789012:user/ops"))
+    for document in (policies.node_policy(gov, SCOPE), policies.worker_policy(gov, WORKER_BUNDLE),
+                     policies.boundary_policy(gov)):
+        arns = [r for s in statements(document) for r in resources(s) if r != "*"]
+        assert arns and all(r.startswith("arn:aws-us-gov:") for r in arns), arns
+    assert gov.profile_arn("worker").startswith("arn:aws-us-gov:iam::123456789012:instance-profile/tm/demo/")
+    assert partition_of("arn:aws-cn:sts::1:assumed-role/x") == "aws-cn" and partition_of("") == "aws"
 
 
 def test_run_instances_requires_cluster_tags_imdsv2_profile_and_type():
@@ -92,6 +116,10 @@ def test_run_instances_requires_cluster_tags_imdsv2_profile_and_type():
     volume = [s for s in run if any(":volume/" in r for r in resources(s))]
     assert volume[0]["Condition"]["StringEquals"]["aws:RequestTag/tm-cluster"] == "demo"
     assert all(r.startswith("arn:aws:ec2:eu-west-1:") for r in others)
+    # the launch's network interface can only be made in the cluster's subnets
+    (interface,) = [s for s in run if any(":network-interface/" in r for r in resources(s))]
+    assert interface["Condition"]["ArnEquals"]["ec2:Subnet"] == [
+        "arn:aws:ec2:eu-west-1:123456789012:subnet/subnet-aaa", "arn:aws:ec2:eu-west-1:123456789012:subnet/subnet-bbb"]
 
 
 def test_tags_only_at_creation_and_terminate_only_cluster_workers():
@@ -108,8 +136,11 @@ def test_pass_only_the_worker_role_to_ec2_and_read_only_own_secret():
     (pass_role,) = by_action(document, "iam:PassRole")
     assert resources(pass_role) == ["arn:aws:iam::123456789012:role/tm/demo/tm-demo-worker"]
     assert pass_role["Condition"]["StringEquals"]["iam:PassedToService"] == "ec2.amazonaws.com"
-    (secret,) = by_action(document, "ssm:GetParameter")
-    assert resources(secret) == [NAMES.token_parameter_arn]
+    (secrets,) = by_action(document, "ssm:GetParameter")
+    assert resources(secrets) == [NAMES.token_parameter_arn, *(
+        f"arn:aws:ssm:eu-west-1:123456789012:parameter/tm/demo/{kind}-token" for kind in ("peer", "operator"))]
+    (bundle,) = by_action(document, "s3:GetObject")
+    assert resources(bundle) == [f"arn:aws:s3:::{NAMES.bucket}/{SCOPE.bundle_key}"]
 
 
 def test_trust_policy_is_ec2_only():

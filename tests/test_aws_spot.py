@@ -13,7 +13,7 @@ from nodeapp.peer import PeerClient
 from nodeapp.scaling import Scaler
 from provisioning import policies
 from provisioning.ec2_launcher import Ec2SettingsError, Ec2WorkerSettings
-from tests.aws_helpers import aws, service_models  # noqa: F401
+from tests.aws_helpers import artifacts, aws, service_models  # noqa: F401
 from tests.test_aws_cluster import cli, loopback_nodes, user_data  # noqa: F401
 from tests.test_aws_launcher import NODE_URL, alive_ids, backlog, clock, env, instances, make_launcher  # noqa: F401
 
@@ -128,9 +128,9 @@ def test_other_errors_are_not_taken_for_missing_capacity(spot_env, clock):  # no
 
 def test_spot_setting_is_checked():
     base = {"TM_CLUSTER": "demo", "TM_REGION": "us-east-1", "TM_WORKER_AMI": "ami-1",
-            "TM_WORKER_INSTANCE_TYPE": "t3.micro", "TM_WORKER_SUBNET": "subnet-1",
+            "TM_WORKER_INSTANCE_TYPE": "t3.micro", "TM_WORKER_SUBNETS": "subnet-1",
             "TM_WORKER_SECURITY_GROUP": "sg-1", "TM_WORKER_INSTANCE_PROFILE": "arn:aws:iam::1:instance-profile/p",
-            "TM_WHEEL_URI": "s3://b/w.whl", "TM_TOKEN_PARAMETER": "/tm/demo/token"}
+            "TM_WORKER_BUNDLE_URI": "s3://b/bundles/worker.tar", "TM_TOKEN_PARAMETER": "/tm/demo/token"}
     assert Ec2WorkerSettings.from_environ(base).spot is False
     assert Ec2WorkerSettings.from_environ({**base, "TM_WORKER_SPOT": "1"}).spot is True
     with pytest.raises(Ec2SettingsError, match="TM_WORKER_SPOT"):

@@ -8,10 +8,8 @@ the exit code and the message for stderr.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import ipaddress
 import os
-import re
 import sys
 import tempfile
 import time
@@ -27,8 +25,9 @@ from tmcommon.logs import LOG_VARIABLES
 from tmcommon.settings import NODE, ConfigError, read_by
 
 #: Node settings that ``Provisioner`` sets for each node itself; the others are passed from the
-#: caller's environment (the token goes through SSM).
-SET_PER_NODE = ("NODE_NAME", "NODE_URL", "PEER_URL", "CLUSTER_TOKEN", "LAUNCHER", "MAX_NUM_OF_WORKERS")
+#: caller's environment (the tokens go through SSM, the peer's address is looked up by tag).
+SET_PER_NODE = ("NODE_NAME", "NODE_URL", "PEER_URL", "CLUSTER_TOKEN", "PEER_TOKEN", "OPERATOR_TOKEN", "LAUNCHER",
+                "MAX_NUM_OF_WORKERS")
 PASSED_SETTINGS = (*(s.env for s in read_by(NODE).values() if s.env not in SET_PER_NODE), *LOG_VARIABLES)
 CHECKIP_URL = "https://checkip.amazonaws.com"
 BANNER = "#" * 70
@@ -70,6 +69,8 @@ def add_aws_arguments(parser: argparse.ArgumentParser) -> None:
     aws.add_argument("--health-timeout", type=float, default=900.0,
                      help="seconds to wait for both nodes' /health (default 900)")
     aws.add_argument("--wheel", type=Path, help="install this wheel instead of building one from this checkout")
+    aws.add_argument("--permissions-boundary", metavar="ARN",
+                     help="permissions boundary for the roles this creates (default: one made for the cluster)")
     aws.add_argument("--spot", action="store_true",
                      help="launch workers as spot instances (cheaper, may be reclaimed with 2 minutes' notice; "
                           "falls back to on-demand when spot capacity is refused)")
@@ -127,16 +128,14 @@ def worker_quota(args: argparse.Namespace, settings: Mapping[str, str], environ:
         raise Stop(2, f"error: {exc}") from None
 
 
-def wheel_file(given: Path | None, tmp: Path) -> Any:
-    """The wheel to install: ``--wheel``, or one built from this checkout into ``tmp``."""
-    from provisioning.artifacts import Wheel, build_wheel
+def artifacts_in(work_dir: Path, given: Path | None) -> Any:
+    """The code to deliver, built in ``work_dir``: the ``--wheel`` given, or this checkout's."""
+    from provisioning.artifacts import ArtifactError, Artifacts, read_wheel
 
-    if given is None:
-        return build_wheel(tmp)
-    match = re.match(r"^([A-Za-z0-9_.]+)-([^-]+)-", given.name)
-    if not given.is_file() or not match or given.suffix != ".whl":
-        raise SystemExit(f"error: --wheel {given} is not a wheel file")
-    return Wheel(given, match.group(1), match.group(2), hashlib.sha256(given.read_bytes()).hexdigest())
+    try:
+        return Artifacts(work_dir, read_wheel(given) if given else None)
+    except ArtifactError as exc:
+        raise Stop(2, f"error: --wheel: {exc}") from None
 
 
 @dataclass
@@ -150,6 +149,7 @@ class AwsRun:
     reach: Callable[[str], str]
     out: TextIO
     sleep: Callable[[float], None]
+    artifacts: Callable[[Path], Any] | None = None  # work dir -> Artifacts (tests share one build)
 
     @property
     def name(self) -> str:
@@ -175,16 +175,15 @@ class AwsRun:
               else f"cluster '{self.name}': nothing to remove", file=self.out, flush=True)
         return 0
 
-    def existing(self) -> tuple[list, str | None] | None:
-        """The running cluster's nodes and token, None if there is none; ``Stop`` if half there."""
+    def existing(self) -> list | None:
+        """The running cluster's nodes, None if there is none; ``Stop`` if half there."""
         from provisioning.cluster import describe_error
-        from provisioning.secrets import TokenStore
 
         probe = self.provisioner()
         try:
             nodes = probe.nodes()
             if nodes:
-                return nodes, TokenStore(self.clients.ssm).read(probe.names.token_parameter)
+                return nodes
             leftovers = probe.leftovers()
         except Exception as err:
             raise Stop(1, f"error: could not look for an existing cluster: {describe_error(err)}") from None
@@ -205,15 +204,14 @@ class AwsRun:
         print(f"the nodes' API will be open to {cidr} (this machine); use --allow-cidr to change", file=self.out)
         return cidr
 
-    def create(self, allow_cidr: str, token: str | None) -> tuple[list, str]:
+    def create(self, allow_cidr: str, token: str | None) -> list:
         """Build the cluster with this checkout's code; ``Stop`` lists what a failed step left."""
         from provisioning.cluster import StepFailed
 
-        with tempfile.TemporaryDirectory(prefix="tm-wheel-") as tmp:
-            wheel = wheel_file(self.args.wheel, Path(tmp))
-            print(f"code: {wheel.filename} (sha256 {wheel.sha256[:12]})", file=self.out)
+        with tempfile.TemporaryDirectory(prefix="tm-code-") as tmp:
+            artifacts = (self.artifacts or (lambda work: artifacts_in(work, self.args.wheel)))(Path(tmp))
             try:
-                return self.provisioner(allow_cidr).provision(wheel, token=token)
+                return self.provisioner(allow_cidr).provision(artifacts, token=token)
             except StepFailed as failure:
                 lines = [f"error: {failure}"]
                 if failure.created:
@@ -221,9 +219,10 @@ class AwsRun:
                     lines += [f"  {item}" for item in failure.created]
                 raise Stop(1, "\n".join(lines)) from None
 
-    def report(self, nodes: list, token: str | None, wait_timeout: float) -> int:
-        """Wait for both nodes' /health, send them /configure, print where they are."""
-        from provisioning.cluster import configure_nodes, describe_error, wait_healthy
+    def report(self, nodes: list, wait_timeout: float) -> int:
+        """Wait for both nodes' public /health, print where they are and whether each found its peer.
+        No token is sent: the nodes got everything at boot (user-data, SSM, the peer by tag)."""
+        from provisioning.cluster import peer_of, wait_healthy
 
         if len(nodes) != 2:
             raise Stop(1, f"error: expected 2 nodes, found {len(nodes)}: {[n.instance_id for n in nodes]}; "
@@ -243,16 +242,10 @@ class AwsRun:
                           "--allow-cidr includes this machine, and see /var/log/tm-bootstrap.log on the "
                           "instances. The cluster keeps running: run this again to retry, or --destroy to "
                           "remove it")
-        if not token:
-            raise Stop(1, "error: the cluster token parameter is missing; run --destroy and start again")
-        try:
-            configure_nodes(nodes, urls, token, self.max_workers)
-        except Exception as err:
-            raise Stop(1, f"error: POST /configure failed: {describe_error(err)}") from None
         print("Our EC2 instances are ready :-)", file=self.out)
-        for node in nodes:
-            print(f"{node.name}: {urls[node.name]}  (instance {node.instance_id}, private {node.private_ip})",
-                  file=self.out)
+        for node, other in ((nodes[0], nodes[1]), (nodes[1], nodes[0])):
+            print(f"{node.name}: {urls[node.name]}  (instance {node.instance_id}, private {node.private_ip}; "
+                  f"{peer_of(urls[node.name], other)})", file=self.out)
         print(f"remove everything with: {program_command('--destroy', '--cluster-name', self.name)}",
               file=self.out, flush=True)
         return 0
@@ -267,24 +260,27 @@ def run_aws(
     out: TextIO = sys.stdout,
     sleep: Callable[[float], None] = time.sleep,
     environ: Mapping[str, str] | None = None,
+    artifacts: Callable[[Path], Any] | None = None,
 ) -> int:
     """Create the cluster (or report the existing one), or ``--destroy`` it. Returns an exit code.
 
     ``reach(public_ip)`` gives the base URL this machine uses for a node (tests map it to
-    loopback); by default ``http://<public ip>:8000``.
+    loopback); by default ``http://<public ip>:8000``. ``artifacts(work_dir)`` gives the code to
+    deliver (default: built from this checkout, or ``--wheel``).
     """
     environ = os.environ if environ is None else environ
     try:
         run = prepare(args, environ, session, reach or (lambda ip: f"http://{ip}:{NODE_PORT}"), out, sleep)
+        run.artifacts = artifacts
         if args.destroy:
             return run.destroy()
         found = run.existing()
         if found:
             print(f"cluster '{run.name}' already exists in {run.spec_args['region']}; not creating another.",
                   file=out)
-            return run.report(*found, wait_timeout=30.0)
-        nodes, token = run.create(run.allow_cidr(find_public_cidr), environ.get("CLUSTER_TOKEN") or None)
-        return run.report(nodes, token, wait_timeout=args.health_timeout)
+            return run.report(found, wait_timeout=30.0)
+        nodes = run.create(run.allow_cidr(find_public_cidr), environ.get("CLUSTER_TOKEN") or None)
+        return run.report(nodes, wait_timeout=args.health_timeout)
     except Stop as stop:
         print(stop, file=sys.stderr)
         return stop.code
@@ -302,5 +298,6 @@ def prepare(args: argparse.Namespace, environ: Mapping[str, str], session: Any,
     region = session.region_name
     spec_args = dict(name=args.cluster_name, region=region, node_instance_type=args.node_instance_type,
                      worker_instance_type=args.worker_instance_type, max_workers=max_workers,
-                     ssh_cidr=args.ssh_cidr, key_name=args.key_name, node_env=settings, worker_spot=args.spot)
+                     ssh_cidr=args.ssh_cidr, key_name=args.key_name, node_env=settings, worker_spot=args.spot,
+                     permissions_boundary=args.permissions_boundary)
     return AwsRun(args, AwsClients.from_session(session, region), spec_args, max_workers, reach, out, sleep)
