@@ -15,6 +15,7 @@ from flask import Flask
 from nodeapp import bodies, errors, origin
 from nodeapp.config import NodeConfig
 from nodeapp.context import EXTENSION_KEY, NodeContext
+from nodeapp.journal import open_journal
 from nodeapp.peer import PeerClient
 from nodeapp.scaling import Scaler
 from nodeapp.serving import refuse_unfit_server
@@ -40,6 +41,7 @@ def create_app(
 
     Raises:
         ConfigError: a setting is invalid; the message names the variable and its range.
+        DataDirInUse: another node process uses DATA_DIR.
         gunicorn.errors.AppImportError: gunicorn, loading the app, runs in a way a node cannot.
     """
     refuse_unfit_server()  # under a gunicorn the node cannot run under (nodeapp/serving.py)
@@ -49,14 +51,18 @@ def create_app(
             "CLUSTER_TOKEN is not set: internal endpoints answer 401, so no worker or peer can talk to this node")
     app = Flask(__name__, static_folder=None)  # the dashboard blueprint serves its own files
     app.json.sort_keys = False
+    journal = open_journal(config)
     node = Node.build(
         max_workers=config.max_workers,
         lease_seconds=config.lease_seconds,
         max_attempts=config.max_attempts,
         max_queued=config.max_queued,
         results_retention=config.results_retention,
+        journal=journal,
         idempotency_seconds=config.idempotency_seconds,
     )
+    if journal is not None:
+        node.tasks.restore(journal.load())
     peer = PeerClient(config.peer_url, config.cluster_token, config.node_name)
     if launcher is None:
         launcher = make_launcher(

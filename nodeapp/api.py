@@ -144,7 +144,7 @@ def status(task_id: str):
 def health():
     ctx = get_context()
     return jsonify(status="ok", node=ctx.config.node_name, version=__version__,
-                   draining=ctx.node.tasks.draining)
+                   draining=ctx.node.tasks.draining, durable=ctx.node.tasks.journal is not None)
 
 
 @bp.get("/stats")

@@ -48,6 +48,8 @@ class NodeContext:
         stats = stats_json(self.node.stats())
         stats["node"] = self.config.node_name
         stats["peer"] = self.peer.info()
+        journal = self.node.tasks.journal
+        stats["journal"] = journal.info() if journal is not None else {"durable": False}
         stats["in_progress"] = [{"id": r.id, "done": r.done, "iterations": r.iterations}
                                 for r in self.node.tasks.in_progress(IN_PROGRESS_SHOWN)]
         stats["scaler"] = {
@@ -64,6 +66,11 @@ class NodeContext:
         tasks, workers = self.node.tasks.counts(), self.node.workers.counts()
         self.history.add(Sample(self.history.slot(time.time()), tasks.queued, tasks.running, workers.live,
                                 workers.pending, tasks.completed, tasks.failed, peer_reachable))
+
+    def close(self) -> None:
+        """After the last request (gunicorn's worker_exit): close the journal, if any."""
+        if self.node.tasks.journal is not None:
+            self.node.tasks.journal.close()
 
     def configure(self, peer_url: str | None = None, max_workers: int | None = None) -> None:
         """Settings that ``run_program.py`` sends after start (``POST /configure``)."""

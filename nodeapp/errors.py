@@ -7,6 +7,8 @@ import logging
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from nodeapp.journal import JournalError
+
 log = logging.getLogger(__name__)
 
 #: Error codes for the HTTP errors Flask and Werkzeug raise themselves.
@@ -39,6 +41,12 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError):
         return error_response(err.status, err.code, err.message, err.headers)
+
+    @app.errorhandler(JournalError)
+    def _journal_error(err: JournalError):
+        log.error("answering 503: %s", err)
+        return error_response(503, "journal_unavailable", f"this node could not make the change durable ({err}); "
+                              "retry, or send it to the other node", {"Retry-After": "1"})
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):

@@ -58,8 +58,22 @@ class RefuseToStart(SystemExit):
     """Raised from ``on_starting``: the configuration would split or drop the in-memory queue."""
 
 
+def _data_dir_problems() -> list[str]:
+    """DATA_DIR held by another node process: refused here, in one line, before a worker starts."""
+    from nodeapp.journal import DataDirInUse, check_free
+    from tmcommon.settings import SETTINGS
+
+    data_dir = os.environ.get(SETTINGS["data_dir"].env, "").strip()
+    try:
+        if data_dir:
+            check_free(data_dir)
+    except DataDirInUse as exc:
+        return [str(exc)]
+    return []
+
+
 def on_starting(server):
-    problems = _problems(server.cfg)
+    problems = _problems(server.cfg) + _data_dir_problems()
     if problems:
         for problem in problems:
             server.log.error("refusing to start: %s", problem)
@@ -110,4 +124,5 @@ def worker_exit(server, worker):
     app = getattr(worker, "wsgi", None)
     if app is not None and hasattr(app, "extensions") and "nodeapp" in app.extensions:
         stop_background(app)
+        app.extensions["nodeapp"].close()
         logging.getLogger("nodeapp").info("node stopped")

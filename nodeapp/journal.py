@@ -105,7 +105,7 @@ class Trimmed(NamedTuple):
 
 
 class Counters(NamedTuple):
-    """The counters of /stats at one moment (the newest written wins)."""
+    """Counters of /stats at one moment, those that changed (the newest value written wins)."""
 
     values: dict[str, int]
 
@@ -359,7 +359,7 @@ class Journal:
             elif kind is Trimmed:
                 trimmed.append(record)
             else:
-                counters = record.values
+                counters.update(record.values)
         conn = self._conn
         try:
             conn.execute("BEGIN")

@@ -221,6 +221,7 @@ class TaskStore:
         self.timings = None
         self.journal = journal
         self._unwritten: list[Record] = []  # for the journal, gathered under the lock
+        self._written_counts: dict[str, int] = {}  # counters as last handed to the journal
         self._monotonic = monotonic
         self._wall = wall
         self.lease_seconds = lease_seconds
@@ -560,6 +561,7 @@ class TaskStore:
                                                     completed_at=stored.done_at, seq=stored.seq))
             for name, attribute in _JOURNALED_COUNTERS.items():
                 setattr(self, attribute, recovered.counters.get(name, 0))
+            self._written_counts = dict(recovered.counters)
             self._seq = max(self._seq, recovered.last_seq)
             # Trims of a lowered RESULTS_RETENTION wait in _unwritten for the next change, so that
             # building a node starts no thread.
@@ -733,7 +735,11 @@ class TaskStore:
         """Hand the records noted so far, and the counters now, to the journal (lock held)."""
         if not self._unwritten:
             return None
-        self._unwritten.append(Counters({name: getattr(self, a) for name, a in _JOURNALED_COUNTERS.items()}))
+        counters = {name: value for name, attribute in _JOURNALED_COUNTERS.items()
+                    if self._written_counts.get(name) != (value := getattr(self, attribute))}
+        if counters:
+            self._unwritten.append(Counters(counters))
+            self._written_counts.update(counters)
         records, self._unwritten = self._unwritten, []
         return self.journal.write(records)
 

@@ -73,6 +73,8 @@ class LocalCluster:
         env: extra environment for both nodes (SPEC.md settings such as MAX_NUM_OF_WORKERS).
         token: the cluster token; CLUSTER_TOKEN from ``env`` or the environment, else generated.
         log_dir: where each node writes its log (``node-a.log``, ``node-b.log``).
+        data_dir: if set, each node keeps its journal in ``data_dir/<node name>`` (its DATA_DIR),
+            so that a node started again on it finds its tasks and results.
         proxy: put each node behind nginx (its files in ``log_dir/node-a-nginx/``).
     """
 
@@ -82,6 +84,7 @@ class LocalCluster:
         env: Mapping[str, str] | None = None,
         token: str | None = None,
         log_dir: Path | None = None,
+        data_dir: Path | None = None,
         proxy: bool = False,
     ) -> None:
         ports = ports or (free_port(), free_port())
@@ -89,6 +92,7 @@ class LocalCluster:
         self.token = token or self.env.get("CLUSTER_TOKEN") or os.environ.get("CLUSTER_TOKEN") or secrets.token_urlsafe(24)
         self.log_dir = Path(log_dir) if log_dir else Path(os.environ.get("TMPDIR", "/tmp")) / f"taskmanager-{os.getpid()}"
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = Path(data_dir) if data_dir else None
         self.nodes = [LocalNode(name, port, self.log_dir / f"{name}.log", backend_port=free_port() if proxy else None)
                       for name, port in zip(NODE_NAMES, ports)]
 
@@ -112,6 +116,7 @@ class LocalCluster:
             "CLUSTER_TOKEN": self.token,
             "BIND": f"127.0.0.1:{node.backend_port or node.port}",
             "PYTHONUNBUFFERED": "1",
+            **({"DATA_DIR": str(self.data_dir / node.name)} if self.data_dir else {}),
         }
 
     def start_node(self, index: int) -> LocalNode:

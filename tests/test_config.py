@@ -35,6 +35,7 @@ NUMERIC = [
     ("HASH_RATE", float, 1, 10**10, "from 1 to 1e+10"),
     ("CLAIM_SECONDS", float, 0.01, 60, "from 0.01 to 60"),
     ("LOG_SUMMARY_SECONDS", float, 0, 86400, "from 0 to 86400"),
+    ("JOURNAL_BATCH_MS", float, 0, 1000, "from 0 to 1000"),
 ]
 
 

@@ -179,6 +179,15 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
                  "the worker at its measured rate)"),
     Setting("summary_seconds", "LOG_SUMMARY_SECONDS", float, 60.0, 0, 86400,
             "seconds between summary log lines; 0 = none"),
+    Setting("data_dir", "DATA_DIR", str, "", shown_default="none: in memory only",
+            help="directory of the node's journal: the tasks it accepted, its kept results and counters survive "
+                 "a restart of the node (one node per directory; see docs/durability.md)"),
+    Setting("journal_sync", "JOURNAL_SYNC", str, "batch", choices=("batch", "always", "off"),
+            help="when a journal write counts as durable: `batch` = fsync at most every `JOURNAL_BATCH_MS`, "
+                 "the request waits for it; `always` = an fsync as soon as possible; `off` = no fsync "
+                 "(survives a crash of the node, not a power cut)"),
+    Setting("journal_batch_ms", "JOURNAL_BATCH_MS", float, 5.0, 0, 1000,
+            "`batch`: shortest time between two journal commits, in milliseconds"),
     Setting("history_seconds", "HISTORY_SECONDS", float, 10.0, 0.1, 600,
             "seconds between two samples of the dashboard's chart (`GET /history` keeps the newest 360: an hour "
             "at the default)"),

@@ -1,0 +1,124 @@
+"""A node with DATA_DIR, through the Flask test client: what it told clients and workers is still
+there after it is rebuilt on the same directory; without DATA_DIR nothing changes."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+
+import pytest
+
+from nodeapp import create_app
+from nodeapp.journal import DB_NAME, DataDirInUse
+from tests.conftest import TOKEN
+from tests.helpers import FakeLauncher
+from tests.test_api import RESULT, assert_error, claim, complete, enqueue, sha512_result
+
+AUTH = {"X-Cluster-Token": TOKEN}
+
+
+def node(data_dir, **settings):
+    """A node on ``data_dir``; ``close()`` it (as gunicorn's worker_exit does) before the next."""
+    settings = {"cluster_token": TOKEN, "node_name": "durable", "node_url": "http://127.0.0.1:1",
+                "data_dir": str(data_dir), **settings}
+    app = create_app(settings, launcher=FakeLauncher())
+    return app, app.test_client()
+
+
+def close(app) -> None:
+    app.extensions["nodeapp"].close()
+
+
+def test_queue_results_failures_and_counters_come_back(tmp_path):
+    app, client = node(tmp_path, max_attempts=1, lease_seconds=60)
+    ids = [enqueue(client, f"body {i}".encode(), i + 1) for i in range(6)]
+    leased = claim(client, AUTH, "w1", max_tasks=3)  # ids 0, 1, 2
+    assert complete(client, AUTH, "w1", [(ids[0], sha512_result(b"body 0", 1))]) == 1
+    assert client.post("/worker_down/w1", json={}, headers=AUTH).status_code == 200  # 1 and 2 fail
+    claim(client, AUTH, "w2", max_tasks=1)  # id 3 running when the node goes away
+    before = client.get("/stats").get_json()
+    close(app)
+
+    app, client = node(tmp_path, max_attempts=1, lease_seconds=60)
+    stats = client.get("/stats").get_json()
+    assert (stats["queued"], stats["running"]) == (3, 0)  # the running task is queued again
+    for key in ("enqueued", "completed", "failed", "results_kept"):
+        assert stats[key] == before[key], key
+    assert stats["journal"]["durable"] is True and stats["journal"]["recovered"] == {
+        "queued": 3, "completed": 1, "failed": 2}
+    assert [t["id"] for t in claim(client, AUTH, "w3", max_tasks=10)] == ids[3:]  # submission order
+    assert client.get(f"/status/{ids[0]}").get_json()["result"] == sha512_result(b"body 0", 1)
+    assert client.get(f"/status/{ids[1]}").get_json()["state"] == "failed"
+    assert "MAX_ATTEMPTS" in client.get(f"/status/{ids[2]}").get_json()["reason"]
+    assert [r["id"] for r in client.post("/pullCompleted?top=10").get_json()] == [ids[0]]
+    # A late result from the lease of before the restart is ignored; the new lease holder's counts.
+    assert complete(client, AUTH, "w2", [(ids[3], RESULT)]) == 0
+    assert complete(client, AUTH, "w3", [(ids[3], RESULT)]) == 1
+    new_id = enqueue(client)
+    assert new_id not in ids and len(leased) == 3
+    close(app)
+
+
+def test_bodies_are_dropped_and_results_trimmed_in_the_file(tmp_path):
+    app, client = node(tmp_path, results_retention=3)
+    ids = [enqueue(client, b"%d" % i * 1000) for i in range(10)]
+    complete(client, AUTH, "w", [(t["id"], RESULT) for t in claim(client, AUTH, "w", max_tasks=8)])
+    close(app)
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        rows = conn.execute("SELECT state, body IS NULL FROM tasks ORDER BY seq").fetchall()
+    assert rows == [(1, 1)] * 3 + [(0, 0)] * 2  # 3 results kept, 2 tasks queued with their body
+    app, client = node(tmp_path, results_retention=2)  # retention lowered: trimmed again
+    assert [r["id"] for r in client.post("/pullCompleted?top=10").get_json()] == [ids[7], ids[6]]
+    enqueue(client)
+    close(app)
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks WHERE state = 1").fetchone() == (2,)
+
+
+def test_health_and_stats_say_whether_the_node_is_durable(tmp_path):
+    app, client = node(tmp_path, journal_sync="always")
+    assert client.get("/health").get_json()["durable"] is True
+    assert client.get("/stats").get_json()["journal"]["sync"] == "always"
+    close(app)
+    memory = create_app({"cluster_token": TOKEN}, launcher=FakeLauncher()).test_client()
+    assert memory.get("/health").get_json()["durable"] is False
+    assert memory.get("/stats").get_json()["journal"] == {"durable": False}
+
+
+def test_a_second_node_on_the_same_data_dir_is_refused(tmp_path):
+    app, _ = node(tmp_path)
+    with pytest.raises(DataDirInUse, match="in use by another node process"):
+        node(tmp_path)
+    close(app)
+
+
+def test_journal_failure_is_a_json_503(tmp_path):
+    app, client = node(tmp_path)
+    enqueue(client)
+    close(app)  # the journal is gone: nothing can be made durable any more
+    body = assert_error(client.put("/enqueue?iterations=1", data=b"x"), 503, "journal_unavailable")
+    assert "retry" in body["message"]
+
+
+def test_concurrent_enqueues_share_commits_and_all_survive(tmp_path):
+    app, client = node(tmp_path, journal_batch_ms=5)
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        mine = [enqueue(app.test_client(), os.urandom(16)) for _ in range(25)]
+        with lock:
+            ids.extend(mine)
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    journal = client.get("/stats").get_json()["journal"]
+    assert journal["commits"] < len(ids)
+    close(app)
+    app, client = node(tmp_path)
+    assert sorted(t["id"] for t in claim(client, AUTH, "w", max_tasks=1000)) == sorted(ids)
+    close(app)
