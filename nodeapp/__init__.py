@@ -85,6 +85,9 @@ def create_app(
     from nodeapp.task_api import bp as task_bp
 
     app.register_blueprint(task_bp)
+    from nodeapp.openapi import bp as openapi_bp
+
+    app.register_blueprint(openapi_bp)
     from nodeapp.dashboard import bp as dashboard_bp
 
     app.register_blueprint(dashboard_bp)
