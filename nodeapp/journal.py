@@ -29,6 +29,7 @@ import errno
 import fcntl
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -136,6 +137,7 @@ class Recovered:
     counters: dict[str, int] = field(default_factory=dict)
     last_seq: int = 0
     skipped: list[str] = field(default_factory=list)  # what could not be recovered, for the log
+    epoch: str = ""  # the store's epoch in GET /results cursors: the same while this file lasts
 
 
 class Commit:
@@ -219,6 +221,10 @@ class Journal:
             recovered = self._read()
         else:
             notes += tail.describe(self._wal_frames_valid)
+        if not recovered.epoch:  # a new file, or one rebuilt from a damaged one: cursors start again
+            value = secrets.randbits(63)
+            self._conn.execute("INSERT INTO meta VALUES ('epoch', ?)", (value,))
+            recovered.epoch = f"{value:016x}"
         recovered.skipped = notes + recovered.skipped
         for note in recovered.skipped:
             log.warning("journal %s: %s", self.path, note)
@@ -270,6 +276,8 @@ class Journal:
                           if isinstance(name, str) and isinstance(value, int)}
         for (value,) in self._conn.execute("SELECT value FROM meta WHERE name = 'last_seq'"):
             found.last_seq = max(found.last_seq, int(value))
+        for (value,) in self._conn.execute("SELECT value FROM meta WHERE name = 'epoch'"):
+            found.epoch = f"{int(value):016x}"
         return found
 
     def _rebuild(self, error: sqlite3.DatabaseError) -> list[str]:

@@ -549,6 +549,9 @@ class TaskStore:
                 self._admit(_Task(stored.id, stored.iterations, stored.enqueued_at, tick - waited, data, stored.seq,
                                   digest=hashlib.sha512(data).digest()), _QUEUE, None)
             self._unwritten.clear()  # _admit noted them as accepted: they are in the journal already
+            # Completions are numbered 1, 2, ... per epoch: the kept ones are the newest of them all.
+            self.epoch = recovered.epoch or self.epoch
+            self._log.last_seq = max(0, recovered.counters.get("completed", 0) - len(recovered.completed))
             for stored in recovered.completed:
                 record = TaskRecord(stored.id, COMPLETED, stored.iterations, stored.enqueued_at,
                                     result=stored.result, completed_at=stored.done_at, seq=stored.seq)

@@ -72,12 +72,13 @@ def test_tm_enqueue_of_several_files_is_one_batch_and_tm_results_lists_each_once
     code, out, _ = run(capsys, "enqueue", *map(str, files), "-n", "5", "--wait")
     ids = [line.split()[0] for line in out.splitlines() if len(line.split()[0]) == 32][:3]
     assert code == 0 and len(set(ids)) == 3
-    code, out, err = run(capsys, "--json", "results", "--after", start["next"])
+    kept = tmp_path / "cursor"
+    code, out, err = run(capsys, "--json", "results", "--after", start["next"], "--cursor-file", str(kept))
     listed = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and sorted(r["id"] for r in listed) == sorted(ids)
     assert {r["id"]: r["result"] for r in listed} == {i: sha512_chain(f.read_bytes(), 5) for i, f in zip(ids, files)}
-    cursor = err.split("next: ")[1].split()[0]
-    code, out, _ = run(capsys, "--json", "results", "--after", cursor)
+    assert f"next: {kept.read_text().strip()}" in err
+    code, out, _ = run(capsys, "--json", "results", "--cursor-file", str(kept))
     assert code == 0 and out == ""  # nothing new: nothing twice
 
 

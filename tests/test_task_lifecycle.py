@@ -235,3 +235,32 @@ def test_completion_log_compacts_and_keeps_answering():
     page, missed = log.after(4950, 10)
     assert page == [(4951 + i, 4950 + i) for i in range(10)] and missed == 0
     assert log.after(0, 1) == ([(4901, 4900)], 4900)
+
+
+def test_a_cursor_goes_on_across_a_restart_on_the_same_journal(tmp_path, clock):
+    from nodeapp.journal import Journal
+
+    def reopen() -> tuple[TaskStore, Journal]:
+        journal = Journal(tmp_path, sync="off")
+        store = TaskStore(results_retention=3, journal=journal, monotonic=clock, wall=clock)
+        store.restore(journal.load())
+        return store, journal
+
+    store, journal = reopen()
+    for i in range(5):
+        store.submit(b"%d" % i, 1)
+    run(store)
+    page, missed = store.completed_after(0, 10)
+    assert [n for n, _ in page] == [3, 4, 5] and missed == 2  # RESULTS_RETENTION=3 kept the newest
+    epoch = store.epoch
+    journal.close()
+
+    store, journal = reopen()
+    assert store.epoch == epoch
+    assert store.completed_after(5, 10) == ([], 0)  # nothing twice
+    assert [r.id for _, r in store.completed_after(4, 10)[0]] == [page[-1][1].id]
+    new = [store.submit(b"new %d" % i, 1) for i in range(2)]
+    run(store)
+    after, missed = store.completed_after(5, 10)
+    assert [r.id for _, r in after] == new and missed == 0  # nothing missed
+    journal.close()

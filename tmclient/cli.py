@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from rich.live import Live
 from rich.text import Text
@@ -86,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("results", parents=[common], help="every result after a cursor, oldest first, once each")
     p.add_argument("--after", default="", metavar="CURSOR", help="the cursor a previous run printed (default: "
                    "from the oldest result kept)")
+    p.add_argument("--cursor-file", metavar="FILE", help="start from the cursor kept in FILE (if it exists) and "
+                   "keep the new one there after each page: each run prints only what is new")
     p.add_argument("--follow", "-f", action="store_true", help="keep waiting for new results until Ctrl-C")
     p.add_argument("--poll", type=positive_float, default=1.0, metavar="S", help="--follow: seconds between asks")
 
@@ -239,8 +242,12 @@ def act_on_each(args: argparse.Namespace, action) -> int:
 
 
 def cmd_results(client: Client, args: argparse.Namespace) -> int:
-    """Print each result once, oldest first; the cursor to go on from goes to stderr at the end."""
+    """Print each result once, oldest first; the cursor to go on from goes to stderr at the end
+    (and to ``--cursor-file`` after each page)."""
     cursor = args.after
+    kept = Path(args.cursor_file) if args.cursor_file else None
+    if kept is not None and not cursor and kept.exists():
+        cursor = kept.read_text().strip()
     as_json = getattr(args, "json", False)
     try:
         while True:
@@ -254,6 +261,8 @@ def cmd_results(client: Client, args: argparse.Namespace) -> int:
                 print(f"tm: {page['missed']} results were dropped (RESULTS_RETENTION) before they could be read",
                       file=sys.stderr)
             cursor = page["next"]
+            if kept is not None:
+                kept.write_text(cursor + "\n")
             if len(page["results"]) < 1000:
                 if not args.follow:
                     break
