@@ -48,7 +48,8 @@ class Lines:
 def start_program(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Lines, Lines]:
     env = {k: v for k, v in os.environ.items() if k not in {s.env for s in SETTINGS.values()}}
     env.update(QUICK_ENV, TMPDIR=str(tmp_path), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "run_program.py", "--local", "--no-progress", *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "run_program.py", "--local", "--no-progress",
+                             "--data-dir", str(tmp_path / "data"), *args], cwd=ROOT, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     return proc, Lines(proc.stdout), Lines(proc.stderr)
@@ -111,3 +112,74 @@ def test_a_killed_node_is_restarted_and_ctrl_c_stops_everything(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+# ------------------------------------------------------------------ the supervisor's rules, no process
+class FakeProcess:
+    def __init__(self, pid: int) -> None:
+        self.pid, self.returncode = pid, None
+
+    def poll(self):
+        return self.returncode
+
+
+class FakeNode:
+    def __init__(self, name: str) -> None:
+        self.name, self.url, self.log_path, self.proxy = name, f"http://{name}", Path(f"/logs/{name}.log"), None
+        self.process = FakeProcess(100)
+
+
+class FakeCluster:
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir, self.nodes = log_dir, [FakeNode("node-a"), FakeNode("node-b")]
+        self.stopped: list[int] = []
+        self.fail_starts = 0
+
+    def stop_node(self, index: int, grace: float) -> None:
+        self.stopped.append(index)
+
+    def start_node(self, index: int) -> None:
+        if self.fail_starts:
+            self.fail_starts -= 1
+            raise RuntimeError("port 8002 is taken")
+        node = self.nodes[index]
+        node.process = FakeProcess(node.process.pid + 1)
+
+
+def test_restarts_at_once_after_a_steady_run_and_back_off_when_it_keeps_failing(tmp_path):
+    from tests.helpers import Clock
+    from tmrun.supervise import Supervisor
+
+    clock, cluster, healthy, events = Clock(0.0), FakeCluster(tmp_path), set(), []
+    supervisor = Supervisor(cluster, events.append, healthy=lambda url: url in healthy, monotonic=clock, wall=clock)
+    b = cluster.nodes[1]
+
+    def crash_and_check(at: float, code: int = -9) -> None:
+        clock.now = at
+        b.process.returncode = code
+        supervisor.check()
+
+    crash_and_check(40.0)  # after 40 s of running: restarted at once
+    assert supervisor.restarts(1) == 1 and b.process.pid == 101 and cluster.stopped == [1]
+    assert "node-b exited (signal 9); restarting it;" in events[0] and "restart 1" in events[1]
+    crash_and_check(41.0, code=3)  # 1 s after its restart: a pause of 1 s, then 2 s, ...
+    assert supervisor.restarts(1) == 1 and "exited (code 3); restarting it in 1s" in events[-1]
+    clock.now = 42.0
+    supervisor.check()
+    assert supervisor.restarts(1) == 2
+    crash_and_check(42.5, code=3)
+    assert "in 2s" in events[-1]
+    clock.now = 44.5
+    cluster.fail_starts = 1  # the restart itself fails: tried again after a longer pause
+    supervisor.check()
+    assert supervisor.restarts(1) == 2 and "could not be restarted (port 8002 is taken); trying again in 4s" in events[-1]
+    clock.now = 48.5
+    supervisor.check()
+    assert supervisor.restarts(1) == 3
+    healthy.add(b.url)
+    clock.now = 49.0
+    supervisor.check()
+    supervisor.check()
+    assert [e for e in events if "node-b is back" in e] == [events[-1]]
+    assert cluster.nodes[0].process.pid == 100  # node-a was never touched
+    assert (tmp_path / "supervisor.log").read_text().count("\n") == len(events)
