@@ -77,14 +77,15 @@ QUICK_ENV = {"SCALE_INTERVAL": "0.2", "SCALE_WAIT": "0.2", "WORKER_IDLE_SECONDS"
 
 
 @contextmanager
-def running_cluster(env: dict[str, str], log_dir, timeout: float = 60.0):
-    """A started two-node LocalCluster with the settings of ``env`` only (not the caller's shell's)."""
+def running_cluster(env: dict[str, str], log_dir, timeout: float = 60.0, cluster=None):
+    """A started two-node LocalCluster with the settings of ``env`` only (not the caller's shell's);
+    or ``cluster``, a LocalCluster the caller made, started the same way."""
     import pytest
 
     from nodeapp.config import SETTINGS
     from provisioning.local_cluster import LocalCluster
 
-    cluster = LocalCluster(env=env, log_dir=log_dir)
+    cluster = cluster or LocalCluster(env=env, log_dir=log_dir)
     try:
         with pytest.MonkeyPatch.context() as mp:
             for setting in SETTINGS.values():

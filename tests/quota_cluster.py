@@ -8,13 +8,10 @@ slot used on both nodes at once still is, unless it appears and goes within one 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 
-import pytest
 import requests
 
-from nodeapp.config import SETTINGS
 from provisioning.local_cluster import LocalCluster
 
 
@@ -30,19 +27,6 @@ class SplitCluster(LocalCluster):
         return {**super().node_env(index), **self.per_node[index]}
 
 
-@contextmanager
-def running(cluster: LocalCluster, timeout: float = 60.0) -> Iterator[LocalCluster]:
-    """Start both nodes without the settings of the caller's shell; stop them at the end."""
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            for setting in SETTINGS.values():
-                mp.delenv(setting.env, raising=False)
-            cluster.start(timeout=timeout)
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 def stats(url: str) -> dict:
     response = requests.get(f"{url}/stats", timeout=5)
     response.raise_for_status()
@@ -56,8 +40,8 @@ def taken(s: dict) -> int:
 
 class QuotaWatch:
     """A thread that checks, again and again until ``stop``, that the live + pending + reserved
-    workers of both nodes stay within the sum of their own maxima. Nodes that do not answer
-    (stopped, restarting) are skipped for that round; ``skip`` lists node indexes to leave out."""
+    workers of both nodes stay within the sum of their own maxima. A round where a node does not
+    answer (stopped, restarting) is skipped."""
 
     def __init__(self, urls: Sequence[str], base_max: Sequence[int]) -> None:
         self.urls, self.limit = list(urls), sum(base_max)

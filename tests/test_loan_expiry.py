@@ -20,8 +20,8 @@ import time
 import pytest
 import requests
 
-from tests.helpers import wait_for
-from tests.quota_cluster import QuotaWatch, SplitCluster, running, stats
+from tests.helpers import running_cluster, wait_for
+from tests.quota_cluster import QuotaWatch, SplitCluster, stats
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ def quota(url: str) -> tuple[int, int, int, int, bool]:
 
 def test_loans_end_with_their_borrower_and_survive_a_lender_restart(tmp_path):
     nodes = SplitCluster([{"MAX_NUM_OF_WORKERS": "0"}, {"MAX_NUM_OF_WORKERS": "3"}], env=ENV, log_dir=tmp_path)
-    with running(nodes) as cluster:
+    with running_cluster(ENV, tmp_path, cluster=nodes) as cluster:
         a, b = cluster.urls
         with QuotaWatch([a, b], [0, 3]) as watch:
             for _ in range(30):  # more work than 3 workers do in the whole test

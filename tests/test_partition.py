@@ -18,8 +18,8 @@ import pytest
 import requests
 
 from provisioning.local_cluster import free_port
-from tests.helpers import wait_for
-from tests.quota_cluster import QuotaWatch, SplitCluster, running, stats
+from tests.helpers import running_cluster, wait_for
+from tests.quota_cluster import QuotaWatch, SplitCluster, stats
 from tests.tcp_proxy import BLACKHOLE, REFUSE, TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -80,7 +80,7 @@ def test_a_partition_between_the_nodes(tmp_path):
         ports=ports, env=ENV, log_dir=tmp_path)
     took: list[float] = []
     try:
-        with running(nodes) as cluster, QuotaWatch(cluster.urls, BASE) as watch:
+        with running_cluster(ENV, tmp_path, cluster=nodes) as cluster, QuotaWatch(cluster.urls, BASE) as watch:
             a, b = cluster.urls
             before = [enqueue(a) for _ in range(8)]
             wait_for(lambda: quota(a) == (0, 2) and quota(b) == (2, 0), 45, what="A to borrow B's 2 slots")
