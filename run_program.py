@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-workers", type=int,
                         help=f"{workers.env} per node (default {workers.describe_default()})")
     parser.add_argument("--no-progress", action="store_true", help="local mode: no live status line")
+    parser.add_argument("--data-dir", default=".tm-data", metavar="DIR",
+                        help="local mode: each node journals its tasks and results in DIR/node-a, DIR/node-b, "
+                             "so that the next run finds them (default .tm-data; '' = in memory only)")
+    parser.add_argument("--fresh", action="store_true", help="local mode: empty the nodes' journals first")
     parser.add_argument("--proxy", action="store_true",
                         help="local mode: each node behind nginx, configured as AWS mode configures it "
                              "(needs nginx installed)")

@@ -60,13 +60,13 @@ class RefuseToStart(SystemExit):
 
 def _data_dir_problems() -> list[str]:
     """DATA_DIR held by another node process: refused here, in one line, before a worker starts."""
-    from nodeapp.journal import DataDirInUse, check_free
+    from nodeapp.journal import LOCK_WAIT, DataDirInUse, check_free
     from tmcommon.settings import SETTINGS
 
     data_dir = os.environ.get(SETTINGS["data_dir"].env, "").strip()
     try:
         if data_dir:
-            check_free(data_dir)
+            check_free(data_dir, LOCK_WAIT)
     except DataDirInUse as exc:
         return [str(exc)]
     return []

@@ -48,6 +48,8 @@ SCHEMA_VERSION = 1
 QUEUED, COMPLETED, FAILED, CANCELLED = 0, 1, 2, 3
 #: After a checkpoint the WAL is cut back to this size (SQLite otherwise keeps its high-water mark).
 WAL_SIZE_LIMIT = 8 * 1024 * 1024
+#: Seconds a node waits for DATA_DIR's lock before it refuses to start.
+LOCK_WAIT = 5.0
 #: Free pages (4 KiB) beyond which the writer gives space back to the file system.
 VACUUM_FREE_PAGES = 2048
 
@@ -192,7 +194,7 @@ class Journal:
         self.max_pending = max_pending
         self.path = self.data_dir / DB_NAME
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _take_lock(self.data_dir / LOCK_NAME)
+        self._lock_fd = _take_lock(self.data_dir / LOCK_NAME, LOCK_WAIT)
         self._conn: sqlite3.Connection | None = None
         self._wal_frames_valid = 0
         self._cond = threading.Condition()
@@ -452,24 +454,51 @@ def open_journal(config) -> Journal | None:
     return Journal(config.data_dir, sync=config.journal_sync, batch_ms=config.journal_batch_ms)
 
 
-def check_free(data_dir: str | os.PathLike) -> None:
-    """Raise ``DataDirInUse`` if another process holds ``data_dir`` (takes the lock and drops it)."""
+def erase(data_dir: str | os.PathLike) -> bool:
+    """Delete the journal in ``data_dir`` (to start empty); returns whether there was one.
+
+    Raises:
+        DataDirInUse: a node uses ``data_dir``.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        return False
+    fd = _take_lock(data_dir / LOCK_NAME)
+    try:
+        found = [p for p in data_dir.glob(f"{DB_NAME}*") if p.is_file()]
+        for path in found:
+            path.unlink()
+        return bool(found)
+    finally:
+        os.close(fd)
+
+
+def check_free(data_dir: str | os.PathLike, wait: float = 0.0) -> None:
+    """Raise ``DataDirInUse`` if another process holds ``data_dir`` after ``wait`` seconds (takes
+    the lock and drops it)."""
     lock = Path(data_dir) / LOCK_NAME
     if lock.exists():
-        os.close(_take_lock(lock))
+        os.close(_take_lock(lock, wait))
 
 
-def _take_lock(path: Path) -> int:
+def _take_lock(path: Path, wait: float = 0.0) -> int:
+    """Lock ``path`` (a file in DATA_DIR) for this process, trying for up to ``wait`` seconds:
+    the worker process of a node killed a moment ago may still be on its way out."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-            raise DataDirInUse(f"DATA_DIR {path.parent} is in use by another node process"
-                               f"{f' (pid {holder})' if holder else ''}; one node per DATA_DIR") from None
-        raise
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES) or time.monotonic() >= deadline:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                    raise
+                raise DataDirInUse(f"DATA_DIR {path.parent} is in use by another node process"
+                                   f"{f' (pid {holder})' if holder else ''}; one node per DATA_DIR") from None
+            time.sleep(0.1)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

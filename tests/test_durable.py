@@ -86,7 +86,8 @@ def test_health_and_stats_say_whether_the_node_is_durable(tmp_path):
     assert memory.get("/stats").get_json()["journal"] == {"durable": False}
 
 
-def test_a_second_node_on_the_same_data_dir_is_refused(tmp_path):
+def test_a_second_node_on_the_same_data_dir_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr("nodeapp.journal.LOCK_WAIT", 0.3)
     app, _ = node(tmp_path)
     with pytest.raises(DataDirInUse, match="in use by another node process"):
         node(tmp_path)

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from nodeapp import journal as journal_module
 from nodeapp.journal import (
-    DB_NAME, Accepted, Completed, Counters, DataDirInUse, Failed, Journal, JournalError, Trimmed,
+    DB_NAME, Accepted, Completed, Counters, DataDirInUse, Failed, Journal, JournalError, Trimmed, erase,
 )
 from tests.helpers import wait_for
 
@@ -101,7 +102,12 @@ def test_bad_sync_policy_is_refused(tmp_path):
         Journal(tmp_path, sync="sometimes")
 
 
-def test_second_user_of_a_data_dir_is_refused_with_one_line(tmp_path):
+@pytest.fixture
+def short_lock_wait(monkeypatch):
+    monkeypatch.setattr(journal_module, "LOCK_WAIT", 0.3)
+
+
+def test_second_user_of_a_data_dir_is_refused_with_one_line(tmp_path, short_lock_wait):
     journal, _ = opened(tmp_path)
     with pytest.raises(DataDirInUse) as refused:
         Journal(tmp_path)
@@ -111,7 +117,14 @@ def test_second_user_of_a_data_dir_is_refused_with_one_line(tmp_path):
     Journal(tmp_path).close()  # free again once closed
 
 
-def test_lock_held_by_another_process(tmp_path):
+def test_a_lock_let_go_within_the_wait_is_taken(tmp_path):
+    first, _ = opened(tmp_path)
+    threading.Timer(0.5, first.close).start()  # a node on its way out
+    second, _ = opened(tmp_path)  # waits for it (LOCK_WAIT), then starts
+    second.close()
+
+
+def test_lock_held_by_another_process(tmp_path, short_lock_wait):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from nodeapp.journal import Journal; Journal(sys.argv[1]); "
                                "print('locked', flush=True); sys.stdin.read()", str(tmp_path)],
@@ -323,3 +336,16 @@ def test_size_stays_bounded_under_steady_load(tmp_path):
     assert max(sizes[20:]) <= max(sizes[:20]), sizes
     with sqlite3.connect(tmp_path / DB_NAME) as conn:
         assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (retention,)
+
+
+def test_erase_deletes_the_journal_unless_a_node_uses_it(tmp_path):  # erase does not wait
+    journal, _ = opened(tmp_path)
+    journal.write([accepted(1)]).wait()
+    with pytest.raises(DataDirInUse):
+        erase(tmp_path)
+    journal.close()
+    assert erase(tmp_path) is True and not list(tmp_path.glob(f"{DB_NAME}*"))
+    assert erase(tmp_path) is False and erase(tmp_path / "missing") is False
+    journal, recovered = opened(tmp_path)
+    assert recovered.queued == []
+    journal.close()

@@ -16,7 +16,7 @@ from tests.test_e2e import FAST, pull_merged
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-TASKS = 3000
+TASKS = 2000
 
 
 def test_kill_9_of_a_node_loses_and_repeats_nothing(tmp_path):

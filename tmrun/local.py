@@ -9,12 +9,14 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
 from nodeapp.config import NodeConfig
+from nodeapp.journal import DataDirInUse, check_free, erase
 from provisioning.local_cluster import LocalCluster
 from tmclient.client import Client, NodesUnreachable
 from tmclient.render import console, stats_view
@@ -44,13 +46,26 @@ def status_view(cluster: LocalCluster, supervisor: Supervisor | None = None) -> 
 def run_local(args: argparse.Namespace) -> int:
     """Start both nodes, restart one that exits, show their status until Ctrl-C, then stop everything."""
     env = settings_env(args)
-    cluster = LocalCluster(ports=args.ports, env=env, proxy=args.proxy)
+    data_dir = Path(args.data_dir).resolve() if args.data_dir else None
+    cluster = LocalCluster(ports=args.ports, env=env, proxy=args.proxy, data_dir=data_dir)
     busy = cluster.busy_ports()
     if busy:
         taken = " and ".join(f"127.0.0.1:{port}" for port in busy)
         print(f"error: {taken} {'is' if len(busy) == 1 else 'are'} in use (another run_program.py --local?); "
               "choose free ports with --ports A,B", file=sys.stderr)
         return 1
+    if data_dir is not None:
+        try:
+            if args.fresh:
+                for node in cluster.nodes:
+                    erase(data_dir / node.name)
+            for node in cluster.nodes:
+                check_free(data_dir / node.name)
+        except DataDirInUse as exc:
+            print(f"error: {exc} (another run_program.py --local? use --data-dir DIR)", file=sys.stderr)
+            return 1
+        print(f"journals in {data_dir} ({'emptied, ' if args.fresh else ''}a node that restarts and the next run "
+              "find their tasks there; --fresh starts empty)", file=sys.stderr)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
