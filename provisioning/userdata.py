@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from provisioning.naming import NODE_PORT
+from provisioning.proxy import ProxySettings, render
 
 VENV = "/opt/tm/venv"
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_./:,@+=-]*$")
@@ -134,6 +135,14 @@ NODE_URL=http://${PRIVATE_IP}:__PORT__
 ENV
 chmod 644 /etc/tm/node.env
 __PEER__
+# nginx holds the node's port and reads whole requests within deadlines; gunicorn is on loopback
+# (provisioning/proxy.py rendered this file from the node's settings).
+step nginx retry dnf install -y -q nginx
+cat > /etc/nginx/nginx.conf <<'NGINX'
+__NGINX_CONF__NGINX
+if command -v setsebool >/dev/null 2>&1; then setsebool -P httpd_can_network_connect 1 || true; fi
+systemctl enable --now nginx.service
+
 cat > /etc/systemd/system/tm-node.service <<'UNIT'
 [Unit]
 Description=Scalable task manager node
@@ -240,14 +249,17 @@ def node_script(delivery: Delivery, env: Mapping[str, str], port: int = NODE_POR
     leaked = {"CLUSTER_TOKEN", *(secrets or {})} & set(env)
     if leaked:
         raise ValueError(f"{', '.join(sorted(leaked))} must not go into user-data: nodes read it from SSM")
-    env = {**env, "BIND": f"0.0.0.0:{port}"}
+    proxy = ProxySettings.for_node(env, listen=str(port), upstream=f"127.0.0.1:{port + 1}", user="nginx",
+                                   access_log="/var/log/nginx/access.log")
+    env = {**env, "BIND": proxy.upstream}
     lines = [f"{key}={_check_safe(key, str(value))}" for key, value in env.items()]
     peer = ""
     if peer_name:
         args = (f"--cluster {_check_safe('TM_CLUSTER', env['TM_CLUSTER'])} --peer {_check_safe('peer', peer_name)} "
                 f"--port {int(port)}")
         peer = _fill(_PEER, {"VENV": VENV, "PEER_ARGS": args})
-    body = _fill(_NODE, {"NODE_ENV": "\n".join(lines), "PORT": str(port), "VENV": VENV, "PEER": peer})
+    body = _fill(_NODE, {"NODE_ENV": "\n".join(lines), "PORT": str(port), "VENV": VENV, "PEER": peer,
+                         "NGINX_CONF": render(proxy)})
     on_failure = f"shutdown -h +{FAILED_NODE_GRACE} \"tm: the node's boot failed\""  # then stopped
     return _prelude("node", delivery, on_failure, secrets or {}) + body + _epilogue("node")
 

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from provisioning.proxy import ProxySettings, render
 from provisioning.userdata import Delivery, node_script, worker_script
 
 SECRET = "s3cr3t-token-never-in-user-data"
@@ -72,9 +73,18 @@ def test_node_runs_gunicorn_with_its_settings():
     assert "ExecStart=/opt/tm/venv/bin/gunicorn --config python:nodeapp.gunicorn_conf wsgi:app" in script
     for key, value in NODE_ENV.items():
         assert f"\n{key}={value}\n" in script
-    assert "\nBIND=0.0.0.0:8000\n" in script
+    assert "\nBIND=127.0.0.1:8001\n" in script  # behind nginx, which holds the node's port
     assert "NODE_URL=http://${PRIVATE_IP}:8000" in script
     assert "systemctl enable --now tm-node.service" in script
+
+
+def test_node_writes_the_nginx_configuration_of_its_settings():
+    script = node_script(DELIVERY, {**NODE_ENV, "MAX_BODY_BYTES": "5000"})
+    conf = script[script.index("cat > /etc/nginx/nginx.conf <<'NGINX'\n"):].split("\n", 1)[1]
+    conf = conf[:conf.index("\nNGINX\n") + 1]
+    assert conf == render(ProxySettings.for_node({"MAX_BODY_BYTES": "5000"}, "8000", "127.0.0.1:8001", user="nginx",
+                                                 access_log="/var/log/nginx/access.log"))
+    assert "client_max_body_size 5000;" in conf and "listen 8000;" in conf
 
 
 def test_refuses_the_token_and_unsafe_values():

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from provisioning.proxy import ProxySettings, render
 from provisioning.userdata import Delivery, node_script, worker_script
 from tests.aws_helpers import artifacts  # noqa: F401
 
@@ -93,9 +94,10 @@ def run_script(script: str, root: Path, bundle, **extra_env: str) -> tuple[int, 
     assert bash
     for old, new in (("/var/log/tm-bootstrap.log", f"{root}/bootstrap.log"), ("/opt/tm", f"{root}/opt/tm"),
                      ("/etc/systemd/system", f"{root}/systemd"), ("/etc/tm", f"{root}/etc/tm"),
-                     ("/dev/console", f"{root}/console")):
+                     ("/etc/nginx/nginx.conf", f"{root}/etc/nginx/nginx.conf"), ("/dev/console", f"{root}/console")):
         script = script.replace(old, new)
     (root / "systemd").mkdir(parents=True)
+    (root / "etc/nginx").mkdir(parents=True)
     bin_dir = root / "bin"
     bin_dir.mkdir()
     for name, body in STUBS.items():
@@ -175,8 +177,13 @@ def test_node_boot_writes_its_settings_finds_its_peer_and_starts_gunicorn(tmp_pa
     code, calls, log = run_script(script, tmp_path, bundles["node"], STUB_PEER="http://10.0.1.6:8000")
     assert code == 0, log
     settings = (tmp_path / "etc/tm/node.env").read_text().splitlines()
-    assert settings == ["NODE_NAME=node-2", "LAUNCHER=ec2", "TM_CLUSTER=demo", "BIND=0.0.0.0:8000",
+    assert settings == ["NODE_NAME=node-2", "LAUNCHER=ec2", "TM_CLUSTER=demo", "BIND=127.0.0.1:8001",
                         f"NODE_URL=http://{PRIVATE_IP}:8000", "PEER_URL=http://10.0.1.6:8000"]
+    # nginx holds port 8000 with the configuration the proxy tests run; gunicorn is on loopback
+    proxy = ProxySettings.for_node({}, "8000", "127.0.0.1:8001", user="nginx", access_log="/var/log/nginx/access.log")
+    assert (tmp_path / "etc/nginx/nginx.conf").read_text() == render(proxy)
+    assert "dnf install -y -q nginx" in calls and "systemctl enable --now nginx.service" in calls
+    assert calls.index("systemctl enable --now nginx.service") < calls.index("systemctl enable --now tm-node.service")
     assert (f"python -m provisioning.peer_lookup --region eu-west-1 --cluster demo --peer node-1 --port 8000"
             in calls)
     unit = (tmp_path / "systemd/tm-node.service").read_text()
