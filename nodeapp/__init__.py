@@ -13,6 +13,7 @@ from typing import Any
 from flask import Flask
 
 from nodeapp import bodies, errors, origin
+from nodeapp.auth import peer_token
 from nodeapp.config import NodeConfig
 from nodeapp.context import EXTENSION_KEY, NodeContext
 from nodeapp.journal import open_journal
@@ -63,7 +64,7 @@ def create_app(
     )
     if journal is not None:
         node.tasks.restore(journal.load())
-    peer = PeerClient(config.peer_url, config.cluster_token, config.node_name)
+    peer = PeerClient(config.peer_url, peer_token(config), config.node_name)
     if launcher is None:
         launcher = make_launcher(
             config.launcher, token=config.cluster_token, idle_seconds=config.worker_idle_seconds,

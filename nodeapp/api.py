@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import logging
 import re
-from functools import wraps
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from nodeapp.auth import OPERATOR, PEER, WORKER, requires
 from nodeapp.bodies import json_body, read_body
 from nodeapp.checkpoints import parse_checkpoints
 from nodeapp.context import get_context
@@ -54,18 +53,10 @@ def _field(data: dict, name: str, kind: type | tuple[type, ...], required: bool 
     return value
 
 
-def internal(view):
-    """Require the cluster token (constant-time compare) on an internal endpoint."""
-
-    @wraps(view)
-    def checked(*args, **kwargs):
-        ctx = get_context()
-        given = request.headers.get("X-Cluster-Token", "")
-        if not ctx.config.cluster_token or not hmac.compare_digest(given.encode(), ctx.config.cluster_token.encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong X-Cluster-Token")
-        return view(*args, **kwargs)
-
-    return checked
+#: The internal endpoints by who may call them (nodeapp/auth.py): workers, the peer node, the operator.
+internal = requires(WORKER)
+peer_only = requires(PEER)
+operator_only = requires(OPERATOR)
 
 
 def _checkpoints(data: dict) -> dict:
@@ -179,7 +170,7 @@ def worker_down(instance_id: str):
 
 
 @bp.get("/try_get_node_quota")
-@internal
+@peer_only
 def try_get_node_quota():
     granted = get_context().node.workers.lend()
     log.log(logging.INFO if granted else logging.DEBUG, "quota %s to peer", "lent" if granted else "refused")
@@ -187,7 +178,7 @@ def try_get_node_quota():
 
 
 @bp.post("/return_quota")
-@internal
+@peer_only
 def return_quota():
     new_max = get_context().node.workers.loan_returned()
     log.info("quota returned by peer: max now %d", new_max)
@@ -248,7 +239,7 @@ def heartbeat():
 
 
 @bp.post("/configure")
-@internal
+@operator_only
 def configure():
     ctx = get_context()
     data = json_body()
@@ -261,6 +252,9 @@ def configure():
         raise ApiError(400, "bad_request", "peer_url must be an http:// or https:// URL (or empty)")
     if max_workers is not None and not 0 <= max_workers <= 1000:
         raise ApiError(400, "bad_request", "max_workers must be from 0 to 1000")
+    if max_workers is not None and max_workers > ctx.config.max_workers:  # what was provisioned is the ceiling
+        raise ApiError(400, "above_provisioned", f"max_workers {max_workers} is above MAX_NUM_OF_WORKERS="
+                                                 f"{ctx.config.max_workers}, which this node was started with")
     ctx.configure(peer_url=peer_url, max_workers=max_workers)
     return jsonify(peer_url=ctx.peer.url or None, max_workers=ctx.node.workers.counts().max)
 

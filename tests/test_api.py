@@ -458,12 +458,12 @@ def test_quota_endpoints(app, client, auth):
 
 
 def test_configure(client, auth):
-    response = client.post("/configure", json={"peer_url": "http://127.0.0.1:9/", "max_workers": 7}, headers=auth)
+    response = client.post("/configure", json={"peer_url": "http://127.0.0.1:9/", "max_workers": 3}, headers=auth)
     assert response.status_code == 200
-    assert response.get_json() == {"peer_url": "http://127.0.0.1:9", "max_workers": 7}
+    assert response.get_json() == {"peer_url": "http://127.0.0.1:9", "max_workers": 3}
     stats = client.get("/stats").get_json()
-    assert stats["peer"]["url"] == "http://127.0.0.1:9" and stats["workers"]["max"] == 7
-    assert client.post("/configure", json={}, headers=auth).get_json()["max_workers"] == 7
+    assert stats["peer"]["url"] == "http://127.0.0.1:9" and stats["workers"]["max"] == 3
+    assert client.post("/configure", json={}, headers=auth).get_json()["max_workers"] == 3
     assert client.post("/configure", json={"peer_url": ""}, headers=auth).get_json()["peer_url"] is None
 
 

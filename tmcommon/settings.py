@@ -138,6 +138,13 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("cluster_token", "CLUSTER_TOKEN", str, "", form=HEADER_SAFE, secret=True, read_by=BOTH,
             help="shared secret of the internal endpoints (without it they all answer 401), sent by workers "
                  "and the peer in the `X-Cluster-Token` header"),
+    Setting("peer_token", "PEER_TOKEN", str, "", form=HEADER_SAFE, secret=True, shown_default="`CLUSTER_TOKEN`",
+            help="the token of the peer node: only it may borrow and return worker slots (`/try_get_node_quota`, "
+                 "`/renew_quota`, `/return_quota`); this node sends it to its peer. AWS mode gives the nodes "
+                 "their own, which workers never see"),
+    Setting("operator_token", "OPERATOR_TOKEN", str, "", form=HEADER_SAFE, secret=True,
+            shown_default="`PEER_TOKEN`",
+            help="the only token `POST /configure` accepts (AWS mode: in SSM, never sent by `run_program.py`)"),
     Setting("launcher", "LAUNCHER", str, "local", choices=("local", "ec2"), help="how workers are started"),
     Setting("scale_interval", "SCALE_INTERVAL", float, 2.0, 0.05, 3600, "seconds between scaler runs"),
     Setting("scale_wait", "SCALE_WAIT", float, 2.0, 0, 3600,

@@ -1,0 +1,81 @@
+"""Who may call which internal endpoint: three powers, each with its token (docs/api.md).
+
+* worker: ``/claim``, ``/complete``, ``/heartbeat``, ``/worker_down`` - CLUSTER_TOKEN (the peer's
+  token works too);
+* peer: borrowing and returning worker slots - PEER_TOKEN;
+* operator: ``POST /configure`` - OPERATOR_TOKEN.
+
+A token that is not set falls back to the one below it (OPERATOR_TOKEN to PEER_TOKEN to
+CLUSTER_TOKEN), so with CLUSTER_TOKEN alone (local mode) it opens every internal endpoint. AWS
+mode sets three different tokens and gives workers only the first. The header is always
+``X-Cluster-Token``; the comparison is constant-time. A missing or unknown token is a 401; a
+token of a lower power is a 403 and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+from functools import wraps
+from typing import Any
+
+from flask import request
+
+from nodeapp.context import get_context
+from nodeapp.errors import ApiError
+
+WORKER, PEER, OPERATOR = "worker", "peer", "operator"
+HEADER = "X-Cluster-Token"
+_NEEDS = {
+    PEER: "the peer node's token (PEER_TOKEN)",
+    OPERATOR: "the operator token (OPERATOR_TOKEN)",
+}
+
+
+def peer_token(config: Any) -> str:
+    """The token this node and its peer use between them."""
+    return config.peer_token or config.cluster_token
+
+
+def operator_token(config: Any) -> str:
+    return config.operator_token or peer_token(config)
+
+
+def accepted(config: Any, power: str) -> tuple[str, ...]:
+    """The (set) tokens that carry ``power``."""
+    if power == WORKER:
+        tokens = (config.cluster_token, peer_token(config))
+    elif power == PEER:
+        tokens = (peer_token(config),)
+    elif power == OPERATOR:
+        tokens = (operator_token(config),)
+    else:
+        raise ValueError(f"no power {power!r}")
+    return tuple(token for token in dict.fromkeys(tokens) if token)
+
+
+def holds(config: Any, power: str, given: str) -> bool:
+    """True if ``given`` carries ``power`` (every candidate compared, in constant time)."""
+    found = False
+    for token in accepted(config, power):
+        found |= hmac.compare_digest(given.encode(), token.encode())
+    return found
+
+
+def requires(power: str):
+    """Decorator of a Flask view: the request's X-Cluster-Token must carry ``power``."""
+
+    def decorate(view):
+        @wraps(view)
+        def checked(*args, **kwargs):
+            config = get_context().config
+            given = request.headers.get(HEADER, "")
+            if not holds(config, power, given):
+                if any(holds(config, lower, given) for lower in (WORKER, PEER) if lower != power):
+                    raise ApiError(403, "forbidden", f"this endpoint takes {_NEEDS[power]}; the token given "
+                                                     "does not carry that power")
+                raise ApiError(401, "unauthorized", f"missing or wrong {HEADER}")
+            return view(*args, **kwargs)
+
+        return checked
+
+    return decorate
