@@ -151,6 +151,11 @@ Wants=network-online.target
 
 [Service]
 User=tm
+# The node's journal (docs/durability.md): systemd makes /var/lib/taskmanager, owned by tm, on the
+# root EBS volume, which a restart of the service, a reboot and EC2 automatic recovery keep.
+StateDirectory=taskmanager
+StateDirectoryMode=0700
+Environment=DATA_DIR=/var/lib/taskmanager
 EnvironmentFile=/etc/tm/node.env
 EnvironmentFile=/etc/tm/secret.env
 WorkingDirectory=/opt/tm
