@@ -20,6 +20,7 @@ from nodeapp.results import merge_newest
 from nodeapp.enqueueing import REPLAYED_HEADER, queue, request_key, reuse_wanted
 from nodeapp.tasks import Submission, is_task_id
 from nodeapp.version import __version__
+from nodeapp.workers import Report
 from nodeapp.views import encode_json, task_json
 
 bp = Blueprint("nodeapp", __name__)
@@ -195,9 +196,13 @@ def claim():
     max_iterations = _field(data, "max_iterations", int, required=False, default=None)
     if not worker_id or max_tasks < 1 or (max_iterations is not None and max_iterations < 1):
         raise ApiError(400, "bad_request", "worker_id must be non-empty; max_tasks and max_iterations >= 1")
-    budget = int(ctx.config.hash_rate * ctx.config.claim_seconds)
+    try:
+        report = Report.from_claim(data)  # the worker's rate, engine and lanes, when it sends them
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+    budget = int((report.rate if report else ctx.config.hash_rate) * ctx.config.claim_seconds)
     max_iterations = budget if max_iterations is None else min(max_iterations, budget)
-    tasks = ctx.node.claim(worker_id, min(max_tasks, 1000), max_iterations)
+    tasks = ctx.node.claim(worker_id, min(max_tasks, 1000), max_iterations, report)
     return jsonify(
         tasks=[{"id": t.id, "iterations": t.iterations, "data": base64.b64encode(t.data or b"").decode(),
                 **({"checkpoint": {"done": t.checkpoint.done, "digest": t.checkpoint.digest}} if t.checkpoint else {})}

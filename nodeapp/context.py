@@ -15,7 +15,7 @@ from nodeapp.metrics import Metrics
 from nodeapp.node import Node
 from nodeapp.peer import PeerClient
 from nodeapp.scaling import Scaler
-from nodeapp.views import EncodedSummaries, stats_json
+from nodeapp.views import EncodedSummaries, stats_json, worker_json
 from provisioning.launchers import Launcher
 
 EXTENSION_KEY = "nodeapp"
@@ -52,9 +52,11 @@ class NodeContext:
         stats["journal"] = journal.info() if journal is not None else {"durable": False}
         stats["in_progress"] = [{"id": r.id, "done": r.done, "iterations": r.iterations}
                                 for r in self.node.tasks.in_progress(IN_PROGRESS_SHOWN)]
+        stats["workers"]["each"] = [worker_json(w) for w in self.node.workers.workers()]
         stats["scaler"] = {
             "running": self.scheduler is not None,
             "launcher": self.launcher.kind,
+            "worker_rate": self.node.workers.worker_rate(self.config.hash_rate),
             "decisions": self.scaler.decisions()[:20],
         }
         return stats

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+from tmcommon.cpus import available_cpus
+
 log = logging.getLogger(__name__)
 
 
@@ -54,7 +56,9 @@ class LocalProcessLauncher:
 
     The token reaches the worker through its environment, never its command line (which
     ``ps`` shows). Exited processes are reaped in ``running()``. Thread-safe: the scaler and the
-    node's shutdown hook may call it at the same time.
+    node's shutdown hook may call it at the same time. At most ``max_running`` workers run at
+    once (default: TM_LOCAL_MAX_WORKERS if set, else the machine's CPUs): more would only share
+    the same cores.
     """
 
     kind = "local"
@@ -67,7 +71,10 @@ class LocalProcessLauncher:
         node_name: str = "node",
         extra_env: Mapping[str, str] | None = None,
         python: str = sys.executable,
+        max_running: int | None = None,
     ) -> None:
+        self._max_running = max_running or _local_cap(os.environ)
+        self._capped = False  # the cap was met at the last launch (logged once per time)
         self._token = token
         self._idle_seconds = idle_seconds
         self._prefix = f"local-{node_name}-{os.getpid()}"
@@ -82,7 +89,12 @@ class LocalProcessLauncher:
         env = {**os.environ, **self._extra_env, "CLUSTER_TOKEN": self._token}
         ids = []
         with self._lock:
-            for _ in range(count):
+            room = self._max_running - sum(1 for proc in self._procs.values() if proc.poll() is None)
+            if count > room and not self._capped:
+                log.info("local workers capped at %d (the CPUs here): %d of %d started", self._max_running,
+                         max(0, room), count)
+            self._capped = count > room
+            for _ in range(min(count, room)):
                 worker_id = f"{self._prefix}-{next(self._numbers)}"
                 cmd = [self._python, "-m", "workerapp", "--worker-id", worker_id,
                        "--idle-seconds", str(self._idle_seconds), *node_urls]
@@ -125,6 +137,16 @@ class LocalProcessLauncher:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _local_cap(environ: Mapping[str, str]) -> int:
+    """Local workers that may run at once: TM_LOCAL_MAX_WORKERS, or the CPUs of this machine."""
+    raw = environ.get("TM_LOCAL_MAX_WORKERS", "").strip()
+    if not raw:
+        return available_cpus()
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"TM_LOCAL_MAX_WORKERS={raw!r}: expected a whole number >= 1")
+    return int(raw)
 
 
 def _ec2_launcher(**kwargs: Any) -> Launcher:

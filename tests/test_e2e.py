@@ -134,13 +134,14 @@ def test_tasks_on_both_nodes_complete_once_with_correct_results(make_cluster):
 
 
 def test_backlog_scales_to_max_then_borrows_then_returns(make_cluster):
-    # A low assumed hash rate makes 6 x 400k iterations look like a minute of work to the scaler.
-    cluster = make_cluster(HASH_RATE="50000")
+    # 6 x 1M iterations are seconds of work for 2 workers on the hashlib loop, even at the rate they
+    # report (the scaler's until then is HASH_RATE); the local cap is lifted above this machine's CPUs.
+    cluster = make_cluster(HASH_RATE="50000", TM_LOCAL_MAX_WORKERS="6", TM_HASH_ENGINE="python")
     a, b = cluster.urls
     tasks = {}
     for i in range(6):
         data = f"long-{i}".encode()
-        tasks[enqueue(a, data, 400_000)] = (data, 400_000)
+        tasks[enqueue(a, data, 1_000_000)] = (data, 1_000_000)
     seen = {"a_max": 0, "a_borrowed": 0, "b_lent": 0}
 
     def loan_visible():

@@ -173,8 +173,9 @@ def cluster(tmp_path_factory):
 def run_worker(cluster, tmp_path, worker_id, extra_env, pythonpath=None):
     """Enqueue three tasks, run one worker process until idle; return its stderr and the results."""
     url = cluster.urls[0]
-    tasks = {requests.put(f"{url}/enqueue", params={"iterations": n}, data=b"w%d" % n, timeout=5).json()["id"]:
-             (b"w%d" % n, n) for n in (1, 500, 20_000)}
+    bodies = {f"{worker_id}-{n}".encode(): n for n in (1, 500, 20_000)}  # distinct: never answered from a twin
+    tasks = {requests.put(f"{url}/enqueue", params={"iterations": n}, data=data, timeout=5).json()["id"]: (data, n)
+             for data, n in bodies.items()}
     env = {**os.environ, "CLUSTER_TOKEN": cluster.token, **extra_env}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), str(ROOT)])

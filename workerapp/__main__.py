@@ -23,6 +23,7 @@ from tmcommon.settings import WORKER, ConfigError, add_options, read_settings
 from workerapp import exitcodes
 from workerapp.client import NodeClient
 from workerapp.engine import EngineUnavailable, select_engine
+from workerapp.lanes import ProcessCompute, lane_compute, parse_lanes
 from workerapp.spot import METADATA_URL, SpotWatcher
 from workerapp.worker import Worker
 
@@ -36,6 +37,9 @@ def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = N
     parser.add_argument("nodes", nargs="+", metavar="NODE_URL", help="own node first, then the peer")
     add_options(parser, WORKER, settings)
     parser.add_argument("--max-batch", type=int, default=256, help="at most this many tasks per claim")
+    parser.add_argument("--lanes", type=parse_lanes, default=1,
+                        help="chains computed at once: a number, or 'auto' for one per CPU (default 1; "
+                             "EC2 workers start with auto)")
     parser.add_argument("--spot", action="store_true",
                         help="on a spot instance: watch the instance metadata for the interruption notice, "
                              "then hand every task back with its checkpoint and exit")
@@ -68,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return exitcodes.USAGE
     worker = Worker(clients, idle_seconds=args.worker_idle_seconds, claim_seconds=args.claim_seconds,
-                    max_batch=args.max_batch, compute_fn=engine.compute)
+                    max_batch=args.max_batch, compute_fn=lane_compute(engine, args.lanes), lanes=args.lanes,
+                    engine=engine.name)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.request_stop())
     watcher = None
@@ -80,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if watcher is not None:
             watcher.stop()
+        if isinstance(worker.compute_fn, ProcessCompute):
+            worker.compute_fn.close()
 
 
 if __name__ == "__main__":

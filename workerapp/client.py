@@ -63,6 +63,7 @@ class NodeClient:
         # every call was a quarter of a worker's Python time (bench/README.md).
         self.session.trust_env = False
         self.session.headers["X-Cluster-Token"] = token
+        self.report: dict | None = None  # {"rate", "engine", "lanes"}, sent with each claim
 
     def _post(self, path: str, body: dict) -> dict:
         try:
@@ -76,8 +77,10 @@ class NodeClient:
         return response.json()
 
     def claim(self, max_tasks: int, max_iterations: int) -> tuple[list[ClaimedTask], float]:
+        """Lease up to ``max_tasks`` tasks of about ``max_iterations`` in all; the claim carries
+        ``self.report`` (the worker's rate, engine and lanes) when the worker has set it."""
         data = self._post("/claim", {"worker_id": self.worker_id, "max_tasks": max_tasks,
-                                     "max_iterations": max_iterations})
+                                     "max_iterations": max_iterations, **(self.report or {})})
         tasks = [ClaimedTask(t["id"], int(t["iterations"]), base64.b64decode(t["data"]),
                              (int(t["checkpoint"]["done"]), str(t["checkpoint"]["digest"])) if t.get("checkpoint") else None)
                  for t in data["tasks"]]

@@ -11,6 +11,12 @@ with a checkpoint continues from it. ``evacuate()`` (a spot interruption notice)
 next slice and hands every task back at once with its checkpoint. A node that
 refuses a call (``NodeRejected``: wrong token, bad request) ends the loop with
 ``exitcodes.REJECTED`` after a goodbye to every node that still listens.
+
+With ``lanes`` > 1 (``workerapp/lanes.py``) the loop runs in that many threads, each claiming
+about ``claim_seconds`` of work at one lane's rate when it is free, so waiting work stays in the
+queue and no lane sits on a backlog while another idles. Tasks that stopping leaves unstarted
+are handed back once, after every lane has finished the task in hand. Claims carry the
+worker's measured rate (all lanes), engine and lanes for the node's scaler and ``/stats``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from dataclasses import dataclass, field
 
 from workerapp import exitcodes
 from workerapp.client import Checkpoint, ClaimedTask, NodeClient, NodeRejected, NodeUnavailable
-from workerapp.compute import chain, compute, measure_hash_rate
+from workerapp.compute import chain, compute
+from workerapp.lanes import measure_lanes
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +62,10 @@ class Worker:
         idle_seconds: exit after this long without a task from any node.
         claim_seconds: how much work (at the measured rate) to claim at once.
         max_batch: at most this many tasks per claim.
-        hash_rate: iterations per second; measured at start when None.
+        hash_rate: iterations per second of one lane; measured at start (all lanes at once) when None.
+        lanes: chains computed at once, each in its own thread (``compute_fn`` must let them run
+            in parallel: ``lanes.lane_compute``).
+        engine: the engine's name, reported to the nodes.
         slice_seconds: a long task is computed (and checkpointed) in slices of about this long.
         clock: monotonic seconds, for backoff, leases and idleness.
         sleep: when given, every wait of the loop calls it (tests pass one that advances a fake
@@ -77,6 +87,8 @@ class Worker:
         slice_seconds: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] | None = None,
+        lanes: int = 1,
+        engine: str = "python",
     ) -> None:
         if not nodes:
             raise ValueError("a worker needs at least one node")
@@ -89,14 +101,18 @@ class Worker:
         self.compute_fn = compute_fn
         self.slice_seconds = slice_seconds
         self._clock, self._sleep = clock, sleep
+        self.lanes, self.engine = lanes, engine
+        self.total_rate: float | None = None if hash_rate is None else hash_rate * lanes
         self.completed = 0
         self.iterations_computed = 0  # hashes this worker did itself (not those of checkpoints it resumed)
         self._evacuate = threading.Event()
         self.rejection: NodeRejected | None = None
         self._stop = threading.Event()
         self._finished = threading.Event()  # the heartbeat thread runs until run() ends, past a stop
-        self._holding = _Holding()
-        self._holding_lock = threading.Lock()
+        self._holdings = {lane: _Holding() for lane in range(lanes)}
+        self._holding_lock = threading.Lock()  # holdings, counters, hand-backs
+        self._returns: list[tuple[_Source, list[str], dict[str, Checkpoint]]] = []
+        self._last_task = 0.0
 
     # ------------------------------------------------------------- control
     def request_stop(self) -> None:
@@ -119,19 +135,30 @@ class Worker:
         """Work until idle for ``idle_seconds``, stopped, or rejected; returns the exit code
         (``exitcodes.OK``, or ``exitcodes.REJECTED`` with the refusal in ``self.rejection``)."""
         if self.hash_rate is None:
-            self.hash_rate = measure_hash_rate(compute_fn=self.compute_fn)
+            self.hash_rate, self.total_rate = measure_lanes(self.compute_fn, self.lanes)
+        for source in self.sources:
+            source.client.report = {"rate": round(self.total_rate), "engine": self.engine, "lanes": self.lanes}
         heartbeats = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeats.start()
         own = self.sources[0].client
-        log.info("worker %s started: nodes %s, %.0f iterations/s", own.worker_id,
-                 ", ".join(s.client.url for s in self.sources), self.hash_rate)
+        log.info("worker %s started: nodes %s, %d lane(s), %s engine, %.0f iterations/s", own.worker_id,
+                 ", ".join(s.client.url for s in self.sources), self.lanes, self.engine, self.total_rate)
+        self._last_task = self._clock()
+        if self.lanes == 1:
+            self._lane(0)
+        else:
+            threads = [threading.Thread(target=self._lane, args=(lane,), name=f"lane-{lane}")
+                       for lane in range(self.lanes)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         code = exitcodes.OK
-        try:
-            self._loop()
-        except NodeRejected as exc:
-            self.rejection, code = exc, exitcodes.REJECTED
+        if self.rejection is not None:
+            code = exitcodes.REJECTED
             log.error("a node refused a call: %s. Retrying would not help (check CLUSTER_TOKEN, and that node "
-                      "and worker run the same version); exiting with code %d", exc, code)
+                      "and worker run the same version); exiting with code %d", self.rejection, code)
+        self._give_back_all()
         self._say_goodbye(everywhere=code != exitcodes.OK)
         self._finished.set()
         heartbeats.join(timeout=2)
@@ -139,18 +166,32 @@ class Worker:
                  self.iterations_computed)
         return code
 
-    def _loop(self) -> None:
-        last_task = self._clock()
+    def _lane(self, lane: int) -> None:
+        """One lane's loop; a refusal by a node stops every lane."""
+        try:
+            self._loop(lane)
+        except NodeRejected as exc:
+            with self._holding_lock:
+                self.rejection = self.rejection or exc
+            self._stop.set()
+
+    def _loop(self, lane: int = 0) -> None:
         poll = self.min_poll
         while not self._stop.is_set():
-            if self._work_once():
-                last_task, poll = self._clock(), self.min_poll
+            if self._work_once(lane):
+                self._last_task, poll = self._clock(), self.min_poll
                 continue
-            if self._clock() - last_task >= self.idle_seconds:
-                log.info("idle for %.1fs: exiting", self.idle_seconds)
+            if self._clock() - self._last_task >= self.idle_seconds and not self._busy():
+                if lane == 0:
+                    log.info("idle for %.1fs: exiting", self.idle_seconds)
                 return
             self._wait(poll, until_stop=True)
             poll = min(poll * 2, self.max_poll)
+
+    def _busy(self) -> bool:
+        """Some lane holds tasks (the worker is not idle while one lane still computes)."""
+        with self._holding_lock:
+            return any(holding.source for holding in self._holdings.values())
 
     def _wait(self, seconds: float, *, until_stop: bool = False) -> None:
         if self._sleep is not None:
@@ -160,7 +201,7 @@ class Worker:
         else:
             time.sleep(seconds)
 
-    def _work_once(self) -> bool:
+    def _work_once(self, lane: int = 0) -> bool:
         """Ask each node in order for a batch; process the first one found. True if any task ran."""
         budget = max(1, int(self.hash_rate * self.claim_seconds))
         for source in self.sources:
@@ -175,17 +216,17 @@ class Worker:
                 continue
             self._recovered(source)
             if tasks:
-                self._process(source, tasks, lease)
+                self._process(source, tasks, lease, lane)
                 return True
         return False
 
-    def _process(self, source: _Source, tasks: list[ClaimedTask], lease: float) -> None:
+    def _process(self, source: _Source, tasks: list[ClaimedTask], lease: float, lane: int = 0) -> None:
         with self._holding_lock:
-            self._holding = _Holding(source, [t.id for t in tasks], lease, self._clock())
+            self._holdings[lane] = _Holding(source, [t.id for t in tasks], lease, self._clock())
         results: list[tuple[str, str]] = []
         returned: list[str] = []
         for i, task in enumerate(tasks):
-            digest = None if self._stop.is_set() else self._compute(task)
+            digest = None if self._stop.is_set() else self._compute(task, lane)
             if digest is None:  # stopping, or evacuated half-way through this one
                 returned = [t.id for t in tasks[i:]]
                 break
@@ -195,12 +236,12 @@ class Worker:
                 self._post_results(source, results, lease)
         finally:  # also when the node refused the results
             with self._holding_lock:
-                checkpoints = {i: c for i, c in self._holding.checkpoints.items() if i in returned}
-                self._holding = _Holding()
-            if returned:
-                self._give_back(source, returned, checkpoints)
+                checkpoints = {i: c for i, c in self._holdings[lane].checkpoints.items() if i in returned}
+                self._holdings[lane] = _Holding()
+                if returned:  # handed back by run() once every lane has stopped
+                    self._returns.append((source, returned, checkpoints))
 
-    def _compute(self, task: ClaimedTask) -> str | None:
+    def _compute(self, task: ClaimedTask, lane: int = 0) -> str | None:
         """The task's digest, from its checkpoint if it came with one; a task longer than a slice
         goes slice by slice, keeping a checkpoint after each. None if evacuated meanwhile."""
         done, digest = task.checkpoint or (0, "")
@@ -213,10 +254,10 @@ class Worker:
             n = min(step, task.iterations - done)
             digest = chain(task.data, done + n, (done, digest) if done else None, compute_fn=self.compute_fn)
             done += n
-            self.iterations_computed += n
-            if done < task.iterations:
-                with self._holding_lock:
-                    self._holding.checkpoints[task.id] = (done, digest)
+            with self._holding_lock:
+                self.iterations_computed += n
+                if done < task.iterations:
+                    self._holdings[lane].checkpoints[task.id] = (done, digest)
         return digest
 
     def _post_results(self, source: _Source, results: list[tuple[str, str]], lease: float) -> None:
@@ -235,17 +276,28 @@ class Worker:
                 self._wait(delay)
                 delay = min(delay * 2, self.max_backoff)
                 continue
-            self.completed += accepted
+            with self._holding_lock:
+                self.completed += accepted
             if accepted != len(results):
                 log.info("%d of %d result(s) were not accepted (lease lost)", len(results) - accepted, len(results))
             return
 
-    def _give_back(self, source: _Source, task_ids: list[str], checkpoints: dict[str, Checkpoint]) -> None:
-        try:
-            source.client.worker_down(returned=task_ids, checkpoints=checkpoints)
-        except (NodeUnavailable, NodeRejected) as exc:
-            log.warning("could not hand back %d task(s) to %s: %s (their lease will run out)",
-                        len(task_ids), source.client.url, exc)
+    def _give_back_all(self) -> None:
+        """Hand back what the lanes left unstarted, in one call per node."""
+        for source in self.sources:
+            task_ids: list[str] = []
+            checkpoints: dict[str, Checkpoint] = {}
+            for held_by, ids, points in self._returns:
+                if held_by is source:
+                    task_ids += ids
+                    checkpoints.update(points)
+            if not task_ids:
+                continue
+            try:
+                source.client.worker_down(returned=task_ids, checkpoints=checkpoints)
+            except (NodeUnavailable, NodeRejected) as exc:
+                log.warning("could not hand back %d task(s) to %s: %s (their lease will run out)",
+                            len(task_ids), source.client.url, exc)
 
     def _say_goodbye(self, everywhere: bool = False) -> None:
         """``worker_down`` on the own node (three tries); with ``everywhere`` (after a refusal)
@@ -284,14 +336,14 @@ class Worker:
     def _heartbeat_loop(self) -> None:
         """Renew the leases of tasks held longer than a third of the lease, also while stopping."""
         while not self._finished.wait(0.2):
+            due = []
             with self._holding_lock:
-                holding = self._holding
-                due = holding.source and self._clock() - holding.since >= holding.lease_seconds / 3
-                if due:
-                    holding.since = self._clock()
-                    checkpoints = dict(holding.checkpoints)
-            if due:
+                for holding in self._holdings.values():
+                    if holding.source and self._clock() - holding.since >= holding.lease_seconds / 3:
+                        holding.since = self._clock()
+                        due.append((holding.source.client, list(holding.task_ids), dict(holding.checkpoints)))
+            for client, task_ids, checkpoints in due:
                 try:
-                    holding.source.client.heartbeat(list(holding.task_ids), checkpoints)
+                    client.heartbeat(task_ids, checkpoints)
                 except (NodeUnavailable, NodeRejected) as exc:
-                    log.warning("heartbeat to %s failed: %s", holding.source.client.url, exc)
+                    log.warning("heartbeat to %s failed: %s", client.url, exc)

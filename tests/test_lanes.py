@@ -1,0 +1,191 @@
+"""Every core: worker lanes, the rate a worker reports when it claims and what the node does with it
+(claim budget, /stats, the scaler's sizing), and the local launcher's cap at the CPU count."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+import zipfile
+
+import pytest
+import requests
+
+from nodeapp import create_app
+from nodeapp.node import Node
+from nodeapp.peer import PeerClient
+from nodeapp.scaling import Scaler
+from nodeapp.workers import Report, WorkerPool
+from provisioning.artifacts import build_wheel
+from provisioning.launchers import LocalProcessLauncher
+from provisioning.local_cluster import free_port
+from tests.conftest import TOKEN
+from tests.helpers import Clock, FakeLauncher, running_cluster, wait_for
+from tests.test_engine import reference
+from workerapp import engine, lanes
+from workerapp.client import NodeClient
+from workerapp.worker import Worker
+
+
+# ----------------------------------------------------------- node: reports
+def claim(client, auth, **fields):
+    return client.post("/claim", json={"worker_id": "w1", "max_tasks": 10, **fields}, headers=auth)
+
+
+@pytest.mark.parametrize("fields", [
+    {"rate": "fast"}, {"rate": 0}, {"rate": -5.0}, {"rate": True}, {"rate": 1e13}, {"rate": None},
+    {"rate": 1e6, "engine": "Native!"}, {"rate": 1e6, "engine": ""}, {"rate": 1e6, "engine": 7},
+    {"rate": 1e6, "lanes": 0}, {"rate": 1e6, "lanes": 1.5}, {"rate": 1e6, "lanes": 10_000},
+])
+def test_a_malformed_report_is_refused_and_claims_nothing(app, client, auth, fields):
+    client.put("/enqueue?iterations=1", data=b"x")
+    response = claim(client, auth, **fields)
+    assert response.status_code == 400 and response.get_json()["error"] == "bad_request"
+    assert client.get("/stats").get_json()["queued"] == 1
+    assert app.extensions["nodeapp"].node.workers.worker_rate(123.0) == 123.0
+
+
+def test_reported_rate_sizes_the_claim_and_shows_in_stats(app, client, auth):
+    ctx = app.extensions["nodeapp"]
+    ctx.node.workers.add(["w1"])
+    for i in range(4):
+        client.put("/enqueue?iterations=400000", data=b"x%d" % i)
+    # HASH_RATE (500,000/s) x CLAIM_SECONDS (1) allows one such task; the reported rate allows more.
+    assert len(claim(client, auth).get_json()["tasks"]) == 1
+    body = claim(client, auth, rate=1_000_000, engine="native", lanes=2).get_json()
+    assert len(body["tasks"]) == 2
+    stats = client.get("/stats").get_json()
+    assert stats["workers"]["each"] == [{"id": "w1", "state": "live", "borrowed": False, "engine": "native",
+                                         "lanes": 2, "rate": 1_000_000.0}]
+    assert stats["scaler"]["worker_rate"] == 1_000_000.0
+
+
+def test_worker_rate_is_the_median_of_recent_workers_else_the_setting():
+    pool = WorkerPool(rates_kept=3)
+    assert pool.worker_rate(500_000.0) == 500_000.0
+    for worker_id, rate in [("a", 1e6), ("b", 3e6), ("c", 2e6), ("a", 9e6), ("d", 4e6)]:
+        pool.seen(worker_id, Report(rate, "native", 1))  # unregistered ones (the peer's) count too
+    assert pool.worker_rate(500_000.0) == 4e6  # kept: c 2e6, a 9e6, d 4e6 (b was the oldest)
+    assert pool.workers() == []
+
+
+def test_scaler_sizes_the_fleet_from_reported_rates():
+    clock = Clock()
+    node = Node.build(max_workers=10, monotonic=clock, wall=clock)
+    launcher = FakeLauncher()
+    scaler = Scaler(node, launcher, PeerClient("", TOKEN), node_url="http://127.0.0.1:1", scale_wait=1.0,
+                    hash_rate=500_000, boot_timeout=30, monotonic=clock, wall=clock)
+    for _ in range(8):
+        node.tasks.submit(b"x", 1_000_000)
+    node.workers.seen("elsewhere", Report(4_000_000, "native", 2))  # 8 M iterations: 2 s at 4 M/s
+    scaler.tick()
+    assert len(launcher.launched) == 2  # at the setting's 500,000/s: 8, one per task
+
+
+# ------------------------------------------------------------ worker lanes
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with running_cluster({"MAX_NUM_OF_WORKERS": "0"}, tmp_path_factory.mktemp("lanes-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.mark.integration
+def test_two_lanes_compute_at_once_and_report_their_rate(cluster):
+    url = cluster.urls[0]
+    tasks = {requests.put(f"{url}/enqueue", params={"iterations": n}, data=b"l%d" % i, timeout=5).json()["id"]:
+             (b"l%d" % i, n) for i, n in enumerate([50_000] * 6 + [1, 2, 3])}
+    both = threading.Barrier(2, timeout=20)  # passes only if two lanes compute at the same time
+    threads = set()
+
+    def compute(data: bytes, iterations: int) -> str:
+        if threading.current_thread().name not in threads:
+            threads.add(threading.current_thread().name)
+            both.wait()
+        return engine.PYTHON.compute(data, iterations)
+
+    client = NodeClient(url, cluster.token, "w-lanes")
+    worker = Worker([client], idle_seconds=0.5, hash_rate=100_000, lanes=2, compute_fn=compute, engine="python")
+    assert worker.run() == 0
+    assert threads == {"lane-0", "lane-1"} and not both.broken
+    assert worker.completed == len(tasks)
+    for task_id, (data, iterations) in tasks.items():
+        assert requests.get(f"{url}/status/{task_id}", timeout=5).json()["result"] == reference(data, iterations)
+    assert client.report == {"rate": 200_000, "engine": "python", "lanes": 2}
+    assert requests.get(f"{url}/stats", timeout=5).json()["scaler"]["worker_rate"] >= 200_000
+
+
+def test_measure_lanes_runs_every_lane():
+    per_lane, total = lanes.measure_lanes(engine.PYTHON.compute, 2, seconds=0.02)
+    assert 0 < per_lane <= total and total >= 2 * per_lane * 0.99
+
+
+def test_process_compute_gives_the_same_digests():
+    compute = lanes.lane_compute(engine.PYTHON, 2)
+    try:
+        assert isinstance(compute, lanes.ProcessCompute)
+        assert compute(b"abc", 1000) == reference(b"abc", 1000)
+    finally:
+        compute.close()
+    assert lanes.lane_compute(engine.PYTHON, 1) is engine.PYTHON.compute
+
+
+def test_lanes_option():
+    assert lanes.parse_lanes("3") == 3
+    assert lanes.parse_lanes("auto") == len(os.sched_getaffinity(0))
+    for bad in ("0", "-1", "two", ""):
+        with pytest.raises(Exception, match="expected a number >= 1 or 'auto'"):
+            lanes.parse_lanes(bad)
+
+
+@pytest.mark.integration
+def test_a_launched_worker_shows_its_engine_and_rate_in_stats(tmp_path):
+    with running_cluster({"MAX_NUM_OF_WORKERS": "1", "SCALE_INTERVAL": "0.2", "SCALE_WAIT": "0.2",
+                          "WORKER_IDLE_SECONDS": "5"}, tmp_path) as cluster:
+        url = cluster.urls[0]
+        requests.put(f"{url}/enqueue", params={"iterations": 10}, data=b"x", timeout=5)
+        each = wait_for(lambda: [w for w in requests.get(f"{url}/stats", timeout=5).json()["workers"]["each"]
+                                 if w["rate"]], 60, what="a live worker with its report")
+        expected_engine = "native" if importlib.util.find_spec("workerapp._native") else "python"
+        assert each[0]["engine"] == expected_engine and each[0]["lanes"] == 1 and each[0]["rate"] > 1000
+
+
+# -------------------------------------------------------- local launcher cap
+@pytest.mark.integration
+def test_local_launcher_runs_at_most_its_cap(tmp_path):
+    launcher = LocalProcessLauncher(token=TOKEN, idle_seconds=60, max_running=2)
+    urls = [f"http://127.0.0.1:{free_port()}"]  # nobody there: the workers just wait
+    try:
+        first = launcher.launch(3, urls)
+        assert len(first) == 2 and launcher.launch(1, urls) == []
+        launcher.terminate(first[:1])
+        wait_for(lambda: len(launcher.running()) == 1, 30, what="the stopped worker to exit")
+        assert len(launcher.launch(5, urls)) == 1
+    finally:
+        launcher.stop_all()
+
+
+def test_local_launcher_cap_defaults_to_the_cpus_and_can_be_set(monkeypatch):
+    monkeypatch.delenv("TM_LOCAL_MAX_WORKERS", raising=False)
+    assert LocalProcessLauncher(token=TOKEN, idle_seconds=1)._max_running == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("TM_LOCAL_MAX_WORKERS", "7")
+    assert LocalProcessLauncher(token=TOKEN, idle_seconds=1)._max_running == 7
+    monkeypatch.setenv("TM_LOCAL_MAX_WORKERS", "lots")
+    with pytest.raises(ValueError, match="TM_LOCAL_MAX_WORKERS='lots'"):
+        create_app({"cluster_token": TOKEN, "node_url": "http://127.0.0.1:1"})
+
+
+# ------------------------------------------------------- delivery to EC2
+@pytest.mark.integration
+def test_the_delivered_wheel_compiles_its_engine_where_it_is_installed(tmp_path):
+    """What a worker's user-data does: the pure wheel carries the C source, native_build compiles it."""
+    wheel = build_wheel(tmp_path / "dist")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel.path).extractall(site)  # what pip does with a pure wheel
+    assert (site / "workerapp/_sha512chain.c").is_file() and not list(site.glob("workerapp/_native*"))
+    done = subprocess.run([sys.executable, "-m", "workerapp.native_build"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(site)})
+    assert done.returncode == 0, done.stderr
+    assert "engine native" in done.stdout
+    assert list(site.glob("workerapp/_native*.so"))

@@ -1,0 +1,71 @@
+"""Compute lanes: one worker hashing on several CPUs at once.
+
+A worker with ``lanes`` > 1 runs its claim-compute-post loop in that many threads (see
+``Worker``). With the native engine the threads hash in parallel, since its chain runs without
+the GIL; with the hashlib loop, which holds the GIL, each lane hands its chains to a pool of as
+many processes (``ProcessCompute``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+
+from tmcommon.cpus import available_cpus
+from workerapp.compute import measure_hash_rate
+from workerapp.engine import Engine
+
+ComputeFn = Callable[[bytes, int], str]
+
+
+def parse_lanes(text: str) -> int:
+    """``--lanes``: a number >= 1, or ``auto`` for one lane per available CPU."""
+    if text.strip().lower() == "auto":
+        return available_cpus()
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 or 'auto', got {text!r}")
+    return int(text)
+
+
+class ProcessCompute:
+    """``compute`` run in a pool of processes; a lane thread waits for its call without the GIL."""
+
+    def __init__(self, compute: ComputeFn, processes: int) -> None:
+        self._compute = compute
+        self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+
+    def __call__(self, data: bytes, iterations: int) -> str:
+        return self._pool.submit(self._compute, data, iterations).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def lane_compute(engine: Engine, lanes: int) -> ComputeFn:
+    """The task function for ``lanes`` threads: the engine's own when one lane suffices or it
+    releases the GIL, else a ``ProcessCompute`` (close it when done)."""
+    if lanes == 1 or engine.parallel:
+        return engine.compute
+    return ProcessCompute(engine.compute, lanes)
+
+
+def measure_lanes(compute: ComputeFn, lanes: int, seconds: float = 0.05) -> tuple[float, float]:
+    """(iterations/s of the slowest lane, of all lanes together), all lanes hashing at once: CPUs
+    that share a core (hyper-threads) show here as less than ``lanes`` times one lane."""
+    if lanes == 1:
+        rate = measure_hash_rate(seconds, compute_fn=compute)
+        return rate, rate
+    rates = [0.0] * lanes
+
+    def measure(lane: int) -> None:
+        rates[lane] = measure_hash_rate(seconds, compute_fn=compute)
+
+    threads = [threading.Thread(target=measure, args=(lane,), name=f"measure-{lane}") for lane in range(lanes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return min(rates), sum(rates)
