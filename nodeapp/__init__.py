@@ -55,9 +55,13 @@ def create_app(
     journal = open_journal(config)
     node = Node.build(
         max_workers=config.max_workers,
+        # A loan outlives a few scaler runs, so that one late renewal does not end it.
+        loan_ttl=max(config.loan_ttl, 3 * config.scale_interval),
+        recovering=bool(config.peer_url),
         lease_seconds=config.lease_seconds,
         max_attempts=config.max_attempts,
         max_queued=config.max_queued,
+        max_queued_bytes=config.max_queued_bytes,
         results_retention=config.results_retention,
         journal=journal,
         idempotency_seconds=config.idempotency_seconds,
@@ -72,7 +76,7 @@ def create_app(
         )
     scaler = Scaler(
         node, launcher, peer,
-        node_url=config.node_url, scale_wait=config.scale_wait, hash_rate=config.hash_rate,
+        node_url=config.node_url, worker_peer_url=config.worker_peer_url, scale_wait=config.scale_wait, hash_rate=config.hash_rate,
         boot_timeout=config.boot_timeout, summary_seconds=config.summary_seconds,
     )
     app.extensions[EXTENSION_KEY] = context = NodeContext(config, node, peer, launcher, scaler)

@@ -15,6 +15,7 @@ from nodeapp.bodies import json_body, read_body
 from nodeapp.checkpoints import parse_checkpoints
 from nodeapp.context import get_context
 from nodeapp.errors import ApiError
+from nodeapp.loans import MAX_LOANS, is_loan_id
 from nodeapp.peer import PEER_HEADER
 from nodeapp.results import merge_newest
 from nodeapp.enqueueing import REPLAYED_HEADER, queue, request_key, reuse_wanted
@@ -173,16 +174,31 @@ def worker_down(instance_id: str):
 @bp.get("/try_get_node_quota")
 @peer_only
 def try_get_node_quota():
-    granted = get_context().node.workers.lend()
-    log.log(logging.INFO if granted else logging.DEBUG, "quota %s to peer", "lent" if granted else "refused")
-    return jsonify(granted=granted)
+    grant = get_context().node.workers.lend()
+    if grant is None:
+        log.debug("quota refused to peer")
+        return jsonify(granted=False)
+    log.info("quota lent to peer: loan %s for %gs unless renewed", grant.loan, grant.ttl)
+    return jsonify(granted=True, loan=grant.loan, ttl=grant.ttl)
+
+
+@bp.post("/renew_quota")
+@peer_only
+def renew_quota():
+    loans = _field(json_body(), "loans", list)
+    if len(loans) > MAX_LOANS or not all(map(is_loan_id, loans)):
+        raise ApiError(400, "bad_request", f"'loans' must be at most {MAX_LOANS} loan ids (1 to 64 of 0-9, a-f)")
+    return jsonify(get_context().node.workers.renewal(loans).to_json())
 
 
 @bp.post("/return_quota")
 @peer_only
 def return_quota():
-    new_max = get_context().node.workers.loan_returned()
-    log.info("quota returned by peer: max now %d", new_max)
+    loan = _field(json_body(), "loan", str, required=False)
+    if loan is not None and not is_loan_id(loan):
+        raise ApiError(400, "bad_request", "'loan' must be a loan id (1 to 64 of 0-9, a-f)")
+    new_max = get_context().node.workers.loan_returned(loan)
+    log.info("quota returned by peer%s: max now %d", f": loan {loan}" if loan else "", new_max)
     return jsonify(max=new_max)
 
 

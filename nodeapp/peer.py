@@ -15,6 +15,8 @@ from urllib.parse import quote
 
 import requests
 
+from nodeapp.loans import Grant, Renewal
+
 log = logging.getLogger(__name__)
 
 PEER_HEADER = "X-Peer-Request"
@@ -132,12 +134,16 @@ class PeerClient:
             self._mark(False)
             return None
 
-    def try_get_quota(self) -> bool:
-        data = self._json("GET", "/try_get_node_quota")
-        return bool(isinstance(data, dict) and data.get("granted") is True)
+    def try_get_quota(self) -> Grant | None:
+        """A slot lent by the peer, or None (refused, unreachable, or an answer without a loan id)."""
+        return Grant.from_json(self._json("GET", "/try_get_node_quota"))
 
-    def return_quota(self) -> bool:
-        return self._json("POST", "/return_quota") is not None
+    def renew_quota(self, loans: list[str]) -> Renewal | None:
+        """Renew the loans we hold from the peer (``nodeapp/loans.py``); None if it did not answer."""
+        return Renewal.from_json(self._json("POST", "/renew_quota", json={"loans": loans}))
+
+    def return_quota(self, loan: str) -> bool:
+        return self._json("POST", "/return_quota", json={"loan": loan}) is not None
 
     def stats(self) -> dict | None:
         """The peer's own ``/stats`` (for the dashboard's whole-cluster view), or None."""

@@ -90,11 +90,12 @@ def stats_json(stats: NodeStats) -> dict:
         "workers": {
             "live": w.live,
             "pending": w.pending,
+            "reserved": w.reserved,
             "max": w.max,
             "base_max": w.base_max,
             "launched_total": w.launched_total,
             "down_total": w.down_total,
         },
-        "quota": {"lent": w.lent, "borrowed": w.borrowed, "owed": w.owed},
+        "quota": {"lent": w.lent, "borrowed": w.borrowed, "owed": w.owed, "recovering": w.recovering},
         "draining": t.draining,
     }

@@ -19,6 +19,7 @@ INTERNAL = [  # (method, path, a body that would change something if it were acc
     ("POST", "/worker_down/w1", {"instance_id": "w1"}),
     ("GET", "/try_get_node_quota", None),
     ("POST", "/return_quota", None),
+    ("POST", "/renew_quota", {"loans": ["ab12"]}),
     ("POST", "/claim", {"worker_id": "w1", "max_tasks": 5}),
     ("POST", "/complete", {"worker_id": "w1", "results": []}),  # filled with real ids in the test
     ("POST", "/heartbeat", {"worker_id": "w1", "task_ids": []}),
@@ -447,7 +448,8 @@ def test_quota_endpoints(app, client, auth):
 
     app.extensions["nodeapp"].node.workers.set_base_max(2)
     app.extensions["nodeapp"].node.workers.add(["w1"])
-    assert client.get("/try_get_node_quota", headers=auth).get_json() == {"granted": True}
+    granted = client.get("/try_get_node_quota", headers=auth).get_json()
+    assert granted == {"granted": True, "loan": granted["loan"], "ttl": 6.0}
     assert client_max() == 1
     assert client.get("/try_get_node_quota", headers=auth).get_json() == {"granted": False}
     assert client_max() == 1

@@ -28,6 +28,8 @@ NUMERIC = [
     ("MAX_BODY_BYTES", int, 0, 1024**3, "from 0 to 1073741824"),
     ("MAX_ITERATIONS", int, 1, 10**12, "from 1 to 1000000000000"),
     ("MAX_QUEUED", int, 1, 10**8, "from 1 to 100000000"),
+    ("MAX_QUEUED_BYTES", int, 1, 2**40, "from 1 to 1099511627776"),
+    ("LOAN_TTL_SECONDS", float, 2, 86400, "from 2 to 86400"),
     ("RESULTS_RETENTION", int, 1, 10**8, "from 1 to 100000000"),
     ("MAX_BATCH_TASKS", int, 1, 100_000, "from 1 to 100000"),
     ("MAX_BATCH_BYTES", int, 8, 1024**3, "from 8 to 1073741824"),
