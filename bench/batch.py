@@ -7,8 +7,11 @@ one-iteration tasks (64-byte random bodies, never sent before, so nothing is reu
 in an order that rotates from round to round:
 
 - ``batch``: ``Client.enqueue_many`` (``PUT /enqueue_batch``, 1,000 tasks per request);
-- ``single``: ``Client.enqueue`` once per task from one thread;
-- ``single x8``: the same from 8 threads at once.
+- ``single``: ``Client.enqueue`` once per task from one thread (each with an idempotency key, so
+  each costs the node one look-up on its peer);
+- ``single x8``: the same from 8 threads at once;
+- ``plain``: one bare ``PUT /enqueue?reuse=0`` per task without a key from one thread, as curl
+  would send it (no look-up on the peer): the cheapest one request per task can be.
 
 End to end is from just before the first enqueue to the last ``completed_at`` the nodes
 recorded; every result is checked against hashlib. Then, for the reuse figure, each round
@@ -34,7 +37,7 @@ from bench.cluster import ClusterSystem
 from bench.common import cpu_hash_rate, fmt_spread, loadavg, machine, print_table, spread, wait_until, write_json
 from tmclient.client import Client
 
-WAYS = ("batch", "single", "single x8")
+WAYS = ("batch", "single", "single x8", "plain")
 
 
 def send(client: Client, way: str, bodies: list[bytes]) -> list[str]:
@@ -42,6 +45,10 @@ def send(client: Client, way: str, bodies: list[bytes]) -> list[str]:
         return client.enqueue_many(bodies, 1)
     if way == "single":
         return [client.enqueue(body, 1) for body in bodies]
+    if way == "plain":
+        session = requests.Session()
+        url = client.node_urls[0] + "/enqueue?iterations=1&reuse=0"
+        return [session.put(url, data=body, timeout=30).json()["id"] for body in bodies]
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(lambda body: client.enqueue(body, 1), bodies))
 
@@ -103,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             client = Client(system.urls, timeout=30)
             for index in range(args.runs):
-                order = WAYS[index % 3:] + WAYS[:index % 3]
+                order = WAYS[index % len(WAYS):] + WAYS[:index % len(WAYS)]
                 row = {"loadavg": loadavg(), "order": list(order)}
                 for way in order:
                     row[way] = end_to_end(system, client, way, args.tasks, args.timeout)

@@ -10,7 +10,7 @@ import re
 from flask import Blueprint, jsonify, request
 
 from nodeapp import cursor
-from nodeapp.api import _field, _from_peer, _positive_int, internal, peer_unavailable
+from nodeapp.api import _field, _from_peer, _positive_int, peer_only, peer_unavailable
 from nodeapp.bodies import json_body, read_body
 from nodeapp.context import get_context
 from nodeapp.enqueueing import lookup_answer, queue, reuse_wanted
@@ -70,7 +70,7 @@ def enqueue_batch():
 
 
 @bp.post("/lookup")
-@internal
+@peer_only
 def lookup():
     """The peer asks, before queueing, what this node knows of keys and (digest, iterations) pairs."""
     data = json_body()

@@ -30,7 +30,8 @@ def call(client, method: str, path: str, json: dict | None, token: str | None):
 WORKER_CALLS = [("POST", "/claim", {"worker_id": "w1"}), ("POST", "/heartbeat", {"worker_id": "w1"}),
                 ("POST", "/complete", {"worker_id": "w1", "results": []}), ("POST", "/worker_down/w1", {})]
 PEER_CALLS = [("GET", "/try_get_node_quota", None),
-              ("POST", "/return_quota", {})]
+              ("POST", "/return_quota", {}),
+              ("POST", "/lookup", {"keys": ["k"], "works": []})]  # idempotency keys and results, before an enqueue
 CONFIGURE = ("POST", "/configure", {"max_workers": 2})
 
 

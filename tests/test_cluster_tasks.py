@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import pytest
 import requests
 
+from tests import test_two_nodes as two_nodes
 from tests.digests import sha512_chain
 from tests.helpers import running_cluster, wait_for
 from tmclient.cli import EXIT_PEER_UNAVAILABLE, main
@@ -28,30 +29,19 @@ pytestmark = pytest.mark.integration
 ENV = {"MAX_NUM_OF_WORKERS": "0", "MAX_BATCH_TASKS": "50", "MAX_QUEUED": "500"}
 
 
-class Node:
-    def __init__(self, url: str, token: str) -> None:
-        self.url, self.auth = url, {"X-Cluster-Token": token}
+class Node(two_nodes.Node):
+    """test_two_nodes' client-and-worker view of a node, with keys, reuse and cancel/retry."""
 
     def put(self, body: bytes, iterations: int = 1, key: str | None = None, **params) -> requests.Response:
         headers = {"Idempotency-Key": key} if key else {}
         return requests.put(f"{self.url}/enqueue", params={"iterations": iterations, **params}, data=body,
                             headers=headers, timeout=10)
 
-    def enqueue(self, body: bytes, iterations: int = 1) -> str:
-        response = self.put(body, iterations)
-        assert response.status_code == 201, response.text
-        return response.json()["id"]
-
     def run_all(self, worker: str) -> list[str]:
         """Claim everything queued here and complete it with the right results."""
-        tasks = requests.post(f"{self.url}/claim", json={"worker_id": worker, "max_tasks": 1000,
-                                                          "max_iterations": 10**9},
-                              headers=self.auth, timeout=10).json()["tasks"]
-        results = [{"id": t["id"], "result": sha512_chain(base64.b64decode(t["data"]), t["iterations"])}
-                   for t in tasks]
-        answer = requests.post(f"{self.url}/complete", json={"worker_id": worker, "results": results},
-                               headers=self.auth, timeout=10)
-        assert answer.status_code == 200 and answer.json()["accepted"] == len(tasks)
+        tasks = self.claim(worker, 1000)
+        results = [(t["id"], sha512_chain(base64.b64decode(t["data"]), t["iterations"])) for t in tasks]
+        assert self.complete(worker, results) == len(tasks)
         return [t["id"] for t in tasks]
 
     def get(self, path: str, **params) -> requests.Response:
@@ -59,9 +49,6 @@ class Node:
 
     def post(self, path: str, **params) -> requests.Response:
         return requests.post(self.url + path, params=params, timeout=10)
-
-    def stats(self) -> dict:
-        return self.get("/stats").json()
 
 
 @pytest.fixture(scope="module")
