@@ -4,6 +4,7 @@ reference; engine selection, its override and its fallback, in-process and in a 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -227,3 +228,17 @@ def test_install_without_a_compiler_succeeds_without_the_extension(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "workerapp/engine.py" in names
     assert not [n for n in names if n.startswith("workerapp/_native")]
+
+
+def test_bench_engines_runs_and_reports_every_engine(tmp_path):
+    """The side-by-side benchmark (bench/engines.py), tiny: figures only, no timing asserted."""
+    out = tmp_path / "engines.json"
+    done = subprocess.run([sys.executable, "-m", "bench.engines", "--rounds", "2", "--seconds", "0.05", "--json",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["hashlib loop"]["x_hashlib"]["median"] == 1
+    for name, figures in summary.items():
+        if name.startswith("native") or shutil.which("openssl"):
+            assert figures["per_cpu_second"]["median"] > 0, name
+    assert ("native chain" in summary) == (engine._native_problem() is None)
