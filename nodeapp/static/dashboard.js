@@ -215,6 +215,7 @@
       series: [series("completed per minute", "rate", "per_minute")],
     });
     byId("chart-empty").hidden = pts.length > 1;
+    byId("chart-title").textContent = h.window >= 3600 ? "Last hour" : "Last " + Math.round(h.window / 60) + " minutes";
     document.body.dataset.chartPoints = String(pts.length);
   }
 
