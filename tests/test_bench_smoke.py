@@ -84,3 +84,14 @@ def test_store_smoke(tmp_path):
     assert data["memory"]["drained"] == [300, 300]
     for kind in ("pullCompleted_top100", "status_local", "status_peer"):
         assert data["runs"][0][kind]["count"] == 20 and positive(data["runs"][0][kind]["p50_ms"])
+
+
+def test_journal_smoke(tmp_path):
+    data = run_bench("journal", tmp_path, "--runs", "1", "--duration", "1", "--slices", "1", "--connections", "4",
+                     "--tool", "python", "--size-tasks", "300", "--retention", "100", timeout=180)
+    run = data["runs"][0]
+    for config in ("no journal", "off", "batch", "always"):
+        assert run[config]["requests"] > 0 and run[config]["errors"] == 0 and positive(run[config]["rps"])
+    assert positive(data["summary"]["batch"]["ratio"]["median"])
+    sizes = data["sizes"]
+    assert sizes[-1]["tasks"] == 300 and sizes[-1]["after_close"] and all(positive(s["bytes"]) for s in sizes)
