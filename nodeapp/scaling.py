@@ -59,9 +59,10 @@ def decide(f: ScalingFigures, *, scale_wait: float, hash_rate: float) -> Decisio
 
 
 class Scaler:
-    """One scaler run (``tick``): renew loans, terminate departed workers, requeue expired
-    leases, reconcile, give back quota, ping the peer, launch and borrow (not from a peer that
-    did not answer its last call: the ping step finds out when it is back).
+    """One scaler run (``tick``): terminate departed workers, requeue expired leases, reconcile,
+    launch on our own quota; then the peer's part: ping it, renew loans (and terminate the workers
+    of lost ones), give back quota, borrow (none of these with a peer that did not answer its last
+    call: the ping step finds out when it is back). The own part never waits on the peer.
 
     Runs in the APScheduler thread; every figure it reads or changes goes through the ``Node``.
     Each step is guarded on its own: one that fails is logged and the later steps still run;
@@ -101,6 +102,7 @@ class Scaler:
         self._history_lock = threading.Lock()
         self._tick_lock = threading.Lock()
         self._launch_notes: list[str] = []  # what the launcher noted this run (e.g. spot refused)
+        self._decision: tuple[ScalingFigures, Decision, int] | None = None  # this run's, for _borrow
 
     def decisions(self) -> list[dict]:
         """The last decisions that changed something, newest first."""
@@ -119,20 +121,33 @@ class Scaler:
             self._tick_lock.release()
 
     def _tick(self) -> None:
+        # The node's own work first: a peer that hangs (each call waits out PEER_TIMEOUT) must not
+        # hold up launching on our own quota. Then the peer: one ping while it is not known to
+        # answer, and the other calls only once it does, so a hung peer costs one timeout a run.
+        self._decision = None
         for what, step in (
-            ("renew loans", self._renew_loans),  # first, and the terminate step right after it:
-            ("terminate departed workers", self._terminate_departed),  # workers of lost loans stop now
+            ("terminate departed workers", self._terminate_departed),
             ("requeue expired leases", self._requeue_expired),
             ("reconcile workers", self._reconcile),
-            ("give back quota", self._give_back_quota),
+            ("launch", self._launch_own),
             ("ping peer", self._ping_peer),
-            ("launch and borrow", self._scale),
+            ("renew loans", self._when_peer_answers(self._renew_loans)),  # and the terminate step right
+            ("terminate workers of lost loans", self._terminate_departed),  # after it: those workers stop now
+            ("give back quota", self._when_peer_answers(self._give_back_quota)),
+            ("borrow", self._borrow),
             ("summary", self._summarize),
         ):
             try:
                 step()
             except Exception:
                 log.exception("scaler step failed: %s", what)
+
+    def _when_peer_answers(self, step: Callable[[], None]) -> Callable[[], None]:
+        """``step``, skipped while the peer is known not to answer (the ping step finds out when it is back)."""
+        def guarded() -> None:
+            if self.peer.info()["reachable"] is not False:
+                step()
+        return guarded
 
     def _requeue_expired(self) -> None:
         requeued, failed = self.node.tasks.requeue_expired()
@@ -143,21 +158,32 @@ class Scaler:
         if self.peer.url and self.peer.info()["reachable"] is not True:
             self.peer.ping()
 
-    def _scale(self) -> None:
+    def _launch_own(self) -> None:
+        """Decide, and launch on our own quota; what is needed beyond it is left to ``_borrow``."""
         figures = self.node.scaling_figures()
         decision = decide(figures, scale_wait=self.scale_wait, hash_rate=self.node.workers.worker_rate(self.hash_rate))
         with self.node.workers.reserve(decision.launch) as slots:  # what is free by now
             launched = self._launch(slots)
+        self._decision = (figures, decision, launched)
+        if decision.launch and not decision.borrow:
+            self._record(figures, decision, launched, 0)
+
+    def _borrow(self) -> None:
+        """Ask the peer for the slots this run's decision needs beyond our quota, and launch on them."""
+        if self._decision is None or not self._decision[1].borrow:
+            return
+        figures, decision, launched = self._decision
         borrowed = 0
-        for _ in range(decision.borrow if self.peer.info()["reachable"] is not False else 0):
-            asked_at = self._monotonic()
-            grant = self.peer.try_get_quota()
-            if grant is None:
-                break
-            log.info("quota borrowed from peer %s: loan %s", self.peer.url, grant.loan)
-            with self.node.workers.reserve_loan(grant, asked_at) as slot:  # unused, it is owed back
-                borrowed += self._launch(slot)
-        if decision.launch or decision.borrow:
+        try:
+            for _ in range(decision.borrow if self.peer.info()["reachable"] is not False else 0):
+                asked_at = self._monotonic()
+                grant = self.peer.try_get_quota()
+                if grant is None:
+                    break
+                log.info("quota borrowed from peer %s: loan %s", self.peer.url, grant.loan)
+                with self.node.workers.reserve_loan(grant, asked_at) as slot:  # unused, it is owed back
+                    borrowed += self._launch(slot)
+        finally:
             self._record(figures, decision, launched, borrowed)
 
     def _summarize(self) -> None:

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import requests
 
-#: (connect, read) seconds; a claim or a result post is small and quick.
-TIMEOUT = (2.0, 10.0)
+#: (connect, read) seconds per call. Each answer is small and comes from the node's memory, so a
+#: node silent for longer is hung (stopped, frozen): the worker gives up on it and turns to the
+#: other node rather than wait. A result post may wait on the node's journal, so it gets longer.
+TIMEOUTS = {"claim": (1.0, 3.0), "heartbeat": (1.0, 3.0), "complete": (1.0, 5.0), "worker_down": (1.0, 5.0)}
 
 
 class NodeUnavailable(Exception):
@@ -67,7 +69,7 @@ class NodeClient:
 
     def _post(self, path: str, body: dict) -> dict:
         try:
-            response = self.session.post(self.url + path, json=body, timeout=TIMEOUT)
+            response = self.session.post(self.url + path, json=body, timeout=TIMEOUTS[path.split("/")[1]])
         except requests.RequestException as exc:
             raise NodeUnavailable(f"{self.url}{path}: {exc.__class__.__name__}") from exc
         if response.status_code >= 500:
