@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 [["original, enqueued to completed", fmt_spread(summary["original_s"])],
                  ["duplicate on the same node (PUT + GET)", fmt_spread(summary["duplicate_s"]["same node"], 2)],
                  ["duplicate on the other node (PUT + GET)", fmt_spread(summary["duplicate_s"]["other node"], 2)]])
-    write_json("batch", {"machine": info, "args": vars(args), "rounds": rounds, "summary": summary}, args.json)
+    write_json("batch", {"benchmark": "batch", "machine": info, "args": vars(args), "rounds": rounds,
+                         "summary": summary}, args.json)
     return 0 if summary["verified"] else 1
 
 

@@ -78,12 +78,13 @@ def lookup_answer(known: dict[str, KeyEntry], results: dict) -> dict:
 def _peer_answer(answer: dict) -> tuple[dict[str, KeyEntry], dict]:
     """The peer's ``lookup_answer``; entries of the wrong form are left out."""
     keys, results = {}, {}
-    for key, entry in (answer.get("keys") or {}).items():
+    known, found = answer.get("keys"), answer.get("results")
+    for key, entry in (known.items() if isinstance(known, dict) else ()):
         try:
             keys[key] = KeyEntry(str(entry["id"]), int(entry["iterations"]), bytes.fromhex(entry["digest"]))
         except (KeyError, TypeError, ValueError):
             continue
-    for item in answer.get("results") or []:
+    for item in found if isinstance(found, list) else ():
         try:
             digest, iterations, task_id, result = item
             if isinstance(result, str) and _RESULT.fullmatch(result):

@@ -173,6 +173,6 @@ def _peer_page(answer) -> tuple[str, list, int] | None:
     epoch, items, seqs = body.get("epoch"), body.get("results"), body.get("seqs")
     if not (isinstance(epoch, str) and isinstance(items, list) and isinstance(seqs, list) and len(items) == len(seqs)):
         return None
-    entries = [(item.get("completed_at") or 0.0, epoch, seq, item) for item, seq in zip(items, seqs)
-               if isinstance(item, dict) and type(seq) is int]
+    entries = [(item["completed_at"], epoch, seq, item) for item, seq in zip(items, seqs)
+               if isinstance(item, dict) and type(seq) is int and type(item.get("completed_at")) in (int, float)]
     return epoch, entries, int(body.get("missed") or 0)

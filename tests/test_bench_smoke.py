@@ -95,3 +95,11 @@ def test_journal_smoke(tmp_path):
     assert positive(data["summary"]["batch"]["ratio"]["median"])
     sizes = data["sizes"]
     assert sizes[-1]["tasks"] == 300 and sizes[-1]["after_close"] and all(positive(s["bytes"]) for s in sizes)
+
+
+def test_batch_smoke(tmp_path):
+    data = run_bench("batch", tmp_path, "--runs", "1", "--tasks", "20", "--reuse-iterations", "2000", timeout=300)
+    summary = data["summary"]
+    assert summary["verified"] and set(summary["wall_s"]) == {"batch", "single", "single x8", "plain"}
+    assert all(positive(s["median"]) for s in summary["wall_s"].values())
+    assert positive(summary["duplicate_s"]["same node"]["median"]) and positive(summary["original_s"]["median"])

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import socketserver
+import threading
+import time
 import uuid
 
 import pytest
@@ -99,3 +103,63 @@ def test_a_running_task_is_cancelled_its_worker_stops_and_retry_queues_it_again(
     assert client.cancel(task_id)["state"] == "cancelled"  # leave nothing running
     code, _, err = run(capsys, "cancel", task_id, "0" * 32)
     assert code == 1 and "unknown_task" in err  # cancelling twice is fine, an unknown id is not
+
+
+class SlowAnswers:
+    """A TCP relay to ``upstream`` that passes each request on at once but holds the first
+    connection's answer for ``hold`` seconds: the node has queued the task, the client times out."""
+
+    def __init__(self, upstream_port: int, hold: float) -> None:
+        self.upstream_port, self.hold = upstream_port, hold
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.connections = 0
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self):
+        relay = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                relay.connections += 1
+                delay = relay.hold if relay.connections == 1 else 0.0
+                upstream = socket.create_connection(("127.0.0.1", relay.upstream_port))
+                threading.Thread(target=pump, args=(self.request, upstream, 0.0), daemon=True).start()
+                pump(upstream, self.request, delay)
+
+        def pump(source: socket.socket, sink: socket.socket, delay: float) -> None:
+            try:
+                while data := source.recv(65536):
+                    time.sleep(delay)
+                    sink.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for sock in (source, sink):
+                    sock.close()
+
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_enqueue_that_timed_out_is_sent_again_with_its_key_and_queued_once(cluster):
+    first, second = cluster.urls
+    relay = SlowAnswers(int(first.rsplit(":", 1)[1]), hold=3.0)
+    try:
+        client = Client([relay.url, second], timeout=1.0, retries=2)
+        direct = Client(cluster.urls)
+
+        def figures() -> list[int]:
+            return [sum(n[key] for n in direct.stats()["nodes"]) for key in ("enqueued", "idempotent_replays")]
+
+        enqueued, replays = figures()
+        task_id = client.enqueue(os.urandom(32), 1)  # times out at the relay, then goes to the other node
+        # queued once, by the first try; the second node recognised the key and gave its id back
+        assert figures() == [enqueued + 1, replays + 1]
+        assert direct.status(task_id)["iterations"] == 1 and relay.connections == 1
+    finally:
+        relay.close()

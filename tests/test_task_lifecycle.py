@@ -264,3 +264,15 @@ def test_a_cursor_goes_on_across_a_restart_on_the_same_journal(tmp_path, clock):
     after, missed = store.completed_after(5, 10)
     assert [r.id for _, r in after] == new and missed == 0  # nothing missed
     journal.close()
+
+
+def test_what_the_peer_knows_is_read_back_and_malformed_parts_are_left_out():
+    from nodeapp.enqueueing import _peer_answer, lookup_answer
+
+    digest = hashlib.sha512(b"x").digest()
+    entry = KeyEntry("a" * 32, 3, digest)
+    answer = lookup_answer({"k": entry}, {(digest, 3): ("b" * 32, RESULT)})
+    assert _peer_answer(answer) == ({"k": entry}, {(digest, 3): ("b" * 32, RESULT)})
+    for broken in ({"keys": ["k"], "results": {"x": 1}}, {"keys": {"k": {"id": 1}}, "results": [["zz", 1, "c", RESULT]]},
+                   {"results": [[digest.hex(), 3, "c", "not a digest"]]}, {}):
+        assert _peer_answer(broken) == ({}, {})

@@ -92,12 +92,14 @@ class NodeClient:
         body = {"worker_id": self.worker_id, "results": [{"id": i, "result": r} for i, r in results]}
         return int(self._post("/complete", body)["accepted"])
 
-    def heartbeat(self, task_ids: list[str], checkpoints: dict[str, Checkpoint] | None = None) -> int:
-        """Renew the leases of ``task_ids``, with the newest checkpoint of each long task among them."""
+    def heartbeat(self, task_ids: list[str], checkpoints: dict[str, Checkpoint] | None = None) -> list[str]:
+        """Renew the leases of ``task_ids``, with the newest checkpoint of each long task among them.
+        Returns those the node says to stop (cancelled, or no longer leased to this worker)."""
         body = {"worker_id": self.worker_id, "task_ids": task_ids}
         if checkpoints:
             body["checkpoints"] = _checkpoints(checkpoints)
-        return int(self._post("/heartbeat", body)["renewed"])
+        stop = self._post("/heartbeat", body).get("stop") or []
+        return [i for i in stop if isinstance(i, str)]
 
     def worker_down(self, returned: list[str] | None = None, checkpoints: dict[str, Checkpoint] | None = None) -> bool:
         """Say goodbye; ``returned`` tasks are handed back (with their ``checkpoints``, if any)."""

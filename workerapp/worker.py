@@ -33,6 +33,8 @@ from workerapp.compute import chain, compute
 from workerapp.lanes import measure_lanes
 
 log = logging.getLogger(__name__)
+#: What ``_compute`` returns for a task the node said to stop.
+_DROPPED = ""
 
 
 @dataclass
@@ -106,6 +108,7 @@ class Worker:
         self.completed = 0
         self.iterations_computed = 0  # hashes this worker did itself (not those of checkpoints it resumed)
         self._evacuate = threading.Event()
+        self._dropped: set[str] = set()  # tasks the node said to stop (cancelled): neither posted nor handed back
         self.rejection: NodeRejected | None = None
         self._stop = threading.Event()
         self._finished = threading.Event()  # the heartbeat thread runs until run() ends, past a stop
@@ -230,6 +233,8 @@ class Worker:
             if digest is None:  # stopping, or evacuated half-way through this one
                 returned = [t.id for t in tasks[i:]]
                 break
+            if digest == _DROPPED:
+                continue
             results.append((task.id, digest))
         try:
             if results:
@@ -238,12 +243,14 @@ class Worker:
             with self._holding_lock:
                 checkpoints = {i: c for i, c in self._holdings[lane].checkpoints.items() if i in returned}
                 self._holdings[lane] = _Holding()
+                self._dropped.difference_update(t.id for t in tasks)  # a stop that came too late
                 if returned:  # handed back by run() once every lane has stopped
                     self._returns.append((source, returned, checkpoints))
 
     def _compute(self, task: ClaimedTask, lane: int = 0) -> str | None:
         """The task's digest, from its checkpoint if it came with one; a task longer than a slice
-        goes slice by slice, keeping a checkpoint after each. None if evacuated meanwhile."""
+        goes slice by slice, keeping a checkpoint after each. None if evacuated meanwhile,
+        ``_DROPPED`` if the node said to stop it (it was cancelled)."""
         done, digest = task.checkpoint or (0, "")
         if done:
             log.info("task %s resumes from its checkpoint at %d of %d iterations", task.id, done, task.iterations)
@@ -251,6 +258,12 @@ class Worker:
         while done < task.iterations:
             if self._evacuate.is_set():
                 return None
+            if task.id in self._dropped:
+                with self._holding_lock:
+                    self._dropped.discard(task.id)
+                log.info("task %s stopped at %d of %d iterations: the node says it was cancelled", task.id, done,
+                         task.iterations)
+                return _DROPPED
             n = min(step, task.iterations - done)
             digest = chain(task.data, done + n, (done, digest) if done else None, compute_fn=self.compute_fn)
             done += n
@@ -344,6 +357,8 @@ class Worker:
                         due.append((holding.source.client, list(holding.task_ids), dict(holding.checkpoints)))
             for client, task_ids, checkpoints in due:
                 try:
-                    client.heartbeat(task_ids, checkpoints)
+                    stop = client.heartbeat(task_ids, checkpoints)
+                    with self._holding_lock:
+                        self._dropped.update(stop)
                 except (NodeUnavailable, NodeRejected) as exc:
                     log.warning("heartbeat to %s failed: %s", client.url, exc)
