@@ -8,8 +8,9 @@ counts from when the renewal *arrived*. So a slot is never in use on both nodes,
 network does; a dead or restarted borrower's loans come back to the lender within ``ttl``.
 
 A node that starts with a peer does not know what an earlier run of it had lent. Until it has
-heard from the peer (a renewal either way) or ``ttl`` has passed, it is *recovering*: it neither
-lends nor launches, and it adopts the loans the peer says it still holds from it.
+heard from the peer (a renewal either way) or ``KEEP`` × ``ttl`` has passed (by then the peer has
+let go of any loan it could not renew with us), it is *recovering*: it neither lends nor
+launches, and it adopts the loans the peer says it still holds from it.
 
 ``LoanBook`` only keeps the figures; the ``WorkerPool`` holds its lock around every call and
 decides what a lost loan does to its workers.
@@ -90,12 +91,12 @@ class LoanBook:
         self.lent: dict[str, float] = {}
         self.held: dict[str, float] = {}
         self.owed: dict[str, float] = {}
-        self._recovering_until = now + ttl if recovering else None
+        self._recovering_until = now + KEEP * ttl if recovering else None
 
     # ------------------------------------------------------------- lender
     def recovering(self, now: float) -> bool:
         if self._recovering_until is not None and now >= self._recovering_until:
-            log.info("quota: nothing heard from the peer for LOAN_TTL_SECONDS=%g since start; lending again", self.ttl)
+            log.info("quota: nothing heard from the peer for %gs since start; lending and launching", KEEP * self.ttl)
             self._recovering_until = None
         return self._recovering_until is not None
 
