@@ -26,6 +26,13 @@ from provisioning.launchers import Launcher, make_launcher
 __all__ = ["create_app"]
 
 
+def silence_seconds(config: NodeConfig) -> float:
+    """How long a live worker may go without calling before it is taken for hung: a few leases,
+    and never less than twice the longest task (MAX_ITERATIONS at HASH_RATE) that a worker may be
+    computing for the peer node, which this node does not hear about."""
+    return max(config.worker_silence * config.lease_seconds, 2 * config.max_iterations / config.hash_rate)
+
+
 def create_app(
     settings: Mapping[str, Any] | None = None,
     *,
@@ -78,6 +85,7 @@ def create_app(
         node, launcher, peer,
         node_url=config.node_url, worker_peer_url=config.worker_peer_url, scale_wait=config.scale_wait, hash_rate=config.hash_rate,
         boot_timeout=config.boot_timeout, summary_seconds=config.summary_seconds,
+        silence_seconds=silence_seconds(config), max_lifetime=config.worker_max_lifetime,
     )
     app.extensions[EXTENSION_KEY] = context = NodeContext(config, node, peer, launcher, scaler)
     context.metrics.instrument(app)  # first: times the requests the next hooks refuse, too

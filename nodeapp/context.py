@@ -56,6 +56,8 @@ class NodeContext:
         stats["scaler"] = {
             "running": self.scheduler is not None,
             "launcher": self.launcher.kind,
+            # what holds launches back (EC2: an account limit, throttling, zones without capacity)
+            "launches": getattr(self.launcher, "status", dict)(),
             "worker_rate": self.node.workers.worker_rate(self.config.hash_rate),
             "decisions": self.scaler.decisions()[:20],
         }

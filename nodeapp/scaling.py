@@ -80,6 +80,8 @@ class Scaler:
         scale_wait: float,
         hash_rate: float,
         boot_timeout: float,
+        silence_seconds: float = 0.0,
+        max_lifetime: float = 0.0,
         history: int = 50,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -93,6 +95,8 @@ class Scaler:
         self.scale_wait = scale_wait
         self.hash_rate = hash_rate
         self.boot_timeout = boot_timeout
+        self.silence_seconds = silence_seconds  # 0: a live worker is never taken for hung
+        self.max_lifetime = max_lifetime  # 0: workers live as long as they have work
         self._monotonic = monotonic
         self._wall = wall  # the times in decisions(), shown on the dashboard
         self.summary_seconds = summary_seconds
@@ -225,15 +229,30 @@ class Scaler:
                 self.launcher.terminate(departed)
 
     def _reconcile(self) -> None:
-        """Forget workers the launcher no longer has; terminate those that never showed up."""
+        """Adopt running workers the registry does not know (when the launcher can list them, as
+        EC2 can by tag); forget workers the launcher no longer has; terminate those that never
+        showed up, went silent, or outlived the maximum lifetime."""
         alive = self.launcher.running()
-        overdue = set(self.node.workers.overdue(self.boot_timeout))
-        for worker in self.node.workers.workers():
+        if alive is not None and getattr(self.launcher, "adopts_workers", False):
+            known = {worker.id for worker in self.node.workers.workers()}
+            for worker_id in self.node.workers.adopt(sorted(alive - known)):
+                log.warning("worker adopted: %s runs for this node but was not known (a restart of the node, or "
+                            "a lost launch answer); it counts against the quota", worker_id)
+        workers = self.node.workers
+        stop = {worker_id: f"not seen within BOOT_TIMEOUT={self.boot_timeout:g}s"
+                for worker_id in workers.overdue(self.boot_timeout)}
+        if self.silence_seconds:
+            stop.update({worker_id: f"silent for over {self.silence_seconds:g}s (hung?)"
+                         for worker_id in workers.silent(self.silence_seconds)})
+        if self.max_lifetime:
+            stop.update({worker_id: f"older than WORKER_MAX_LIFETIME={self.max_lifetime:g}s"
+                         for worker_id in workers.older_than(self.max_lifetime)})
+        for worker in workers.workers():
             terminate = False
             if alive is not None and worker.id not in alive:
                 why = "exited without worker_down"
-            elif worker.id in overdue:
-                why = f"not seen within BOOT_TIMEOUT={self.boot_timeout:g}s"
+            elif worker.id in stop:
+                why = stop[worker.id]
                 try:
                     self.launcher.terminate([worker.id])
                 except Exception:

@@ -213,6 +213,38 @@ class WorkerPool:
             now = self._monotonic()
             return [w.id for w in self._workers.values() if w.state == PENDING and now - w.launched_at > boot_timeout]
 
+    def silent(self, seconds: float) -> list[str]:
+        """Live workers that have not called this node for more than ``seconds`` (hung, wedged)."""
+        with self._lock:
+            now = self._monotonic()
+            return [w.id for w in self._workers.values()
+                    if w.state == LIVE and w.last_seen is not None and now - w.last_seen > seconds]
+
+    def older_than(self, seconds: float) -> list[str]:
+        """Workers launched (or adopted) more than ``seconds`` ago."""
+        with self._lock:
+            now = self._monotonic()
+            return [w.id for w in self._workers.values() if now - w.launched_at > seconds]
+
+    def adopt(self, worker_ids: Iterable[str]) -> list[str]:
+        """Workers the launcher says run for this node but the registry does not know (launched
+        before this node restarted, or whose launch answer was lost): registered on our own quota,
+        pending until they call, while there is room; the others are handed out to be stopped
+        (``terminating``). Returns the adopted ones."""
+        adopted = []
+        with self._lock:
+            now = self._monotonic()
+            for worker_id in worker_ids:
+                if worker_id in self._workers or worker_id in self._departed:
+                    continue
+                if self._taken() < self._max():
+                    self._workers[worker_id] = Worker(worker_id, PENDING, False, now)
+                    adopted.append(worker_id)
+                else:
+                    self._departed.append(worker_id)
+                    log.warning("worker %s runs for this node beyond its quota; it is stopped", worker_id)
+        return adopted
+
     @contextmanager
     def terminating(self) -> Iterator[list[str]]:
         """Workers gone down since the last call, for the launcher to stop; if the block raises,

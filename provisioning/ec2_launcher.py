@@ -4,6 +4,13 @@ Every call here runs in the scaler tick: one short AWS request each (bounded con
 timeouts, few retries), never a waiter. ``launch`` returns as soon as RunInstances has accepted
 the request; the scaler counts those instances as pending until their first claim.
 
+RunInstances asks for what can be had (MinCount 1). Its errors are handled by kind: no capacity
+in a zone -> the next subnet (TM_WORKER_SUBNETS), that zone rests for a while; the account's vCPU
+limit -> no launch for QUOTA_PAUSE seconds, said in the scaler's decision and in ``status()``
+(``/stats``); throttling -> back off, doubling; a reply lost to a timeout -> the next launch sends
+the same request with the same ClientToken, so EC2 does not launch twice. ``running`` asks
+DescribeInstances at most every TM_DESCRIBE_TTL seconds.
+
 Settings come from the environment, which the node's user-data writes (see docs/aws.md):
 
     TM_CLUSTER                  cluster name (the tm-cluster tag)            required
@@ -20,6 +27,7 @@ Settings come from the environment, which the node's user-data writes (see docs/
                                 although DescribeInstances does not list it yet (default 120)
     TM_WORKER_SPOT              1: launch workers as spot instances (default 0); when EC2
                                 refuses spot capacity, that launch falls back to on-demand
+    TM_DESCRIBE_TTL             seconds a DescribeInstances answer is used (default 30)
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError, ClientError, ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError,
+)
 
 from provisioning.instances import ALIVE_STATES, cluster_instances, run_request
 from provisioning.launchers import Launched
@@ -45,6 +55,16 @@ log = logging.getLogger(__name__)
 #: Short timeouts and few retries: a scaler tick must not hang on AWS.
 CLIENT_CONFIG = Config(connect_timeout=3, read_timeout=8, retries={"max_attempts": 2, "mode": "standard"})
 DEFAULT_LIST_GRACE = 120.0
+DEFAULT_DESCRIBE_TTL = 30.0
+#: RunInstances errors: no capacity in that zone (try the next subnet; the zone rests SUBNET_REST
+#: seconds), the account's limit (no launch for QUOTA_PAUSE seconds), throttling (back off,
+#: doubling from THROTTLE_PAUSE up to MAX_THROTTLE_PAUSE).
+NO_CAPACITY = frozenset({"InsufficientInstanceCapacity", "InsufficientCapacity", "Unsupported"})
+ACCOUNT_LIMIT = frozenset({"VcpuLimitExceeded", "InstanceLimitExceeded"})
+THROTTLED = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
+SUBNET_REST, QUOTA_PAUSE, THROTTLE_PAUSE, MAX_THROTTLE_PAUSE = 300.0, 600.0, 5.0, 300.0
+#: Errors after which RunInstances may have launched although no answer came back.
+REPLY_LOST = (ReadTimeoutError, ConnectTimeoutError, EndpointConnectionError, ConnectionClosedError)
 #: RunInstances errors that mean "no spot capacity for this request": launch on-demand instead.
 SPOT_REFUSED = frozenset({
     "InsufficientInstanceCapacity", "InsufficientCapacity", "SpotMaxPriceTooLow",
@@ -81,6 +101,7 @@ class Ec2WorkerSettings:
     token_parameter: str
     list_grace: float = DEFAULT_LIST_GRACE
     spot: bool = False
+    describe_ttl: float = DEFAULT_DESCRIBE_TTL
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Ec2WorkerSettings:
@@ -95,11 +116,15 @@ class Ec2WorkerSettings:
             grace = float(environ.get("TM_LIST_GRACE", "") or DEFAULT_LIST_GRACE)
         except ValueError:
             raise Ec2SettingsError(f"TM_LIST_GRACE={environ['TM_LIST_GRACE']!r} is not a number") from None
+        try:
+            ttl = float(environ.get("TM_DESCRIBE_TTL", "") or DEFAULT_DESCRIBE_TTL)
+        except ValueError:
+            raise Ec2SettingsError(f"TM_DESCRIBE_TTL={environ['TM_DESCRIBE_TTL']!r} is not a number") from None
         spot = _FLAGS.get(environ.get("TM_WORKER_SPOT", "").strip().lower())
         if spot is None:
             raise Ec2SettingsError(f"TM_WORKER_SPOT={environ['TM_WORKER_SPOT']!r} is not 1 or 0")
         values["subnet_ids"] = tuple(s.strip() for s in values["subnet_ids"].split(",") if s.strip())
-        return cls(region=region, list_grace=grace, spot=spot, **values)
+        return cls(region=region, list_grace=grace, spot=spot, describe_ttl=ttl, **values)
 
     @property
     def delivery(self) -> Delivery:
@@ -114,6 +139,7 @@ class Ec2Launcher:
     """
 
     kind = "ec2"
+    adopts_workers = True  # running() lists by tag: the scaler adopts what it does not know
 
     def __init__(
         self,
@@ -130,6 +156,14 @@ class Ec2Launcher:
         self.node_name = node_name
         self._clock = clock
         self._unlisted: dict[str, float] = {}  # launched, never listed yet: id -> launch time
+        self._gone: dict[str, float] = {}  # terminated by us: id -> when (listings may lag)
+        self._listed: dict[str, str] | None = None  # the last DescribeInstances: id -> state
+        self._listed_at = 0.0
+        self._lost: dict | None = None  # a RunInstances request whose answer a timeout lost
+        self._resting: dict[str, float] = {}  # subnet -> until when it is tried last (no capacity)
+        self._paused_until = 0.0
+        self._pause_reason = ""
+        self._throttled = 0  # throttling answers in a row
 
     @classmethod
     def from_environment(cls, *, token: str = "", idle_seconds: float, node_name: str,
@@ -149,68 +183,137 @@ class Ec2Launcher:
                 {"Key": TAG_NODE, "Value": self.node_name},
                 {"Key": "Name", "Value": f"tm-{self.settings.cluster}-worker-{self.node_name}"}]
 
+    def status(self) -> dict:
+        """What holds launches back, for ``/stats`` and the dashboard."""
+        now = self._clock()
+        return {"paused_for": round(max(0.0, self._paused_until - now), 1),
+                "paused_because": self._pause_reason if now < self._paused_until else None,
+                "resting_subnets": sorted(s for s, until in self._resting.items() if until > now),
+                "reply_lost": self._lost is not None}
+
     def launch(self, count: int, node_urls: list[str]) -> Launched:
-        """One RunInstances call for ``count`` workers; returns the instance ids it got.
+        """RunInstances for up to ``count`` workers; returns the instance ids it got, with a note
+        for the scaler's decision when something was in the way (see the module's docstring).
 
         With TM_WORKER_SPOT=1 the workers are spot instances; if EC2 refuses spot capacity
         (``SPOT_REFUSED``), the same launch is made on-demand and the result carries a note.
         """
-        note = ""
+        now = self._clock()
+        if self._lost is not None:
+            return self._registered(self._send(self._lost), "the last launch's answer was lost: asked again "
+                                                            "with its ClientToken")
+        if now < self._paused_until:
+            return Launched([], f"launches paused for {self._paused_until - now:.0f}s more: {self._pause_reason}")
+        refused = []
+        for subnet in self._subnet_order(now):
+            try:
+                reply, note = self._launch_in(subnet, count, node_urls)
+            except ClientError as err:
+                code, message = err.response["Error"]["Code"], err.response["Error"].get("Message", "")
+                if code in NO_CAPACITY:
+                    self._resting[subnet] = now + SUBNET_REST
+                    refused.append(f"{code} in {subnet}")
+                    continue
+                if code in ACCOUNT_LIMIT:
+                    return self._pause(now, QUOTA_PAUSE, f"{code}: {message} (the account's vCPU quota for this "
+                                                         "instance family; raise it in Service Quotas)")
+                if code in THROTTLED:
+                    self._throttled += 1
+                    wait = min(MAX_THROTTLE_PAUSE, THROTTLE_PAUSE * 2 ** (self._throttled - 1))
+                    return self._pause(now, wait, f"{code}: EC2 throttles this account's calls; backing off")
+                raise
+            self._throttled = 0
+            return self._registered(reply, "; ".join([*refused, *([f"launched in {subnet}"] if refused else []),
+                                                      *([note] if note else [])]))
+        note = f"no capacity in any subnet ({', '.join(refused)}); trying again later"
+        log.warning("%s", note)
+        return Launched([], note)
+
+    def _subnet_order(self, now: float) -> list[str]:
+        """The node's own subnet first, then the others; those that lately had no capacity last."""
+        subnets = list(self.settings.subnet_ids)
+        return sorted(subnets, key=lambda s: (self._resting.get(s, 0.0) > now, subnets.index(s)))
+
+    def _pause(self, now: float, seconds: float, reason: str) -> Launched:
+        self._paused_until, self._pause_reason = now + seconds, reason
+        note = f"launches paused for {seconds:.0f}s: {reason}"
+        log.error("%s", note)
+        return Launched([], note)
+
+    def _launch_in(self, subnet: str, count: int, node_urls: list[str]) -> tuple[dict, str]:
+        """One launch into ``subnet``; spot refused for capacity falls back to on-demand there."""
         try:
-            reply = self._run(count, node_urls, spot=self.settings.spot)
+            return self._send(self._request(subnet, count, node_urls, spot=self.settings.spot)), ""
         except ClientError as err:
             code = err.response["Error"]["Code"]
             if not (self.settings.spot and code in SPOT_REFUSED):
                 raise
             note = f"spot refused ({code}): {count} worker(s) launched on-demand"
             log.warning("%s; %s", note, err.response["Error"].get("Message", ""))
-            reply = self._run(count, node_urls, spot=False)
+            return self._send(self._request(subnet, count, node_urls, spot=False)), note
+
+    def _registered(self, reply: dict, note: str) -> Launched:
         ids = [i["InstanceId"] for i in reply["Instances"]]
         now = self._clock()
         for instance_id in ids:
             self._unlisted[instance_id] = now
-        if len(ids) < count:
-            log.warning("asked for %d worker instance(s), EC2 gave %d", count, len(ids))
         return Launched(ids, note)
 
-    def _run(self, count: int, node_urls: list[str], *, spot: bool) -> dict:
+    def _request(self, subnet: str, count: int, node_urls: list[str], *, spot: bool) -> dict:
         s = self.settings
         request = run_request(
-            ami_id=s.ami_id, instance_type=s.instance_type, subnet_id=s.subnet_ids[0],
+            ami_id=s.ami_id, instance_type=s.instance_type, subnet_id=subnet,
             security_group_id=s.security_group_id, profile_arn=s.profile_arn,
             user_data=worker_script(s.delivery, node_urls, self.idle_seconds, spot=spot),
             tags=self.tags(), count=count, terminate_on_shutdown=True, spot=spot)
-        # botocore retries a timed-out call; the same token makes EC2 launch only once
+        # botocore retries a timed-out call, and a lost answer is asked again (``_lost``): the
+        # same token makes EC2 answer with the instances it launched instead of launching more
         request["ClientToken"] = uuid.uuid4().hex
+        return request
+
+    def _send(self, request: dict) -> dict:
+        spot = "InstanceMarketOptions" in request
         try:
-            return self.ec2.run_instances(**request)
+            reply = self.ec2.run_instances(**request)
+        except REPLY_LOST as err:
+            self._lost = request
+            log.error("RunInstances got no answer (%s): the next launch asks again with the same ClientToken", err)
+            raise
         except ClientError as err:
+            self._lost = None
             log.log(logging.INFO if spot and err.response["Error"]["Code"] in SPOT_REFUSED else logging.ERROR,
-                    "RunInstances for %d %sworker(s) failed: %s %s", count, "spot " if spot else "",
+                    "RunInstances for %d %sworker(s) failed: %s %s", request["MaxCount"], "spot " if spot else "",
                     err.response["Error"]["Code"], err.response["Error"].get("Message", ""))
             raise
+        self._lost = None
+        return reply
 
     def running(self) -> set[str] | None:
         """Worker instances of this node that are pending or running; None if AWS cannot say.
 
-        DescribeInstances is eventually consistent: an instance launched a moment ago may not
-        be listed yet. Such an instance counts as running until it is listed once, or until
-        TM_LIST_GRACE seconds have passed without it ever being listed.
+        DescribeInstances is asked at most every TM_DESCRIBE_TTL seconds. It is eventually
+        consistent: an instance launched a moment ago may not be listed yet. Such an instance
+        counts as running until it is listed once, or until TM_LIST_GRACE seconds have passed
+        without it ever being listed; one we terminated does not count, even if still listed.
         """
-        try:
-            instances = cluster_instances(
-                self.ec2, self.settings.cluster, role="worker",
-                states=("pending", "running", "stopping", "stopped", "shutting-down", "terminated"),
-                extra_filters=[{"Name": f"tag:{TAG_NODE}", "Values": [self.node_name]}])
-        except (ClientError, BotoCoreError) as err:
-            log.warning("DescribeInstances failed, worker list unknown this run: %s", err)
-            return None
-        alive = set()
-        for instance in instances:
-            self._unlisted.pop(instance["InstanceId"], None)
-            if instance["State"]["Name"] in ALIVE_STATES:
-                alive.add(instance["InstanceId"])
         now = self._clock()
+        if self._listed is None or now - self._listed_at >= self.settings.describe_ttl:
+            try:
+                instances = cluster_instances(
+                    self.ec2, self.settings.cluster, role="worker",
+                    states=("pending", "running", "stopping", "stopped", "shutting-down", "terminated"),
+                    extra_filters=[{"Name": f"tag:{TAG_NODE}", "Values": [self.node_name]}])
+            except (ClientError, BotoCoreError) as err:
+                log.warning("DescribeInstances failed, worker list unknown this run: %s", err)
+                return None
+            self._listed = {i["InstanceId"]: i["State"]["Name"] for i in instances}
+            self._listed_at = now
+            for instance_id in self._listed:
+                self._unlisted.pop(instance_id, None)
+        for instance_id, when in list(self._gone.items()):
+            if now - when > max(self.settings.list_grace, self.settings.describe_ttl):
+                del self._gone[instance_id]
+        alive = {i for i, state in self._listed.items() if state in ALIVE_STATES and i not in self._gone}
         for instance_id, launched in list(self._unlisted.items()):
             if now - launched <= self.settings.list_grace:
                 alive.add(instance_id)
@@ -224,6 +327,7 @@ class Ec2Launcher:
         ids = list(dict.fromkeys(worker_ids))
         if not ids:
             return
+        now = self._clock()
         for instance_id in ids:
             self._unlisted.pop(instance_id, None)
         try:
@@ -236,6 +340,8 @@ class Ec2Launcher:
                     self.ec2.terminate_instances(InstanceIds=[instance_id])
                 except ClientError as one_err:
                     log.info("not terminating %s: %s", instance_id, one_err.response["Error"]["Code"])
+        for instance_id in ids:
+            self._gone[instance_id] = now
 
     def stop_all(self) -> None:
         """The node is stopping: terminate every worker it launched (one call, no waiting).
@@ -244,6 +350,7 @@ class Ec2Launcher:
         workers, so they would run outside any maximum; terminating them bounds the cost.
         Tasks they hold for the peer node go back to the peer's queue when their leases expire.
         """
+        self._listed = None  # a fresh listing: the last one may be TM_DESCRIBE_TTL old
         alive = self.running()
         ids = alive if alive is not None else set(self._unlisted)
         try:

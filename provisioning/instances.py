@@ -61,7 +61,7 @@ def run_request(
     request = {
         "ImageId": ami_id,
         "InstanceType": instance_type,
-        "MinCount": count,  # all or nothing: on a capacity error the next scaler run tries again
+        "MinCount": 1,  # what can be had: the scaler counts the instances it got
         "MaxCount": count,
         "SubnetId": subnet_id,
         "SecurityGroupIds": [security_group_id],

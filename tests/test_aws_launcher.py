@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 
 import pytest
@@ -56,7 +57,15 @@ def make_launcher(env, clock, node_name="node-1") -> Ec2Launcher:
     launcher = Ec2Launcher.from_environment(token="ignored", idle_seconds=30, node_name=node_name,
                                             environ=env["environ"], session=env["session"])
     launcher._clock = clock
+    launcher.ec2.meta.events.register("provide-client-params.ec2.RunInstances", has_capacity_for_all)
     return launcher
+
+
+def has_capacity_for_all(params, **_):
+    """moto launches MinCount instances where EC2 launches as many as it can up to MaxCount: the
+    launcher asks MinCount 1 (checked here), and moto is told to play an EC2 with room for all."""
+    assert params["MinCount"] == 1
+    params["MinCount"] = params["MaxCount"]
 
 
 @pytest.fixture
@@ -147,7 +156,7 @@ def test_pending_past_boot_timeout_is_terminated(env, node, clock, caplog):
     assert len(alive_ids(ec2)) == 1  # the task still waits: one replacement, not more
 
 
-def test_instance_terminated_behind_the_nodes_back_is_forgotten(env, node):
+def test_instance_terminated_behind_the_nodes_back_is_forgotten(env, node, clock):
     state, launcher, scaler = node
     ec2 = env["ec2"]
     backlog(state, count=2)
@@ -157,6 +166,8 @@ def test_instance_terminated_behind_the_nodes_back_is_forgotten(env, node):
     state.claim(ids[0], 1)
     state.claim(ids[1], 1)  # both live, both holding a task; the queue is empty
     ec2.terminate_instances(InstanceIds=[ids[0]])  # e.g. a spot reclaim or a person in the console
+    launcher.settings = dataclasses.replace(launcher.settings, describe_ttl=1.0)
+    clock.now += 1  # the next DescribeInstances (TM_DESCRIBE_TTL), well within the tasks' leases
     scaler.tick()
     workers = {w.id for w in state.workers.workers()}
     assert ids[0] not in workers and ids[1] in workers
@@ -178,8 +189,10 @@ def test_just_launched_instance_not_listed_yet_still_counts(env, clock):
     assert launcher.running() == set()
     # once listed, an instance that disappears from the listing is gone at once
     (listed,) = launcher.launch(1, [NODE_URL])
+    clock.now += 30  # TM_DESCRIBE_TTL: listings are asked for at most this often
     assert launcher.running() == {listed}
     ec2.delete_tags(Resources=[listed], Tags=[{"Key": "tm-node"}])
+    clock.now += 30
     assert launcher.running() == set()
 
 

@@ -38,6 +38,8 @@ NUMERIC = [
     ("CLAIM_SECONDS", float, 0.01, 60, "from 0.01 to 60"),
     ("LOG_SUMMARY_SECONDS", float, 0, 86400, "from 0 to 86400"),
     ("JOURNAL_BATCH_MS", float, 0, 1000, "from 0 to 1000"),
+    ("WORKER_SILENCE_LEASES", float, 1, 1000, "from 1 to 1000"),
+    ("WORKER_MAX_LIFETIME", float, 0, 30 * 86400, "from 0 to 2.592e+06"),
 ]
 
 

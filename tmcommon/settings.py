@@ -161,6 +161,13 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("max_attempts", "MAX_ATTEMPTS", int, 5, 1, 1000, "lost leases before a task is `failed`"),
     Setting("boot_timeout", "BOOT_TIMEOUT", float, 300.0, 1, 86400,
             "seconds a launched worker has to make its first claim; then it is terminated and its slot freed"),
+    Setting("worker_silence", "WORKER_SILENCE_LEASES", float, 3.0, 1, 1000,
+            "lease periods (`LEASE_SECONDS`) a live worker of this node may go without calling it (claim, "
+            "heartbeat, complete) before it is taken for hung, terminated and its tasks requeued"),
+    Setting("worker_max_lifetime", "WORKER_MAX_LIFETIME", float, 21600.0, 0, 30 * 86400,
+            shown_default="21600 (6 h)",
+            help="seconds after its launch at which a worker is terminated and replaced if still needed (its "
+                 "tasks resume from their checkpoints); 0 = no limit"),
     Setting("max_body_bytes", "MAX_BODY_BYTES", int, 1024 * 1024, 0, 1024**3, "largest task body, in bytes",
             shown_default="1048576 (1 MiB)"),
     Setting("max_iterations", "MAX_ITERATIONS", int, 10_000_000, 1, 10**12, "largest `iterations`"),
