@@ -334,8 +334,9 @@ def test_sigterm_drains_then_exits_and_the_peer_answers_alone(tmp_path):
         wait_for(closed, timeout=15, what="the node to stop listening")
         assert master.wait(timeout=15) == 0
 
-        for call, expect in ((lambda: b.pull(10), 200), (lambda: b.status(UNKNOWN_ID), 404),
-                             (lambda: b.status(on_a), 404)):
+        # (an id b does not have may be a's: 503 peer_unavailable, not 404 unknown_task)
+        for call, expect in ((lambda: b.pull(10), 200), (lambda: b.status(UNKNOWN_ID), 503),
+                             (lambda: b.status(on_a), 503)):
             response = call()  # a is gone: connections are refused at once
             assert response.status_code == expect
             assert response.headers.get("X-Peer-Unavailable") == "1"
