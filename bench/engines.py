@@ -7,6 +7,8 @@ Each round measures, one after the other in an order rotated from round to round
 * *hashlib loop*: ``workerapp.compute.compute`` (``hashlib.sha512(d).digest()`` per iteration);
 * *native chain*: ``workerapp._native.chain`` (C, one SHA-512 compression per iteration);
 * *native lanes*: one native chain per available CPU, each in its own thread, at the same time;
+* *native SIMD*: ``workerapp._native.chains`` with four chains at once in AVX2 vector lanes (when
+  the CPU has AVX2), in one thread;
 * *OpenSSL*: ``openssl speed -evp sha512 -bytes 64``, OpenSSL's own figure for one 64-byte
   message per call (what a C loop over OpenSSL's EVP calls would reach).
 
@@ -67,6 +69,18 @@ def lanes(seconds: float, count: int) -> dict:
     return {"cpu": sum(done) / cpu, "wall": sum(done) / wall}
 
 
+def simd(seconds: float) -> dict:
+    """Four native chains at once in vector lanes (``chains``), one thread."""
+    from workerapp._native import chains
+
+    done, digests = 0, [SEED, SEED[::-1], SEED[1:] + b"x", b"y" + SEED[1:]]
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    while time.process_time() - cpu0 < seconds:
+        digests = chains(digests, [5_000] * 4)
+        done += 20_000
+    return {"cpu": done / (time.process_time() - cpu0), "wall": done / (time.perf_counter() - wall0)}
+
+
 def openssl(seconds: float) -> dict | None:
     """``openssl speed -evp sha512 -bytes 64``: 64-byte hashes per (user CPU) second, or None."""
     binary = shutil.which("openssl")
@@ -92,6 +106,8 @@ def measure_round(order: list[str], seconds: float, cpus: int) -> dict:
                               "wall": wall}
         elif name == f"native lanes ({cpus})":
             measured[name] = lanes(seconds, cpus)
+        elif name.startswith("native SIMD"):
+            measured[name] = simd(seconds)
         elif name == "OpenSSL (openssl speed)":
             measured[name] = openssl(seconds)
     return measured
@@ -106,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     cpus = available_cpus()
     names = ["hashlib loop"]
     if native_available():
-        names += ["native chain", f"native lanes ({cpus})"]
+        from workerapp._native import SIMD
+
+        names += ["native chain", f"native lanes ({cpus})"] + ([f"native SIMD ({SIMD}, 4 chains)"] if SIMD else [])
     names.append("OpenSSL (openssl speed)")
     rounds = []
     for r in range(args.rounds):

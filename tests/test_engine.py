@@ -131,7 +131,10 @@ def test_auto_picks_native_when_built(native, caplog):
     with caplog.at_level(logging.INFO, logger="workerapp.engine"):
         chosen = engine.select_engine({})
     assert chosen.name == "native" and chosen.parallel
-    assert [r.getMessage() for r in caplog.records] == ["hash engine: native (C extension workerapp._native)"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "hash engine: native (C extension workerapp._native"
+        + (f", {native.SIMD} for several chains at once)" if native.SIMD else ")")]
+    assert (chosen.compute_many is engine.compute_many_native) == bool(native.SIMD)
 
 
 def test_env_forces_python(native, caplog):
@@ -242,3 +245,39 @@ def test_bench_engines_runs_and_reports_every_engine(tmp_path):
         if name.startswith("native") or shutil.which("openssl"):
             assert figures["per_cpu_second"]["median"] > 0, name
     assert ("native chain" in summary) == (engine._native_problem() is None)
+
+
+# ------------------------------------------------------- several chains at once
+@pytest.mark.parametrize("simd", [True, False])
+def test_chains_agree_with_hashlib_on_the_vector_table(native, simd):
+    jobs = [(body(size), iterations) for size in SIZES for iterations in (1, 2, 1000)]
+    jobs += [(body(size), 1_000_000) for size in (0, 129)]
+    digests = native.chains([hashlib.sha512(data).digest() for data, _ in jobs], [n - 1 for _, n in jobs], simd=simd)
+    assert [d.hex() for d in digests] == [expected(len(data), n) for data, n in jobs]
+    if simd:
+        assert engine.compute_many_native(jobs[:5]) == [expected(len(data), n) for data, n in jobs[:5]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(jobs=st.lists(st.tuples(st.binary(max_size=200), st.integers(min_value=1, max_value=700)), max_size=11))
+def test_chains_agree_with_hashlib_on_random_cases(native, jobs):
+    digests = [reference(data, iterations) for data, iterations in jobs]
+    assert engine.compute_many_native(jobs) == digests
+    assert [d.hex() for d in native.chains([hashlib.sha512(data).digest() for data, _ in jobs],
+                                           [n - 1 for _, n in jobs], simd=False)] == digests
+
+
+def test_chains_refuses_bad_input(native):
+    digest = hashlib.sha512(b"").digest()
+    assert native.chains([], []) == []
+    with pytest.raises(ValueError, match="same length"):
+        native.chains([digest], [])
+    with pytest.raises(ValueError, match="64 bytes"):
+        native.chains([digest, b"short"], [1, 1])
+    with pytest.raises(ValueError, match=">= 0"):
+        native.chains([digest], [-1])
+    with pytest.raises(TypeError):
+        native.chains([digest], ["many"])
+    with pytest.raises(ValueError):
+        engine.compute_many_native([(b"x", 0)])
+    assert native.SIMD in ("", "avx2")

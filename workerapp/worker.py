@@ -17,6 +17,8 @@ about ``claim_seconds`` of work at one lane's rate when it is free, so waiting w
 queue and no lane sits on a backlog while another idles. Tasks that stopping leaves unstarted
 are handed back once, after every lane has finished the task in hand. Claims carry the
 worker's measured rate (all lanes), engine and lanes for the node's scaler and ``/stats``.
+Short tasks of a batch go through ``compute_many`` together when the engine has it (the native
+engine's AVX2 lanes compute four chains at once).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class Worker:
         lanes: chains computed at once, each in its own thread (``compute_fn`` must let them run
             in parallel: ``lanes.lane_compute``).
         engine: the engine's name, reported to the nodes.
+        compute_many: computes several short tasks at once (the native engine's SIMD lanes).
         slice_seconds: a long task is computed (and checkpointed) in slices of about this long.
         clock: monotonic seconds, for backoff, leases and idleness.
         sleep: when given, every wait of the loop calls it (tests pass one that advances a fake
@@ -91,6 +94,7 @@ class Worker:
         sleep: Callable[[float], object] | None = None,
         lanes: int = 1,
         engine: str = "python",
+        compute_many: Callable[[list[tuple[bytes, int]]], list[str]] | None = None,
     ) -> None:
         if not nodes:
             raise ValueError("a worker needs at least one node")
@@ -103,7 +107,7 @@ class Worker:
         self.compute_fn = compute_fn
         self.slice_seconds = slice_seconds
         self._clock, self._sleep = clock, sleep
-        self.lanes, self.engine = lanes, engine
+        self.lanes, self.engine, self.compute_many = lanes, engine, compute_many
         self.total_rate: float | None = None if hash_rate is None else hash_rate * lanes
         self.completed = 0
         self.iterations_computed = 0  # hashes this worker did itself (not those of checkpoints it resumed)
@@ -228,14 +232,20 @@ class Worker:
             self._holdings[lane] = _Holding(source, [t.id for t in tasks], lease, self._clock())
         results: list[tuple[str, str]] = []
         returned: list[str] = []
-        for i, task in enumerate(tasks):
-            digest = None if self._stop.is_set() else self._compute(task, lane)
-            if digest is None:  # stopping, or evacuated half-way through this one
+        i = 0
+        while i < len(tasks):
+            group = self._short_run(tasks, i)
+            if self._stop.is_set():
+                digests = [None]
+            elif len(group) > 1:
+                digests = self._compute_together(group)
+            else:
+                digests = [self._compute(group[0], lane)]
+            if digests[0] is None:  # stopping, or evacuated half-way through this one
                 returned = [t.id for t in tasks[i:]]
                 break
-            if digest == _DROPPED:
-                continue
-            results.append((task.id, digest))
+            results += [(task.id, digest) for task, digest in zip(group, digests) if digest != _DROPPED]
+            i += len(group)
         try:
             if results:
                 self._post_results(source, results, lease)
@@ -246,6 +256,28 @@ class Worker:
                 self._dropped.difference_update(t.id for t in tasks)  # a stop that came too late
                 if returned:  # handed back by run() once every lane has stopped
                     self._returns.append((source, returned, checkpoints))
+
+    def _short_run(self, tasks: list[ClaimedTask], start: int) -> list[ClaimedTask]:
+        """``tasks[start]`` alone, or with the short tasks after it when the engine computes several
+        at once (``compute_many``): each at most a slice, without checkpoint, four slices in all."""
+        step = max(1, int(self.hash_rate * self.slice_seconds))
+        group: list[ClaimedTask] = []
+        total = 0
+        for task in tasks[start:start + 16] if self.compute_many else ():
+            if task.checkpoint or task.iterations > step or total + task.iterations > 4 * step:
+                break
+            group.append(task)
+            total += task.iterations
+        return group or tasks[start:start + 1]
+
+    def _compute_together(self, group: list[ClaimedTask]) -> list[str]:
+        """The digests of short tasks computed at once; ``_DROPPED`` for any cancelled meanwhile."""
+        digests = self.compute_many([(task.data, task.iterations) for task in group])
+        with self._holding_lock:
+            self.iterations_computed += sum(task.iterations for task in group)
+            dropped = {task.id for task in group} & self._dropped
+            self._dropped -= dropped
+        return [_DROPPED if task.id in dropped else digest for task, digest in zip(group, digests)]
 
     def _compute(self, task: ClaimedTask, lane: int = 0) -> str | None:
         """The task's digest, from its checkpoint if it came with one; a task longer than a slice
