@@ -74,15 +74,20 @@ static const uint64_t IV[8] = {
         (h) = t1 + t2; \
     } while (0)
 
-#define ROUNDS8(t) do { \
-        ROUND(a, b, c, d, e, f, g, h, (t)); \
-        ROUND(h, a, b, c, d, e, f, g, (t) + 1); \
-        ROUND(g, h, a, b, c, d, e, f, (t) + 2); \
-        ROUND(f, g, h, a, b, c, d, e, (t) + 3); \
-        ROUND(e, f, g, h, a, b, c, d, (t) + 4); \
-        ROUND(d, e, f, g, h, a, b, c, (t) + 5); \
-        ROUND(c, d, e, f, g, h, a, b, (t) + 6); \
-        ROUND(b, c, d, e, f, g, h, a, (t) + 7); \
+/* Eight rounds from t with the round macro R (scalar ROUND, or VROUND on vectors below). */
+#define ROUNDS8(R, t) do { \
+        R(a, b, c, d, e, f, g, h, (t)); \
+        R(h, a, b, c, d, e, f, g, (t) + 1); \
+        R(g, h, a, b, c, d, e, f, (t) + 2); \
+        R(f, g, h, a, b, c, d, e, (t) + 3); \
+        R(e, f, g, h, a, b, c, d, (t) + 4); \
+        R(d, e, f, g, h, a, b, c, (t) + 5); \
+        R(c, d, e, f, g, h, a, b, (t) + 6); \
+        R(b, c, d, e, f, g, h, a, (t) + 7); \
+    } while (0)
+#define ROUNDS80(R) do { \
+        ROUNDS8(R, 0); ROUNDS8(R, 8); ROUNDS8(R, 16); ROUNDS8(R, 24); ROUNDS8(R, 32); \
+        ROUNDS8(R, 40); ROUNDS8(R, 48); ROUNDS8(R, 56); ROUNDS8(R, 64); ROUNDS8(R, 72); \
     } while (0)
 
 /* m <- SHA-512(m) for a 64-byte message m held as eight big-endian words. */
@@ -93,8 +98,7 @@ hash_digest(uint64_t m[8])
                       UINT64_C(0x8000000000000000), 0, 0, 0, 0, 0, 0, 512};
     uint64_t a = IV[0], b = IV[1], c = IV[2], d = IV[3];
     uint64_t e = IV[4], f = IV[5], g = IV[6], h = IV[7];
-    ROUNDS8(0); ROUNDS8(8); ROUNDS8(16); ROUNDS8(24); ROUNDS8(32);
-    ROUNDS8(40); ROUNDS8(48); ROUNDS8(56); ROUNDS8(64); ROUNDS8(72);
+    ROUNDS80(ROUND);
     m[0] = IV[0] + a; m[1] = IV[1] + b; m[2] = IV[2] + c; m[3] = IV[3] + d;
     m[4] = IV[4] + e; m[5] = IV[5] + f; m[6] = IV[6] + g; m[7] = IV[7] + h;
 }
@@ -154,16 +158,6 @@ typedef struct {
         (d) = VADD((d), t1); \
         (h) = VADD(t1, t2); \
     } while (0)
-#define VROUNDS8(t) do { \
-        VROUND(a, b, c, d, e, f, g, h, (t)); \
-        VROUND(h, a, b, c, d, e, f, g, (t) + 1); \
-        VROUND(g, h, a, b, c, d, e, f, (t) + 2); \
-        VROUND(f, g, h, a, b, c, d, e, (t) + 3); \
-        VROUND(e, f, g, h, a, b, c, d, (t) + 4); \
-        VROUND(d, e, f, g, h, a, b, c, (t) + 5); \
-        VROUND(c, d, e, f, g, h, a, b, (t) + 6); \
-        VROUND(b, c, d, e, f, g, h, a, (t) + 7); \
-    } while (0)
 
 /* ``count`` iterations of the four chains in ``lane`` at once. */
 __attribute__((target("avx2")))
@@ -182,8 +176,7 @@ hash4(Chain *lane[4], long long count)
                          VSET(0), VSET(0), VSET(0), VSET(512)};
         __m256i a = VSET(IV[0]), b = VSET(IV[1]), c = VSET(IV[2]), d = VSET(IV[3]);
         __m256i e = VSET(IV[4]), f = VSET(IV[5]), g = VSET(IV[6]), h = VSET(IV[7]);
-        VROUNDS8(0); VROUNDS8(8); VROUNDS8(16); VROUNDS8(24); VROUNDS8(32);
-        VROUNDS8(40); VROUNDS8(48); VROUNDS8(56); VROUNDS8(64); VROUNDS8(72);
+        ROUNDS80(VROUND);
         m[0] = VADD(VSET(IV[0]), a); m[1] = VADD(VSET(IV[1]), b);
         m[2] = VADD(VSET(IV[2]), c); m[3] = VADD(VSET(IV[3]), d);
         m[4] = VADD(VSET(IV[4]), e); m[5] = VADD(VSET(IV[5]), f);
