@@ -174,7 +174,7 @@ def cluster(tmp_path_factory):
         yield cluster
 
 
-def run_worker(cluster, tmp_path, worker_id, extra_env, pythonpath=None):
+def run_worker(cluster, tmp_path, worker_id, extra_env, pythonpath=None, args=()):
     """Enqueue three tasks, run one worker process until idle; return its stderr and the results."""
     url = cluster.urls[0]
     bodies = {f"{worker_id}-{n}".encode(): n for n in (1, 500, 20_000)}  # distinct: never answered from a twin
@@ -184,7 +184,7 @@ def run_worker(cluster, tmp_path, worker_id, extra_env, pythonpath=None):
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), str(ROOT)])
     done = subprocess.run([sys.executable, "-m", "workerapp", "--worker-id", worker_id, "--idle-seconds", "0.5",
-                           url], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                           *args, url], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     for task_id, (data, iterations) in tasks.items():
         answer = wait_for(lambda: requests.get(f"{url}/status/{task_id}", timeout=5).json().get("result"),

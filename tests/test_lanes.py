@@ -220,3 +220,12 @@ def native_or_python_many(request):
         pytest.importorskip("workerapp._native")
         return engine.compute_many_native
     return lambda jobs: [engine.PYTHON.compute(data, n) for data, n in jobs]
+
+
+@pytest.mark.integration
+def test_a_worker_process_with_lanes_on_the_hashlib_loop_uses_a_process_pool(cluster, tmp_path):
+    """``python -m workerapp --lanes 2`` with the Python engine: the chains run in two processes."""
+    from tests.test_engine import run_worker
+
+    log = run_worker(cluster, tmp_path, "w-pool", {engine.ENV: "python"}, args=("--lanes", "2"))
+    assert "2 lane(s), python engine" in log and "Traceback" not in log

@@ -36,6 +36,8 @@ class ProcessCompute:
     def __init__(self, compute: ComputeFn, processes: int) -> None:
         self._compute = compute
         self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+        # start the processes now, so that measuring the rate does not time their start-up
+        list(self._pool.map(compute, [b""] * processes, [1] * processes))
 
     def __call__(self, data: bytes, iterations: int) -> str:
         return self._pool.submit(self._compute, data, iterations).result()
@@ -61,6 +63,7 @@ def measure_lanes(compute: ComputeFn, lanes: int, seconds: float = 0.05) -> tupl
     rates = [0.0] * lanes
 
     def measure(lane: int) -> None:
+        compute(b"", 1)  # warm: a first call may start a process
         rates[lane] = measure_hash_rate(seconds, compute_fn=compute)
 
     threads = [threading.Thread(target=measure, args=(lane,), name=f"measure-{lane}") for lane in range(lanes)]
