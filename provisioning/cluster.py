@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import requests
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
-from provisioning import policies
+from provisioning import policies, preflight
 from provisioning.artifacts import ArtifactBucket, Artifacts
 from provisioning.iam import IamWrapper
 from provisioning.instances import (
@@ -70,10 +70,12 @@ class AwsClients:
     ssm: Any
     s3: Any
     sts: Any
+    quotas: Any = None  # Service Quotas, for the pre-flight vCPU check
 
     @classmethod
     def from_session(cls, session: Any, region: str) -> AwsClients:
-        return cls(*(session.client(name, region_name=region) for name in ("ec2", "iam", "ssm", "s3", "sts")))
+        names = ("ec2", "iam", "ssm", "s3", "sts", "service-quotas")
+        return cls(*(session.client(name, region_name=region) for name in names))
 
 
 class StepFailed(RuntimeError):
@@ -160,7 +162,13 @@ class Provisioner:
             tags = names.tags()
             net = NetworkWrapper(self.c.ec2)
             vpc = net.default_vpc()
-            subnets = net.default_subnets(vpc)
+            subnet_records = net.default_subnet_records(vpc)
+        with self.step("check before creating anything: instance types offered, public IPs, vCPU quota, EBS key"):
+            checked = preflight.run(self.c.ec2, self.c.quotas, subnet_records, node_type=spec.node_instance_type,
+                                    worker_type=spec.worker_instance_type, max_workers=spec.max_workers)
+            for warning in checked.warnings:
+                self.say(f"  warning: {warning}")
+            subnets = checked.worker_subnets
         with self.step("look up the Amazon Linux 2023 AMIs (public SSM parameter)"):
             node_arch = architecture(self.c.ec2, spec.node_instance_type)
             worker_arch = architecture(self.c.ec2, spec.worker_instance_type)
@@ -190,7 +198,7 @@ class Provisioner:
             self.created.append(f"security group {names.security_group('worker')} ({worker_sg})")
             net.open_node_port(node_sg, worker_sg, spec.port, spec.allow_cidr,
                                spec.ssh_cidr if spec.key_name else None)
-        node_subnets = [subnets[i % len(subnets)] for i in range(len(NODE_NAMES))]
+        node_subnets = [checked.node_subnets[i % len(checked.node_subnets)] for i in range(len(NODE_NAMES))]
         scope = policies.WorkerLaunchScope(worker_ami, spec.worker_instance_type, tuple(subnets), worker_sg,
                                            node_bundle.key)
         with self.step("create the IAM roles, policies and instance profiles"):
@@ -216,7 +224,7 @@ class Provisioner:
         ids = []
         for index, (node_name, subnet) in enumerate(zip(NODE_NAMES, node_subnets)):
             with self.step(f"create {node_name} ({spec.node_instance_type})"):
-                worker_subnets = [subnet, *(s for s in subnets if s != subnet)]  # its own zone first
+                worker_subnets = sorted(subnets, key=lambda s: s != subnet)  # its own zone first, if offered
                 env = {**spec.node_env, "NODE_NAME": node_name, "LAUNCHER": "ec2",
                        "MAX_NUM_OF_WORKERS": str(spec.max_workers),
                        "TM_CLUSTER": spec.name, "TM_REGION": spec.region,

@@ -31,13 +31,16 @@ class NetworkWrapper:
                                "'aws ec2 create-default-vpc' or pick another region")
         return vpcs[0]["VpcId"]
 
-    def default_subnets(self, vpc_id: str) -> list[str]:
-        """The VPC's default subnets (public IP on launch), one per availability zone, by zone."""
+    def default_subnet_records(self, vpc_id: str) -> list[dict]:
+        """The VPC's default subnets, one per availability zone, by zone (DescribeSubnets answers)."""
         subnets = self.ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]},
                                                      {"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
         if not subnets:
             raise NoDefaultVpc(f"the default VPC {vpc_id} has no default subnet")
-        return [s["SubnetId"] for s in sorted(subnets, key=lambda s: s["AvailabilityZone"])]
+        return sorted(subnets, key=lambda s: s["AvailabilityZone"])
+
+    def default_subnets(self, vpc_id: str) -> list[str]:
+        return [s["SubnetId"] for s in self.default_subnet_records(vpc_id)]
 
     def create_group(self, name: str, description: str, vpc_id: str, tags: list[dict]) -> str:
         try:

@@ -127,6 +127,8 @@ def node_policy(names: ClusterNames, scope: WorkerLaunchScope) -> dict:
 CALLER_ACTIONS = (
     "sts:GetCallerIdentity",
     "ec2:DescribeVpcs", "ec2:DescribeSubnets", "ec2:DescribeInstanceTypes", "ec2:DescribeInstances",
+    "ec2:DescribeInstanceTypeOfferings", "ec2:GetEbsEncryptionByDefault", "ec2:GetEbsDefaultKmsKeyId",
+    "servicequotas:GetServiceQuota",
     "ec2:DescribeSecurityGroups", "ec2:CreateSecurityGroup", "ec2:AuthorizeSecurityGroupIngress",
     "ec2:RevokeSecurityGroupIngress", "ec2:DeleteSecurityGroup", "ec2:CreateTags", "ec2:RunInstances",
     "ec2:TerminateInstances",

@@ -44,9 +44,13 @@ class Stop(Exception):
 
 def _cidr(text: str) -> str:
     try:
-        return str(ipaddress.ip_network(text, strict=False))
+        network = ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a CIDR such as 203.0.113.7/32") from None
+    if network.version != 4:  # refused rather than opened to nobody: a rule no packet can match
+        raise argparse.ArgumentTypeError(f"{text!r} is IPv6: the nodes have public IPv4 addresses only (the default "
+                                         "VPC's subnets have no IPv6 range); give the IPv4 address you connect from")
+    return str(network)
 
 
 def _cluster_name(text: str) -> str:
