@@ -47,7 +47,10 @@ def queue(ctx, items: list[Submission], reuse: bool, *, batch: bool = False) -> 
     peer_keys: dict = {}
     peer_results: dict = {}
     keys = [item.key for item in items if item.key is not None]
-    works = list(dict.fromkeys((item.digest.hex(), item.iterations) for item in items)) if reuse else []
+    # Asking the peer costs a round trip on the enqueue path: worth it only for work that costs more.
+    floor = ctx.config.reuse_peer_min_iterations
+    works = list(dict.fromkeys((item.digest.hex(), item.iterations) for item in items
+                               if item.iterations >= floor)) if reuse else []
     if ctx.peer.url and (keys or works):
         answer = ctx.peer.lookup(keys, works)
         if answer is None:

@@ -26,7 +26,7 @@ from tmcommon import batchwire
 
 pytestmark = pytest.mark.integration
 
-ENV = {"MAX_NUM_OF_WORKERS": "0", "MAX_BATCH_TASKS": "50", "MAX_QUEUED": "500"}
+ENV = {"MAX_NUM_OF_WORKERS": "0", "MAX_BATCH_TASKS": "50", "MAX_QUEUED": "500", "REUSE_PEER_MIN_ITERATIONS": "30"}
 
 
 class Node(two_nodes.Node):
@@ -120,6 +120,20 @@ def test_a_duplicate_of_the_peers_result_completes_at_once(nodes):
     assert "reused_from" not in opted_out.json()
     assert b.get(f"/status/{opted_out.json()['id']}").json()["state"] == "queued"
     b.run_all("w-reuse")
+
+
+def test_cheap_work_is_matched_on_the_receiving_node_only(nodes):
+    """Below REUSE_PEER_MIN_ITERATIONS (30 here) the peer is not asked: the duplicate is queued."""
+    a, b = nodes
+    body = unique("cheap")
+    a.enqueue(body, 20)
+    a.run_all("w-cheap")
+    answer = b.put(body, 20)
+    assert answer.status_code == 201 and "reused_from" not in answer.json()
+    assert b.get(f"/status/{answer.json()['id']}").json()["state"] == "queued"
+    again = b.put(body, 20)  # but a duplicate on the same node shares the queued run
+    assert again.json()["reused_from"] == answer.json()["id"]
+    b.run_all("w-cheap")
 
 
 # ------------------------------------------------------------------ cancel and retry

@@ -185,6 +185,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             help="largest `PUT /enqueue_batch` request body, framing included"),
     Setting("idempotency_seconds", "IDEMPOTENCY_SECONDS", float, 86400.0, 1, 30 * 86400,
             "seconds a node remembers an `Idempotency-Key` (the same key then returns the same task id)"),
+    Setting("reuse_peer_min_iterations", "REUSE_PEER_MIN_ITERATIONS", int, 100_000, 1, 10**12,
+            "a task with at least this many iterations is also matched against the peer's kept results before "
+            "it is queued (one peer call on the enqueue path); cheaper tasks are matched on the receiving node only"),
     Setting("hash_rate", "HASH_RATE", float, 500_000.0, 1, 10**10,
             "SHA-512 iterations per second the scaler assumes one worker does, to turn a backlog into "
             "seconds of work"),
@@ -193,6 +196,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
                  "the worker at its measured rate)"),
     Setting("summary_seconds", "LOG_SUMMARY_SECONDS", float, 60.0, 0, 86400,
             "seconds between summary log lines; 0 = none"),
+    Setting("history_seconds", "HISTORY_SECONDS", float, 10.0, 0.1, 600,
+            "seconds between two samples of the dashboard's chart (`GET /history` keeps the newest 360: an hour "
+            "at the default)"),
     Setting("data_dir", "DATA_DIR", str, "", shown_default="none: in memory only",
             help="directory of the node's journal: the tasks it accepted, its kept results and counters survive "
                  "a restart of the node (one node per directory; see docs/durability.md)"),
@@ -202,9 +208,6 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
                  "(survives a crash of the node, not a power cut)"),
     Setting("journal_batch_ms", "JOURNAL_BATCH_MS", float, 5.0, 0, 1000,
             "`batch`: shortest time between two journal commits, in milliseconds"),
-    Setting("history_seconds", "HISTORY_SECONDS", float, 10.0, 0.1, 600,
-            "seconds between two samples of the dashboard's chart (`GET /history` keeps the newest 360: an hour "
-            "at the default)"),
     Setting("worker_id", "WORKER_ID", str, "", read_by=WORKER, option="--worker-id", shown_default="host-pid",
             help="this worker's id, as its node knows it"),
 )}
