@@ -178,8 +178,13 @@ class Scaler:
             return
         figures, decision, launched = self._decision
         borrowed = 0
+        wanted = decision.borrow if self.peer.info()["reachable"] is not False else 0
+        room = getattr(self.launcher, "room", lambda: None)()
+        if room is not None and room < wanted:  # a slot we could not launch on would only be owed back
+            log.debug("borrowing %d of %d slot(s): the launcher has room for %d", max(0, room), wanted, room)
+            wanted = max(0, room)
         try:
-            for _ in range(decision.borrow if self.peer.info()["reachable"] is not False else 0):
+            for _ in range(wanted):
                 asked_at = self._monotonic()
                 grant = self.peer.try_get_quota()
                 if grant is None:

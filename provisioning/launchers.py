@@ -50,6 +50,9 @@ class Launcher(Protocol):
     def stop_all(self) -> None:
         """The node is stopping: stop every worker this launcher started."""
 
+    # Optional: ``room() -> int | None``, how many more workers it can start now (None: no limit
+    # it knows of). The scaler borrows no slot it could not launch on.
+
 
 class LocalProcessLauncher:
     """Workers as local processes: ``sys.executable -m workerapp``.
@@ -101,6 +104,11 @@ class LocalProcessLauncher:
                 self._procs[worker_id] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
                 ids.append(worker_id)
         return ids
+
+    def room(self) -> int:
+        """Workers it may still start under its cap."""
+        with self._lock:
+            return max(0, self._max_running - sum(1 for proc in self._procs.values() if proc.poll() is None))
 
     def running(self) -> set[str]:
         with self._lock:

@@ -149,6 +149,35 @@ def test_at_max_borrows_from_peer_and_returns_the_slot(cluster):
     assert stats(ours)["workers"]["max"] + stats(theirs)["workers"]["max"] == 4
 
 
+class CappedLauncher(FakeLauncher):
+    """A launcher with room for ``cap`` running workers, like the local one at the CPU count."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+
+    def room(self) -> int:
+        return max(0, self.cap - len(self.alive))
+
+    def launch(self, count: int, node_urls: list[str]) -> list[str]:
+        return super().launch(min(count, self.room()), node_urls)
+
+
+def test_no_slot_is_borrowed_that_the_launcher_has_no_room_for(cluster):
+    clock, ours, theirs, _, peer, _ = cluster
+    launcher = CappedLauncher(cap=3)
+    scaler = Scaler(ours, launcher, peer, node_url="http://127.0.0.1:1", scale_wait=1.0,
+                    hash_rate=RATE, boot_timeout=30, monotonic=clock, wall=clock)
+    for _ in range(6):
+        ours.tasks.submit(b"x", 5 * RATE)
+    for _ in range(3):
+        scaler.tick()
+    # 2 on our own quota, 1 borrowed slot for the room left; the peer's second slot is not asked for.
+    assert len(launcher.launched) == 3
+    assert stats(ours)["quota"] == {"lent": 0, "borrowed": 1, "owed": 0, "recovering": False}
+    assert stats(theirs)["quota"]["lent"] == 1
+
+
 def test_quota_return_retried_while_peer_is_down(cluster):
     _, ours, theirs, launcher, peer, scaler = cluster
     for _ in range(3):
