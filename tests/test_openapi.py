@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
 
 from nodeapp import create_app
 from tests.conftest import TOKEN
-from tests.helpers import FakeLauncher, running_node
+from tests.helpers import FakeLauncher, running_node, wait_for
 
 DOCUMENT = Path(__file__).resolve().parent.parent / "nodeapp" / "openapi.json"
 FUZZ_CASES = 10  # generated per endpoint in the default run (schemathesis adds its coverage cases)
@@ -138,6 +138,9 @@ def real_node(tmp_path_factory):
         # no peer, as in process: with one that is down, unknown ids would rightly be 503 peer_unavailable
         forget = requests.post(f"{node.url}/configure", json={"peer_url": ""}, headers={"X-Cluster-Token": TOKEN}, timeout=10)
         assert forget.status_code == 200
+        # a node started with a peer recovers its loans first; let that settle before comparing /stats
+        wait_for(lambda: not requests.get(f"{node.url}/stats", timeout=10).json()["quota"].get("recovering"),
+                 timeout=60, what="the node to end its quota recovery")
         yield node
 
 
