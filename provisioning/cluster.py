@@ -41,7 +41,7 @@ class ClusterSpec:
     region: str
     allow_cidr: str
     node_instance_type: str = "t3.micro"
-    worker_instance_type: str = "t3.micro"
+    worker_instance_type: str = "c7a.large"
     max_workers: int = 5
     ssh_cidr: str | None = None
     key_name: str | None = None

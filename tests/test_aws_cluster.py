@@ -121,7 +121,7 @@ def test_create_report_destroy(cli, aws, loopback_nodes, artifacts, capsys, requ
         worker_bundle = artifacts.bundle("worker", "x86_64")
         for line in (f"NODE_NAME=node-{index}", "LAUNCHER=ec2", "MAX_NUM_OF_WORKERS=3", "SCALE_WAIT=3",
                      f"TM_WORKER_SECURITY_GROUP={worker_sg['GroupId']}", f"TM_WORKER_AMI={ami}",
-                     f"TM_TOKEN_PARAMETER={names.token_parameter}",
+                     f"TM_TOKEN_PARAMETER={names.token_parameter}", "TM_WORKER_INSTANCE_TYPE=c7a.large",
                      f"TM_WORKER_BUNDLE_URI=s3://{names.bucket}/{worker_bundle.key}",
                      f"TM_WORKER_INSTANCE_PROFILE={names.profile_arn('worker')}"):
             assert f"\n{line}\n" in script

@@ -31,6 +31,9 @@ SET_PER_NODE = ("NODE_NAME", "NODE_URL", "PEER_URL", "CLUSTER_TOKEN", "PEER_TOKE
                 "MAX_NUM_OF_WORKERS", "DATA_DIR")
 PASSED_SETTINGS = (*(s.env for s in read_by(NODE).values() if s.env not in SET_PER_NODE), *LOG_VARIABLES)
 CHECKIP_URL = "https://checkip.amazonaws.com"
+#: Two physical x86 cores (no SMT) for the AVX2 hash kernel: the least cost per iteration of the
+#: types compared in docs/aws.md ("What it costs"); t3.micro pays CPU credits when busy.
+DEFAULT_WORKER_TYPE = "c7a.large"
 BANNER = "#" * 70
 
 
@@ -66,7 +69,9 @@ def add_aws_arguments(parser: argparse.ArgumentParser) -> None:
     aws.add_argument("--cluster-name", type=_cluster_name, default=os.environ.get("TM_CLUSTER_NAME", "tm"),
                      help="names and tags every resource (default: TM_CLUSTER_NAME or 'tm')")
     aws.add_argument("--node-instance-type", default="t3.micro", help="node instance type (default t3.micro)")
-    aws.add_argument("--worker-instance-type", default="t3.micro", help="worker instance type (default t3.micro)")
+    aws.add_argument("--worker-instance-type", default=DEFAULT_WORKER_TYPE,
+                     help=f"worker instance type (default {DEFAULT_WORKER_TYPE}: the least cost per iteration, "
+                          "docs/aws.md)")
     aws.add_argument("--allow-cidr", type=_cidr,
                      help="who may call the nodes' public API (default: this machine's public IP /32)")
     aws.add_argument("--ssh-cidr", type=_cidr, help="open SSH (port 22) to this CIDR; needs --key-name")
