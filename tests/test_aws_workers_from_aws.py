@@ -57,14 +57,19 @@ def describe_calls(launcher) -> list[int]:
     return calls
 
 
-def test_a_restarted_node_adopts_its_running_workers_against_the_quota(env, clock):  # noqa: F811
-    first = make_launcher(env, clock)
-    state, scaler = scaler_for(first, clock)
+def two_workers_of_a_node_that_then_restarts(env, clock) -> set[str]:
+    """A node launches two workers; the caller then builds the restarted node (a new registry,
+    the same workers still running on EC2)."""
+    state, scaler = scaler_for(make_launcher(env, clock), clock)
     backlog(state, count=2)
     scaler.tick()
     launched = alive_ids(env["ec2"])
     assert len(launched) == 2
-    # the node restarts: a new registry, the same workers still running on EC2
+    return launched
+
+
+def test_a_restarted_node_adopts_its_running_workers_against_the_quota(env, clock):  # noqa: F811
+    launched = two_workers_of_a_node_that_then_restarts(env, clock)
     state, scaler = scaler_for(make_launcher(env, clock), clock)
     backlog(state, count=20)
     scaler.tick()
@@ -76,11 +81,7 @@ def test_a_restarted_node_adopts_its_running_workers_against_the_quota(env, cloc
 
 
 def test_workers_beyond_the_quota_are_stopped_when_adopted(env, clock):  # noqa: F811
-    first = make_launcher(env, clock)
-    state, scaler = scaler_for(first, clock)
-    backlog(state, count=2)
-    scaler.tick()
-    launched = alive_ids(env["ec2"])
+    launched = two_workers_of_a_node_that_then_restarts(env, clock)
     state, scaler = scaler_for(make_launcher(env, clock), clock, max_workers=1)
     scaler.tick()  # adopts one, hands the other out to be stopped
     scaler.tick()  # ... which the terminate step does
