@@ -54,8 +54,9 @@ class ClusterSystem:
                 break
             if sum(s["queued"] for s in stats) == 0:
                 for url in self.urls:
-                    for _ in range(8):
-                        self.session.put(f"{url}/enqueue?iterations={iterations}", data=b"warm-up", timeout=5)
+                    for i in range(8):  # distinct bodies: a node answers a twin of a known task itself
+                        self.session.put(f"{url}/enqueue?iterations={iterations}",
+                                         data=f"warm-up {url} {i} {time.monotonic()}".encode(), timeout=5)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"cluster workers not live within {timeout:g}s: {[s['workers'] for s in stats]}")
             time.sleep(0.1)
