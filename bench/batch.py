@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     rounds = []
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
-        system = ClusterSystem(cpu_hash_rate(), Path(tmp))
+        # The duplicate is sent to the other node: that node must ask its peer for work this small.
+        floor = min(args.reuse_iterations, 100_000)
+        system = ClusterSystem(cpu_hash_rate(), Path(tmp), REUSE_PEER_MIN_ITERATIONS=str(floor))
         try:
             client = Client(system.urls, timeout=30)
             for index in range(args.runs):

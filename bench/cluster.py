@@ -96,7 +96,7 @@ class ClusterSystem:
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
 
         def submit(i: int, body: bytes, iterations: int) -> str:
-            conn.request("PUT", f"/enqueue?iterations={iterations}", body=body,
+            conn.request("PUT", f"/enqueue?iterations={iterations}&reuse=0", body=body,
                          headers={"Content-Type": "application/octet-stream"})
             response = conn.getresponse()
             payload = response.read()

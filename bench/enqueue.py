@@ -26,7 +26,7 @@ def one_run(index: int, args: argparse.Namespace, log_dir: Path) -> dict:
         order = ["node", "bare"] if index % 2 == 0 else ["bare", "node"]
         out = {"loadavg": loadavg()}
         for name in order:
-            url = targets[name].url + "/enqueue?iterations=1"
+            url = targets[name].url + "/enqueue?iterations=1&reuse=0"
             run_load(url, tool=args.tool, connections=args.connections, duration=min(1.0, args.duration))  # warm-up
             out[name] = run_load(url, tool=args.tool, connections=args.connections, duration=args.duration)
         out["ratio"] = out["node"]["rps"] / out["bare"]["rps"]

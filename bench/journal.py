@@ -54,12 +54,12 @@ def enqueue_run(index: int, args: argparse.Namespace, tmp: Path) -> dict:
                                      MAX_NUM_OF_WORKERS="0", **settings)
         slices: dict[str, list[dict]] = {name: [] for name in names}
         for name in names:  # warm-up
-            run_load(nodes[name].url + "/enqueue?iterations=1", tool=args.tool, connections=args.connections,
+            run_load(nodes[name].url + "/enqueue?iterations=1&reuse=0", tool=args.tool, connections=args.connections,
                      duration=1.0)
         for round_ in range(args.slices):
             shift = (index + round_) % len(names)
             for name in names[shift:] + names[:shift]:
-                slices[name].append(run_load(nodes[name].url + "/enqueue?iterations=1", tool=args.tool,
+                slices[name].append(run_load(nodes[name].url + "/enqueue?iterations=1&reuse=0", tool=args.tool,
                                              connections=args.connections, duration=max(1, round(args.duration / args.slices))))
     finally:
         for node in nodes.values():

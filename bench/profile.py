@@ -78,7 +78,7 @@ def profile_enqueue(args, tmp: Path, out: Path) -> list[tuple[str, Path]]:
     node = start_node(tmp, MAX_NUM_OF_WORKERS="0")
     try:
         spy = record(node.process.pid, args.seconds, out)
-        result = run_load(node.url + "/enqueue?iterations=1", duration=args.seconds + 1)
+        result = run_load(node.url + "/enqueue?iterations=1&reuse=0", duration=args.seconds + 1)
         spy.wait()
         print(f"load: {result['rps']:.0f} req/s, p50 {result['p50_ms']:.1f} ms (loadavg {loadavg()})")
     finally:

@@ -37,7 +37,7 @@ def one(backlog: int, args, log_dir: Path, phase: random.Random) -> dict:
         load = loadavg()
         start = time.time()
         for _ in range(backlog):
-            response = session.put(f"{a}/enqueue?iterations={args.iterations}", data=b"x" * 64, timeout=10)
+            response = session.put(f"{a}/enqueue?iterations={args.iterations}&reuse=0", data=b"x" * 64, timeout=10)
             response.raise_for_status()
         first_launch = first_claim = None
         max_workers = 0

@@ -38,7 +38,7 @@ TOKEN = "bench-token"
 def fill(url: str, body: int, count: int, session: requests.Session, tool: str) -> float:
     """Queue tasks until the node answers 503 queue_full (queued == MAX_QUEUED == count)."""
     start = time.perf_counter()
-    target = f"{url}/enqueue?iterations=1"
+    target = f"{url}/enqueue?iterations=1&reuse=0"  # identical bodies: each must be a task of its own
     if tool == "wrk":
         script = Path(tempfile.mkstemp(suffix=".lua")[1])
         script.write_text(WRK_SCRIPT % {"body": body})

@@ -21,7 +21,7 @@ from tmclient.client import Client
 pytestmark = pytest.mark.integration
 
 #: Short leases: a worker heartbeats every LEASE_SECONDS / 3.
-ENV = {**QUICK_ENV, "LEASE_SECONDS": "3", "MAX_ITERATIONS": str(10**10)}
+ENV = {**QUICK_ENV, "LEASE_SECONDS": "3", "MAX_ITERATIONS": str(10**10), "REUSE_PEER_MIN_ITERATIONS": "1"}
 FOREVER = 10**10  # iterations no worker finishes during a test
 
 
