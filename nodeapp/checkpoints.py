@@ -26,6 +26,11 @@ class Checkpoint:
     digest: str
 
 
+def is_digest(text: str) -> bool:
+    """Whether ``text`` looks like a chain value: 128 lowercase hex characters."""
+    return _DIGEST.fullmatch(text) is not None
+
+
 def parse_checkpoints(items: object) -> dict[str, Checkpoint]:
     """``[{"id", "done", "digest"}, ...]`` from a request body, by task id.
 
@@ -39,7 +44,7 @@ def parse_checkpoints(items: object) -> dict[str, Checkpoint]:
         if not (isinstance(item, dict) and isinstance(item.get("id"), str)
                 and type(item.get("done")) is int and isinstance(item.get("digest"), str)):
             raise ValueError("each checkpoint must be an object with string 'id', integer 'done' and string 'digest'")
-        if not _DIGEST.fullmatch(item["digest"]):
+        if not is_digest(item["digest"]):
             raise ValueError("each checkpoint 'digest' must be 128 lowercase hex characters")
         parsed[item["id"]] = Checkpoint(item["done"], item["digest"])
     return parsed

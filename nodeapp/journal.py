@@ -17,7 +17,8 @@ durable as JOURNAL_SYNC promises:
     last commits (SQLite keeps the file consistent, it never corrupts it).
 
 ``load()`` rebuilds what the node had: queued tasks in submission order (leases are not
-journaled: a task that was running is queued again), kept results and failures, counters. A
+journaled: a task that was running is queued again, with the newest checkpoint written for it),
+kept results and failures, counters. A
 torn last write is dropped by SQLite itself; a damaged file is moved aside and every row still
 readable is copied into a new one (``nodeapp.journal_repair``). Either way the node starts and
 the log says what was skipped. A lock file stops a second process from using the same DATA_DIR.
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from nodeapp import journal_repair
+from nodeapp.checkpoints import Checkpoint, is_digest
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +65,16 @@ CREATE TABLE IF NOT EXISTS tasks (
     state INTEGER NOT NULL DEFAULT 0, -- 0 queued, 1 completed, 2 failed, 3 cancelled
     result TEXT,
     done_at REAL,
-    reason TEXT
+    reason TEXT,
+    ckpt_done INTEGER,                -- queued: the newest accepted checkpoint, if any
+    ckpt_digest TEXT
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
 TASK_COLUMNS = "seq, id, iterations, enqueued_at, body, state, result, done_at, reason"
+#: Columns added after the first version: added to an older file when it is opened.
+ADDED_COLUMNS = {"ckpt_done": "INTEGER", "ckpt_digest": "TEXT"}
 
 
 class JournalError(RuntimeError):
@@ -101,6 +107,14 @@ class Failed(NamedTuple):
     cancelled: bool = False  # ended by a client rather than by lost leases
 
 
+class Checkpointed(NamedTuple):
+    """The newest accepted checkpoint of a running task (written without waiting for it)."""
+
+    seq: int
+    done: int
+    digest: str
+
+
 class Trimmed(NamedTuple):
     """A kept result or failure dropped beyond RESULTS_RETENTION."""
 
@@ -113,7 +127,7 @@ class Counters(NamedTuple):
     values: dict[str, int]
 
 
-Record = Accepted | Completed | Failed | Trimmed | Counters
+Record = Accepted | Checkpointed | Completed | Failed | Trimmed | Counters
 
 
 @dataclass(slots=True)
@@ -127,6 +141,7 @@ class StoredTask:
     done_at: float | None = None
     reason: str | None = None
     cancelled: bool = False
+    checkpoint: Checkpoint | None = None  # queued: where the task had got to
 
 
 @dataclass
@@ -254,6 +269,7 @@ class Journal:
             if version < SCHEMA_VERSION:
                 conn.executescript(SCHEMA)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            _add_missing_columns(conn)
         except BaseException:
             conn.close()
             raise
@@ -262,7 +278,7 @@ class Journal:
     def _read(self) -> Recovered:
         found = Recovered()
         bad = 0
-        for row in self._conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY seq"):
+        for row in self._conn.execute(f"SELECT {TASK_COLUMNS}, {', '.join(ADDED_COLUMNS)} FROM tasks ORDER BY seq"):
             task = _task_from_row(row)
             if task is None:
                 bad += 1
@@ -354,7 +370,7 @@ class Journal:
                 self._give_back_space()
 
     def _commit(self, records: list[Record]) -> BaseException | None:
-        accepted, completed, failed, trimmed = [], [], [], []
+        accepted, checkpointed, completed, failed, trimmed = [], [], [], [], []
         counters: dict[str, int] = {}
         last_seq = 0
         for record in records:
@@ -362,6 +378,8 @@ class Journal:
             if kind is Accepted:
                 accepted.append(record)
                 last_seq = max(last_seq, record.seq)
+            elif kind is Checkpointed:
+                checkpointed.append((record.done, record.digest, record.seq, record.done))
             elif kind is Completed:
                 completed.append((record.result, record.completed_at, record.seq))
             elif kind is Failed:
@@ -373,19 +391,23 @@ class Journal:
         conn = self._conn
         try:
             conn.execute("BEGIN")
-            # For one task the order is always accepted -> completed or failed -> trimmed, so
-            # applying the kinds in that order is the same as applying the records one by one.
+            # For one task the order is always accepted -> checkpoints -> completed or failed ->
+            # trimmed, so applying the kinds in that order is the same as applying the records one
+            # by one (a checkpoint only ever moves forward, and only while the task is queued).
             if accepted:
                 conn.executemany("INSERT INTO tasks (seq, id, iterations, body, enqueued_at) VALUES (?,?,?,?,?)",
                                  accepted)
                 conn.execute("INSERT INTO meta VALUES ('last_seq', ?) ON CONFLICT(name) DO UPDATE "
                              "SET value = max(value, excluded.value)", (last_seq,))
+            if checkpointed:
+                conn.executemany(f"UPDATE tasks SET ckpt_done = ?, ckpt_digest = ? WHERE seq = ? AND state = {QUEUED} "
+                                 "AND coalesce(ckpt_done, 0) < ?", checkpointed)
             if completed:
-                conn.executemany(f"UPDATE tasks SET state = {COMPLETED}, result = ?, done_at = ?, body = NULL "
-                                 "WHERE seq = ?", completed)
+                conn.executemany(f"UPDATE tasks SET state = {COMPLETED}, result = ?, done_at = ?, body = NULL, "
+                                 "ckpt_done = NULL, ckpt_digest = NULL WHERE seq = ?", completed)
             if failed:
-                conn.executemany("UPDATE tasks SET state = ?, reason = ?, done_at = ?, body = NULL WHERE seq = ?",
-                                 failed)
+                conn.executemany("UPDATE tasks SET state = ?, reason = ?, done_at = ?, body = NULL, ckpt_done = NULL, "
+                                 "ckpt_digest = NULL WHERE seq = ?", failed)
             if trimmed:
                 conn.executemany("DELETE FROM tasks WHERE seq = ?", trimmed)
             if counters:
@@ -504,9 +526,18 @@ def _take_lock(path: Path, wait: float = 0.0) -> int:
     return fd
 
 
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring a file of an earlier version up to date (a version without them ignores the columns)."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    for name, kind in ADDED_COLUMNS.items():
+        if name not in present:
+            conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")
+
+
 def _task_from_row(row: tuple) -> StoredTask | None:
-    """A row as read back, or None if a value has the wrong type (a damaged cell)."""
-    seq, task_id, iterations, enqueued_at, body, state, result, done_at, reason = row
+    """A row as read back, or None if a value has the wrong type (a damaged cell). A damaged
+    checkpoint is dropped (the task starts from 0), not the task."""
+    seq, task_id, iterations, enqueued_at, body, state, result, done_at, reason, ckpt_done, ckpt_digest = row
     if not (isinstance(seq, int) and isinstance(task_id, str) and isinstance(iterations, int)
             and isinstance(enqueued_at, (int, float)) and state in (QUEUED, COMPLETED, FAILED, CANCELLED)):
         return None
@@ -516,5 +547,9 @@ def _task_from_row(row: tuple) -> StoredTask | None:
         return None
     if state in (FAILED, CANCELLED) and not isinstance(done_at, (int, float)):
         return None
+    checkpoint = None
+    if (state == QUEUED and type(ckpt_done) is int and 0 < ckpt_done < iterations and isinstance(ckpt_digest, str)
+            and is_digest(ckpt_digest)):
+        checkpoint = Checkpoint(ckpt_done, ckpt_digest)
     return StoredTask(seq, task_id, iterations, float(enqueued_at), body if state == QUEUED else None,
-                      result, done_at, reason if isinstance(reason, str) else None, state == CANCELLED)
+                      result, done_at, reason if isinstance(reason, str) else None, state == CANCELLED, checkpoint)

@@ -11,7 +11,9 @@ the journal under the lock, so that its records keep the order of the changes, a
 after the lock is released, before the method returns: enqueues stay concurrent and share
 commits. A worker may claim (even complete) a task whose acceptance is not durable yet: its
 completion record is queued behind the acceptance record, and the answers to both wait for their
-commits. Leases, checkpoints, idempotency keys and the reuse index are not journaled.
+commits. An accepted checkpoint is handed to the journal without waiting for it (losing the
+newest on a crash costs only recomputation). Leases, idempotency keys and the reuse index are
+not journaled.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from nodeapp.checkpoints import Checkpoint
-from nodeapp.journal import Accepted, Commit, Completed, Counters, Failed, Journal, Recovered, Record, Trimmed
+from nodeapp.journal import (
+    Accepted, Checkpointed, Commit, Completed, Counters, Failed, Journal, JournalError, Recovered, Record, Trimmed,
+)
 from nodeapp.completions import CompletionLog
 from nodeapp.idempotency import IdempotencyKeys, KeyEntry
 from nodeapp.reuse import ReuseIndex, Work
@@ -469,6 +473,10 @@ class TaskStore:
         ``checkpoints`` that fit (see ``nodeapp.checkpoints``), ignores the others."""
         with self._lock:
             self._take_checkpoints(worker_id, checkpoints)
+            try:
+                self._flush()  # not waited for: a checkpoint lost in a crash costs recomputation only
+            except JournalError as exc:  # closed: the lease is still renewed
+                log.warning("checkpoints not journaled: %s", exc)
             deadline = self._monotonic() + self.lease_seconds
             renewed = 0
             for task_id in task_ids:
@@ -540,14 +548,15 @@ class TaskStore:
     def restore(self, recovered: Recovered) -> None:
         """Take back what the journal kept (before any request): the queue in submission order,
         kept results, failures and cancellations (trimmed again if RESULTS_RETENTION is now
-        lower), counters. Leases were not kept: a task that was running is queued again."""
+        lower), counters. Leases were not kept: a task that was running is queued again, with the
+        newest checkpoint the journal had for it."""
         with self._lock:
             now, tick = self._wall(), self._monotonic()
             for stored in recovered.queued:
                 data = stored.body or b""
                 waited = max(0.0, now - stored.enqueued_at)
                 self._admit(_Task(stored.id, stored.iterations, stored.enqueued_at, tick - waited, data, stored.seq,
-                                  digest=hashlib.sha512(data).digest()), _QUEUE, None)
+                                  checkpoint=stored.checkpoint, digest=hashlib.sha512(data).digest()), _QUEUE, None)
             self._unwritten.clear()  # _admit noted them as accepted: they are in the journal already
             # Completions are numbered 1, 2, ... per epoch: the kept ones are the newest of them all.
             self.epoch = recovered.epoch or self.epoch
@@ -606,6 +615,7 @@ class TaskStore:
                 continue
             task.checkpoint = checkpoint
             self._checkpoints_accepted += 1
+            self._note(Checkpointed(task.seq, checkpoint.done, checkpoint.digest))
 
     def _keep(self, kept: OrderedDict[str, TaskRecord], record: TaskRecord) -> None:
         kept[record.id] = record

@@ -123,3 +123,28 @@ def test_concurrent_enqueues_share_commits_and_all_survive(tmp_path):
     app, client = node(tmp_path)
     assert sorted(t["id"] for t in claim(client, AUTH, "w", max_tasks=1000)) == sorted(ids)
     close(app)
+
+
+def test_a_running_task_comes_back_with_its_newest_checkpoint(tmp_path):
+    digest = "ab" * 64
+    app, client = node(tmp_path, lease_seconds=60)
+    long_id, short_id = enqueue(client, b"long", 1000), enqueue(client, b"short", 1000)
+    claim(client, AUTH, "w1", max_tasks=2)
+    for done in (300, 600):  # the newest one counts
+        client.post("/heartbeat", headers=AUTH, json={"worker_id": "w1", "task_ids": [long_id, short_id],
+                                                      "checkpoints": [{"id": long_id, "done": done, "digest": digest}]})
+    client.post("/heartbeat", headers=AUTH, json={"worker_id": "w1", "task_ids": [short_id],
+                                                  "checkpoints": [{"id": short_id, "done": 100, "digest": digest}]})
+    assert complete(client, AUTH, "w1", [(short_id, RESULT)]) == 1  # its checkpoint ends with it
+    close(app)
+
+    app, client = node(tmp_path, lease_seconds=60)
+    status = client.get(f"/status/{long_id}").get_json()
+    assert (status["state"], status["done"]) == ("queued", 600)
+    (leased,) = claim(client, AUTH, "w2")
+    assert (leased["id"], leased["checkpoint"]) == (long_id, {"done": 600, "digest": digest})
+    assert complete(client, AUTH, "w2", [(long_id, RESULT)]) == 1
+    assert client.get(f"/status/{long_id}").get_json()["resumed_from"] == 600
+    close(app)
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks WHERE ckpt_done IS NOT NULL").fetchone() == (0,)

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from nodeapp import journal as journal_module
+from nodeapp.checkpoints import Checkpoint
 from nodeapp.journal import (
-    DB_NAME, Accepted, Completed, Counters, DataDirInUse, Failed, Journal, JournalError, Trimmed, erase,
+    DB_NAME, Accepted, Checkpointed, Completed, Counters, DataDirInUse, Failed, Journal, JournalError, Trimmed,
+    erase,
 )
 from tests.helpers import wait_for
 
@@ -84,6 +86,54 @@ def test_last_seq_survives_trimming_of_the_newest_task(tmp_path):
     journal, recovered = opened(tmp_path)
     assert [t.seq for t in recovered.queued] == [1]
     assert recovered.last_seq == 2  # a new task must not take seq 2 again
+    journal.close()
+
+
+def test_the_newest_checkpoint_of_a_queued_task_comes_back_and_ends_with_the_task(tmp_path):
+    journal, _ = opened(tmp_path)
+    journal.write([Accepted(seq, f"task-{seq}", 1000, b"body", 1.0) for seq in (1, 2, 3, 4)]).wait()
+    journal.write([Checkpointed(1, 300, "a" * 128), Checkpointed(1, 600, "b" * 128), Checkpointed(2, 100, "c" * 128),
+                   Checkpointed(3, 200, "d" * 128), Checkpointed(4, 400, "e" * 128)]).wait()
+    journal.write([Checkpointed(2, 50, "f" * 128),  # behind the one kept (a reordered write): ignored
+                   Completed(3, "r", 5.0), Failed(4, "cancelled by a client", 6.0, True)]).wait()
+    journal.close()
+    journal, recovered = opened(tmp_path)
+    assert [(t.seq, t.checkpoint) for t in recovered.queued] == [
+        (1, Checkpoint(600, "b" * 128)), (2, Checkpoint(100, "c" * 128))]
+    assert [t.checkpoint for t in recovered.completed + recovered.failed] == [None, None]
+    journal.write([Checkpointed(3, 700, "a" * 128)]).wait()  # a late one for a completed task: not kept
+    journal.close()
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        assert conn.execute("SELECT seq FROM tasks WHERE ckpt_done IS NOT NULL ORDER BY seq").fetchall() == [(1,), (2,)]
+
+
+def test_a_damaged_checkpoint_is_dropped_and_its_task_kept(tmp_path):
+    journal, _ = opened(tmp_path)
+    journal.write([accepted(1), accepted(2), Checkpointed(1, 1, "a" * 128), Checkpointed(2, 1, "not hex")]).wait()
+    journal.close()
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        conn.execute("UPDATE tasks SET ckpt_done = 'x' WHERE seq = 1")
+    journal, recovered = opened(tmp_path)
+    assert [(t.seq, t.checkpoint) for t in recovered.queued] == [(1, None), (2, None)]
+    journal.close()
+
+
+def test_a_file_of_the_first_version_gets_the_checkpoint_columns(tmp_path):
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:  # as the first version wrote it
+        conn.executescript("""
+            CREATE TABLE tasks (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, iterations INTEGER NOT NULL,
+                enqueued_at REAL NOT NULL, body BLOB, state INTEGER NOT NULL DEFAULT 0, result TEXT,
+                done_at REAL, reason TEXT);
+            CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+            CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+            INSERT INTO tasks (seq, id, iterations, enqueued_at, body) VALUES (1, 'old', 1000, 1.0, x'00');
+            PRAGMA user_version = 1;""")
+    journal, recovered = opened(tmp_path)
+    assert [(t.id, t.checkpoint) for t in recovered.queued] == [("old", None)]
+    journal.write([Checkpointed(1, 500, "a" * 128)]).wait()
+    journal.close()
+    journal, recovered = opened(tmp_path)
+    assert [(t.id, t.checkpoint) for t in recovered.queued] == [("old", Checkpoint(500, "a" * 128))]
     journal.close()
 
 
