@@ -179,7 +179,7 @@ class Scaler:
         figures, decision, launched = self._decision
         borrowed = 0
         wanted = decision.borrow if self.peer.info()["reachable"] is not False else 0
-        room = getattr(self.launcher, "room", lambda: None)()
+        room = self.launcher.room()
         if room is not None and room < wanted:  # a slot we could not launch on would only be owed back
             log.debug("borrowing %d of %d slot(s): the launcher has room for %d", max(0, room), wanted, room)
             wanted = max(0, room)

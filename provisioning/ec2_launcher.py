@@ -288,6 +288,10 @@ class Ec2Launcher:
         self._lost = None
         return reply
 
+    def room(self) -> None:
+        """EC2 says what it cannot launch when asked (capacity, vCPU limit): no limit known ahead."""
+        return None
+
     def running(self) -> set[str] | None:
         """Worker instances of this node that are pending or running; None if AWS cannot say.
 

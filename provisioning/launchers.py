@@ -50,8 +50,9 @@ class Launcher(Protocol):
     def stop_all(self) -> None:
         """The node is stopping: stop every worker this launcher started."""
 
-    # Optional: ``room() -> int | None``, how many more workers it can start now (None: no limit
-    # it knows of). The scaler borrows no slot it could not launch on.
+    def room(self) -> int | None:
+        """How many more workers it can start now; None: no limit it knows of. The scaler
+        borrows no slot it could not launch on."""
 
 
 class LocalProcessLauncher:

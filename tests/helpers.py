@@ -33,6 +33,9 @@ class FakeLauncher:
     def running(self) -> set[str]:
         return set(self.alive)
 
+    def room(self) -> None:
+        return None
+
     def terminate(self, worker_ids: Iterable[str]) -> None:
         for worker_id in worker_ids:
             self.terminated.append(worker_id)

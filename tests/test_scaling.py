@@ -95,9 +95,12 @@ def cluster():
     theirs = Node.build(max_workers=2, monotonic=clock, wall=clock)
     launcher = FakeLauncher()
     peer = StatePeer(theirs)
-    scaler = Scaler(ours, launcher, peer, node_url="http://127.0.0.1:1", scale_wait=1.0,
-                    hash_rate=RATE, boot_timeout=30, monotonic=clock, wall=clock)
-    return clock, ours, theirs, launcher, peer, scaler
+    return clock, ours, theirs, launcher, peer, make_scaler(ours, launcher, peer, clock)
+
+
+def make_scaler(node: Node, launcher, peer, clock: Clock) -> Scaler:
+    return Scaler(node, launcher, peer, node_url="http://127.0.0.1:1", scale_wait=1.0,
+                  hash_rate=RATE, boot_timeout=30, monotonic=clock, wall=clock)
 
 
 def test_backlog_launches_once_and_counts_pending(cluster):
@@ -166,8 +169,7 @@ class CappedLauncher(FakeLauncher):
 def test_no_slot_is_borrowed_that_the_launcher_has_no_room_for(cluster):
     clock, ours, theirs, _, peer, _ = cluster
     launcher = CappedLauncher(cap=3)
-    scaler = Scaler(ours, launcher, peer, node_url="http://127.0.0.1:1", scale_wait=1.0,
-                    hash_rate=RATE, boot_timeout=30, monotonic=clock, wall=clock)
+    scaler = make_scaler(ours, launcher, peer, clock)
     for _ in range(6):
         ours.tasks.submit(b"x", 5 * RATE)
     for _ in range(3):
