@@ -4,6 +4,7 @@ and histograms of task wait, run and end-to-end times and of request latency by 
 from __future__ import annotations
 
 import time
+from http import HTTPStatus
 from collections.abc import Callable
 
 from flask import Flask, g, request
@@ -65,6 +66,11 @@ class StatsCollector:
 TASK_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 #: A node answers in about a millisecond; a call that waits on the peer gives up within 2 s.
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+#: Request labels come from closed sets, so that made-up methods or paths add no series: a method
+#: not here is ``other``, a path no route matches is ``(no route)``.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+#: Statuses a label may name (those of ``http.HTTPStatus``); any other (a peer's) is ``other``.
+STATUSES = frozenset(str(s.value) for s in HTTPStatus)
 
 
 class TaskTimings:
@@ -91,8 +97,8 @@ class Metrics:
         self.task_timings = TaskTimings(self.registry, node)
         self._node = node
         self._requests = Histogram("taskmanager_http_request_duration_seconds",
-                                   "Seconds to answer an HTTP request, by route (Flask's URL rule), method and "
-                                   "status", ["node", "endpoint", "method", "status"], registry=self.registry,
+                                   "Seconds to answer an HTTP request, by route (Flask's URL rule), method "
+                                   "(other for an unknown one) and status", ["node", "endpoint", "method", "status"], registry=self.registry,
                                    buckets=REQUEST_BUCKETS)
 
     def instrument(self, app: Flask) -> None:
@@ -109,7 +115,9 @@ class Metrics:
         started = g.pop("metrics_started", None)
         if started is not None:
             rule = request.url_rule.rule if request.url_rule is not None else "(no route)"
-            self._requests.labels(self._node, rule, request.method, str(response.status_code)).observe(
+            method = request.method if request.method in METHODS else "other"
+            status = str(response.status_code) if str(response.status_code) in STATUSES else "other"
+            self._requests.labels(self._node, rule, method, status).observe(
                 time.perf_counter() - started)
         return response
 

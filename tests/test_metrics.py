@@ -79,3 +79,18 @@ def test_request_latency_by_route_method_and_status(client):
     assert value(after, "taskmanager_http_request_duration_seconds_bucket", endpoint="/enqueue", method="PUT",
                  status="201", le="+Inf") >= 1
     assert not any("0" * 32 in str(labels) for _, labels in after)  # no label per task id
+
+
+def test_request_labels_come_from_a_closed_set(client):
+    """Made-up methods and paths add no series: an unknown method is counted as ``other``."""
+    for n in range(300):
+        client.open(f"/nothing/{n}", method=f"M{n}X")
+        client.open("/enqueue", method=f"BREW{n}")
+    after = samples(client)
+    methods = {dict(labels)["method"] for name, labels in after
+               if name == "taskmanager_http_request_duration_seconds_count"}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "other"}
+    name = "taskmanager_http_request_duration_seconds_count"
+    assert sum(v for (n, labels), v in after.items() if n == name and dict(labels)["method"] == "other") == 600
+    series = [key for key in after if key[0].startswith("taskmanager_http_request_duration_seconds")]
+    assert len(series) < 100  # 600 odd requests: a handful of series, not one set per method
