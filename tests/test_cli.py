@@ -240,3 +240,47 @@ def test_bench_reports_throughput_and_percentiles(capsys, nodes):
     assert code == 0, err
     assert re.search(r"5 tasks of 10 iterations .* [0-9.]+ tasks/s", out)
     assert re.search(r"p50 \d+ ms, p90 \d+ ms, p99 \d+ ms, max \d+ ms", out)
+
+
+@pytest.mark.integration
+def test_status_prints_every_task_it_found_then_names_the_unknown_and_exits_1(capsys, nodes):
+    code, out, err = run(capsys, "enqueue", os.devnull, "-n", "3", "--wait")
+    good = out.split()[0]
+    code, out, err = run(capsys, "status", good, "no-such-task")
+    assert code == 1
+    assert good in out and compute(b"", 3) in out
+    assert "unknown_task" in one_error_line(err) and "no-such-task" in err
+    code, out, err = run(capsys, "--json", "status", good, "no-such-task")
+    assert code == 1 and [t["id"] for t in json.loads(out)] == [good]
+
+
+def test_every_command_has_a_description_and_examples(capsys):
+    from tmclient.cli import COMMAND_HELP
+
+    for name in COMMAND_HELP:
+        with pytest.raises(SystemExit) as done:
+            main([name, "--help"])
+        assert done.value.code == 0
+        out = capsys.readouterr().out
+        description = out.split("\n\n")[1]
+        assert len(description.split()) >= 3 and not description.startswith("options"), (name, out)
+        assert "examples:" in out and f"  tm {name}" in out.replace("tm --json ", "tm ")
+    main_help = subprocess.run([sys.executable, "-m", "tmclient", "results", "--help"], capture_output=True,
+                               text=True, cwd=ROOT, timeout=60).stdout
+    assert re.search(r"--poll S\s+with --follow: seconds between asks \(default 1\)", main_help)
+
+
+@pytest.mark.integration
+def test_a_refused_batch_names_the_file(capsys, nodes, cluster, tmp_path):
+    before = json.loads(run(capsys, "stats", "--json")[1])["totals"]["enqueued"]
+    files = [tmp_path / "small.txt", tmp_path / "huge.bin", tmp_path / "other.txt"]
+    files[0].write_bytes(b"a")
+    files[1].write_bytes(b"x" * (1024 * 1024 + 1))  # over MAX_BODY_BYTES
+    files[2].write_bytes(b"b")
+    code, out, err = run(capsys, "enqueue", *map(str, files), "-n", "1")
+    assert code == 1 and out == ""
+    line = one_error_line(err)
+    assert "body_too_large" in line and f"{files[1]}: the body is" in line and "task 1" not in line
+    code, out, err = run(capsys, "enqueue", str(files[1]), "-n", "1")  # alone: one PUT /enqueue
+    assert code == 1 and str(files[1]) in one_error_line(err)
+    assert json.loads(run(capsys, "stats", "--json")[1])["totals"]["enqueued"] == before

@@ -10,7 +10,7 @@ import requests
 
 from provisioning.local_cluster import free_port
 from tests.helpers import QUICK_ENV, running_cluster
-from tmclient.client import ApiError, Client, NodesUnreachable, WaitTimeout, parse_nodes
+from tmclient.client import ApiError, Client, NodesUnreachable, TaskManagerError, WaitTimeout, parse_nodes
 from workerapp.compute import compute
 
 
@@ -138,3 +138,60 @@ def test_wait_times_out_then_finishes(client):
     done = client.wait([slow, quick], timeout=60, poll=0.1, on_progress=lambda d, t: progress.append((d, t)))
     assert done[slow]["result"] == compute(b"slow", 300_000)
     assert progress[-1] == (2, 2) and all(total == 2 for _, total in progress)
+
+
+def test_client_without_urls_reads_tm_nodes_like_tm(monkeypatch):
+    monkeypatch.setenv("TM_NODES", "127.0.0.1:8101, http://127.0.0.1:8102/")
+    assert Client().node_urls == ["http://127.0.0.1:8101", "http://127.0.0.1:8102"]
+    monkeypatch.delenv("TM_NODES")
+    with pytest.raises(TaskManagerError, match="TM_NODES"):
+        Client()
+    with pytest.raises(TaskManagerError, match="http"):
+        Client("ftp://x")
+
+
+@pytest.mark.integration
+def test_a_str_is_a_body_paths_come_as_path_and_problems_are_task_manager_errors(cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("TM_NODES", ",".join(cluster.urls))
+    client = Client(timeout=5)
+    (tmp_path / "hello world").write_bytes(b"not this")
+    monkeypatch.chdir(tmp_path)  # a file named like the text must not be read either
+    text_id = client.enqueue("hello world", 10)
+    path = tmp_path / "body.bin"
+    path.write_bytes(b"from a file")
+    file_id = client.enqueue_file(str(path), 3)
+    many = client.enqueue_many(["é", path], 2)
+    done = client.wait([text_id, file_id, *many], timeout=60, poll=0.1)
+    assert done[text_id]["result"] == compute(b"hello world", 10)
+    assert done[file_id]["result"] == compute(b"from a file", 3)
+    assert [done[i]["result"] for i in many] == [compute("é".encode(), 2), compute(b"from a file", 2)]
+
+    before = sum(enqueued(url) for url in cluster.urls)
+    with pytest.raises(TaskManagerError, match="cannot read .*missing"):
+        client.enqueue(tmp_path / "missing", 1)
+    with pytest.raises(TaskManagerError, match="cannot read"):
+        client.enqueue_many([b"ok", tmp_path / "missing"], 1)
+    with pytest.raises(TaskManagerError, match="binary mode"):
+        with open(path, encoding="utf-8") as text_file:
+            client.enqueue(text_file, 1)
+    with pytest.raises(TaskManagerError, match="int"):
+        client.enqueue(42, 1)
+    assert sum(enqueued(url) for url in cluster.urls) == before
+
+
+@pytest.mark.integration
+def test_wait_returns_what_status_returns_for_each_task(client):
+    ids = [client.enqueue(f"shape {i}", 5) for i in range(3)]
+    done = client.wait(ids, timeout=60, poll=0.1)
+    assert list(done) == ids
+    for task_id in ids:
+        assert done[task_id] == client.status(task_id)
+        assert {"id", "state", "iterations", "enqueued_at", "completed_at", "result"} <= set(done[task_id])
+
+
+@pytest.mark.integration
+def test_a_refused_batch_names_the_task_by_its_index_in_the_items(client):
+    too_big = b"x" * (1024 * 1024 + 1)  # MAX_BODY_BYTES + 1
+    with pytest.raises(ApiError) as refused:
+        client.enqueue_many([b"a", b"b", too_big], 1)
+    assert refused.value.code == "body_too_large" and refused.value.task_index == 2

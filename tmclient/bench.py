@@ -50,9 +50,17 @@ def run_bench(
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         ids = list(pool.map(send, range(count)))
         sent = time.monotonic() - started
-        client.wait(ids, timeout=timeout, on_progress=on_progress)
-        wall = time.monotonic() - started
-        statuses = list(pool.map(client.status, ids))
+        finished_at: list[float] = []
+
+        def progress(done_count: int, total: int) -> None:
+            if done_count == total and not finished_at:
+                finished_at.append(time.monotonic())  # before ``wait`` asks the full statuses
+            if on_progress is not None:
+                on_progress(done_count, total)
+
+        done = client.wait(ids, timeout=timeout, on_progress=progress)
+        wall = (finished_at[0] if finished_at else time.monotonic()) - started
+    statuses = list(done.values())  # each task's full status, as ``status`` gives it
     latencies = [s["completed_at"] - s["enqueued_at"] for s in statuses
                  if s.get("state") == "completed" and s.get("completed_at")]
     failed = sum(1 for s in statuses if s.get("state") == "failed")

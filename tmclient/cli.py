@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rich.live import Live
@@ -22,7 +22,15 @@ from rich.text import Text
 
 from tmclient import render
 from tmclient.bench import run_bench
-from tmclient.client import ApiError, Client, EnqueueIncomplete, NodesUnreachable, TaskManagerError, WaitTimeout
+from tmclient.client import (
+    ApiError,
+    BadNodes,
+    Client,
+    EnqueueIncomplete,
+    NodesUnreachable,
+    TaskManagerError,
+    WaitTimeout,
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT, EXIT_FAILED, EXIT_PEER_UNAVAILABLE = 0, 1, 2, 3, 4, 5
 #: States of a task that ended without a result.
@@ -53,6 +61,46 @@ def positive_float(text: str) -> float:
     return value
 
 
+#: Each command's one-line summary, what it does, and examples: ``tm COMMAND --help``.
+COMMAND_HELP: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "enqueue": ("queue one task per file (- reads stdin); prints the ids",
+                "Every file is read before anything is sent, so a missing file queues nothing. Several files\n"
+                "go in batches of up to 1,000 tasks, each queued whole or not at all; a refused batch names\n"
+                "the file that was refused.",
+                ("tm enqueue hello.txt -n 1000", "tm enqueue t*.txt -n 100000 > ids.txt",
+                 "printf hi | tm enqueue - -n 10 --wait")),
+    "status": ("show tasks by id",
+               "One row per task: id, state, iterations, times, result or reason. Ids that no node knows are\n"
+               "named on stderr after the table; the exit code is then 1 (4 if a task failed or was cancelled).",
+               ("tm status c0107eac5a9f4136ac63275fae2fa957", "tm status - < ids.txt", "tm --json status ID")),
+    "cancel": ("cancel queued or running tasks",
+               "A running task's worker stops at its next heartbeat. A task that already completed or failed\n"
+               "is refused (not_cancellable); the others are still cancelled.",
+               ("tm cancel ID", "tm cancel - < ids.txt")),
+    "retry": ("queue failed or cancelled tasks again",
+              "The task is queued again under the same id.",
+              ("tm retry ID", "tm retry --no-reuse ID")),
+    "results": ("every result after a cursor, oldest first, once each",
+                "Results of both nodes (GET /results); the cursor to go on from is printed on stderr at the end.",
+                ("tm results", "tm results --cursor-file .tm-cursor", "tm results --cursor-file .tm-cursor --follow",
+                 "tm --json results --after CURSOR")),
+    "pull": ("the newest results of the cluster",
+             "Newest first (POST /pullCompleted).",
+             ("tm pull", "tm pull --top 50 --json")),
+    "wait": ("wait for tasks with a progress bar and ETA",
+             "Waits until every task is completed, failed or cancelled, then shows their table.",
+             ("tm wait - < ids.txt", "tm wait ID --timeout 60")),
+    "stats": ("queue, workers and peer link of every node",
+              "Per node: queued, running, done, failed, workers live+pending/max (max: the effective limit),\n"
+              "quota lent and borrowed, the peer link; a total row; the last scaling decisions.",
+              ("tm stats", "tm stats --watch --interval 1", "tm --json stats")),
+    "bench": ("send tasks, report tasks/s and latency percentiles",
+              "Sends random bodies, waits for them, and reports tasks per second of wall time and latency\n"
+              "percentiles (completed_at - enqueued_at, as the node recorded them).",
+              ("tm bench", "tm bench --tasks 600 -n 300000 --concurrency 8")),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     # The common options are accepted before and after the command (tm --json stats, tm stats --json).
     common = argparse.ArgumentParser(add_help=False)
@@ -66,44 +114,54 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = commands.add_parser("enqueue", parents=[common], help="queue one task per file (- reads stdin); prints the ids")
+    def command(name: str) -> argparse.ArgumentParser:
+        summary, description, examples = COMMAND_HELP[name]
+        return commands.add_parser(
+            name, parents=[common], help=summary, description=f"{summary[0].upper()}{summary[1:]}.\n\n{description}",
+            epilog="examples:\n" + "\n".join("  " + line for line in examples),
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("enqueue")
     p.add_argument("files", nargs="+", metavar="FILE", help="a file whose bytes are the task body, or - for stdin")
     p.add_argument("-n", "--iterations", type=positive_int, required=True, help="SHA-512 iterations per task")
     p.add_argument("--no-reuse", action="store_true",
                    help="compute every task, even when an identical task's result is kept")
     p.add_argument("--wait", action="store_true", help="then wait for the tasks with a progress bar, and show them")
-    p.add_argument("--timeout", type=positive_float, metavar="S", help="with --wait: give up after S seconds")
+    p.add_argument("--timeout", type=positive_float, metavar="S",
+                   help="with --wait: give up after S seconds (default: no limit)")
 
-    p = commands.add_parser("status", parents=[common], help="show tasks by id")
+    p = command("status")
     p.add_argument("ids", nargs="+", metavar="ID", help="task ids, or - to read them from stdin")
 
-    p = commands.add_parser("cancel", parents=[common], help="cancel queued or running tasks")
+    p = command("cancel")
     p.add_argument("ids", nargs="+", metavar="ID", help="task ids, or - to read them from stdin")
 
-    p = commands.add_parser("retry", parents=[common], help="queue failed or cancelled tasks again")
+    p = command("retry")
     p.add_argument("ids", nargs="+", metavar="ID", help="task ids, or - to read them from stdin")
     p.add_argument("--no-reuse", action="store_true", help="compute them even when an identical result is kept")
 
-    p = commands.add_parser("results", parents=[common], help="every result after a cursor, oldest first, once each")
+    p = command("results")
     p.add_argument("--after", default="", metavar="CURSOR", help="the cursor a previous run printed (default: "
                    "from the oldest result kept)")
     p.add_argument("--cursor-file", metavar="FILE", help="start from the cursor kept in FILE (if it exists) and "
                    "keep the new one there after each page: each run prints only what is new")
     p.add_argument("--follow", "-f", action="store_true", help="keep waiting for new results until Ctrl-C")
-    p.add_argument("--poll", type=positive_float, default=1.0, metavar="S", help="--follow: seconds between asks")
+    p.add_argument("--poll", type=positive_float, default=1.0, metavar="S",
+                   help="with --follow: seconds between asks (default 1)")
 
-    p = commands.add_parser("pull", parents=[common], help="the newest results of the cluster")
+    p = command("pull")
     p.add_argument("--top", type=positive_int, default=10, metavar="N", help="how many (default 10)")
 
-    p = commands.add_parser("wait", parents=[common], help="wait for tasks with a progress bar and ETA")
+    p = command("wait")
     p.add_argument("ids", nargs="+", metavar="ID", help="task ids, or - to read them from stdin")
-    p.add_argument("--timeout", type=positive_float, metavar="S", help="give up after S seconds (exit code 3)")
+    p.add_argument("--timeout", type=positive_float, metavar="S",
+                   help="give up after S seconds, exit code 3 (default: no limit)")
 
-    p = commands.add_parser("stats", parents=[common], help="queue, workers and peer link of every node")
+    p = command("stats")
     p.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
     p.add_argument("--interval", type=positive_float, default=2.0, metavar="S", help="--watch refresh (default 2)")
 
-    p = commands.add_parser("bench", parents=[common], help="send tasks, report tasks/s and latency percentiles")
+    p = command("bench")
     p.add_argument("-t", "--tasks", type=positive_int, default=100, metavar="N", help="tasks to send (default 100)")
     p.add_argument("-n", "--iterations", type=positive_int, default=1000, help="iterations per task (default 1000)")
     p.add_argument("--size", type=int, default=64, metavar="BYTES", help="random body size (default 64)")
@@ -118,7 +176,7 @@ def make_client(args: argparse.Namespace) -> Client:
         raise UsageError("no node URLs: pass --nodes URL,URL or set TM_NODES (run_program.py --local prints the line)")
     try:
         return Client(nodes, timeout=getattr(args, "request_timeout", 10.0))
-    except ValueError as exc:
+    except BadNodes as exc:
         raise UsageError(str(exc)) from None
 
 
@@ -154,7 +212,7 @@ def print_json(value) -> None:
 
 
 def wait_with_progress(client: Client, ids: list[str], timeout: float | None) -> dict[str, dict]:
-    """Wait with a progress bar; returns each task's full status (``wait`` may lack ``enqueued_at``).
+    """Wait with a progress bar; returns each task's full status.
 
     A second bar counts iterations once a task reports progress (a long task's checkpoints)."""
     with render.progress_bars() as progress:
@@ -167,24 +225,39 @@ def wait_with_progress(client: Client, ids: list[str], timeout: float | None) ->
             if hashes:
                 progress.update(hashes[0], completed=done_iterations, total=total)
 
-        done = client.wait(ids, timeout=timeout, on_progress=lambda n, total: progress.update(bar, completed=n),
+        return client.wait(ids, timeout=timeout, on_progress=lambda n, total: progress.update(bar, completed=n),
                            on_iterations=on_iterations)
-    missing = [task_id for task_id, task in done.items() if "enqueued_at" not in task]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        done.update(zip(missing, pool.map(client.status, missing), strict=True))
-    return done
 
 
 def show_tasks(args: argparse.Namespace, tasks: list[dict]) -> int:
     if getattr(args, "json", False):
         print_json(tasks)
-    else:
+    elif tasks:
         render.show(render.tasks_table(tasks))
+    return failed_code(tasks)
+
+
+def failed_code(tasks: list[dict]) -> int:
+    """EXIT_FAILED (with its line on stderr) if a task failed or was cancelled, else EXIT_OK."""
     failed = [t["id"] for t in tasks if t.get("state") in UNFINISHED]
     if failed:
         print(f"tm: error: {len(failed)} of {len(tasks)} tasks failed or were cancelled", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def naming_the_file(exc: TaskManagerError, files: list[str]) -> TaskManagerError:
+    """``exc`` with the task the node refused named by its file ("task 3: ..." becomes "b.txt: ...")."""
+    inner = exc.error if isinstance(exc, EnqueueIncomplete) else exc
+    if not isinstance(inner, ApiError):
+        return exc
+    index = inner.task_index if inner.task_index is not None else (0 if len(files) == 1 else None)
+    if index is None or not 0 <= index < len(files):
+        return exc
+    name = "stdin" if files[index] == "-" else files[index]
+    message = name + ": " + re.sub(r"^task \d+: ", "", inner.message)
+    named = ApiError(inner.status, inner.code, message, inner.url)
+    return EnqueueIncomplete(exc.ids, len(files), named) if isinstance(exc, EnqueueIncomplete) else named
 
 
 def cmd_enqueue(client: Client, args: argparse.Namespace) -> int:
@@ -195,11 +268,14 @@ def cmd_enqueue(client: Client, args: argparse.Namespace) -> int:
         if not quiet:
             print("\n".join(batch), flush=True)
 
-    if len(bodies) == 1:
-        ids = [client.enqueue(bodies[0], args.iterations, reuse=not args.no_reuse)]
-        queued(ids)
-    else:  # one request per batch of up to 1000 tasks
-        ids = client.enqueue_many(bodies, args.iterations, reuse=not args.no_reuse, on_batch=queued)
+    try:
+        if len(bodies) == 1:
+            ids = [client.enqueue(bodies[0], args.iterations, reuse=not args.no_reuse)]
+            queued(ids)
+        else:  # one request per batch of up to 1000 tasks
+            ids = client.enqueue_many(bodies, args.iterations, reuse=not args.no_reuse, on_batch=queued)
+    except (ApiError, EnqueueIncomplete) as exc:
+        raise naming_the_file(exc, args.files) from None
     if not args.wait:
         if getattr(args, "json", False):
             print_json({"ids": ids})
@@ -212,7 +288,7 @@ def cmd_enqueue(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
-    return show_tasks(args, [client.status(task_id) for task_id in task_ids(args.ids)])
+    return act_on_each(args, client.status)
 
 
 def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
@@ -224,8 +300,9 @@ def cmd_retry(client: Client, args: argparse.Namespace) -> int:
 
 
 def act_on_each(args: argparse.Namespace, action) -> int:
-    """``tm cancel``/``tm retry``: act on every id, show the tasks it worked for, then one line per
-    refusal; the exit code is that of the first refusal."""
+    """``tm status``/``tm cancel``/``tm retry``: act on every id, show the tasks it worked for,
+    then one line per refusal; the exit code is that of the first refusal, else 4 if a task shown
+    failed or was cancelled (``tm status`` only: cancel shows the tasks it cancelled)."""
     tasks, errors = [], []
     for task_id in task_ids(args.ids):
         try:
@@ -238,7 +315,9 @@ def act_on_each(args: argparse.Namespace, action) -> int:
         render.show(render.tasks_table(tasks))
     for exc in errors:
         _error(str(exc))
-    return exit_code(errors[0]) if errors else EXIT_OK
+    if errors:
+        return exit_code(errors[0])
+    return failed_code(tasks) if args.command == "status" else EXIT_OK
 
 
 def cmd_results(client: Client, args: argparse.Namespace) -> int:

@@ -1,8 +1,8 @@
 """A Python client for the task manager's public API, with retries and fail-over between nodes.
 
-    client = Client(["http://127.0.0.1:8001", "http://127.0.0.1:8002"])
-    task_id = client.enqueue(b"hello", iterations=1000)
-    done = client.wait([task_id], timeout=60)
+    client = Client()          # the nodes of TM_NODES, as ``tm`` reads them; or Client("url1,url2")
+    task_id = client.enqueue("hello", iterations=1000)      # str and bytes are the body itself
+    done = client.wait([task_id], timeout=60)               # {id: status}, as ``status`` returns it
     print(done[task_id]["result"])
 
 ``enqueue`` and ``enqueue_many`` take the nodes in turn, so both queues (and both nodes' worker
@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -40,6 +42,10 @@ _SUMMED = ("queued", "running", "completed", "failed", "enqueued")
 COOLDOWN = 5.0
 #: Unfinished tasks that ``Client.wait`` asks ``status`` of in each round, in turn.
 _STATUS_PER_ROUND = 20
+#: The environment variable that names the nodes when ``Client()`` is given none (as for ``tm``).
+NODES_ENV = "TM_NODES"
+#: How a node names the task of a batch that it refused ("task 3: ...", 0-based in the batch).
+_BATCH_TASK = re.compile(r"^task (\d+): ")
 
 
 class TaskManagerError(Exception):
@@ -47,11 +53,23 @@ class TaskManagerError(Exception):
 
 
 class ApiError(TaskManagerError):
-    """A node answered with an HTTP error: ``status``, the server's ``code`` and ``message``."""
+    """A node answered with an HTTP error: ``status``, the server's ``code`` and ``message``.
+
+    ``task_index`` is set when ``enqueue_many`` was refused because of one task: its index in
+    the items given (the node's message names it by its place in the batch)."""
 
     def __init__(self, status: int, code: str, message: str, url: str = "") -> None:
         super().__init__(f"{code}: {message}" + (f" (HTTP {status} from {url})" if url else f" (HTTP {status})"))
         self.status, self.code, self.message, self.url = status, code, message, url
+        self.task_index: int | None = None
+
+
+class BadNodes(TaskManagerError, ValueError):
+    """No node URL, or one that is not http(s)://."""
+
+
+class BadBody(TaskManagerError, ValueError):
+    """A task body that cannot be sent: an unreadable file, a text-mode file, another type."""
 
 
 class NodesUnreachable(TaskManagerError):
@@ -75,7 +93,11 @@ class WaitTimeout(TaskManagerError):
 
 
 def parse_nodes(nodes: str | Iterable[str]) -> list[str]:
-    """Node URLs from a list or a comma-separated string (as in TM_NODES); ``http://`` is assumed."""
+    """Node URLs from a list or a comma-separated string (as in TM_NODES); ``http://`` is assumed.
+
+    Raises:
+        BadNodes: none given, or one that is not http:// or https://.
+    """
     items = nodes.split(",") if isinstance(nodes, str) else list(nodes)
     urls = []
     for item in items:
@@ -85,29 +107,42 @@ def parse_nodes(nodes: str | Iterable[str]) -> list[str]:
         if "://" not in item:
             item = "http://" + item
         if not item.startswith(("http://", "https://")):
-            raise ValueError(f"node URL must be http:// or https://, got {item!r}")
+            raise BadNodes(f"node URL must be http:// or https://, got {item!r}")
         urls.append(item)
     if not urls:
-        raise ValueError("no node URL given")
+        raise BadNodes("no node URL given")
     return urls
 
 
 def _read_data(data: bytes | bytearray | str | os.PathLike | BinaryIO) -> bytes:
-    """Bytes as they are; a path or an open binary file is read whole (so a retry can resend it)."""
+    """The body of a task: bytes as they are, a str encoded as UTF-8 (a str is never taken for a
+    file name), a path (``pathlib.Path``) or an open binary file read whole (so a retry can
+    resend it)."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
-    if isinstance(data, (str, os.PathLike)):
-        return Path(data).read_bytes()
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, os.PathLike):
+        try:
+            return Path(data).read_bytes()
+        except OSError as exc:
+            raise BadBody(f"cannot read {os.fspath(data)}: {exc.strerror or exc}") from None
     if isinstance(data, io.TextIOBase):
-        raise TypeError("open the file in binary mode ('rb')")
-    return data.read()
+        raise BadBody("open the file in binary mode ('rb')")
+    if not callable(getattr(data, "read", None)):
+        raise BadBody(f"a task body is bytes, str, a pathlib.Path or a binary file, not {type(data).__name__}")
+    body = data.read()
+    if not isinstance(body, (bytes, bytearray)):
+        raise BadBody("open the file in binary mode ('rb')")
+    return bytes(body)
 
 
 class Client:
     """The task manager as one service, whichever node answers.
 
     Args:
-        node_urls: the nodes' base URLs, a list or a comma-separated string.
+        node_urls: the nodes' base URLs, a list or a comma-separated string; by default the
+            ``TM_NODES`` environment variable, as for ``tm``.
         token: the cluster token; public calls do not need it (sent as X-Cluster-Token if given).
         timeout: seconds for one HTTP request (connect and read each).
         retries: rounds over all nodes before ``NodesUnreachable``.
@@ -116,13 +151,17 @@ class Client:
 
     def __init__(
         self,
-        node_urls: str | Iterable[str],
+        node_urls: str | Iterable[str] | None = None,
         token: str | None = None,
         *,
         timeout: float = 10.0,
         retries: int = 3,
         backoff: float = 0.2,
     ) -> None:
+        if node_urls is None:
+            node_urls = os.environ.get(NODES_ENV, "")
+            if not node_urls.strip():
+                raise BadNodes(f"no node URLs: pass them to Client(...) or set {NODES_ENV}")
         self.node_urls = parse_nodes(node_urls)
         self.token = token
         self.timeout = timeout
@@ -204,7 +243,8 @@ class Client:
     # ---------------------------------------------------------------- calls
     def enqueue(self, data: bytes | str | os.PathLike | BinaryIO, iterations: int, *, key: str | None = None,
                 reuse: bool = True) -> str:
-        """Queue one task; ``data`` is bytes, a path or a binary file. Returns the task id.
+        """Queue one task; ``data`` is the body (bytes, or a str sent as UTF-8), a
+        ``pathlib.Path`` or a binary file to read it from. Returns the task id.
 
         ``key`` is its idempotency key (a new random one by default): sending the same key again
         gives the same id and queues nothing. ``reuse=False`` computes it even when an identical
@@ -215,18 +255,24 @@ class Client:
         params = {"iterations": iterations, **({} if reuse else {"reuse": 0})}
         return self._json("PUT", "/enqueue", params=params, data=body, headers=headers, rotate=True)["id"]
 
+    def enqueue_file(self, path: str | os.PathLike, iterations: int, **options: Any) -> str:
+        """Queue one task whose body is the file at ``path`` (``BadBody`` if it cannot be read)."""
+        return self.enqueue(Path(path), iterations, **options)
+
     def enqueue_many(self, items: Iterable, iterations: int | None = None, *, reuse: bool = True,
                      on_batch: Callable[[list[str]], None] | None = None) -> list[str]:
         """Queue many tasks with few requests (``PUT /enqueue_batch``); returns their ids in order.
 
-        ``items`` are bodies (bytes, paths or binary files) that all take ``iterations``, or
+        ``items`` are bodies (bytes, str, paths or binary files) that all take ``iterations``, or
         ``(body, iterations)`` pairs. They go in batches of at most ``BATCH_TASKS`` tasks and
         ``BATCH_BYTES`` bytes, each queued whole or not at all, each task with its own
         idempotency key. ``on_batch(ids)`` is called after each batch.
 
         Raises:
             EnqueueIncomplete: a batch failed after earlier ones were queued (their ids attached).
-            ApiError, NodesUnreachable: the first batch failed; nothing was queued.
+            ApiError, NodesUnreachable: the first batch failed; nothing was queued. An
+                ``ApiError`` about one task has its index in ``items`` in ``task_index``.
+            BadBody: an item cannot be read; nothing was queued.
         """
         tasks = [(_read_data(item), iterations) if iterations is not None else (_read_data(item[0]), item[1])
                  for item in items]
@@ -247,6 +293,8 @@ class Client:
                                     data=batchwire.encode(batch), rotate=True,
                                     headers={"Content-Type": batchwire.CONTENT_TYPE})
             except TaskManagerError as exc:
+                if isinstance(exc, ApiError) and (named := _BATCH_TASK.match(exc.message)):
+                    exc.task_index = len(ids) + int(named.group(1))
                 if ids:
                     raise EnqueueIncomplete(ids, len(tasks), exc) from exc
                 raise
@@ -299,10 +347,12 @@ class Client:
         on_progress: Callable[[int, int], None] | None = None,
         on_iterations: Callable[[int, int], None] | None = None,
     ) -> dict[str, dict]:
-        """Wait until every task is completed or failed; returns ``{id: status}`` in ``ids`` order.
+        """Wait until every task is completed, failed or cancelled; returns ``{id: status}`` in
+        ``ids`` order, each status as ``status(id)`` gives it.
 
         Each round reads the newest results in one call (cheap for many tasks), then asks
-        ``status`` of a few unfinished tasks in turn, which also notices failed ones.
+        ``status`` of a few unfinished tasks in turn, which also notices failed ones; a task
+        seen among the newest results is asked its full status once, at the end.
         ``on_progress(finished, total)`` is called after every round, and
         ``on_iterations(done, total)`` with the iterations of the tasks whose size is known so
         far (a long running task counts what its newest checkpoint says is done).
@@ -341,10 +391,18 @@ class Client:
             if on_iterations is not None:
                 on_iterations(sum(d for d, _ in iterations.values()), sum(t for _, t in iterations.values()))
             if not pending:
-                return {i: done[i] for i in wanted}
+                return self._full_statuses({i: done[i] for i in wanted})
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout({i: done[i] for i in wanted if i in done}, pending, timeout or 0)
             time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+
+    def _full_statuses(self, done: dict[str, dict]) -> dict[str, dict]:
+        """``done`` with each entry taken from the newest results replaced by the task's status."""
+        partial = [task_id for task_id, task in done.items() if "enqueued_at" not in task]
+        if partial:
+            with ThreadPoolExecutor(max_workers=min(8, len(partial))) as pool:
+                done.update(zip(partial, pool.map(self.status, partial), strict=True))
+        return done
 
     def stats(self) -> dict:
         """The whole cluster: ``{"nodes": [...], "totals": {...}}``.
