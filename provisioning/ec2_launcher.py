@@ -7,9 +7,14 @@ the request; the scaler counts those instances as pending until their first clai
 RunInstances asks for what can be had (MinCount 1). Its errors are handled by kind: no capacity
 in a zone -> the next subnet (TM_WORKER_SUBNETS), that zone rests for a while; the account's vCPU
 limit -> no launch for QUOTA_PAUSE seconds, said in the scaler's decision and in ``status()``
-(``/stats``); throttling -> back off, doubling; a reply lost to a timeout -> the next launch sends
+(``/stats``); throttling -> back off, doubling; refused by IAM (``UnauthorizedOperation``, ...)
+-> back off, doubling up to MAX_REFUSED_PAUSE; a reply lost to a timeout -> the next launch sends
 the same request with the same ClientToken, so EC2 does not launch twice. ``running`` asks
 DescribeInstances at most every TM_DESCRIBE_TTL seconds.
+
+The invariant: an instance this launcher started counts (``running``) until EC2 lists it as gone
+or EC2 has accepted our TerminateInstances for it. One that DescribeInstances has not listed
+within TM_LIST_GRACE is terminated by id, and counts until that call succeeds.
 
 Settings come from the environment, which the node's user-data writes (see docs/aws.md):
 
@@ -23,11 +28,10 @@ Settings come from the environment, which the node's user-data writes (see docs/
     TM_WORKER_BUNDLE_URI        s3://bucket/key of the workers' code bundle  required
     TM_TOKEN_PARAMETER          SSM parameter holding the worker token       required
     TM_REGION                   region (else AWS_DEFAULT_REGION)             required
-    TM_LIST_GRACE               seconds a just-launched instance counts as running
-                                although DescribeInstances does not list it yet (default 120)
     TM_WORKER_SPOT              1: launch workers as spot instances (default 0); when EC2
                                 refuses spot capacity, that launch falls back to on-demand
-    TM_DESCRIBE_TTL             seconds a DescribeInstances answer is used (default 30)
+
+TM_LIST_GRACE and TM_DESCRIBE_TTL are in the settings schema (tmcommon/settings.py, README).
 """
 
 from __future__ import annotations
@@ -49,13 +53,14 @@ from provisioning.instances import ALIVE_STATES, cluster_instances, run_request
 from provisioning.launchers import Launched
 from provisioning.naming import TAG_CLUSTER, TAG_NODE, TAG_ROLE
 from provisioning.userdata import Delivery, worker_script
+from tmcommon.settings import SETTINGS, ConfigError
 
 log = logging.getLogger(__name__)
 
 #: Short timeouts and few retries: a scaler tick must not hang on AWS.
 CLIENT_CONFIG = Config(connect_timeout=3, read_timeout=8, retries={"max_attempts": 2, "mode": "standard"})
-DEFAULT_LIST_GRACE = 120.0
-DEFAULT_DESCRIBE_TTL = 30.0
+DEFAULT_LIST_GRACE = SETTINGS["list_grace"].default
+DEFAULT_DESCRIBE_TTL = SETTINGS["describe_ttl"].default
 #: RunInstances errors: no capacity in that zone (try the next subnet; the zone rests SUBNET_REST
 #: seconds), the account's limit (no launch for QUOTA_PAUSE seconds), throttling (back off,
 #: doubling from THROTTLE_PAUSE up to MAX_THROTTLE_PAUSE).
@@ -63,6 +68,14 @@ NO_CAPACITY = frozenset({"InsufficientInstanceCapacity", "InsufficientCapacity",
 ACCOUNT_LIMIT = frozenset({"VcpuLimitExceeded", "InstanceLimitExceeded"})
 THROTTLED = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
 SUBNET_REST, QUOTA_PAUSE, THROTTLE_PAUSE, MAX_THROTTLE_PAUSE = 300.0, 600.0, 5.0, 300.0
+#: RunInstances refused for want of a permission (a policy, a boundary, an SCP, a key): retrying
+#: will not help until someone changes IAM, so back off, doubling from REFUSED_PAUSE to MAX_REFUSED_PAUSE.
+REFUSED = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "AuthFailure",
+                     "Blocked", "OptInRequired", "PendingVerification"})
+REFUSED_PAUSE, MAX_REFUSED_PAUSE = 30.0, 960.0
+#: How long an instance we terminated is kept out of the count although a (lagging) listing still
+#: shows it running, at most; a listing that shows it shutting down or terminated ends it sooner.
+GONE_KEPT = 3600.0
 #: Errors after which RunInstances may have launched although no answer came back.
 REPLY_LOST = (ReadTimeoutError, ConnectTimeoutError, EndpointConnectionError, ConnectionClosedError)
 #: RunInstances errors that mean "no spot capacity for this request": launch on-demand instead.
@@ -112,14 +125,12 @@ class Ec2WorkerSettings:
             missing.append("TM_REGION (or AWS_DEFAULT_REGION)")
         if missing:
             raise Ec2SettingsError(f"LAUNCHER=ec2 needs {', '.join(missing)} (set by the node's user-data)")
-        try:
-            grace = float(environ.get("TM_LIST_GRACE", "") or DEFAULT_LIST_GRACE)
-        except ValueError:
-            raise Ec2SettingsError(f"TM_LIST_GRACE={environ['TM_LIST_GRACE']!r} is not a number") from None
-        try:
-            ttl = float(environ.get("TM_DESCRIBE_TTL", "") or DEFAULT_DESCRIBE_TTL)
-        except ValueError:
-            raise Ec2SettingsError(f"TM_DESCRIBE_TTL={environ['TM_DESCRIBE_TTL']!r} is not a number") from None
+        grace, ttl = (_schema_value(environ, name) for name in ("list_grace", "describe_ttl"))
+        if grace < ttl:
+            raise Ec2SettingsError(
+                f"TM_LIST_GRACE={grace:g} is shorter than TM_DESCRIBE_TTL={ttl:g}: an instance launched just "
+                "after a listing would be taken for unlisted before the next listing; make TM_LIST_GRACE at "
+                "least TM_DESCRIBE_TTL")
         spot = _FLAGS.get(environ.get("TM_WORKER_SPOT", "").strip().lower())
         if spot is None:
             raise Ec2SettingsError(f"TM_WORKER_SPOT={environ['TM_WORKER_SPOT']!r} is not 1 or 0")
@@ -129,6 +140,16 @@ class Ec2WorkerSettings:
     @property
     def delivery(self) -> Delivery:
         return Delivery(self.region, self.bundle_uri, self.token_parameter)
+
+
+def _schema_value(environ: Mapping[str, str], name: str) -> float:
+    """A setting of the schema read from ``environ`` (its default when not set)."""
+    setting = SETTINGS[name]
+    raw = environ.get(setting.env, "").strip()
+    try:
+        return setting.parse(raw) if raw else setting.default
+    except ConfigError as exc:
+        raise Ec2SettingsError(str(exc)) from None
 
 
 class Ec2Launcher:
@@ -156,7 +177,7 @@ class Ec2Launcher:
         self.node_name = node_name
         self._clock = clock
         self._unlisted: dict[str, float] = {}  # launched, never listed yet: id -> launch time
-        self._gone: dict[str, float] = {}  # terminated by us: id -> when (listings may lag)
+        self._gone: dict[str, float] = {}  # EC2 took our TerminateInstances: id -> when (listings may lag)
         self._listed: dict[str, str] | None = None  # the last DescribeInstances: id -> state
         self._listed_at = 0.0
         self._lost: dict | None = None  # a RunInstances request whose answer a timeout lost
@@ -164,6 +185,7 @@ class Ec2Launcher:
         self._paused_until = 0.0
         self._pause_reason = ""
         self._throttled = 0  # throttling answers in a row
+        self._refused = 0  # permission refusals in a row
 
     @classmethod
     def from_environment(cls, *, token: str = "", idle_seconds: float, node_name: str,
@@ -221,8 +243,14 @@ class Ec2Launcher:
                     self._throttled += 1
                     wait = min(MAX_THROTTLE_PAUSE, THROTTLE_PAUSE * 2 ** (self._throttled - 1))
                     return self._pause(now, wait, f"{code}: EC2 throttles this account's calls; backing off")
+                if code in REFUSED:
+                    self._refused += 1
+                    wait = min(MAX_REFUSED_PAUSE, REFUSED_PAUSE * 2 ** (self._refused - 1))
+                    return self._pause(now, wait, f"{code}: RunInstances was refused {self._refused} time(s) in a "
+                                                  f"row: {message[:300]} (the node role, its permissions boundary "
+                                                  "or an organisation policy; see docs/aws.md)")
                 raise
-            self._throttled = 0
+            self._throttled = self._refused = 0
             return self._registered(reply, "; ".join([*refused, *([f"launched in {subnet}"] if refused else []),
                                                       *([note] if note else [])]))
         note = f"no capacity in any subnet ({', '.join(refused)}); trying again later"
@@ -293,12 +321,13 @@ class Ec2Launcher:
         return None
 
     def running(self) -> set[str] | None:
-        """Worker instances of this node that are pending or running; None if AWS cannot say.
+        """Worker instances of this node that may be running; None if AWS cannot say.
 
         DescribeInstances is asked at most every TM_DESCRIBE_TTL seconds. It is eventually
         consistent: an instance launched a moment ago may not be listed yet. Such an instance
-        counts as running until it is listed once, or until TM_LIST_GRACE seconds have passed
-        without it ever being listed; one we terminated does not count, even if still listed.
+        counts as running until it is listed once; if TM_LIST_GRACE seconds pass without that, it
+        is terminated by id and counts until EC2 accepts that request. One EC2 accepted our
+        TerminateInstances for does not count, even if a lagging listing still shows it.
         """
         now = self._clock()
         if self._listed is None or now - self._listed_at >= self.settings.describe_ttl:
@@ -312,40 +341,63 @@ class Ec2Launcher:
                 return None
             self._listed = {i["InstanceId"]: i["State"]["Name"] for i in instances}
             self._listed_at = now
-            for instance_id in self._listed:
+            for instance_id, state in self._listed.items():
                 self._unlisted.pop(instance_id, None)
+                if state not in ALIVE_STATES:
+                    self._gone.pop(instance_id, None)  # EC2 says so itself now
         for instance_id, when in list(self._gone.items()):
-            if now - when > max(self.settings.list_grace, self.settings.describe_ttl):
+            if now - when > GONE_KEPT:
                 del self._gone[instance_id]
         alive = {i for i, state in self._listed.items() if state in ALIVE_STATES and i not in self._gone}
-        for instance_id, launched in list(self._unlisted.items()):
-            if now - launched <= self.settings.list_grace:
-                alive.add(instance_id)
-            else:
-                del self._unlisted[instance_id]
-                log.warning("worker %s was never listed by DescribeInstances; forgetting it", instance_id)
+        overdue = [i for i, launched in self._unlisted.items() if now - launched > self.settings.list_grace]
+        alive |= set(self._unlisted) - self._terminate_unlisted(overdue)
         return alive
 
-    def terminate(self, worker_ids: Iterable[str]) -> None:
-        """TerminateInstances, without waiting. Unknown ids are skipped, not fatal."""
+    def _terminate_unlisted(self, ids: list[str]) -> set[str]:
+        """Terminate by id the instances DescribeInstances has not listed within TM_LIST_GRACE
+        (they may well be running); returns those EC2 accepted. The others keep counting."""
+        if not ids:
+            return set()
+        log.warning("worker(s) %s not listed by DescribeInstances within TM_LIST_GRACE=%gs: terminating them by id "
+                    "(they count against the quota until EC2 accepts)", ", ".join(ids), self.settings.list_grace)
+        try:
+            accepted = self.terminate(ids)
+        except (ClientError, BotoCoreError) as err:
+            log.warning("could not terminate unlisted worker(s) %s, they still count: %s", ", ".join(ids), err)
+            return set()
+        now = self._clock()
+        for instance_id in set(ids) - accepted:  # EC2 does not know the id: not yet, or no longer
+            if now - self._unlisted[instance_id] > GONE_KEPT:  # long after any lag: it runs nowhere
+                del self._unlisted[instance_id]
+                log.error("worker %s: EC2 has not known this id for %gs since its launch; it no longer counts",
+                          instance_id, GONE_KEPT)
+                accepted.add(instance_id)
+        return accepted
+
+    def terminate(self, worker_ids: Iterable[str]) -> set[str]:
+        """TerminateInstances, without waiting; returns the ids EC2 accepted. Unknown ids are
+        skipped, not fatal (one EC2 does not know *yet*, launched a moment ago, still counts)."""
         ids = list(dict.fromkeys(worker_ids))
         if not ids:
-            return
-        now = self._clock()
-        for instance_id in ids:
-            self._unlisted.pop(instance_id, None)
+            return set()
         try:
             self.ec2.terminate_instances(InstanceIds=ids)
+            accepted = set(ids)
         except ClientError as err:
             if err.response["Error"]["Code"] not in ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"):
                 raise
+            accepted = set()
             for instance_id in ids:  # one bad id fails the whole call: retry one by one
                 try:
                     self.ec2.terminate_instances(InstanceIds=[instance_id])
+                    accepted.add(instance_id)
                 except ClientError as one_err:
                     log.info("not terminating %s: %s", instance_id, one_err.response["Error"]["Code"])
-        for instance_id in ids:
+        now = self._clock()
+        for instance_id in accepted:
+            self._unlisted.pop(instance_id, None)
             self._gone[instance_id] = now
+        return accepted
 
     def stop_all(self) -> None:
         """The node is stopping: terminate every worker it launched (one call, no waiting).

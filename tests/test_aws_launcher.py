@@ -7,6 +7,7 @@ import dataclasses
 import logging
 
 import pytest
+from botocore.awsrequest import AWSResponse
 
 from nodeapp.peer import PeerClient
 from nodeapp.scaling import Scaler
@@ -178,22 +179,111 @@ def test_instance_terminated_behind_the_nodes_back_is_forgotten(env, node, clock
     assert state.scaling_figures().queued == 1
 
 
+def lagging_listing(launcher, clock, lag: float) -> dict[str, float]:
+    """DescribeInstances (the launcher's real client, moto's real answer) leaves out instances
+    launched less than ``lag`` seconds ago on ``clock``, as EC2's eventually consistent listing
+    may. Returns instance id -> launch time, filled as RunInstances answers."""
+    launched: dict[str, float] = {}
+
+    def record(parsed, **_):
+        for instance in parsed.get("Instances", []):
+            launched[instance["InstanceId"]] = clock()
+
+    def lag_behind(parsed, **_):
+        for reservation in parsed.get("Reservations", []):
+            reservation["Instances"] = [i for i in reservation["Instances"]
+                                        if clock() - launched.get(i["InstanceId"], float("-inf")) >= lag]
+
+    launcher.ec2.meta.events.register("after-call.ec2.RunInstances", record)
+    launcher.ec2.meta.events.register("after-call.ec2.DescribeInstances", lag_behind)
+    return launched
+
+
 def test_just_launched_instance_not_listed_yet_still_counts(env, clock):
-    """DescribeInstances may not list a new instance yet: it stays 'running' for TM_LIST_GRACE."""
+    """DescribeInstances may not list a new instance yet: it counts for TM_LIST_GRACE, is then
+    terminated by id, and counts no more once EC2 took that request."""
     ec2 = env["ec2"]
     launcher = make_launcher(env, clock)
+    lagging_listing(launcher, clock, lag=3600)
     (fresh,) = launcher.launch(1, [NODE_URL])
-    ec2.delete_tags(Resources=[fresh], Tags=[{"Key": "tm-node"}])  # the tag-filtered listing no longer shows it, as during the lag
     assert launcher.running() == {fresh}
-    clock.now += 61
+    clock.now += 60
+    assert launcher.running() == {fresh} and fresh in alive_ids(ec2)
+    clock.now += 1  # past TM_LIST_GRACE=60, never listed: terminated, not forgotten while it runs
     assert launcher.running() == set()
-    # once listed, an instance that disappears from the listing is gone at once
+    assert instances(ec2, [fresh])[fresh]["State"]["Name"] in ("shutting-down", "terminated")
+
+
+def test_once_listed_an_instance_missing_from_the_listing_is_gone(env, clock):
+    ec2 = env["ec2"]
+    launcher = make_launcher(env, clock)
     (listed,) = launcher.launch(1, [NODE_URL])
     clock.now += 30  # TM_DESCRIBE_TTL: listings are asked for at most this often
     assert launcher.running() == {listed}
     ec2.delete_tags(Resources=[listed], Tags=[{"Key": "tm-node"}])
     clock.now += 30
     assert launcher.running() == set()
+
+
+def test_an_unlisted_instance_ec2_does_not_know_yet_keeps_counting(env, clock):
+    """TerminateInstances may not know a just-launched id either: the instance counts until it does."""
+    launcher = make_launcher(env, clock)
+    lagging_listing(launcher, clock, lag=3600)
+    (fresh,) = launcher.launch(1, [NODE_URL])
+    unknown = []
+
+    def not_known_yet(params, **_):
+        if len(unknown) < 2:
+            unknown.append(dict(params.get("body") or {}))
+            return AWSResponse("https://ec2.amazonaws.com/", 400, {}, None), {
+                "Error": {"Code": "InvalidInstanceID.NotFound", "Message": "not known (played by the test)"},
+                "ResponseMetadata": {}}
+        return None
+
+    launcher.ec2.meta.events.register_first("before-call.ec2.TerminateInstances", not_known_yet)
+    clock.now += 61
+    assert launcher.running() == {fresh}  # the call and its one-by-one retry: both "not found"
+    assert launcher.running() == set()  # the next run's request is taken
+    assert fresh not in alive_ids(env["ec2"])
+
+
+def test_a_lagging_listing_never_lets_more_instances_run_than_the_maximum(env, clock):
+    """The listing lags 60 s, past TM_LIST_GRACE (10 s); booted workers never claim. Before, every
+    unlisted instance was forgotten at the grace and replaced while it ran (15 alive against a
+    maximum of 3 in 30 s). Now the most alive at once is the maximum."""
+    env["environ"].update(TM_LIST_GRACE="10", TM_DESCRIBE_TTL="5")
+    launcher = make_launcher(env, clock)
+    launched = lagging_listing(launcher, clock, lag=60)
+    state = Node.build(max_workers=3, monotonic=clock, wall=clock)
+    scaler = Scaler(state, launcher, PeerClient(PEER_URL, "token", "node-1"), node_url=NODE_URL,
+                    scale_wait=0.0, hash_rate=1000.0, boot_timeout=BOOT_TIMEOUT, monotonic=clock, wall=clock)
+    backlog(state)
+    most = 0
+    for _ in range(90):  # 180 s of scaler runs
+        scaler.tick()
+        most = max(most, len(alive_ids(env["ec2"])))
+        clock.now += 2
+    print(f"listing lagging 60 s: most instances alive at once {most} (max 3), {len(launched)} launched in 180 s")
+    assert len(launched) > 3  # the unlisted ones were terminated and replaced ...
+    assert most == 3  # ... never while they could still run
+
+
+def test_a_grace_shorter_than_the_listing_cache_is_refused(env):
+    with pytest.raises(Ec2SettingsError, match="TM_LIST_GRACE=10 is shorter than TM_DESCRIBE_TTL=30"):
+        Ec2WorkerSettings.from_environ({**env["environ"], "TM_LIST_GRACE": "10"})
+    settings = Ec2WorkerSettings.from_environ({**env["environ"], "TM_LIST_GRACE": "30"})
+    assert (settings.list_grace, settings.describe_ttl) == (30, 30)
+    with pytest.raises(Ec2SettingsError, match="TM_LIST_GRACE"):
+        Ec2WorkerSettings.from_environ({**env["environ"], "TM_LIST_GRACE": "soon"})
+
+
+def test_a_node_with_contradictory_listing_settings_refuses_to_start(env, monkeypatch):
+    from nodeapp import create_app
+
+    for key, value in {**env["environ"], "TM_LIST_GRACE": "5", "TM_DESCRIBE_TTL": "30"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(Ec2SettingsError, match="shorter than TM_DESCRIBE_TTL"):
+        create_app({"cluster_token": "t", "launcher": "ec2", "node_name": "node-1"})
 
 
 def test_terminate_skips_unknown_ids_and_stop_all_only_touches_own_workers(env, clock):

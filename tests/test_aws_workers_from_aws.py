@@ -207,3 +207,20 @@ def test_bad_describe_ttl_is_refused(env, variable):  # noqa: F811
 
     with pytest.raises(Ec2SettingsError, match=variable):
         Ec2WorkerSettings.from_environ({**env["environ"], variable: "soon"})
+
+
+def test_runinstances_refused_by_iam_backs_off_doubling_to_a_ceiling(env, clock):  # noqa: F811
+    """UnauthorizedOperation will not heal by itself: launches back off, doubling, to at least 10 min."""
+    from provisioning.ec2_launcher import MAX_REFUSED_PAUSE
+
+    launcher = make_launcher(env, clock)
+    calls = refuse(launcher, "UnauthorizedOperation")
+    pauses = []
+    for _ in range(8):
+        note = launcher.launch(1, [NODE_URL]).note
+        assert "UnauthorizedOperation" in note and "refused" in note
+        assert launcher.launch(1, [NODE_URL]) == []  # held back: no call while paused
+        pauses.append(launcher.status()["paused_for"])
+        clock.now += pauses[-1]
+    assert pauses == [30, 60, 120, 240, 480, 960, 960, 960] and len(calls) == 8
+    assert MAX_REFUSED_PAUSE >= 600

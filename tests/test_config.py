@@ -42,6 +42,8 @@ NUMERIC = [
     ("JOURNAL_BATCH_MS", float, 0, 1000, "from 0 to 1000"),
     ("WORKER_SILENCE_LEASES", float, 1, 1000, "from 1 to 1000"),
     ("WORKER_MAX_LIFETIME", float, 0, 30 * 86400, "from 0 to 2.592e+06"),
+    ("TM_LIST_GRACE", float, 1, 86400, "from 1 to 86400"),
+    ("TM_DESCRIBE_TTL", float, 0, 3600, "from 0 to 3600"),
 ]
 
 

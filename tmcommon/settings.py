@@ -168,6 +168,12 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             shown_default="21600 (6 h)",
             help="seconds after its launch at which a worker is terminated and replaced if still needed (its "
                  "tasks resume from their checkpoints); 0 = no limit"),
+    Setting("list_grace", "TM_LIST_GRACE", float, 120.0, 1, 86400,
+            "`LAUNCHER=ec2`: seconds a just-launched worker instance that `DescribeInstances` does not list yet "
+            "counts as running; then it is terminated by id (it counts until EC2 took that request). At least "
+            "`TM_DESCRIBE_TTL`: a shorter grace is refused at start"),
+    Setting("describe_ttl", "TM_DESCRIBE_TTL", float, 30.0, 0, 3600,
+            "`LAUNCHER=ec2`: seconds a `DescribeInstances` answer is used before it is asked again"),
     Setting("max_body_bytes", "MAX_BODY_BYTES", int, 1024 * 1024, 0, 1024**3, "largest task body, in bytes",
             shown_default="1048576 (1 MiB)"),
     Setting("max_iterations", "MAX_ITERATIONS", int, 10_000_000, 1, 10**12, "largest `iterations`"),
