@@ -26,8 +26,8 @@ from pathlib import Path
 from bench.common import fmt_spread, loadavg, machine, print_table, spread, write_json
 from bench.loadgen import have_wrk, run_load
 from bench.servers import start_node
-from nodeapp.journal import Journal
-from nodeapp.tasks import TaskStore
+from nodeapp.store.journal import Journal
+from nodeapp.store.tasks import TaskStore
 
 CONFIGS = {
     "no journal": {},

@@ -12,13 +12,15 @@ from typing import Any
 
 from flask import Flask
 
-from nodeapp import bodies, errors, origin
-from nodeapp.auth import peer_token
+from nodeapp.web import origin
+from nodeapp.web import errors
+from nodeapp.web import bodies
+from nodeapp.web.auth import peer_token
 from nodeapp.config import NodeConfig
 from nodeapp.context import EXTENSION_KEY, NodeContext
-from nodeapp.journal import open_journal
-from nodeapp.peer import PeerClient
-from nodeapp.scaling import Scaler
+from nodeapp.store.journal import open_journal
+from nodeapp.fleet.peer import PeerClient
+from nodeapp.fleet.scaling import Scaler
 from nodeapp.serving import refuse_unfit_server
 from nodeapp.node import Node
 from provisioning.launchers import Launcher, make_launcher
@@ -92,16 +94,16 @@ def create_app(
     errors.init_app(app)
     origin.init_app(app)  # a browser changes state only from the node's own pages
     bodies.init_app(app)
-    from nodeapp.api import bp
+    from nodeapp.web.api import bp
 
     app.register_blueprint(bp)
-    from nodeapp.task_api import bp as task_bp
+    from nodeapp.web.task_api import bp as task_bp
 
     app.register_blueprint(task_bp)
-    from nodeapp.openapi import bp as openapi_bp
+    from nodeapp.web.openapi import bp as openapi_bp
 
     app.register_blueprint(openapi_bp)
-    from nodeapp.dashboard import bp as dashboard_bp
+    from nodeapp.web.dashboard import bp as dashboard_bp
 
     app.register_blueprint(dashboard_bp)
     return app

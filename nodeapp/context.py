@@ -13,9 +13,9 @@ from nodeapp.config import NodeConfig
 from nodeapp.history import History, Sample
 from nodeapp.metrics import Metrics
 from nodeapp.node import Node
-from nodeapp.peer import PeerClient
-from nodeapp.scaling import Scaler
-from nodeapp.views import EncodedSummaries, stats_json, worker_json
+from nodeapp.fleet.peer import PeerClient
+from nodeapp.fleet.scaling import Scaler
+from nodeapp.web.views import EncodedSummaries, stats_json, worker_json
 from provisioning.launchers import Launcher
 
 EXTENSION_KEY = "nodeapp"

@@ -60,7 +60,7 @@ class RefuseToStart(SystemExit):
 
 def _data_dir_problems() -> list[str]:
     """DATA_DIR held by another node process: refused here, in one line, before a worker starts."""
-    from nodeapp.journal import LOCK_WAIT, DataDirInUse, check_free
+    from nodeapp.store.journal import LOCK_WAIT, DataDirInUse, check_free
     from tmcommon.settings import SETTINGS
 
     data_dir = os.environ.get(SETTINGS["data_dir"].env, "").strip()
@@ -81,8 +81,8 @@ def on_starting(server):
 
 
 def pre_request(worker, req):
-    """Let the app close this connection after its answer (see ``nodeapp.bodies``)."""
-    from nodeapp.bodies import CLOSE_HOOK
+    """Let the app close this connection after its answer (see ``nodeapp.web.bodies``)."""
+    from nodeapp.web.bodies import CLOSE_HOOK
 
     worker.log.debug("%s %s", req.method, req.path)
     if req.body is not None:

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from nodeapp.checkpoints import Checkpoint
-from nodeapp.tasks import LeasedTask, TaskCounts, TaskStore
-from nodeapp.workers import PoolCounts, Report, WorkerPool
+from nodeapp.store.checkpoints import Checkpoint
+from nodeapp.store.tasks import LeasedTask, TaskCounts, TaskStore
+from nodeapp.fleet.pool import PoolCounts, Report, WorkerPool
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class ProxySettings:
     listen: str  # nginx's address: "8000" (all addresses) or "127.0.0.1:8001"
     upstream: str  # gunicorn's address on loopback: "127.0.0.1:8010"
     max_body_bytes: int = 1024 * 1024  # MAX_BODY_BYTES: the largest body of PUT /enqueue
-    json_body_bytes: int = 4 * 1024 * 1024  # other endpoints (nodeapp.bodies.MAX_JSON_BYTES)
+    json_body_bytes: int = 4 * 1024 * 1024  # other endpoints (nodeapp.web.bodies.MAX_JSON_BYTES)
     header_timeout: float = 5  # to send the request line and headers
     body_timeout: float = 10  # between two successive reads of the body
     send_timeout: float = 10  # between two successive writes of the answer

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from nodeapp.journal import DataDirInUse, check_free
+from nodeapp.store.journal import DataDirInUse, check_free
 from provisioning.local_cluster import LocalCluster
 from tests.digests import sha512_chain
 from tests.test_e2e import pull_merged

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from nodeapp import bodies, create_app
+from nodeapp import create_app
+from nodeapp.web import bodies
 from provisioning.local_cluster import free_port
 from tests.conftest import TOKEN
 from tests.helpers import FakeLauncher

@@ -1,4 +1,4 @@
-"""Split powers (nodeapp/auth.py): a worker's token cannot borrow quota nor configure the node, the
+"""Split powers (nodeapp/web/auth.py): a worker's token cannot borrow quota nor configure the node, the
 peer's cannot configure it, the operator's can but never above the MAX_NUM_OF_WORKERS it started
 with; with CLUSTER_TOKEN alone every internal endpoint opens (local mode)."""
 

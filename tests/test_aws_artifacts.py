@@ -39,7 +39,7 @@ def test_the_wheel_is_pip_built_from_the_metadata_pure_and_reproducible(tmp_path
     with zipfile.ZipFile(wheel.path) as zf:
         files = set(zf.namelist())
     # what the hand-written zip missed: the dashboard's templates and static files, the client
-    assert {"nodeapp/templates/dashboard.html", "nodeapp/static/dashboard.js", "nodeapp/gunicorn_conf.py",
+    assert {"nodeapp/web/templates/dashboard.html", "nodeapp/web/static/dashboard.js", "nodeapp/gunicorn_conf.py",
             "tmclient/client.py", "tmcommon/settings.py", "wsgi.py", "run_program.py",
             "workerapp/_sha512chain.c"} <= files
     assert not [f for f in files if f.endswith(".so") or f.startswith("tests/")]

@@ -9,8 +9,8 @@ import logging
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from nodeapp.peer import PeerClient
-from nodeapp.scaling import Scaler
+from nodeapp.fleet.peer import PeerClient
+from nodeapp.fleet.scaling import Scaler
 from nodeapp.node import Node
 from provisioning.ec2_launcher import Ec2Launcher, Ec2SettingsError, Ec2WorkerSettings
 from provisioning.iam import IamWrapper
@@ -149,7 +149,7 @@ def test_pending_past_boot_timeout_is_terminated(env, node, clock, caplog):
     scaler.tick()
     assert stuck in alive_ids(ec2), "terminated before BOOT_TIMEOUT"
     clock.now += 2
-    with caplog.at_level(logging.WARNING, logger="nodeapp.scaling"):
+    with caplog.at_level(logging.WARNING, logger="nodeapp.fleet.scaling"):
         scaler.tick()
     assert instances(ec2, [stuck])[stuck]["State"]["Name"] in ("shutting-down", "terminated")
     assert stuck not in {w.id for w in state.workers.workers()}

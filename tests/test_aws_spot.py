@@ -7,10 +7,10 @@ import base64
 import pytest
 from botocore.exceptions import ClientError
 
-from nodeapp.dashboard import decision_view
+from nodeapp.web.dashboard import decision_view
 from nodeapp.node import Node
-from nodeapp.peer import PeerClient
-from nodeapp.scaling import Scaler
+from nodeapp.fleet.peer import PeerClient
+from nodeapp.fleet.scaling import Scaler
 from provisioning import policies
 from provisioning.ec2_launcher import Ec2SettingsError, Ec2WorkerSettings
 from tests.aws_helpers import artifacts, aws, service_models  # noqa: F401

@@ -19,8 +19,8 @@ from botocore.exceptions import ReadTimeoutError
 
 from nodeapp import create_app
 from nodeapp.node import Node
-from nodeapp.peer import PeerClient
-from nodeapp.scaling import Scaler
+from nodeapp.fleet.peer import PeerClient
+from nodeapp.fleet.scaling import Scaler
 from provisioning.network import NetworkWrapper
 from tests.aws_helpers import aws, service_models  # noqa: F401
 from tests.test_aws_launcher import NODE_URL, PEER_URL, alive_ids, backlog, clock, env, make_launcher  # noqa: F401

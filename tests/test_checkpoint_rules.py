@@ -1,11 +1,11 @@
-"""Which checkpoints a node keeps (``nodeapp/checkpoints.py``), in the store and through the API."""
+"""Which checkpoints a node keeps (``nodeapp/store/checkpoints.py``), in the store and through the API."""
 
 from __future__ import annotations
 
 import pytest
 
-from nodeapp.checkpoints import Checkpoint
-from nodeapp.tasks import TaskStore
+from nodeapp.store.checkpoints import Checkpoint
+from nodeapp.store.tasks import TaskStore
 from tests.helpers import Clock
 from workerapp.compute import compute
 

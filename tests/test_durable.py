@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from nodeapp import create_app
-from nodeapp.journal import DB_NAME, DataDirInUse
+from nodeapp.store.journal import DB_NAME, DataDirInUse
 from tests.conftest import TOKEN
 from tests.helpers import FakeLauncher
 from tests.test_api import RESULT, assert_error, claim, complete, enqueue, sha512_result
@@ -87,7 +87,7 @@ def test_health_and_stats_say_whether_the_node_is_durable(tmp_path):
 
 
 def test_a_second_node_on_the_same_data_dir_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr("nodeapp.journal.LOCK_WAIT", 0.3)
+    monkeypatch.setattr("nodeapp.store.journal.LOCK_WAIT", 0.3)
     app, _ = node(tmp_path)
     with pytest.raises(DataDirInUse, match="in use by another node process"):
         node(tmp_path)

@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from nodeapp.node import Node
-from nodeapp.peer import PeerClient
-from nodeapp.scaling import Scaler
+from nodeapp.fleet.peer import PeerClient
+from nodeapp.fleet.scaling import Scaler
 from tests.conftest import TOKEN
 from tests.helpers import QUICK_ENV, FakeLauncher, running_cluster, running_node, wait_for
 from workerapp.client import TIMEOUTS, NodeClient, NodeUnavailable

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from nodeapp import journal as journal_module
-from nodeapp.checkpoints import Checkpoint
-from nodeapp.journal import (
+from nodeapp.store import journal as journal_module
+from nodeapp.store.checkpoints import Checkpoint
+from nodeapp.store.journal import (
     DB_NAME, Accepted, Checkpointed, Completed, Counters, DataDirInUse, Failed, Journal, JournalError, Trimmed,
     erase,
 )
@@ -176,7 +176,7 @@ def test_a_lock_let_go_within_the_wait_is_taken(tmp_path):
 
 def test_lock_held_by_another_process(tmp_path, short_lock_wait):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from nodeapp.journal import Journal; Journal(sys.argv[1]); "
+        [sys.executable, "-c", "import sys; from nodeapp.store.journal import Journal; Journal(sys.argv[1]); "
                                "print('locked', flush=True); sys.stdin.read()", str(tmp_path)],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -191,7 +191,7 @@ def test_lock_held_by_another_process(tmp_path, short_lock_wait):
 
 KILLED_WRITER = """
 import os, signal, sys
-from nodeapp.journal import Journal, Accepted, Completed, Counters
+from nodeapp.store.journal import Journal, Accepted, Completed, Counters
 journal = Journal(sys.argv[1], sync=sys.argv[2])
 journal.load()
 journal.start()
@@ -242,7 +242,7 @@ def test_torn_last_write_in_the_wal_is_skipped_and_logged(tmp_path, caplog):
     with open(wal, "r+b") as f:
         f.truncate(before_last + (size - before_last) // 2)  # the last commit cut halfway
 
-    caplog.set_level(logging.WARNING, logger="nodeapp.journal")
+    caplog.set_level(logging.WARNING, logger="nodeapp.store.journal")
     journal, recovered = opened(copy)
     assert [t.seq for t in recovered.queued] == list(range(1, 11))
     assert len(recovered.skipped) == 1 and "unfinished" in recovered.skipped[0]
@@ -269,7 +269,7 @@ def test_damaged_page_skips_its_rows_and_keeps_the_rest(tmp_path, caplog):
     with open(db, "r+b") as f:
         f.seek(size // 2 // 4096 * 4096)
         f.write(b"\xff" * 4096)  # one page in the middle of the table, garbage
-    caplog.set_level(logging.WARNING, logger="nodeapp.journal")
+    caplog.set_level(logging.WARNING, logger="nodeapp.store.journal")
     journal, recovered = opened(tmp_path)
     seqs = [t.seq for t in recovered.queued]
     assert 2000 < len(seqs) < 3000

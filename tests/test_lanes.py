@@ -15,9 +15,9 @@ import requests
 
 from nodeapp import create_app
 from nodeapp.node import Node
-from nodeapp.peer import PeerClient
-from nodeapp.scaling import Scaler
-from nodeapp.workers import Report, WorkerPool
+from nodeapp.fleet.peer import PeerClient
+from nodeapp.fleet.scaling import Scaler
+from nodeapp.fleet.pool import Report, WorkerPool
 from provisioning.artifacts import build_wheel
 from provisioning.launchers import LocalProcessLauncher
 from provisioning.local_cluster import free_port

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from nodeapp.loans import KEEP, Grant, Renewal
+from nodeapp.fleet.loans import KEEP, Grant, Renewal
 from nodeapp.node import Node
-from nodeapp.scaling import Scaler
-from nodeapp.workers import WorkerPool
+from nodeapp.fleet.scaling import Scaler
+from nodeapp.fleet.pool import WorkerPool
 from tests.conftest import TOKEN
 from tests.helpers import Clock, FakeLauncher
 from tests.test_api import assert_error, make_client

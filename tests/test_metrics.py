@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from nodeapp.tasks import TaskStore
+from nodeapp.store.tasks import TaskStore
 from tests.helpers import Clock
 
 

@@ -6,11 +6,11 @@ import threading
 
 import pytest
 
-from nodeapp.loans import Grant
+from nodeapp.fleet.loans import Grant
 from nodeapp.node import Node
-from nodeapp.results import summary
-from nodeapp.tasks import FAILED, QUEUED, RUNNING
-from nodeapp.workers import LIVE
+from nodeapp.store.results import summary
+from nodeapp.store.tasks import FAILED, QUEUED, RUNNING
+from nodeapp.fleet.pool import LIVE
 from tests.helpers import Clock
 
 

@@ -5,7 +5,7 @@ changes nothing, answers match the document.
 The default run makes a bounded number of cases per endpoint against the app in process
 (FUZZ_CASES); ``pytest -m fuzz`` runs many more against a real gunicorn node (FUZZ_DEEP_CASES,
 an environment variable too). A new route fails test_every_route_is_documented... until it is
-added to nodeapp/openapi.json.
+added to nodeapp/web/openapi.json.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from nodeapp import create_app
 from tests.conftest import TOKEN
 from tests.helpers import FakeLauncher, running_node, wait_for
 
-DOCUMENT = Path(__file__).resolve().parent.parent / "nodeapp" / "openapi.json"
+DOCUMENT = Path(__file__).resolve().parent.parent / "nodeapp" / "web" / "openapi.json"
 FUZZ_CASES = 10  # generated per endpoint in the default run (schemathesis adds its coverage cases)
 FUZZ_DEEP_CASES = int(os.environ.get("FUZZ_DEEP_CASES", "300"))  # per endpoint, with -m fuzz
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -68,7 +68,7 @@ def test_the_document_is_served_and_loads_as_openapi():
 
 
 def test_internal_endpoints_are_marked_as_needing_the_token():
-    from nodeapp.api import internal  # noqa: F401 - the decorator the marked views use
+    from nodeapp.web.api import internal  # noqa: F401 - the decorator the marked views use
 
     app = make_app()
     document = json.loads(DOCUMENT.read_text())

@@ -16,7 +16,7 @@ import subprocess
 import pytest
 import requests
 
-from nodeapp.bodies import MAX_JSON_BYTES
+from nodeapp.web.bodies import MAX_JSON_BYTES
 from provisioning.local_cluster import free_port, port_in_use
 from provisioning.proxy import ERRORS, NginxNotFound, ProxySettings, find_nginx, render
 from tests.helpers import running_node, wait_for

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodeapp.tasks import QueueFull, TaskStore
+from nodeapp.store.tasks import QueueFull, TaskStore
 from tests.conftest import TOKEN
 from tests.helpers import Clock
 from tests.test_api import assert_error, claim, complete, enqueue, make_client, snapshot, RESULT

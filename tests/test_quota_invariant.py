@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 
-from nodeapp.workers import WorkerPool
+from nodeapp.fleet.pool import WorkerPool
 
 TTL = 0.15  # the borrower keeps a loan 0.1 s after an answered renewal
 RUN_SECONDS = 4.0

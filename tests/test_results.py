@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nodeapp.results import merge_newest
+from nodeapp.store.results import merge_newest
 
 
 def results(*pairs) -> list[dict]:

@@ -10,11 +10,11 @@ import itertools
 
 import pytest
 
-from nodeapp.loans import Grant, Renewal
-from nodeapp.peer import PeerClient
-from nodeapp.scaling import Scaler, decide
+from nodeapp.fleet.loans import Grant, Renewal
+from nodeapp.fleet.peer import PeerClient
+from nodeapp.fleet.scaling import Scaler, decide
 from nodeapp.node import Node, ScalingFigures
-from nodeapp.views import stats_json
+from nodeapp.web.views import stats_json
 from tests.helpers import Clock, FakeLauncher
 
 RATE = 1_000_000  # iterations per second per worker, for round numbers
@@ -255,7 +255,7 @@ def test_a_failing_launcher_does_not_stop_the_scaler(cluster, caplog):
 
 def test_summary_line_every_interval(cluster, caplog):
     clock, ours, _, _, _, scaler = cluster
-    caplog.set_level("INFO", logger="nodeapp.scaling")
+    caplog.set_level("INFO", logger="nodeapp.fleet.scaling")
     for _ in range(3):
         ours.tasks.submit(b"secret-body", 1)
     drain(ours, "w")

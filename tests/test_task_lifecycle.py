@@ -7,9 +7,9 @@ import hashlib
 
 import pytest
 
-from nodeapp.completions import CompletionLog
-from nodeapp.idempotency import KeyEntry
-from nodeapp.tasks import (CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, KeyMismatch, QueueFull, Submission,
+from nodeapp.store.completions import CompletionLog
+from nodeapp.store.idempotency import KeyEntry
+from nodeapp.store.tasks import (CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, KeyMismatch, QueueFull, Submission,
                            TaskStore, WrongState)
 from tests.helpers import Clock
 
@@ -238,7 +238,7 @@ def test_completion_log_compacts_and_keeps_answering():
 
 
 def test_a_cursor_goes_on_across_a_restart_on_the_same_journal(tmp_path, clock):
-    from nodeapp.journal import Journal
+    from nodeapp.store.journal import Journal
 
     def reopen() -> tuple[TaskStore, Journal]:
         journal = Journal(tmp_path, sync="off")
@@ -267,7 +267,7 @@ def test_a_cursor_goes_on_across_a_restart_on_the_same_journal(tmp_path, clock):
 
 
 def test_what_the_peer_knows_is_read_back_and_malformed_parts_are_left_out():
-    from nodeapp.enqueueing import _peer_answer, lookup_answer
+    from nodeapp.web.enqueueing import _peer_answer, lookup_answer
 
     digest = hashlib.sha512(b"x").digest()
     entry = KeyEntry("a" * 32, 3, digest)

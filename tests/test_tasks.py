@@ -8,8 +8,8 @@ import tracemalloc
 
 import pytest
 
-from nodeapp.results import summary
-from nodeapp.tasks import COMPLETED, FAILED, QUEUED, RUNNING, Draining, QueueFull, TaskStore
+from nodeapp.store.results import summary
+from nodeapp.store.tasks import COMPLETED, FAILED, QUEUED, RUNNING, Draining, QueueFull, TaskStore
 from tests.helpers import Clock
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nodeapp.loans import Grant
-from nodeapp.workers import LIVE, PENDING, WorkerPool
+from nodeapp.fleet.loans import Grant
+from nodeapp.fleet.pool import LIVE, PENDING, WorkerPool
 from tests.helpers import Clock
 
 

@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.text import Text
 
 from nodeapp.config import NodeConfig
-from nodeapp.journal import DataDirInUse, check_free, erase
+from nodeapp.store.journal import DataDirInUse, check_free, erase
 from provisioning.local_cluster import LocalCluster
 from tmclient.client import Client, NodesUnreachable
 from tmclient.render import console, stats_view

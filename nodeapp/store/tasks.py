@@ -5,7 +5,7 @@ gives only the times users see (``enqueued_at``, ``completed_at``). What leaves 
 immutable: a lease is a ``LeasedTask``, a status or a kept result a ``TaskRecord``. Nothing here
 does I/O, so the lock is only ever held for short, bounded work.
 
-With a journal (DATA_DIR, ``nodeapp.journal``), each change a client or worker is told about (a
+With a journal (DATA_DIR, ``nodeapp.store.journal``), each change a client or worker is told about (a
 task accepted, completed, failed or cancelled, a kept record dropped past retention) is handed to
 the journal under the lock, so that its records keep the order of the changes, and waited for
 after the lock is released, before the method returns: enqueues stay concurrent and share
@@ -30,13 +30,13 @@ from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from nodeapp.checkpoints import Checkpoint
-from nodeapp.journal import (
+from nodeapp.store.checkpoints import Checkpoint
+from nodeapp.store.journal import (
     Accepted, Checkpointed, Commit, Completed, Counters, Failed, Journal, JournalError, Recovered, Record, Trimmed,
 )
-from nodeapp.completions import CompletionLog
-from nodeapp.idempotency import IdempotencyKeys, KeyEntry
-from nodeapp.reuse import ReuseIndex, Work
+from nodeapp.store.completions import CompletionLog
+from nodeapp.store.idempotency import IdempotencyKeys, KeyEntry
+from nodeapp.store.reuse import ReuseIndex, Work
 
 log = logging.getLogger(__name__)
 
@@ -470,7 +470,7 @@ class TaskStore:
     def heartbeat(self, worker_id: str, task_ids: Iterable[str],
                   checkpoints: Mapping[str, Checkpoint] | None = None) -> int:
         """Renew the leases ``worker_id`` holds among ``task_ids``; returns how many. Keeps the
-        ``checkpoints`` that fit (see ``nodeapp.checkpoints``), ignores the others."""
+        ``checkpoints`` that fit (see ``nodeapp.store.checkpoints``), ignores the others."""
         with self._lock:
             self._take_checkpoints(worker_id, checkpoints)
             try:

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import requests
 
-from nodeapp.loans import Grant, Renewal
+from nodeapp.fleet.loans import Grant, Renewal
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class PeerClient:
         return Grant.from_json(self._json("GET", "/try_get_node_quota"))
 
     def renew_quota(self, loans: list[str]) -> Renewal | None:
-        """Renew the loans we hold from the peer (``nodeapp/loans.py``); None if it did not answer."""
+        """Renew the loans we hold from the peer (``nodeapp/fleet/loans.py``); None if it did not answer."""
         return Renewal.from_json(self._json("POST", "/renew_quota", json={"loans": loans}))
 
     def return_quota(self, loan: str) -> bool:

@@ -15,7 +15,7 @@ from flask import Flask, current_app, g, request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected
 
-from nodeapp.errors import ApiError
+from nodeapp.web.errors import ApiError
 
 #: Bodies are read in pieces of this size, so an oversized one is refused after MAX_BODY_BYTES + 1.
 READ_CHUNK = 64 * 1024

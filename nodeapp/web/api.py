@@ -10,19 +10,19 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from nodeapp.auth import OPERATOR, PEER, WORKER, requires
-from nodeapp.bodies import json_body, read_body
-from nodeapp.checkpoints import parse_checkpoints
+from nodeapp.web.auth import OPERATOR, PEER, WORKER, requires
+from nodeapp.web.bodies import json_body, read_body
+from nodeapp.store.checkpoints import parse_checkpoints
 from nodeapp.context import get_context
-from nodeapp.errors import ApiError
-from nodeapp.loans import MAX_LOANS, is_loan_id
-from nodeapp.peer import PEER_HEADER
-from nodeapp.results import merge_newest
-from nodeapp.enqueueing import REPLAYED_HEADER, queue, request_key, reuse_wanted
-from nodeapp.tasks import Submission, is_task_id
+from nodeapp.web.errors import ApiError
+from nodeapp.fleet.loans import MAX_LOANS, is_loan_id
+from nodeapp.fleet.peer import PEER_HEADER
+from nodeapp.store.results import merge_newest
+from nodeapp.web.enqueueing import REPLAYED_HEADER, queue, request_key, reuse_wanted
+from nodeapp.store.tasks import Submission, is_task_id
 from nodeapp.version import __version__
-from nodeapp.workers import Report
-from nodeapp.views import encode_json, task_json
+from nodeapp.fleet.pool import Report
+from nodeapp.web.views import encode_json, task_json
 
 bp = Blueprint("nodeapp", __name__)
 log = logging.getLogger(__name__)
@@ -55,14 +55,14 @@ def _field(data: dict, name: str, kind: type | tuple[type, ...], required: bool 
     return value
 
 
-#: The internal endpoints by who may call them (nodeapp/auth.py): workers, the peer node, the operator.
+#: The internal endpoints by who may call them (nodeapp/web/auth.py): workers, the peer node, the operator.
 internal = requires(WORKER)
 peer_only = requires(PEER)
 operator_only = requires(OPERATOR)
 
 
 def _checkpoints(data: dict) -> dict:
-    """The body's optional ``checkpoints`` (``nodeapp/checkpoints.py``); malformed ones are a 400."""
+    """The body's optional ``checkpoints`` (``nodeapp/store/checkpoints.py``); malformed ones are a 400."""
     try:
         return parse_checkpoints(data.get("checkpoints", []))
     except ValueError as exc:

@@ -283,7 +283,7 @@
   }
 
   // Cancel and retry are public API calls (no token), like enqueue; the node refuses them from
-  // another site's pages (nodeapp/origin.py).
+  // another site's pages (nodeapp/web/origin.py).
   function act(verb, id) {
     getJSON(verb + "/" + encodeURIComponent(id), { method: "POST" }).then(function (answer) {
       if (answer.ok) {

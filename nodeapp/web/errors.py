@@ -7,7 +7,7 @@ import logging
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from nodeapp.journal import JournalError
+from nodeapp.store.journal import JournalError
 
 log = logging.getLogger(__name__)
 

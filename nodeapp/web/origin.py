@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, request
 
-from nodeapp.errors import ApiError
+from nodeapp.web.errors import ApiError
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 

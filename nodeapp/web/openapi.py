@@ -1,5 +1,5 @@
 """``GET /openapi.json``: the OpenAPI document of every endpoint, a static file of the package
-(``nodeapp/openapi.json``). tests/test_openapi.py keeps it and the app's routes in step."""
+(``nodeapp/web/openapi.json``). tests/test_openapi.py keeps it and the app's routes in step."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ DOCUMENT = "openapi.json"
 
 
 def document_bytes() -> bytes:
-    return resources.files("nodeapp").joinpath(DOCUMENT).read_bytes()
+    return resources.files("nodeapp.web").joinpath(DOCUMENT).read_bytes()
 
 
 @bp.get("/openapi.json")

@@ -9,7 +9,7 @@ import heapq
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from nodeapp.tasks import TaskRecord
+from nodeapp.store.tasks import TaskRecord
 
 
 def summary(record: TaskRecord) -> dict:

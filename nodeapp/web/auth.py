@@ -21,7 +21,7 @@ from typing import Any
 from flask import request
 
 from nodeapp.context import get_context
-from nodeapp.errors import ApiError
+from nodeapp.web.errors import ApiError
 
 WORKER, PEER, OPERATOR = "worker", "peer", "operator"
 HEADER = "X-Cluster-Token"

@@ -1,5 +1,5 @@
 """The opaque cursor of ``GET /results``: for each node, by its store's epoch, the number of the
-last completion the client has seen (``nodeapp.completions``).
+last completion the client has seen (``nodeapp.store.completions``).
 
 On the wire it is base64url (unpadded) of compact JSON ``{"v": 1, "p": {epoch: number}}``. A
 cursor without a node's current epoch (new client, or the node restarted without its journal)

@@ -7,9 +7,9 @@ import threading
 from collections.abc import Iterable
 
 from nodeapp.node import NodeStats
-from nodeapp.results import summary
-from nodeapp.tasks import RUNNING, TaskRecord
-from nodeapp.workers import Worker
+from nodeapp.store.results import summary
+from nodeapp.store.tasks import RUNNING, TaskRecord
+from nodeapp.fleet.pool import Worker
 
 
 def encode_json(value: dict) -> bytes:
@@ -30,7 +30,7 @@ def task_json(record: TaskRecord) -> dict:
         out["reason"] = record.reason
     if record.done is not None:  # queued or running: progress, from the newest checkpoint
         out["done"] = record.done
-    if record.resumed_from is not None:  # completed from a checkpoint (see nodeapp/checkpoints.py)
+    if record.resumed_from is not None:  # completed from a checkpoint (see nodeapp/store/checkpoints.py)
         out["resumed_from"] = record.resumed_from
     if record.reused_from is not None:  # completed from, or shares the run of, an identical task
         out["reused_from"] = record.reused_from

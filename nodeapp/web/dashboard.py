@@ -6,7 +6,7 @@ The JSON covers the whole cluster: this node's figures and, fetched server-side,
 workers and scaling decisions go out, picked field by field: never a token, never a task body.
 A node's own part is public too: ``GET /history`` (its samples) and ``GET /dashboard/node`` (its
 workers and failed tasks), which the peer's dashboard asks for. The page's cancel and retry
-buttons call the public ``POST /cancel/<id>`` and ``POST /retry/<id>`` (see ``nodeapp/origin.py``).
+buttons call the public ``POST /cancel/<id>`` and ``POST /retry/<id>`` (see ``nodeapp/web/origin.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from flask import Blueprint, jsonify, render_template
 
 from nodeapp.context import NodeContext, get_context
 from nodeapp.history import POINTS, merge
-from nodeapp.results import merge_newest, summary
+from nodeapp.store.results import merge_newest, summary
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                static_url_path="/dashboard/static")

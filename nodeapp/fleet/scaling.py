@@ -10,9 +10,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from nodeapp.peer import PeerClient
+from nodeapp.fleet.peer import PeerClient
 from nodeapp.node import Node, ScalingFigures
-from nodeapp.workers import Reservation
+from nodeapp.fleet.pool import Reservation
 from provisioning.launchers import Launcher
 
 log = logging.getLogger(__name__)

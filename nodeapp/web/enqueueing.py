@@ -12,9 +12,9 @@ import re
 
 from flask import request
 
-from nodeapp.errors import ApiError
-from nodeapp.idempotency import KeyEntry, is_key
-from nodeapp.tasks import Draining, KeyMismatch, QueueFull, Submission, Submitted
+from nodeapp.web.errors import ApiError
+from nodeapp.store.idempotency import KeyEntry, is_key
+from nodeapp.store.tasks import Draining, KeyMismatch, QueueFull, Submission, Submitted
 
 KEY_HEADER = "Idempotency-Key"
 #: Set (to ``true``) on an answer that repeats what an earlier request with the same key got.

@@ -6,7 +6,7 @@ by workers a launcher started beyond what was asked. Slots lent to the peer lowe
 the peer gives them back or stops renewing them; slots borrowed from the peer raise it until the
 worker on them goes down, and are then *owed* back until the scaler returns them. A borrowed
 slot whose loan is lost (not renewed in time, or the lender no longer has it) moves its worker
-to our own quota if there is room, else that worker is stopped (``nodeapp/loans.py``).
+to our own quota if there is room, else that worker is stopped (``nodeapp/fleet/loans.py``).
 
 Boot deadlines are on a monotonic clock. Nothing here does I/O: what needs a call to the peer or
 the launcher is handed out (``terminating``, ``repaying``) and put back if the call fails.
@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-from nodeapp.loans import Grant, LoanBook, Renewal
+from nodeapp.fleet.loans import Grant, LoanBook, Renewal
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class WorkerPool:
         max_workers: this node's own worker quota (MAX_NUM_OF_WORKERS).
         monotonic: the clock of launch times, boot deadlines and loans.
         loan_ttl: seconds a loan to the peer lasts without a renewal (LOAN_TTL_SECONDS).
-        recovering: start recovering (``nodeapp/loans.py``): the node has a peer.
+        recovering: start recovering (``nodeapp/fleet/loans.py``): the node has a peer.
     """
 
     def __init__(self, *, max_workers: int = 5, monotonic: Callable[[], float] = time.monotonic,

@@ -20,7 +20,7 @@ durable as JOURNAL_SYNC promises:
 journaled: a task that was running is queued again, with the newest checkpoint written for it),
 kept results and failures, counters. A
 torn last write is dropped by SQLite itself; a damaged file is moved aside and every row still
-readable is copied into a new one (``nodeapp.journal_repair``). Either way the node starts and
+readable is copied into a new one (``nodeapp.store.journal_repair``). Either way the node starts and
 the log says what was skipped. A lock file stops a second process from using the same DATA_DIR.
 """
 
@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from nodeapp import journal_repair
-from nodeapp.checkpoints import Checkpoint, is_digest
+from nodeapp.store import journal_repair
+from nodeapp.store.checkpoints import Checkpoint, is_digest
 
 log = logging.getLogger(__name__)
 

@@ -9,16 +9,16 @@ import re
 
 from flask import Blueprint, jsonify, request
 
-from nodeapp import cursor
-from nodeapp.api import _field, _from_peer, _positive_int, peer_only, peer_unavailable
-from nodeapp.bodies import json_body, read_body
+from nodeapp.store import cursor
+from nodeapp.web.api import _field, _from_peer, _positive_int, peer_only, peer_unavailable
+from nodeapp.web.bodies import json_body, read_body
 from nodeapp.context import get_context
-from nodeapp.enqueueing import lookup_answer, queue, reuse_wanted
-from nodeapp.errors import ApiError
-from nodeapp.idempotency import is_key
-from nodeapp.results import summary
-from nodeapp.tasks import Draining, QueueFull, Submission, TaskRecord, WrongState, is_task_id
-from nodeapp.views import task_json
+from nodeapp.web.enqueueing import lookup_answer, queue, reuse_wanted
+from nodeapp.web.errors import ApiError
+from nodeapp.store.idempotency import is_key
+from nodeapp.store.results import summary
+from nodeapp.store.tasks import Draining, QueueFull, Submission, TaskRecord, WrongState, is_task_id
+from nodeapp.web.views import task_json
 from tmcommon import batchwire
 
 bp = Blueprint("tasks", __name__)

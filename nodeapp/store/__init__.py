@@ -1,0 +1,7 @@
+"""The task store: what a node holds about tasks and results, and its journal on disk.
+
+Owns the queue, leases, kept results, idempotency keys, identical-task sharing and checkpoints
+(``tasks.py`` and the small modules beside it), and the SQLite journal that makes them survive a
+restart (``journal.py``). Knows nothing of HTTP, workers' processes or the peer: it may import the
+standard library and its own modules only (``tests/test_layering.py``).
+"""
