@@ -15,7 +15,8 @@ from nodeapp.metrics import Metrics
 from nodeapp.node import Node
 from nodeapp.fleet.peer import PeerClient
 from nodeapp.fleet.scaling import Scaler
-from nodeapp.web.views import EncodedSummaries, stats_json, worker_json
+from nodeapp.store.results import EncodedSummaries
+from nodeapp.web.views import stats_json, worker_json
 from provisioning.launchers import Launcher
 
 EXTENSION_KEY = "nodeapp"

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from nodeapp.store.checkpoints import Checkpoint
-from nodeapp.store.tasks import LeasedTask, TaskCounts, TaskStore
+from nodeapp.store.tasks import TaskStore
+from nodeapp.store.records import LeasedTask, TaskCounts
 from nodeapp.fleet.pool import PoolCounts, Report, WorkerPool
 
 

@@ -9,7 +9,7 @@ import pytest
 from nodeapp.fleet.loans import Grant
 from nodeapp.node import Node
 from nodeapp.store.results import summary
-from nodeapp.store.tasks import FAILED, QUEUED, RUNNING
+from nodeapp.store.records import FAILED, QUEUED, RUNNING
 from nodeapp.fleet.pool import LIVE
 from tests.helpers import Clock
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nodeapp.store.tasks import QueueFull, TaskStore
+from nodeapp.store.tasks import TaskStore
+from nodeapp.store.records import QueueFull
 from tests.conftest import TOKEN
 from tests.helpers import Clock
 from tests.test_api import assert_error, claim, complete, enqueue, make_client, snapshot, RESULT

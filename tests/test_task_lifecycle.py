@@ -7,10 +7,10 @@ import hashlib
 
 import pytest
 
-from nodeapp.store.completions import CompletionLog
+from nodeapp.store.results import CompletionLog
 from nodeapp.store.idempotency import KeyEntry
-from nodeapp.store.tasks import (CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, KeyMismatch, QueueFull, Submission,
-                           TaskStore, WrongState)
+from nodeapp.store.tasks import TaskStore
+from nodeapp.store.records import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, KeyMismatch, QueueFull, Submission, WrongState
 from tests.helpers import Clock
 
 RESULT = "ab" * 64

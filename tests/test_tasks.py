@@ -9,7 +9,8 @@ import tracemalloc
 import pytest
 
 from nodeapp.store.results import summary
-from nodeapp.store.tasks import COMPLETED, FAILED, QUEUED, RUNNING, Draining, QueueFull, TaskStore
+from nodeapp.store.tasks import TaskStore
+from nodeapp.store.records import COMPLETED, FAILED, QUEUED, RUNNING, Draining, QueueFull
 from tests.helpers import Clock
 
 

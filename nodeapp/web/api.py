@@ -19,10 +19,11 @@ from nodeapp.fleet.loans import MAX_LOANS, is_loan_id
 from nodeapp.fleet.peer import PEER_HEADER
 from nodeapp.store.results import merge_newest
 from nodeapp.web.enqueueing import REPLAYED_HEADER, queue, request_key, reuse_wanted
-from nodeapp.store.tasks import Submission, is_task_id
+from nodeapp.store.records import Submission, is_task_id
 from nodeapp.version import __version__
 from nodeapp.fleet.pool import Report
-from nodeapp.web.views import encode_json, task_json
+from nodeapp.store.results import encode_json
+from nodeapp.web.views import task_json
 
 bp = Blueprint("nodeapp", __name__)
 log = logging.getLogger(__name__)

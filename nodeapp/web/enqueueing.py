@@ -14,7 +14,7 @@ from flask import request
 
 from nodeapp.web.errors import ApiError
 from nodeapp.store.idempotency import KeyEntry, is_key
-from nodeapp.store.tasks import Draining, KeyMismatch, QueueFull, Submission, Submitted
+from nodeapp.store.records import Draining, KeyMismatch, QueueFull, Submission, Submitted
 
 KEY_HEADER = "Idempotency-Key"
 #: Set (to ``true``) on an answer that repeats what an earlier request with the same key got.

@@ -9,7 +9,7 @@ import re
 
 from flask import Blueprint, jsonify, request
 
-from nodeapp.store import cursor
+from nodeapp.store.results import decode_cursor, encode_cursor
 from nodeapp.web.api import _field, _from_peer, _positive_int, peer_only, peer_unavailable
 from nodeapp.web.bodies import json_body, read_body
 from nodeapp.context import get_context
@@ -17,7 +17,7 @@ from nodeapp.web.enqueueing import lookup_answer, queue, reuse_wanted
 from nodeapp.web.errors import ApiError
 from nodeapp.store.idempotency import is_key
 from nodeapp.store.results import summary
-from nodeapp.store.tasks import Draining, QueueFull, Submission, TaskRecord, WrongState, is_task_id
+from nodeapp.store.records import Draining, QueueFull, Submission, TaskRecord, WrongState, is_task_id
 from nodeapp.web.views import task_json
 from tmcommon import batchwire
 
@@ -132,7 +132,7 @@ def results():
              else RESULTS_PAGE_DEFAULT)
     raw = request.args.get("after", "")
     try:
-        positions = cursor.decode(raw)
+        positions = decode_cursor(raw)
     except ValueError as exc:
         raise ApiError(400, "bad_cursor", str(exc)) from None
     tasks = ctx.node.tasks
@@ -155,7 +155,7 @@ def results():
     merged = list(heapq.merge(ours, theirs, key=lambda e: e[0]))[:limit]
     for _, epoch, seq, _ in merged:
         next_positions[epoch] = seq
-    return jsonify(results=[e[3] for e in merged], next=cursor.encode(next_positions), missed=missed), 200, headers
+    return jsonify(results=[e[3] for e in merged], next=encode_cursor(next_positions), missed=missed), 200, headers
 
 
 def _result_json(record: TaskRecord) -> dict:

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterable
-
 from nodeapp.node import NodeStats
-from nodeapp.store.results import summary
-from nodeapp.store.tasks import RUNNING, TaskRecord
+from nodeapp.store.records import RUNNING, TaskRecord
 from nodeapp.fleet.pool import Worker
-
-
-def encode_json(value: dict) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def task_json(record: TaskRecord) -> dict:
@@ -35,30 +26,6 @@ def task_json(record: TaskRecord) -> dict:
     if record.reused_from is not None:  # completed from, or shares the run of, an identical task
         out["reused_from"] = record.reused_from
     return out
-
-
-class EncodedSummaries:
-    """``summary()`` of completed records as compact JSON, each encoded once (a completed record
-    never changes) and kept for the ``size`` most recently encoded. Keyed by task id, whose hash
-    Python caches: hashing the record itself costs more than encoding it again."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._lock = threading.Lock()
-        self._cache: dict[str, tuple[TaskRecord, bytes]] = {}  # oldest first
-
-    def encode(self, records: Iterable[TaskRecord]) -> list[bytes]:
-        out = []
-        with self._lock:
-            cache = self._cache
-            for record in records:
-                hit = cache.get(record.id)
-                if hit is None or hit[0] is not record:
-                    hit = cache[record.id] = (record, encode_json(summary(record)))
-                out.append(hit[1])
-            while len(cache) > self._size:
-                del cache[next(iter(cache))]
-        return out
 
 
 def worker_json(worker: Worker) -> dict:

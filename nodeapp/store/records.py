@@ -1,0 +1,121 @@
+"""What leaves the task store: the records, counts and errors its callers see.
+
+Immutable values only: a lease is a ``LeasedTask``, a status or a kept result a ``TaskRecord``,
+the figures a ``TaskCounts``. No logic beyond validation of a task id.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from nodeapp.store.checkpoints import Checkpoint
+
+QUEUED, RUNNING, COMPLETED, FAILED = "queued", "running", "completed", "failed"
+CANCELLED = "cancelled"
+
+
+_TASK_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def is_task_id(text: str) -> bool:
+    """Whether ``text`` has the form of the ids ``submit`` makes (``uuid4().hex``)."""
+    return _TASK_ID.fullmatch(text) is not None
+
+
+class QueueFull(Exception):
+    """The queue holds MAX_QUEUED tasks, or a new body would take the bodies held past
+    MAX_QUEUED_BYTES; the client should retry later. The message says which."""
+
+
+class Draining(Exception):
+    """The node is shutting down and accepts no new task."""
+
+
+class KeyMismatch(Exception):
+    """Item ``index`` reuses an idempotency key of an earlier request with another body or
+    iteration count; nothing was queued."""
+
+    def __init__(self, index: int, key: str, task_id: str) -> None:
+        super().__init__(f"idempotency key {key!r} was first used for task {task_id} with another body or "
+                         "iteration count")
+        self.index, self.key, self.task_id = index, key, task_id
+
+
+class WrongState(Exception):
+    """``cancel`` or ``retry`` of a task whose state does not allow it; ``record`` is the task now."""
+
+    def __init__(self, record: TaskRecord, message: str) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One task for ``submit_many``; ``digest`` is sha512(data), computed outside the store's lock."""
+
+    data: bytes
+    iterations: int
+    digest: bytes
+    key: str | None = None  # idempotency key
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What became of one submission."""
+
+    id: str
+    replayed: bool = False  # its idempotency key was known: the id it first got, nothing new queued
+    reused_from: str | None = None  # completed at once from, or shares the run of, this task
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedTask:
+    """A task as handed to a worker by ``claim``."""
+
+    id: str
+    iterations: int
+    data: bytes
+    checkpoint: Checkpoint | None = None  # where an earlier lease holder got to
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """A task as ``status`` sees it at one moment; completed and failed tasks are kept as these."""
+
+    id: str
+    state: str
+    iterations: int
+    enqueued_at: float
+    attempts: int = 0
+    result: str | None = None
+    completed_at: float | None = None
+    reason: str | None = None
+    done: int | None = None  # queued or running: iterations done by its newest checkpoint
+    resumed_from: int | None = None  # completed: the checkpoint its last worker started from
+    reused_from: str | None = None  # completed from (or, queued or running, shares the run of) this task
+    seq: int = 0  # the task's row in the journal
+
+
+@dataclass(frozen=True)
+class TaskCounts:
+    """The store's figures, read in one consistent snapshot."""
+
+    queued: int
+    queued_iterations: int
+    body_bytes: int  # bodies held: queued and running tasks (MAX_QUEUED_BYTES)
+    oldest_wait: float  # seconds the head of the queue has waited (monotonic)
+    running: int
+    results_kept: int
+    enqueued: int
+    completed: int
+    failed: int
+    rejected_full: int
+    leases_expired: int
+    draining: bool
+    checkpoints_accepted: int = 0
+    checkpoints_refused: int = 0
+    reused: int = 0  # completed from another task's result or run, without a run of their own
+    cancelled: int = 0
+    retried: int = 0
+    replayed: int = 0  # submissions whose idempotency key was known: nothing queued
