@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Run the task manager.
 
-    python3 run_program.py --local [--ports A,B]   two nodes on this machine, local worker processes
-                          [--proxy]              ... each behind nginx, as in AWS mode
-    python3 run_program.py [AWS options]           create the cluster on AWS (see README)
-    python3 run_program.py --destroy               remove everything the AWS mode created
+    python3 run_program.py --local                two nodes and their workers on this machine
+    python3 run_program.py --local --proxy        the same, each node behind nginx as in AWS mode
+    python3 run_program.py [AWS options]          create the cluster on AWS (see README)
+    python3 run_program.py --destroy              remove everything the AWS mode created
 
 Settings come from the environment variables of the README (MAX_NUM_OF_WORKERS, ...); the flags
 below override them.
@@ -13,11 +13,26 @@ below override them.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 
-from tmcommon.invocation import program_command
-from tmcommon.settings import SETTINGS, ConfigError
-from tmrun.aws import add_aws_arguments
+from tmcommon.invocation import program_command, python_command
+
+try:
+    from tmcommon.settings import SETTINGS, ConfigError
+    from tmrun.aws import add_aws_arguments
+except ModuleNotFoundError as missing:  # run by an interpreter without the project's packages
+    if __name__ != "__main__":
+        raise
+    venv_python = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".venv", "bin", "python")
+    print(f"error: {python_command()} cannot import {missing.name}: this program runs in the project's venv. "
+          f"Run ./init_setup.sh (once; it makes .venv/), then: {program_command(*sys.argv[1:], executable=venv_python)}",
+          file=sys.stderr)
+    sys.exit(2)
+
+#: A usage line of the docstring: the command, two spaces or more, what it does.
+USAGE_LINE = re.compile(r"^    (python3 run_program\.py.*?)\s{2,}(\S.*)$")
 
 
 def parse_ports(text: str) -> tuple[int, int]:
@@ -31,16 +46,16 @@ def parse_ports(text: str) -> tuple[int, int]:
 
 
 def help_text() -> str:
-    """The docstring, its commands spelled as they work in this shell (``.venv/bin/python run_program.py``)."""
+    """The docstring, its commands spelled as they work in this shell (``.venv/bin/python
+    run_program.py``), their descriptions in one column."""
     documented, typed = "python3 run_program.py", program_command()
-    shift = len(typed) - len(documented)
-    lines = []
-    for line in __doc__.splitlines():
-        if line.startswith("    " + documented):
-            line = "    " + typed + line[4 + len(documented):]
-        elif line.startswith(" " * (4 + len(documented))):  # a usage line's continuation: keep it aligned
-            line = " " * shift + line if shift > 0 else line[-shift:]
-        lines.append(line)
+    usage = [(i, USAGE_LINE.match(line)) for i, line in enumerate(__doc__.splitlines())]
+    commands = {i: typed + m.group(1)[len(documented):] for i, m in usage if m}
+    width = max(map(len, commands.values()))
+    lines = __doc__.splitlines()
+    for i, m in usage:
+        if m:
+            lines[i] = f"    {commands[i]:<{width}}   {m.group(2)}"
     return "\n".join(lines)
 
 

@@ -46,6 +46,39 @@ def port_in_use(port: int) -> bool:
     return False
 
 
+def group_members(pgid: int) -> list[int]:
+    """Pids of the processes of group ``pgid`` that have not exited (zombies left out); Linux's
+    /proc, else whether the group can be signalled at all."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return [pgid]
+        except (ProcessLookupError, PermissionError):
+            return []
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # it exited while we looked
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def wait_group_gone(pgid: int, timeout: float = 2.0) -> bool:
+    """Wait until no process of group ``pgid`` runs (SIGKILLed workers take a moment)."""
+    deadline = time.monotonic() + timeout
+    while group_members(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 @dataclass
 class LocalNode:
     name: str
@@ -181,6 +214,7 @@ class LocalCluster:
         except (ProcessLookupError, PermissionError):
             pass
         proc.wait()
+        wait_group_gone(proc.pid)
         if node.proxy is not None:
             node.proxy.stop(grace=max(grace, 1.0))
 

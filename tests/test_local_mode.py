@@ -3,6 +3,7 @@ SIGKILL and restarted by the supervisor, and Ctrl-C stopping everything."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal
@@ -10,13 +11,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from nodeapp.config import SETTINGS
-from provisioning.local_cluster import free_port, port_in_use
+from provisioning.local_cluster import free_port, group_members, port_in_use
 from tests.helpers import QUICK_ENV, wait_for
 from tmclient.client import Client
 
@@ -45,10 +47,10 @@ class Lines:
         return "\n".join(self.lines)
 
 
-def start_program(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Lines, Lines]:
+def start_program(tmp_path: Path, *args: str, progress: bool = False) -> tuple[subprocess.Popen, Lines, Lines]:
     env = {k: v for k, v in os.environ.items() if k not in {s.env for s in SETTINGS.values()}}
     env.update(QUICK_ENV, TMPDIR=str(tmp_path), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "run_program.py", "--local", "--no-progress",
+    proc = subprocess.Popen([sys.executable, "run_program.py", "--local", *([] if progress else ["--no-progress"]),
                              "--data-dir", str(tmp_path / "data"), *args], cwd=ROOT, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -108,6 +110,43 @@ def test_a_killed_node_is_restarted_and_ctrl_c_stops_everything(tmp_path):
         assert "stopped in" in err.text()
         wait_for(lambda: not any(map(port_in_use, ports)), timeout=20, what="both ports free again")
         wait_for(lambda: gone(second), timeout=20, what="the restarted node gone")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.integration
+def test_without_a_terminal_it_prints_events_as_lines_and_an_idle_cluster_stops_in_under_a_second(tmp_path):
+    ports = (free_port(), free_port())
+    proc, out, err = start_program(tmp_path, "--ports", f"{ports[0]},{ports[1]}", progress=True)
+    try:
+        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        out.wait(re.escape(urls[1]), timeout=90)
+        masters = [int(err.wait(rf"{name}: pid (\d+)").group(1)) for name in ("node-a", "node-b")]
+        client = Client(urls)
+        task_id = client.enqueue(b"seen in the log", 2000)
+        assert client.wait([task_id], timeout=60)[task_id]["state"] == "completed"
+        err.wait(r"\d\d:\d\d:\d\d node-[ab]: .* -> launched 1, borrowed 0")  # the scaling decision
+        err.wait(r"\d\d:\d\d:\d\d queued 0, running 0, done 1, failed 0, workers \d+\+\d+/\d+")
+        wait_for(lambda: all(n["workers"]["live"] + n["workers"]["pending"] == 0 for n in client.stats()["nodes"]),
+                 timeout=60, what="the idle worker gone")
+        client.close()
+        kept_alive = []  # idle kept-alive connections, as a browser or a live view holds them
+        for port in ports:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/health")
+            assert conn.getresponse().read()
+            kept_alive.append(conn)
+
+        asked = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        took = time.monotonic() - asked
+        last = err.text().splitlines()[-1]
+        stopped = float(re.fullmatch(r"stopped in (\d+\.\d)s", last).group(1))  # the last line
+        assert stopped < 1.5 and took < 2.5, (stopped, took)  # gunicorn's graceful timeout is 5 s
+        assert not any(group_members(pid) for pid in masters)  # every process of both nodes is gone
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -183,3 +222,29 @@ def test_restarts_at_once_after_a_steady_run_and_back_off_when_it_keeps_failing(
     assert [e for e in events if "node-b is back" in e] == [events[-1]]
     assert cluster.nodes[0].process.pid == 100  # node-a was never touched
     assert (tmp_path / "supervisor.log").read_text().count("\n") == len(events)
+
+
+def test_the_live_view_shows_the_pids_of_the_nodes_as_they_run_now(tmp_path):
+    from rich.console import Console
+
+    from tmrun.local import status_view
+    from tmrun.supervise import Supervisor
+
+    from tests.helpers import Clock
+
+    clock, cluster = Clock(0.0), FakeCluster(tmp_path)
+    cluster.urls = ["http://node-a"]
+    supervisor = Supervisor(cluster, healthy=lambda url: False, monotonic=clock)
+
+    def shown() -> str:
+        console = Console(width=100, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+        console.print(status_view(None, cluster, supervisor))
+        return console.export_text()
+
+    assert "pids: node-a 100, node-b 100" in shown()
+    cluster.nodes[1].process.returncode = -9
+    clock.now = 40.0
+    supervisor.check()  # node-b restarted at once (it had run 40 s), with a new pid
+    text = shown()
+    assert "pids: node-a 100, node-b 101" in text and "node-b restarted (pid 101, restart 1)" in text
+    assert "docs/operations.md" in text

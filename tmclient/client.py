@@ -172,6 +172,7 @@ class Client:
         self._down_until: dict[int, float] = {}
         self._lock = threading.Lock()
         self._local = threading.local()  # one requests.Session per thread
+        self._sessions: list[requests.Session] = []
 
     # ------------------------------------------------------------ transport
     def _session(self) -> requests.Session:
@@ -182,7 +183,16 @@ class Client:
             if self.token:
                 session.headers["X-Cluster-Token"] = self.token
             self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
         return session
+
+    def close(self) -> None:
+        """Close the connections the client keeps alive (a node stopping then waits for none)."""
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
 
     def _order(self, rotate: bool) -> list[int]:
         """Node indexes to try: from the preferred node (or the next in turn), failed ones last."""

@@ -143,12 +143,17 @@ def stats_view(stats: dict) -> Group:
     where = "  ".join(f"{n.get('node')} {n['url']}" for n in stats["nodes"] if n.get("reachable") and n.get("node"))
     if where:
         below.append(Text(where, style="dim"))
-    lines = [Text(f"{when(d.get('at'))} {d['node']}: {d.get('reason', '')} -> launched {d.get('launched', 0)}, "
-                  f"borrowed {d.get('borrowed', 0)}", style="dim", no_wrap=True, overflow="ellipsis")
+    lines = [Text(decision_line(d), style="dim", no_wrap=True, overflow="ellipsis")
              for d in newest_decisions(stats["nodes"], 5)]
     if lines:
         lines.insert(0, Text("last scaling decisions", style="bold"))
     return Group(table, *below, *lines)
+
+
+def decision_line(decision: dict) -> str:
+    """One scaling decision of ``newest_decisions``: time, node, why, what it did."""
+    return (f"{when(decision.get('at'))} {decision['node']}: {decision.get('reason', '')} -> launched "
+            f"{decision.get('launched', 0)}, borrowed {decision.get('borrowed', 0)}")
 
 
 def newest_decisions(nodes: list[dict], count: int) -> list[dict]:

@@ -20,6 +20,7 @@ from nodeapp.store.journal import DataDirInUse, check_free, erase
 from provisioning.local_cluster import LocalCluster
 from tmclient.client import Client, NodesUnreachable
 from tmclient.render import console, stats_view
+from tmrun.lines import EventLines
 from tmrun.supervise import Supervisor
 
 
@@ -32,15 +33,38 @@ def settings_env(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def status_view(cluster: LocalCluster, supervisor: Supervisor | None = None) -> RenderableType:
-    """The live status, drawn with rich as ``tm stats`` draws it, the supervisor's newest events,
-    and where the dashboard is."""
+def status_view(stats: dict | None, cluster: LocalCluster, supervisor: Supervisor) -> RenderableType:
+    """The live status, drawn with rich as ``tm stats`` draws it, the nodes' current pids, the
+    supervisor's newest events, and where the dashboard is."""
+    view = stats_view(stats) if stats is not None else Text("no node answered", style="red")
+    events = [Text(line, style="yellow", no_wrap=True, overflow="ellipsis") for line in supervisor.events]
+    return Group(view, Text(pids_line(cluster), style="dim"), *events,
+                 Text(f"dashboard: {cluster.urls[0]}/", style="dim"))
+
+
+def pids_line(cluster: LocalCluster) -> str:
+    """Each node's gunicorn master pid now (a restarted node has a new one)."""
+    pids = ", ".join(f"{node.name} {node.process.pid}" for node in cluster.nodes if node.process is not None)
+    return f"pids: {pids} (gunicorn masters; which pid to kill for what: docs/operations.md)"
+
+
+def cluster_stats(client: Client) -> dict | None:
     try:
-        view = stats_view(Client(cluster.urls, timeout=1, retries=1).stats())
-    except NodesUnreachable as exc:
-        view = Text(str(exc), style="red")
-    events = [Text(line, style="yellow", no_wrap=True, overflow="ellipsis") for line in (supervisor.events if supervisor else ())]
-    return Group(view, *events, Text(f"dashboard: {cluster.urls[0]}/", style="dim"))
+        return client.stats()
+    except NodesUnreachable:
+        return None
+
+
+def prepare_data_dir(args: argparse.Namespace, cluster: LocalCluster, data_dir: Path) -> str:
+    """Check that no node uses the journals (emptying them first with ``--fresh``); returns the
+    line that says where they are and what ``--fresh`` removed."""
+    removed = [erase(data_dir / node.name) for node in cluster.nodes] if args.fresh else []
+    for node in cluster.nodes:
+        check_free(data_dir / node.name)
+    where = f"journals in {data_dir}/node-a and node-b"
+    if args.fresh:
+        return f"{where}: emptied (--fresh removed {sum(removed)} journal files)"
+    return f"{where}: a node that restarts, and the next run, find their tasks there (--fresh empties them)"
 
 
 def run_local(args: argparse.Namespace) -> int:
@@ -56,16 +80,10 @@ def run_local(args: argparse.Namespace) -> int:
         return 1
     if data_dir is not None:
         try:
-            if args.fresh:
-                for node in cluster.nodes:
-                    erase(data_dir / node.name)
-            for node in cluster.nodes:
-                check_free(data_dir / node.name)
+            print(prepare_data_dir(args, cluster, data_dir), file=sys.stderr)
         except DataDirInUse as exc:
             print(f"error: {exc} (another run_program.py --local? use --data-dir DIR)", file=sys.stderr)
             return 1
-        print(f"journals in {data_dir} ({'emptied, ' if args.fresh else ''}a node that restarts and the next run "
-              "find their tasks there; --fresh starts empty)", file=sys.stderr)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -82,8 +100,9 @@ def run_local(args: argparse.Namespace) -> int:
         print(f"{node.name}: pid {node.process.pid}, log {node.log_path}", file=sys.stderr)
     print(f"export TM_NODES={','.join(cluster.urls)}", file=sys.stderr)
     print("A node that exits is restarted; Ctrl-C stops both nodes and every worker.", file=sys.stderr, flush=True)
+    client = Client(cluster.urls, timeout=1, retries=1)  # one client: its connections are kept alive
     live = None
-    if not args.no_progress and sys.stderr.isatty():
+    if not args.no_progress and sys.stderr.isatty() and sys.stdout.isatty():
         live = Live(Text("starting ..."), console=console(stderr=True), auto_refresh=False)
 
     def on_event(line: str) -> None:
@@ -92,21 +111,24 @@ def run_local(args: argparse.Namespace) -> int:
         else:
             print(line, file=sys.stderr, flush=True)
 
+    lines = EventLines(on_event) if live is None and not args.no_progress else None
     supervisor = Supervisor(cluster, on_event)
     if live is not None:
-        live.update(status_view(cluster, supervisor))
+        live.update(status_view(cluster_stats(client), cluster, supervisor))
         live.start(refresh=True)
     try:
         while not stop.wait(1.0):
             supervisor.check()
             if live is not None:
-                live.update(status_view(cluster, supervisor), refresh=True)
+                live.update(status_view(cluster_stats(client), cluster, supervisor), refresh=True)
+            elif lines is not None:
+                lines.update(cluster_stats(client))
     finally:
         if live is not None:
             live.stop()
         print("\nstopping ...", file=sys.stderr, flush=True)
         started = time.monotonic()
-        cluster.stop(grace=8.0)
-        print(f"stopped in {time.monotonic() - started:.1f}s", file=sys.stderr)
+        client.close()
+        cluster.stop(grace=8.0)  # returns once every process of both nodes has exited
+        print(f"stopped in {time.monotonic() - started:.1f}s", file=sys.stderr, flush=True)
     return 0
-
