@@ -1,6 +1,7 @@
 """The project's local cluster as a benchmarked system: 2 nodes, exactly 2 worker processes in total.
 
-MAX_NUM_OF_WORKERS=1 on each node. The workers are warmed up before measuring (as the peers'
+MAX_NUM_OF_WORKERS=1 on each node. Each node journals to a fresh DATA_DIR of its own, as
+``run_program.py --local`` does (the default), unless ``journal=False``. The workers are warmed up before measuring (as the peers'
 workers are started before theirs), and WORKER_IDLE_SECONDS is long so they stay up.
 """
 
@@ -18,10 +19,10 @@ from provisioning.local_cluster import LocalCluster
 
 
 class ClusterSystem:
-    def __init__(self, hash_rate: float, log_dir: Path, **settings: str) -> None:
+    def __init__(self, hash_rate: float, log_dir: Path, *, journal: bool = True, **settings: str) -> None:
         env = {"MAX_NUM_OF_WORKERS": "1", "WORKER_IDLE_SECONDS": "600", "HASH_RATE": str(int(hash_rate)), **settings}
         self.hash_rate = hash_rate
-        self.cluster = LocalCluster(env=env, log_dir=log_dir).start()
+        self.cluster = LocalCluster(env=env, log_dir=log_dir, data_dir=log_dir / "data" if journal else None).start()
         self.urls = self.cluster.urls
         self.session = requests.Session()
         self.max_workers_seen = 0

@@ -29,12 +29,14 @@ from bench.workloads import by_name, run_workload
 from workerapp.compute import measure_hash_rate
 from workerapp.engine import select_engine
 
-SYSTEMS = ("cluster", "rq", "rq-simple", "celery")
+SYSTEMS = ("cluster", "cluster-nojournal", "rq", "rq-simple", "celery")
+#: Run by default (``cluster-nojournal``, the cluster without DATA_DIR, only when asked for).
+DEFAULT_SYSTEMS = ("cluster", "rq", "rq-simple", "celery")
 
 
-def run_cluster(names: list[str], args, rate: float, log_dir: Path) -> list[dict]:
+def run_cluster(names: list[str], args, rate: float, log_dir: Path, journal: bool = True) -> list[dict]:
     workloads = by_name(args.scale)
-    system = ClusterSystem(rate, log_dir, **dict(item.split("=", 1) for item in args.set))
+    system = ClusterSystem(rate, log_dir, journal=journal, **dict(item.split("=", 1) for item in args.set))
     try:
         out = []
         for name in names:
@@ -86,7 +88,8 @@ def summarize(runs: list[dict], systems: list[str], names: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+                        help=f"some of {','.join(SYSTEMS)}; cluster-nojournal: the cluster without DATA_DIR")
     parser.add_argument("--workloads", default="small,compute,mixed")
     parser.add_argument("--scale", type=float, default=1.0, help="shrink counts and iterations (smoke runs)")
     parser.add_argument("--clients", type=int, default=8, help="enqueueing threads, the same for every system")
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown system(s): {', '.join(sorted(unknown))}")
-    peers = [s for s in systems if s != "cluster"]
+    peers = [s for s in systems if not s.startswith("cluster")]
     if peers and not PEERS_PYTHON.exists():
         parser.error("RQ and Celery need bench/.venv-peers: run bench/setup_peers.sh first")
     info = machine()
@@ -127,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                 run = {"hash_rate": rate, "cpu_hash_rate": cpu_rate, "engine": engine.name, "engine_rate": own[0],
                        "engine_cpu_rate": own[1], "order": order, "loadavg": loadavg(), "results": {}}
                 for system in order:
-                    found = (run_cluster(names, args, own[0], log_dir / f"cluster-{index}") if system == "cluster"
-                             else run_peer(system, names, args, redis, log_dir))
-                    wall_rate, cpu_rate_here = own if system == "cluster" else (rate, cpu_rate)
+                    ours = system.startswith("cluster")
+                    found = (run_cluster(names, args, own[0], log_dir / f"{system}-{index}", system == "cluster")
+                             if ours else run_peer(system, names, args, redis, log_dir))
+                    wall_rate, cpu_rate_here = own if ours else (rate, cpu_rate)
                     for result in found:
                         total = workloads[result["workload"]].total_iterations
                         result["ideal_s"] = total / (2 * wall_rate)
