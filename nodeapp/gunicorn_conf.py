@@ -136,6 +136,8 @@ def post_worker_init(worker):
         _close_idle_connections(worker)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    if tasks.journal is not None:  # unreadable after a failed write: this process stops, gunicorn starts another
+        tasks.journal.on_lost = lambda: os.kill(os.getpid(), signal.SIGTERM)
     start_background(app, node_url=_node_url_from_bind(worker.cfg))
 
 

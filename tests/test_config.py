@@ -40,6 +40,7 @@ NUMERIC = [
     ("LOG_SUMMARY_SECONDS", float, 0, 86400, "from 0 to 86400"),
     ("HISTORY_SECONDS", float, 0.1, 600, "from 0.1 to 600"),
     ("JOURNAL_BATCH_MS", float, 0, 1000, "from 0 to 1000"),
+    ("JOURNAL_WAIT_SECONDS", float, 0.1, 600, "from 0.1 to 600"),
     ("WORKER_SILENCE_LEASES", float, 1, 1000, "from 1 to 1000"),
     ("WORKER_MAX_LIFETIME", float, 0, 30 * 86400, "from 0 to 2.592e+06"),
     ("TM_LIST_GRACE", float, 1, 86400, "from 1 to 86400"),

@@ -346,11 +346,16 @@ def test_write_blocks_while_the_writer_is_behind(tmp_path):
     journal.close()
 
 
-def test_failed_commit_raises_and_the_journal_goes_on(tmp_path):
+def test_a_failed_commit_refuses_writes_until_the_file_is_read_back(tmp_path):
     journal, _ = opened(tmp_path)
     journal.write([accepted(1)]).wait()
     with pytest.raises(JournalError, match="journal write failed"):
         journal.write([accepted(1)]).wait()  # the same seq twice: the commit fails as a whole
+    assert journal.state() == "failed" and "UNIQUE" in journal.failure
+    with pytest.raises(JournalError, match="refuses writes"):  # its owner's memory is ahead of the file
+        journal.write([accepted(2)])
+    assert [t.seq for t in journal.reload().queued] == [1]  # what the file holds, to put memory back to
+    assert journal.state() == "ok" and journal.reload() is None
     journal.write([accepted(2)]).wait()
     journal.close()
     with pytest.raises(JournalError, match="closed"):

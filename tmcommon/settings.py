@@ -214,6 +214,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
                  "(survives a crash of the node, not a power cut)"),
     Setting("journal_batch_ms", "JOURNAL_BATCH_MS", float, 5.0, 0, 1000,
             "`batch`: shortest time between two journal commits, in milliseconds"),
+    Setting("journal_wait_seconds", "JOURNAL_WAIT_SECONDS", float, 5.0, 0.1, 600,
+            "longest a request waits for its journal commit before it is answered 503 `journal_unavailable` "
+            "(and `/health` says the journal is stuck)"),
     Setting("worker_id", "WORKER_ID", str, "", read_by=WORKER, option="--worker-id", shown_default="host-pid",
             help="this worker's id, as its node knows it"),
 )}

@@ -57,5 +57,10 @@ class IdempotencyKeys:
                 break
             del self._keys[oldest]
 
+    def forget(self, gone: Callable[[KeyEntry], bool]) -> None:
+        """Drop the keys whose entry is ``gone`` (their task was lost with a failed journal write)."""
+        for key in [key for key, (entry, _) in self._keys.items() if gone(entry)]:
+            del self._keys[key]
+
     def __len__(self) -> int:
         return len(self._keys)

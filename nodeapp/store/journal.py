@@ -22,6 +22,10 @@ kept results and failures, counters. A
 torn last write is dropped by SQLite itself; a damaged file is moved aside and every row still
 readable is copied into a new one (``nodeapp.store.journal_repair``). Either way the node starts and
 the log says what was skipped. A lock file stops a second process from using the same DATA_DIR.
+
+A commit that fails (disk full, any exception in the writer, the writer thread gone) fails every
+record waiting behind it too, and the journal refuses writes until its owner has read the file
+back with ``reload()`` (and put its memory back to it); ``wait`` gives up after ``wait_seconds``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import NamedTuple
 
 from nodeapp.store import journal_repair
@@ -172,7 +177,7 @@ class Commit:
         if not self._done.wait(timeout):
             raise JournalError(f"the journal did not commit within {timeout:g}s")
         if self.error is not None:
-            raise JournalError(f"journal write failed: {self.error}") from self.error
+            raise JournalError(f"journal write failed: {self.error or type(self.error).__name__}") from self.error
 
     @property
     def done(self) -> bool:
@@ -194,19 +199,21 @@ class Journal:
         sync: ``batch``, ``always`` or ``off`` (see the module docstring).
         batch_ms: ``batch``: the shortest time between two commits.
         max_pending: records waiting for the writer beyond which ``write`` blocks (back-pressure).
+        wait_seconds: the longest ``wait`` (and ``write`` under back-pressure) waits for a commit.
 
     Raises:
         DataDirInUse: another process uses ``data_dir``.
     """
 
     def __init__(self, data_dir: str | os.PathLike, *, sync: str = "batch", batch_ms: float = 5.0,
-                 max_pending: int = 50_000) -> None:
+                 max_pending: int = 50_000, wait_seconds: float = 5.0) -> None:
         if sync not in SYNC_POLICIES:
             raise ValueError(f"sync must be one of {', '.join(SYNC_POLICIES)}, got {sync!r}")
         self.data_dir = Path(data_dir)
         self.sync = sync
         self.batch_seconds = batch_ms / 1000.0 if sync == "batch" else 0.0
         self.max_pending = max_pending
+        self.wait_seconds = wait_seconds
         self.path = self.data_dir / DB_NAME
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _take_lock(self.data_dir / LOCK_NAME, LOCK_WAIT)
@@ -217,6 +224,14 @@ class Journal:
         self._pending = 0
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._io = threading.Lock()  # the connection: the writer's, or ``reload``'s after a failure
+        self._failure: str | None = None  # why writes are refused (until ``reload``)
+        self._commit_started: float | None = None  # monotonic start of the commit in progress
+        self._inflight: Commit | None = None  # the commit in progress
+        self.failures = 0
+        #: Called when the file cannot be read back after a failure (the serving process stops
+        #: itself then, so that a new one starts from the file).
+        self.on_lost: Callable[[], None] | None = None
         self.commits = 0
         self.records_written = 0
         self.skipped: list[str] = []
@@ -323,7 +338,7 @@ class Journal:
     def _start(self) -> None:
         if self._conn is None:
             raise JournalError("load() the journal before writing to it")
-        if self._thread is None and not self._closing:
+        if (self._thread is None or not self._thread.is_alive()) and not self._closing:
             self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
             self._thread.start()
 
@@ -333,23 +348,122 @@ class Journal:
         Does not wait for durability (call ``wait()`` on the result), so it may be called under
         the caller's own lock to keep records in the order the changes happened. Blocks only
         while ``max_pending`` records wait for the writer.
+
+        Raises:
+            JournalError: the journal is closed, or failed and not ``reload``-ed since.
         """
         with self._cond:
-            if self._closing:
-                raise JournalError("the journal is closed")
+            self._check_open()
             if self._thread is None:
                 self._start()
-            while self._pending >= self.max_pending and not self._closing:
-                self._cond.wait()
-            if self._closing:
-                raise JournalError("the journal is closed")
+            elif not self._thread.is_alive():
+                self._fail_locked("the journal writer thread is gone")
+                self._check_open()
+            while self._pending >= self.max_pending and not self._closing and self._failure is None:
+                self._cond.wait(self.wait_seconds)
+            self._check_open()
             commit = self._current
             commit.records.extend(records)
             self._pending += len(records)
             self._cond.notify_all()
             return commit
 
+    def _check_open(self) -> None:
+        if self._closing:
+            raise JournalError("the journal is closed")
+        if self._failure is not None:
+            raise JournalError(f"the journal refuses writes since a failure ({self._failure}) until the node "
+                               "has read it back")
+
+    def wait(self, commit: Commit | None) -> None:
+        """Wait until ``commit`` is durable, for at most ``wait_seconds``.
+
+        Raises:
+            JournalError: the commit failed; or it is not done in time (the writer is stuck, or
+                gone: then the journal fails, as for a failed write).
+        """
+        if commit is None:
+            return
+        try:
+            commit.wait(self.wait_seconds)
+        except JournalError:
+            if not commit.done:
+                with self._cond:
+                    if self._thread is not None and not self._thread.is_alive() and self._failure is None:
+                        self._fail_locked("the journal writer thread is gone")
+            raise
+
+    @property
+    def failure(self) -> str | None:
+        """Why writes are refused now (a failed commit, a writer gone), or None."""
+        return self._failure
+
+    def state(self) -> str:
+        """``ok``; ``failed`` (writes refused until ``reload``); ``stuck`` (a commit has taken longer
+        than ``wait_seconds``, e.g. a disk that does not answer); ``closed``."""
+        with self._cond:
+            if self._closing:
+                return "closed"
+            if self._failure is not None or (self._thread is not None and not self._thread.is_alive()):
+                return "failed"
+            started = self._commit_started
+            if started is not None and time.monotonic() - started > self.wait_seconds:
+                return "stuck"
+            return "ok"
+
+    def reload(self) -> Recovered | None:
+        """After a failure: read back what the file holds (the caller puts its memory back to
+        it) and accept writes again, with a new writer thread if the old one is gone. None if
+        the journal has not failed.
+
+        Raises:
+            JournalError: the file cannot be read back (the node should stop).
+        """
+        with self._cond:
+            if self._failure is None:
+                return None
+        with self._io:  # the writer is idle: it failed everything pending and refuses new records
+            try:
+                if self._conn.in_transaction:
+                    self._conn.rollback()
+                recovered = self._read()
+            except Exception as exc:
+                log.critical("journal %s: could not be read back after a failure: %s", self.path, exc)
+                if self.on_lost is not None:
+                    self.on_lost()
+                raise JournalError(f"the journal could not be read back after a failure: {exc}") from exc
+        with self._cond:
+            log.warning("journal %s: read back after a failure (%s): %d queued, %d completed, %d failed", self.path,
+                        self._failure, len(recovered.queued), len(recovered.completed), len(recovered.failed))
+            self._failure = None
+            self._start()
+        return recovered
+
+    def _fail_locked(self, reason: str, error: BaseException | None = None, failed: Commit | None = None) -> None:
+        """(``_cond`` held) Refuse writes from now on; fail ``failed`` and every record still
+        waiting (it comes after the failed ones, which may have been what made it valid)."""
+        if self._failure is None:
+            self._failure = reason
+            self.failures += 1
+            log.error("journal %s: refusing writes until the node reads it back: %s", self.path, reason)
+        waiting, self._current = self._current, Commit()
+        self._pending = 0
+        self._cond.notify_all()
+        error = error or JournalError(reason)
+        for commit in (failed, waiting):
+            if commit is not None and not commit.done:
+                commit._finish(error)
+
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a defect of the loop itself: fail loudly, not by hanging
+            log.exception("journal %s: the writer thread failed", self.path)
+            with self._cond:
+                self._commit_started = None
+                self._fail_locked(f"the journal writer thread failed: {exc!r}", exc, self._inflight)
+
+    def _loop(self) -> None:
         last_start = 0.0
         while True:
             with self._cond:
@@ -357,19 +471,47 @@ class Journal:
                     self._cond.wait()
                 if not self._pending:
                     return
+            # The next commit starts as soon as the last one ended (``group``); ``batch`` waits
+            # until ``batch_ms`` after the last one started.
             delay = last_start + self.batch_seconds - time.monotonic()
             if delay > 0 and not self._closing:
-                time.sleep(delay)  # batch: let the records of the next few ms join this commit
+                time.sleep(delay)
             with self._cond:
-                commit, self._current = self._current, Commit()
+                commit = self._inflight = self._current
+                self._current = Commit()
                 self._pending = 0
+                self._commit_started = last_start = time.monotonic()
                 self._cond.notify_all()
-            last_start = time.monotonic()
-            commit._finish(self._commit(commit.records))
-            if self.commits % 256 == 0:
-                self._give_back_space()
+            with self._io:
+                error = self._commit(commit.records)
+                if error is None and self.commits % 256 == 0:
+                    self._give_back_space()
+            with self._cond:
+                self._commit_started = self._inflight = None
+                if error is not None:
+                    self._fail_locked(f"a commit of {len(commit.records)} record(s) failed: {error}", error, commit)
+            if error is None:
+                commit._finish()
 
     def _commit(self, records: list[Record]) -> BaseException | None:
+        """Write ``records`` in one transaction; the error if it failed (rolled back), else None."""
+        conn = self._conn
+        try:
+            self._apply(conn, records)
+        except Exception as exc:  # SQLite's (disk full, I/O) or any other: the commit failed
+            try:
+                if conn.in_transaction:
+                    conn.rollback()
+            except sqlite3.Error as again:
+                log.error("journal %s: rollback failed: %s", self.path, again)
+            log.error("journal %s: a commit of %d record(s) failed: %r", self.path, len(records), exc)
+            return exc
+        self.commits += 1
+        self.records_written += len(records)
+        return None
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, records: list[Record]) -> None:
         accepted, checkpointed, completed, failed, trimmed = [], [], [], [], []
         counters: dict[str, int] = {}
         last_seq = 0
@@ -388,40 +530,30 @@ class Journal:
                 trimmed.append(record)
             else:
                 counters.update(record.values)
-        conn = self._conn
-        try:
-            conn.execute("BEGIN")
-            # For one task the order is always accepted -> checkpoints -> completed or failed ->
-            # trimmed, so applying the kinds in that order is the same as applying the records one
-            # by one (a checkpoint only ever moves forward, and only while the task is queued).
-            if accepted:
-                conn.executemany("INSERT INTO tasks (seq, id, iterations, body, enqueued_at) VALUES (?,?,?,?,?)",
-                                 accepted)
-                conn.execute("INSERT INTO meta VALUES ('last_seq', ?) ON CONFLICT(name) DO UPDATE "
-                             "SET value = max(value, excluded.value)", (last_seq,))
-            if checkpointed:
-                conn.executemany(f"UPDATE tasks SET ckpt_done = ?, ckpt_digest = ? WHERE seq = ? AND state = {QUEUED} "
-                                 "AND coalesce(ckpt_done, 0) < ?", checkpointed)
-            if completed:
-                conn.executemany(f"UPDATE tasks SET state = {COMPLETED}, result = ?, done_at = ?, body = NULL, "
-                                 "ckpt_done = NULL, ckpt_digest = NULL WHERE seq = ?", completed)
-            if failed:
-                conn.executemany("UPDATE tasks SET state = ?, reason = ?, done_at = ?, body = NULL, ckpt_done = NULL, "
-                                 "ckpt_digest = NULL WHERE seq = ?", failed)
-            if trimmed:
-                conn.executemany("DELETE FROM tasks WHERE seq = ?", trimmed)
-            if counters:
-                conn.executemany("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
-                                 "SET value = excluded.value", counters.items())
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.rollback()
-            log.error("journal %s: a commit of %d record(s) failed: %s", self.path, len(records), exc)
-            return exc
-        self.commits += 1
-        self.records_written += len(records)
-        return None
+        conn.execute("BEGIN")
+        # For one task the order is always accepted -> checkpoints -> completed or failed ->
+        # trimmed, so applying the kinds in that order is the same as applying the records one
+        # by one (a checkpoint only ever moves forward, and only while the task is queued).
+        if accepted:
+            conn.executemany("INSERT INTO tasks (seq, id, iterations, body, enqueued_at) VALUES (?,?,?,?,?)",
+                             accepted)
+            conn.execute("INSERT INTO meta VALUES ('last_seq', ?) ON CONFLICT(name) DO UPDATE "
+                         "SET value = max(value, excluded.value)", (last_seq,))
+        if checkpointed:
+            conn.executemany(f"UPDATE tasks SET ckpt_done = ?, ckpt_digest = ? WHERE seq = ? AND state = {QUEUED} "
+                             "AND coalesce(ckpt_done, 0) < ?", checkpointed)
+        if completed:
+            conn.executemany(f"UPDATE tasks SET state = {COMPLETED}, result = ?, done_at = ?, body = NULL, "
+                             "ckpt_done = NULL, ckpt_digest = NULL WHERE seq = ?", completed)
+        if failed:
+            conn.executemany("UPDATE tasks SET state = ?, reason = ?, done_at = ?, body = NULL, ckpt_done = NULL, "
+                             "ckpt_digest = NULL WHERE seq = ?", failed)
+        if trimmed:
+            conn.executemany("DELETE FROM tasks WHERE seq = ?", trimmed)
+        if counters:
+            conn.executemany("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
+                             "SET value = excluded.value", counters.items())
+        conn.execute("COMMIT")
 
     def _give_back_space(self) -> None:
         """Return free pages beyond VACUUM_FREE_PAGES to the file system (after a burst)."""
@@ -447,7 +579,8 @@ class Journal:
         """What /stats shows about the journal."""
         return {"durable": True, "data_dir": str(self.data_dir), "sync": self.sync,
                 "batch_ms": self.batch_seconds * 1000, "bytes": self.size_bytes(), "commits": self.commits,
-                "records": self.records_written, "recovered": self.recovered, "skipped_at_start": len(self.skipped)}
+                "records": self.records_written, "recovered": self.recovered, "skipped_at_start": len(self.skipped),
+                "state": self.state(), "failure": self._failure, "failures": self.failures}
 
     def close(self) -> None:
         """Commit what waits, checkpoint, close the file and release the lock. Idempotent."""
@@ -455,7 +588,10 @@ class Journal:
             self._closing = True
             self._cond.notify_all()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(self.wait_seconds)
+            if self._thread.is_alive():  # stuck in a commit: leave the file to the process's exit
+                log.error("journal %s: the writer did not finish within %gs; not closed", self.path, self.wait_seconds)
+                return
             self._thread = None
         if self._conn is not None:
             try:
@@ -473,7 +609,8 @@ def open_journal(config) -> Journal | None:
     """The journal that ``config`` (a NodeConfig) asks for, locked but not loaded; None without DATA_DIR."""
     if not config.data_dir:
         return None
-    return Journal(config.data_dir, sync=config.journal_sync, batch_ms=config.journal_batch_ms)
+    return Journal(config.data_dir, sync=config.journal_sync, batch_ms=config.journal_batch_ms,
+                   wait_seconds=config.journal_wait_seconds)
 
 
 def erase(data_dir: str | os.PathLike) -> bool:

@@ -119,16 +119,22 @@ class TaskStore:
         #: Observes wait, run and end-to-end seconds (``nodeapp.metrics.TaskTimings``); set by the app.
         self.timings = None
         self.journal = journal
-        self._unwritten: list[Record] = []  # for the journal, gathered under the lock
-        self._written_counts: dict[str, int] = {}  # counters as last handed to the journal
         self._monotonic = monotonic
         self._wall = wall
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self.max_queued = max_queued
         self.max_queued_bytes = max_queued_bytes
-        self._body_bytes = 0  # bodies of queued and running tasks
         self.results_retention = results_retention
+        self.epoch = epoch or uuid.uuid4().hex[:16]
+        self._keys = IdempotencyKeys(idempotency_seconds, monotonic)
+        self._empty()
+
+    def _empty(self) -> None:
+        """The state of an empty store (at start, and before ``_resync`` reads the journal back)."""
+        self._unwritten: list[Record] = []  # for the journal, gathered under the lock
+        self._written_counts: dict[str, int] = {}  # counters as last handed to the journal
+        self._body_bytes = 0  # bodies of queued and running tasks
         self._queue: deque[_Task] = deque()
         self._queued_iterations = 0
         self._running: dict[str, _Task] = {}
@@ -140,8 +146,6 @@ class TaskStore:
         self._enqueued = self._completed_total = self._failed_total = 0
         self._rejected_full = self._leases_expired = 0
         self._checkpoints_accepted = self._checkpoints_refused = 0
-        self.epoch = epoch or uuid.uuid4().hex[:16]
-        self._keys = IdempotencyKeys(idempotency_seconds, monotonic)
         self._reuse = ReuseIndex()
         self._log: CompletionLog[TaskRecord] = CompletionLog()
         self._kept_bodies: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()  # failed/cancelled: data, digest
@@ -446,32 +450,36 @@ class TaskStore:
         lower), counters. Leases were not kept: a task that was running is queued again, with the
         newest checkpoint the journal had for it."""
         with self._lock:
-            now, tick = self._wall(), self._monotonic()
-            for stored in recovered.queued:
-                data = stored.body or b""
-                waited = max(0.0, now - stored.enqueued_at)
-                self._admit(_Task(stored.id, stored.iterations, stored.enqueued_at, tick - waited, data, stored.seq,
-                                  checkpoint=stored.checkpoint, digest=hashlib.sha512(data).digest()), _QUEUE, None)
-            self._unwritten.clear()  # _admit noted them as accepted: they are in the journal already
-            # Completions are numbered 1, 2, ... per epoch: the kept ones are the newest of them all.
-            self.epoch = recovered.epoch or self.epoch
-            self._log.last_seq = max(0, recovered.counters.get("completed", 0) - len(recovered.completed))
-            for stored in recovered.completed:
-                record = TaskRecord(stored.id, COMPLETED, stored.iterations, stored.enqueued_at,
-                                    result=stored.result, completed_at=stored.done_at, seq=stored.seq)
-                self._keep(self._completed, record)
-                self._log.append(record)
-            self._log.keep_newest(len(self._completed))
-            for stored in recovered.failed:
-                self._keep(self._failed, TaskRecord(stored.id, CANCELLED if stored.cancelled else FAILED,
-                                                    stored.iterations, stored.enqueued_at, reason=stored.reason,
-                                                    completed_at=stored.done_at, seq=stored.seq))
-            for name, attribute in _JOURNALED_COUNTERS.items():
-                setattr(self, attribute, recovered.counters.get(name, 0))
-            self._written_counts = dict(recovered.counters)
-            self._seq = max(self._seq, recovered.last_seq)
-            # Trims of a lowered RESULTS_RETENTION wait in _unwritten for the next change, so that
-            # building a node starts no thread.
+            self._restore(recovered)
+
+    def _restore(self, recovered: Recovered) -> None:
+        """``restore`` with the lock held."""
+        now, tick = self._wall(), self._monotonic()
+        for stored in recovered.queued:
+            data = stored.body or b""
+            waited = max(0.0, now - stored.enqueued_at)
+            self._admit(_Task(stored.id, stored.iterations, stored.enqueued_at, tick - waited, data, stored.seq,
+                              checkpoint=stored.checkpoint, digest=hashlib.sha512(data).digest()), _QUEUE, None)
+        self._unwritten.clear()  # _admit noted them as accepted: they are in the journal already
+        # Completions are numbered 1, 2, ... per epoch: the kept ones are the newest of them all.
+        self.epoch = recovered.epoch or self.epoch
+        self._log.last_seq = max(0, recovered.counters.get("completed", 0) - len(recovered.completed))
+        for stored in recovered.completed:
+            record = TaskRecord(stored.id, COMPLETED, stored.iterations, stored.enqueued_at,
+                                result=stored.result, completed_at=stored.done_at, seq=stored.seq)
+            self._keep(self._completed, record)
+            self._log.append(record)
+        self._log.keep_newest(len(self._completed))
+        for stored in recovered.failed:
+            self._keep(self._failed, TaskRecord(stored.id, CANCELLED if stored.cancelled else FAILED,
+                                                stored.iterations, stored.enqueued_at, reason=stored.reason,
+                                                completed_at=stored.done_at, seq=stored.seq))
+        for name, attribute in _JOURNALED_COUNTERS.items():
+            setattr(self, attribute, recovered.counters.get(name, 0))
+        self._written_counts = dict(recovered.counters)
+        self._seq = max(self._seq, recovered.last_seq)
+        # Trims of a lowered RESULTS_RETENTION wait in _unwritten for the next change, so that
+        # building a node starts no thread.
 
     def counts(self) -> TaskCounts:
         with self._lock:
@@ -649,13 +657,61 @@ class TaskStore:
             self._unwritten.append(Counters(counters))
             self._written_counts.update(counters)
         records, self._unwritten = self._unwritten, []
-        return self.journal.write(records)
+        try:
+            return self.journal.write(records)
+        except JournalError:
+            self._resync()  # the change just made in memory goes too
+            raise
 
-    @staticmethod
-    def _durable(commit: Commit | None) -> None:
-        """Wait, without the lock, until ``commit`` is durable (raises ``JournalError``)."""
-        if commit is not None:
-            commit.wait()
+    def _durable(self, commit: Commit | None) -> None:
+        """Wait, without the lock, until ``commit`` is durable (at most JOURNAL_WAIT_SECONDS).
+
+        Raises:
+            JournalError: it failed (the memory is put back to what the journal holds first) or
+                is late.
+        """
+        if commit is None:
+            return
+        try:
+            self.journal.wait(commit)
+        except JournalError:
+            with self._lock:
+                self._resync()
+            raise
+
+    def _resync(self) -> None:
+        """After a failed journal write: the memory goes back to what the journal holds, as if
+        the node had restarted at that moment, except that a task still in the journal stays
+        leased to the worker holding it. No-op unless the journal failed.
+
+        Raises:
+            JournalError: the journal cannot be read back (writes stay refused).
+        """
+        recovered = self.journal.reload()
+        if recovered is None:
+            return
+        leases = list(self._running.values())
+        draining, last_number = self._draining, self._log.last_seq
+        checkpoints = self._checkpoints_accepted, self._checkpoints_refused
+        self._empty()
+        self._restore(recovered)
+        self._draining = draining
+        self._checkpoints_accepted, self._checkpoints_refused = checkpoints
+        # Completions are numbered on from the highest number a client may have seen: none is missed.
+        self._log.last_seq = max(self._log.last_seq, last_number)
+        held = {old.id: old for old in leases if (task := self._active.get(old.id)) is not None and task.leader is None}
+        if held:
+            self._queue = deque(task for task in self._queue if task.id not in held)
+            for old in held.values():
+                task = self._active[old.id]
+                self._queued_iterations -= task.iterations
+                task.state, task.worker_id, task.lease_deadline = RUNNING, old.worker_id, old.lease_deadline
+                task.attempts, task.claimed_from, task.claimed_tick = old.attempts, old.claimed_from, old.claimed_tick
+                if old.checkpoint and (not task.checkpoint or task.checkpoint.done < old.checkpoint.done):
+                    task.checkpoint = old.checkpoint
+                self._running[task.id] = task
+        self._keys.forget(lambda entry: entry.task_id not in self._active and entry.task_id not in self._completed
+                          and entry.task_id not in self._failed)
 
     def _drop_body(self, task_id: str) -> None:
         kept = self._kept_bodies.pop(task_id, None)

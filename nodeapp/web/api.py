@@ -137,8 +137,16 @@ def status(task_id: str):
 @bp.get("/health")
 def health():
     ctx = get_context()
-    return jsonify(status="ok", node=ctx.config.node_name, version=__version__,
-                   draining=ctx.node.tasks.draining, durable=ctx.node.tasks.journal is not None)
+    journal = ctx.node.tasks.journal
+    state = journal.state() if journal is not None else None
+    failing = state in ("failed", "stuck")
+    answer = jsonify(status="journal_unavailable" if failing else "ok", node=ctx.config.node_name,
+                     version=__version__, draining=ctx.node.tasks.draining, durable=journal is not None,
+                     **({"journal": state} if journal is not None else {}))
+    if failing:  # writes are answered 503 now: say so to load balancers and supervisors
+        answer.status_code = 503
+        answer.headers["Retry-After"] = "1"
+    return answer
 
 
 @bp.get("/stats")

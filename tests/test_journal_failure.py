@@ -1,0 +1,184 @@
+"""A journal that cannot write fails loudly (issue 19 item 5): a failed commit (a full disk, a
+writer that raises or dies or hangs) is a 503 ``journal_unavailable`` within JOURNAL_WAIT_SECONDS,
+the node's memory goes back to what the file holds, ``/health`` says so, and the writer takes
+writes again once the file is read back. Nodes through the Flask test client, as test_durable."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from nodeapp.journal import Counters
+from tests.test_api import assert_error, claim, complete, enqueue, sha512_result
+from tests.test_durable import AUTH, close, node
+
+def journal_of(app):
+    return app.extensions["nodeapp"].node.tasks.journal
+
+
+def in_thread(call, seconds: float):
+    """``call()``'s value, or AssertionError if it has not returned within ``seconds`` (a hang)."""
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert out, f"no answer within {seconds:g}s: the request hangs"
+    return out[0]
+
+
+def fill_disk(journal, spare_pages: int = 12) -> None:
+    """Cap the file a few pages above its size now: SQLite's ``max_page_count``, as a full disk."""
+    with journal._io:
+        pages = journal._conn.execute("PRAGMA page_count").fetchone()[0]
+        journal._conn.execute(f"PRAGMA max_page_count = {pages + spare_pages}")
+
+
+def free_disk(journal) -> None:
+    with journal._io:
+        journal._conn.execute("PRAGMA max_page_count = 1073741823")
+
+
+def counts(client) -> tuple[int, int, int, int]:
+    stats = client.get("/stats").get_json()
+    return stats["queued"], stats["running"], stats["completed"], stats["enqueued"]
+
+
+def test_disk_full_a_503_and_memory_agrees_with_the_file(tmp_path):
+    app, client = node(tmp_path, lease_seconds=60)
+    held = enqueue(client, b"held")
+    assert [t["id"] for t in claim(client, AUTH, "w1", max_tasks=1)] == [held]
+    fill_disk(journal_of(app))
+    accepted, answers = {}, []
+    for i in range(200):  # 3 KiB bodies: a page or so each, until the file may not grow
+        body = os.urandom(3000)
+        key = {"Idempotency-Key": f"key-{i}"}
+        response = client.put("/enqueue?iterations=1", data=body, headers=key)
+        answers.append(response.status_code)
+        if response.status_code != 201:
+            break
+        accepted[response.get_json()["id"]] = body
+    assert_error(response, 503, "journal_unavailable")
+    assert answers.count(201) == len(accepted) >= 2  # the file did take some before it was full
+    # The refused task is nowhere in memory: the queue is what got a 201, and the lease held survives.
+    assert counts(client) == (len(accepted), 1, 0, len(accepted) + 1)
+    assert client.get("/health").status_code == 200  # read back at once: the node takes writes again
+    free_disk(journal_of(app))
+    again = client.put("/enqueue?iterations=1", data=b"resent", headers=key)  # the key of a 503 was not kept
+    assert again.status_code == 201 and "Idempotent-Replayed" not in again.headers
+    accepted[again.get_json()["id"]] = b"resent"
+    leased = claim(client, AUTH, "w2", max_tasks=1000)
+    assert sorted(t["id"] for t in leased) == sorted(accepted)
+    assert complete(client, AUTH, "w1", [(held, sha512_result(b"held", 1))]) == 1
+    assert complete(client, AUTH, "w2", [(i, sha512_result(b, 1)) for i, b in accepted.items()]) == len(accepted)
+    before = counts(client)
+    close(app)
+
+    app, client = node(tmp_path)
+    assert counts(client) == before == (0, 0, len(accepted) + 1, len(accepted) + 1)
+    for task_id, body in accepted.items():
+        assert client.get(f"/status/{task_id}").get_json()["result"] == sha512_result(body, 1)
+    close(app)
+
+
+class FailingCommit:
+    """The journal's connection, whose next ``COMMIT`` raises ``error`` (once)."""
+
+    def __init__(self, conn, error: BaseException) -> None:
+        self._conn, self.error = conn, error
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT" and self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def test_an_error_not_from_sqlite_is_a_503_and_the_writer_goes_on(tmp_path):
+    app, client = node(tmp_path, journal_wait_seconds=2)
+    first = enqueue(client)
+    journal = journal_of(app)
+    journal._conn = FailingCommit(journal._conn, RuntimeError("injected: not an SQLite error"))
+    started = time.monotonic()
+    response = in_thread(lambda: client.put("/enqueue?iterations=1", data=b"lost"), 10)
+    assert_error(response, 503, "journal_unavailable")
+    assert time.monotonic() - started < 2  # failed at once, not after JOURNAL_WAIT_SECONDS
+    assert counts(client)[:2] == (1, 0) and journal.failures == 1
+    second = enqueue(client)  # the same writer takes writes again
+    assert journal._thread.is_alive() and client.get("/health").get_json()["journal"] == "ok"
+    close(app)
+    app, client = node(tmp_path)
+    assert sorted(t["id"] for t in claim(client, AUTH, "w", max_tasks=10)) == sorted([first, second])
+    close(app)
+
+
+class WriterKilled(BaseException):
+    """Escapes every ``except Exception``: ends the writer thread as a defect in its loop would."""
+
+
+def test_a_dead_writer_is_seen_answered_503_and_restarted(tmp_path):
+    app, client = node(tmp_path, journal_wait_seconds=2)
+    first = enqueue(client)
+    journal = journal_of(app)
+    writer = journal._thread
+    journal._conn = FailingCommit(journal._conn, WriterKilled())
+    with_change = in_thread(lambda: client.put("/enqueue?iterations=1", data=b"lost"), 10)
+    assert_error(with_change, 503, "journal_unavailable")
+    writer.join(5)
+    assert not writer.is_alive()
+    assert journal._thread is not writer and journal._thread.is_alive()  # a new writer, after the read-back
+    assert counts(client)[:2] == (1, 0)
+
+    # A writer that dies with no request waiting on it: /health says so before anyone writes.
+    writer = journal._thread
+    journal._conn = FailingCommit(journal._conn, WriterKilled())
+    journal.write([Counters({})])
+    writer.join(5)
+    health = client.get("/health")
+    assert health.status_code == 503 and health.get_json()["journal"] == "failed"
+    assert health.get_json()["status"] == "journal_unavailable"
+    assert client.get("/stats").get_json()["journal"]["state"] == "failed"
+    assert_error(in_thread(lambda: client.put("/enqueue?iterations=1", data=b"refused"), 10), 503,
+                 "journal_unavailable")  # its change is undone with the read-back; the writer restarts
+    second = enqueue(client)
+    assert client.get("/health").status_code == 200 and journal.failures == 2
+    close(app)
+    app, client = node(tmp_path)
+    assert sorted(t["id"] for t in claim(client, AUTH, "w", max_tasks=10)) == sorted([first, second])
+    close(app)
+
+
+def test_a_stuck_commit_is_a_503_after_journal_wait_seconds(tmp_path):
+    app, client = node(tmp_path, journal_wait_seconds=0.5)
+    enqueue(client)
+    journal = journal_of(app)
+    release = threading.Event()
+    real_commit = journal._commit
+
+    def stuck(records):  # a disk that does not answer, until released
+        release.wait(30)
+        return real_commit(records)
+
+    journal._commit = stuck
+    started = time.monotonic()
+    assert_error(in_thread(lambda: client.put("/enqueue?iterations=1", data=b"late"), 10), 503,
+                 "journal_unavailable")
+    assert 0.5 <= time.monotonic() - started < 5
+    health = client.get("/health")
+    assert health.status_code == 503 and health.get_json()["journal"] == "stuck"
+    journal._commit = real_commit
+    release.set()
+    deadline = time.monotonic() + 10
+    while client.get("/health").status_code != 200:
+        assert time.monotonic() < deadline, "the journal did not come back after the disk answered"
+        time.sleep(0.02)
+    # The late commit did land: the task it answered 503 for is queued, in memory as in the file.
+    enqueue(client)
+    assert counts(client)[0] == 3
+    close(app)
+    app, client = node(tmp_path)
+    assert counts(client)[0] == 3
+    close(app)
