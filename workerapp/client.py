@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import requests
 
+T = TypeVar("T")
 #: (connect, read) seconds per call. Each answer is small and comes from the node's memory, so a
 #: node silent for longer is hung (stopped, frozen): the worker gives up on it and turns to the
 #: other node rather than wait. A result post may wait on the node's journal, so it gets longer.
@@ -14,7 +17,8 @@ TIMEOUTS = {"claim": (1.0, 3.0), "heartbeat": (1.0, 3.0), "complete": (1.0, 5.0)
 
 
 class NodeUnavailable(Exception):
-    """The node could not be reached or answered with a server error."""
+    """The node could not be reached, answered with a server error, or answered 200 with something
+    other than the JSON the call expects (a proxy's error page): worth trying again later."""
 
 
 class NodeRejected(Exception):
@@ -67,7 +71,8 @@ class NodeClient:
         self.session.headers["X-Cluster-Token"] = token
         self.report: dict | None = None  # {"rate", "engine", "lanes"}, sent with each claim
 
-    def _post(self, path: str, body: dict) -> dict:
+    def _post(self, path: str, body: dict, parse: Callable[[Any], T]) -> T:
+        """``parse`` of the node's JSON answer; an answer it cannot parse is ``NodeUnavailable``."""
         try:
             response = self.session.post(self.url + path, json=body, timeout=TIMEOUTS[path.split("/")[1]])
         except requests.RequestException as exc:
@@ -76,21 +81,28 @@ class NodeClient:
             raise NodeUnavailable(f"{self.url}{path}: HTTP {response.status_code}")
         if response.status_code != 200:
             raise NodeRejected.from_response(self.url + path, response)
-        return response.json()
+        try:
+            return parse(response.json())
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # binascii.Error is a ValueError
+            raise NodeUnavailable(f"{self.url}{path}: HTTP 200 but not the JSON answer expected "
+                                  f"({exc.__class__.__name__}: {str(exc)[:80]})") from exc
 
     def claim(self, max_tasks: int, max_iterations: int) -> tuple[list[ClaimedTask], float]:
         """Lease up to ``max_tasks`` tasks of about ``max_iterations`` in all; the claim carries
         ``self.report`` (the worker's rate, engine and lanes) when the worker has set it."""
-        data = self._post("/claim", {"worker_id": self.worker_id, "max_tasks": max_tasks,
-                                     "max_iterations": max_iterations, **(self.report or {})})
-        tasks = [ClaimedTask(t["id"], int(t["iterations"]), base64.b64decode(t["data"]),
-                             (int(t["checkpoint"]["done"]), str(t["checkpoint"]["digest"])) if t.get("checkpoint") else None)
-                 for t in data["tasks"]]
-        return tasks, float(data.get("lease_seconds", 30.0))
+        def parse(data: dict) -> tuple[list[ClaimedTask], float]:
+            tasks = [ClaimedTask(str(t["id"]), int(t["iterations"]), base64.b64decode(t["data"], validate=True),
+                                 (int(t["checkpoint"]["done"]), str(t["checkpoint"]["digest"]))
+                                 if t.get("checkpoint") else None)
+                     for t in data["tasks"]]
+            return tasks, float(data.get("lease_seconds", 30.0))
+
+        return self._post("/claim", {"worker_id": self.worker_id, "max_tasks": max_tasks,
+                                     "max_iterations": max_iterations, **(self.report or {})}, parse)
 
     def complete(self, results: list[tuple[str, str]]) -> int:
         body = {"worker_id": self.worker_id, "results": [{"id": i, "result": r} for i, r in results]}
-        return int(self._post("/complete", body)["accepted"])
+        return self._post("/complete", body, lambda data: int(data["accepted"]))
 
     def heartbeat(self, task_ids: list[str], checkpoints: dict[str, Checkpoint] | None = None) -> list[str]:
         """Renew the leases of ``task_ids``, with the newest checkpoint of each long task among them.
@@ -98,12 +110,11 @@ class NodeClient:
         body = {"worker_id": self.worker_id, "task_ids": task_ids}
         if checkpoints:
             body["checkpoints"] = _checkpoints(checkpoints)
-        stop = self._post("/heartbeat", body).get("stop") or []
-        return [i for i in stop if isinstance(i, str)]
+        return self._post("/heartbeat", body, lambda data: [i for i in data.get("stop") or [] if isinstance(i, str)])
 
     def worker_down(self, returned: list[str] | None = None, checkpoints: dict[str, Checkpoint] | None = None) -> bool:
         """Say goodbye; ``returned`` tasks are handed back (with their ``checkpoints``, if any)."""
         body = {"instance_id": self.worker_id, "returned": returned or []}
         if checkpoints:
             body["checkpoints"] = _checkpoints(checkpoints)
-        return bool(self._post(f"/worker_down/{self.worker_id}", body)["removed"])
+        return self._post(f"/worker_down/{self.worker_id}", body, lambda data: bool(data["removed"]))

@@ -6,3 +6,5 @@ OK = 0
 USAGE = 2
 #: A node refused a call with a 4xx (wrong token, a request it calls bad): retrying would not help.
 REJECTED = 3
+#: An unexpected error (a broken process pool, a bug): every task held was handed back first.
+FAILED = 4

@@ -10,7 +10,9 @@ checkpoint (iterations done, digest) that the heartbeat sends to the node, and a
 with a checkpoint continues from it. ``evacuate()`` (a spot interruption notice) stops at the
 next slice and hands every task back at once with its checkpoint. A node that
 refuses a call (``NodeRejected``: wrong token, bad request) ends the loop with
-``exitcodes.REJECTED`` after a goodbye to every node that still listens.
+``exitcodes.REJECTED`` after a goodbye to every node that still listens. Any other exception in
+a lane (a broken process pool, a bug) stops every lane the same way, hands back the tasks that
+lane held and ends with ``exitcodes.FAILED``: a worker never holds a task it is not computing.
 
 With ``lanes`` > 1 (``workerapp/lanes.py``) the loop runs in that many threads, each claiming
 about ``claim_seconds`` of work at one lane's rate when it is free, so waiting work stays in the
@@ -114,6 +116,7 @@ class Worker:
         self._evacuate = threading.Event()
         self._dropped: set[str] = set()  # tasks the node said to stop (cancelled): neither posted nor handed back
         self.rejection: NodeRejected | None = None
+        self.failure: BaseException | None = None  # the unexpected error that stopped a lane
         self._stop = threading.Event()
         self._finished = threading.Event()  # the heartbeat thread runs until run() ends, past a stop
         self._holdings = {lane: _Holding() for lane in range(lanes)}
@@ -139,8 +142,9 @@ class Worker:
 
     # ---------------------------------------------------------------- loop
     def run(self) -> int:
-        """Work until idle for ``idle_seconds``, stopped, or rejected; returns the exit code
-        (``exitcodes.OK``, or ``exitcodes.REJECTED`` with the refusal in ``self.rejection``)."""
+        """Work until idle for ``idle_seconds``, stopped, rejected or failed; returns the exit code
+        (``exitcodes.OK``, ``exitcodes.REJECTED`` with the refusal in ``self.rejection``, or
+        ``exitcodes.FAILED`` with the error in ``self.failure``)."""
         if self.hash_rate is None:
             self.hash_rate, self.total_rate = measure_lanes(self.compute_fn, self.lanes)
         for source in self.sources:
@@ -165,6 +169,10 @@ class Worker:
             code = exitcodes.REJECTED
             log.error("a node refused a call: %s. Retrying would not help (check CLUSTER_TOKEN, and that node "
                       "and worker run the same version); exiting with code %d", self.rejection, code)
+        elif self.failure is not None:
+            code = exitcodes.FAILED
+            log.error("exiting with code %d after an unexpected error (logged above); every task held is "
+                      "handed back", code)
         self._give_back_all()
         self._say_goodbye(everywhere=code != exitcodes.OK)
         self._finished.set()
@@ -174,12 +182,17 @@ class Worker:
         return code
 
     def _lane(self, lane: int) -> None:
-        """One lane's loop; a refusal by a node stops every lane."""
+        """One lane's loop; a refusal by a node, or any unexpected error, stops every lane."""
         try:
             self._loop(lane)
         except NodeRejected as exc:
             with self._holding_lock:
                 self.rejection = self.rejection or exc
+            self._stop.set()
+        except Exception as exc:
+            log.exception("lane %d failed: %s; handing back its tasks and stopping", lane, exc)
+            with self._holding_lock:
+                self.failure = self.failure or exc
             self._stop.set()
 
     def _loop(self, lane: int = 0) -> None:
@@ -233,23 +246,28 @@ class Worker:
         results: list[tuple[str, str]] = []
         returned: list[str] = []
         i = 0
-        while i < len(tasks):
-            group = self._short_run(tasks, i)
-            if self._stop.is_set():
-                digests = [None]
-            elif len(group) > 1:
-                digests = self._compute_together(group)
-            else:
-                digests = [self._compute(group[0], lane)]
-            if digests[0] is None:  # stopping, or evacuated half-way through this one
-                returned = [t.id for t in tasks[i:]]
-                break
-            results += [(task.id, digest) for task, digest in zip(group, digests) if digest != _DROPPED]
-            i += len(group)
         try:
-            if results:
-                self._post_results(source, results, lease)
-        finally:  # also when the node refused the results
+            try:
+                while i < len(tasks):
+                    group = self._short_run(tasks, i)
+                    if self._stop.is_set():
+                        digests = [None]
+                    elif len(group) > 1:
+                        digests = self._compute_together(group)
+                    else:
+                        digests = [self._compute(group[0], lane)]
+                    if digests[0] is None:  # stopping, or evacuated half-way through this one
+                        returned = [t.id for t in tasks[i:]]
+                        break
+                    results += [(task.id, digest) for task, digest in zip(group, digests) if digest != _DROPPED]
+                    i += len(group)
+            except Exception:  # the lane stops (see _lane): the tasks not computed go back
+                returned = [t.id for t in tasks[i:]]
+                raise
+            finally:  # what was computed is still worth posting
+                if results:
+                    self._post_results(source, results, lease)
+        finally:  # also when the node refused the results, or a lane failed
             with self._holding_lock:
                 checkpoints = {i: c for i, c in self._holdings[lane].checkpoints.items() if i in returned}
                 self._holdings[lane] = _Holding()
@@ -394,3 +412,5 @@ class Worker:
                         self._dropped.update(stop)
                 except (NodeUnavailable, NodeRejected) as exc:
                     log.warning("heartbeat to %s failed: %s", client.url, exc)
+                except Exception:  # the thread goes on: a lease lost for one failure is not a reason to lose all
+                    log.exception("heartbeat to %s failed unexpectedly", client.url)
