@@ -50,8 +50,9 @@ class NodeContext:
         stats["node"] = self.config.node_name
         stats["peer"] = self.peer.info()
         journal = self.node.tasks.journal
-        stats["journal"] = journal.info() if journal is not None else {"durable": False}
-        stats["in_progress"] = [{"id": r.id, "done": r.done, "iterations": r.iterations}
+        stats["journal"] = public_journal_info(journal.info()) if journal is not None else {"durable": False}
+        # no id: the id of a queued or running task is what it takes to cancel it
+        stats["in_progress"] = [{"done": r.done, "iterations": r.iterations}
                                 for r in self.node.tasks.in_progress(IN_PROGRESS_SHOWN)]
         stats["workers"]["each"] = [worker_json(w) for w in self.node.workers.workers()]
         stats["scaler"] = {
@@ -83,6 +84,15 @@ class NodeContext:
             self.peer.url = peer_url
         if max_workers is not None:
             self.node.workers.set_base_max(max_workers)
+
+
+def public_journal_info(info: dict) -> dict:
+    """The journal's figures without the path of DATA_DIR, also where a failure message names it."""
+    data_dir = str(info.pop("data_dir", "") or "")
+    if not data_dir:
+        return info
+    return {key: value.replace(data_dir, "DATA_DIR") if isinstance(value, str) else value
+            for key, value in info.items()}
 
 
 def get_context() -> NodeContext:

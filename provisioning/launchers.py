@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from tmcommon.cpus import available_cpus
+from tmcommon.settings import SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,18 @@ class Launcher(Protocol):
         borrows no slot it could not launch on."""
 
 
+def worker_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without the node's secrets (PEER_TOKEN, OPERATOR_TOKEN, ...): a worker gets
+    only the cluster token, which the launcher sets."""
+    secret = {s.env for s in SETTINGS.values() if s.secret}
+    return {name: value for name, value in environ.items() if name not in secret}
+
+
 class LocalProcessLauncher:
     """Workers as local processes: ``sys.executable -m workerapp``.
 
     The token reaches the worker through its environment, never its command line (which
-    ``ps`` shows). Exited processes are reaped in ``running()``. Thread-safe: the scaler and the
+    ``ps`` shows); the node's other secrets do not reach it at all. Exited processes are reaped in ``running()``. Thread-safe: the scaler and the
     node's shutdown hook may call it at the same time. At most ``max_running`` workers run at
     once (default: TM_LOCAL_MAX_WORKERS if set, else the machine's CPUs): more would only share
     the same cores.
@@ -90,7 +98,7 @@ class LocalProcessLauncher:
         self._numbers = itertools.count(1)
 
     def launch(self, count: int, node_urls: list[str]) -> list[str]:
-        env = {**os.environ, **self._extra_env, "CLUSTER_TOKEN": self._token}
+        env = {**worker_environ(os.environ), **self._extra_env, "CLUSTER_TOKEN": self._token}
         ids = []
         with self._lock:
             room = self._max_running - sum(1 for proc in self._procs.values() if proc.poll() is None)

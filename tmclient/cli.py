@@ -175,7 +175,10 @@ def make_client(args: argparse.Namespace) -> Client:
     if not nodes.strip():
         raise UsageError("no node URLs: pass --nodes URL,URL or set TM_NODES (run_program.py --local prints the line)")
     try:
-        return Client(nodes, timeout=getattr(args, "request_timeout", 10.0))
+        # TM_TOKEN (an environment variable, never a flag, which ps would show): for nodes that set
+        # ACTIONS_TOKEN, which cancel and retry then need
+        return Client(nodes, token=os.environ.get("TM_TOKEN", "").strip() or None,
+                      timeout=getattr(args, "request_timeout", 10.0))
     except BadNodes as exc:
         raise UsageError(str(exc)) from None
 

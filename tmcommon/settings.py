@@ -145,6 +145,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("operator_token", "OPERATOR_TOKEN", str, "", form=HEADER_SAFE, secret=True,
             shown_default="`PEER_TOKEN`",
             help="the only token `POST /configure` accepts (AWS mode: in SSM, never sent by `run_program.py`)"),
+    Setting("actions_token", "ACTIONS_TOKEN", str, "", form=HEADER_SAFE, secret=True, shown_default="none (no token)",
+            help="when set, `POST /cancel` and `POST /retry` need it (or the operator or peer token) in "
+                 "`X-Cluster-Token`; without it a task's id is all they need"),
     Setting("launcher", "LAUNCHER", str, "local", choices=("local", "ec2"), help="how workers are started"),
     Setting("scale_interval", "SCALE_INTERVAL", float, 2.0, 0.05, 3600, "seconds between scaler runs"),
     Setting("scale_wait", "SCALE_WAIT", float, 2.0, 0, 3600,

@@ -19,7 +19,7 @@ from nodeapp.fleet.loans import MAX_LOANS, is_loan_id
 from nodeapp.fleet.peer import PEER_HEADER
 from nodeapp.store.results import merge_newest
 from nodeapp.web.enqueueing import REPLAYED_HEADER, queue, request_key, reuse_wanted
-from nodeapp.store.records import Submission, is_task_id
+from nodeapp.store.records import COMPLETED, Submission, is_task_id
 from nodeapp.version import __version__
 from nodeapp.fleet.pool import Report
 from nodeapp.store.results import encode_json
@@ -91,10 +91,17 @@ def enqueue():
     key, reuse = request_key(), reuse_wanted()
     data = read_body(ctx.config.max_body_bytes)
     [done], headers = queue(ctx, [Submission(data, iterations, hashlib.sha512(data).digest(), key)], reuse)
-    answer = {"id": done.id, **({"reused_from": done.reused_from} if done.reused_from else {})}
+    answer = {"id": done.id}
+    if done.reused_from and _completed(ctx, done.id):  # a run still going is its owner's to know of
+        answer["reused_from"] = done.reused_from
     if done.replayed:
         return jsonify(answer), 200, {**headers, REPLAYED_HEADER: "true"}
     return jsonify(answer), 201, headers
+
+
+def _completed(ctx, task_id: str) -> bool:
+    record = ctx.node.tasks.status(task_id)
+    return record is not None and record.state == COMPLETED
 
 
 @bp.post("/pullCompleted")

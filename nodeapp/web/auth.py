@@ -3,7 +3,9 @@
 * worker: ``/claim``, ``/complete``, ``/heartbeat``, ``/worker_down`` - CLUSTER_TOKEN (the peer's
   token works too);
 * peer: borrowing and returning worker slots - PEER_TOKEN;
-* operator: ``POST /configure`` - OPERATOR_TOKEN.
+* operator: ``POST /configure`` - OPERATOR_TOKEN;
+* actions: ``POST /cancel``, ``POST /retry`` - ACTIONS_TOKEN, OPERATOR_TOKEN or PEER_TOKEN (which
+  forwards a client's call), only when ACTIONS_TOKEN is set (``requires_if_set``); else public.
 
 A token that is not set falls back to the one below it (OPERATOR_TOKEN to PEER_TOKEN to
 CLUSTER_TOKEN), so with CLUSTER_TOKEN alone (local mode) it opens every internal endpoint. AWS
@@ -23,11 +25,12 @@ from flask import request
 from nodeapp.context import get_context
 from nodeapp.web.errors import ApiError
 
-WORKER, PEER, OPERATOR = "worker", "peer", "operator"
+WORKER, PEER, OPERATOR, ACTIONS = "worker", "peer", "operator", "actions"
 HEADER = "X-Cluster-Token"
 _NEEDS = {
     PEER: "the peer node's token (PEER_TOKEN)",
     OPERATOR: "the operator token (OPERATOR_TOKEN)",
+    ACTIONS: "the actions token (ACTIONS_TOKEN) or the operator's",
 }
 
 
@@ -48,6 +51,8 @@ def accepted(config: Any, power: str) -> tuple[str, ...]:
         tokens = (peer_token(config),)
     elif power == OPERATOR:
         tokens = (operator_token(config),)
+    elif power == ACTIONS:
+        tokens = (config.actions_token, operator_token(config), peer_token(config))
     else:
         raise ValueError(f"no power {power!r}")
     return tuple(token for token in dict.fromkeys(tokens) if token)
@@ -61,21 +66,40 @@ def holds(config: Any, power: str, given: str) -> bool:
     return found
 
 
+def check(config: Any, power: str) -> None:
+    """Raise 401 (no or an unknown token) or 403 (a token of another power) unless the request's
+    X-Cluster-Token carries ``power``."""
+    given = request.headers.get(HEADER, "")
+    if not holds(config, power, given):
+        if any(holds(config, lower, given) for lower in (WORKER, PEER) if lower != power):
+            raise ApiError(403, "forbidden", f"this endpoint takes {_NEEDS[power]}; the token given "
+                                             "does not carry that power")
+        wanted = f" ({_NEEDS[power]})" if power == ACTIONS else ""
+        raise ApiError(401, "unauthorized", f"missing or wrong {HEADER}{wanted}")
+
+
 def requires(power: str):
     """Decorator of a Flask view: the request's X-Cluster-Token must carry ``power``."""
 
     def decorate(view):
         @wraps(view)
         def checked(*args, **kwargs):
-            config = get_context().config
-            given = request.headers.get(HEADER, "")
-            if not holds(config, power, given):
-                if any(holds(config, lower, given) for lower in (WORKER, PEER) if lower != power):
-                    raise ApiError(403, "forbidden", f"this endpoint takes {_NEEDS[power]}; the token given "
-                                                     "does not carry that power")
-                raise ApiError(401, "unauthorized", f"missing or wrong {HEADER}")
+            check(get_context().config, power)
             return view(*args, **kwargs)
 
         return checked
 
     return decorate
+
+
+def requires_if_set(view):
+    """Decorator of cancel and retry: they need the ACTIONS power only when ACTIONS_TOKEN is set."""
+
+    @wraps(view)
+    def checked(*args, **kwargs):
+        config = get_context().config
+        if config.actions_token:
+            check(config, ACTIONS)
+        return view(*args, **kwargs)
+
+    return checked

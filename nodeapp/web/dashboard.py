@@ -71,8 +71,9 @@ def result_view(result: dict) -> dict:
 
 
 def progress_view(item: dict, node: str) -> dict:
+    """A long task in progress, without its id (whoever knows it may cancel the task)."""
     done, total = int(item.get("done") or 0), int(item.get("iterations") or 0)
-    return {"node": node, "id": str(item.get("id", "")), "done": done, "iterations": total,
+    return {"node": node, "done": done, "iterations": total,
             "percent": round(100 * done / total, 1) if total else 0.0}
 
 

@@ -11,6 +11,7 @@ from flask import Blueprint, jsonify, request
 
 from nodeapp.store.results import decode_cursor, encode_cursor
 from nodeapp.web.api import _field, _from_peer, _positive_int, peer_only, peer_unavailable
+from nodeapp.web.auth import requires_if_set
 from nodeapp.web.bodies import json_body, read_body
 from nodeapp.context import get_context
 from nodeapp.web.enqueueing import lookup_answer, queue, reuse_wanted
@@ -89,11 +90,13 @@ def lookup():
 
 # ------------------------------------------------------------------ cancel and retry
 @bp.post("/cancel/<task_id>")
+@requires_if_set
 def cancel(task_id: str):
     return _act(task_id, "cancel", lambda tasks: tasks.cancel(task_id), "not_cancellable")
 
 
 @bp.post("/retry/<task_id>")
+@requires_if_set
 def retry(task_id: str):
     reuse = reuse_wanted()
     return _act(task_id, "retry", lambda tasks: tasks.retry(task_id, reuse=reuse), "not_retryable")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nodeapp.node import NodeStats
-from nodeapp.store.records import RUNNING, TaskRecord
+from nodeapp.store.records import COMPLETED, RUNNING, TaskRecord
 from nodeapp.fleet.pool import Worker
 
 
@@ -23,7 +23,8 @@ def task_json(record: TaskRecord) -> dict:
         out["done"] = record.done
     if record.resumed_from is not None:  # completed from a checkpoint (see nodeapp/store/checkpoints.py)
         out["resumed_from"] = record.resumed_from
-    if record.reused_from is not None:  # completed from, or shares the run of, an identical task
+    if record.reused_from is not None and record.state == COMPLETED:
+        # the task that ran; while it still runs its id is its owner's, not this task's client's
         out["reused_from"] = record.reused_from
     return out
 

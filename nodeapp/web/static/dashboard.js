@@ -130,7 +130,6 @@
     });
     fill("progress", "progress-empty", data.in_progress || [], function (tr, p) {
       cell(tr, p.node);
-      cell(tr, short(p.id, 12), "mono", p.id);
       cell(tr, p.done, "num");
       cell(tr, p.iterations, "num");
       const bar = document.createElement("progress");
@@ -282,10 +281,14 @@
     }).catch(function (err) { showMessage("cannot reach this node (" + err.message + ")", true); });
   }
 
-  // Cancel and retry are public API calls (no token), like enqueue; the node refuses them from
-  // another site's pages (nodeapp/web/origin.py).
+  // Cancel and retry are public API calls, like enqueue, unless the node sets ACTIONS_TOKEN: then
+  // the token typed in the form goes along. The node refuses them from another site's pages
+  // (nodeapp/web/origin.py).
   function act(verb, id) {
-    getJSON(verb + "/" + encodeURIComponent(id), { method: "POST" }).then(function (answer) {
+    const token = byId("action-token").value.trim();
+    const headers = { Accept: "application/json" };
+    if (token) headers["X-Cluster-Token"] = token;
+    getJSON(verb + "/" + encodeURIComponent(id), { method: "POST", headers: headers }).then(function (answer) {
       if (answer.ok) {
         showMessage("task " + id + (verb === "cancel" ? " cancelled" : " queued again") + ": now " + answer.body.state, false);
         showTask(answer.body);
