@@ -64,8 +64,7 @@ def create_app(
     journal = open_journal(config)
     node = Node.build(
         max_workers=config.max_workers,
-        # A loan outlives a few scaler runs, so that one late renewal does not end it.
-        loan_ttl=max(config.loan_ttl, 3 * config.scale_interval),
+        loan_ttl=config.loan_ttl,  # at least 3 scaler runs (tmcommon/settings.py), so one late renewal ends no loan
         recovering=bool(config.peer_url),
         lease_seconds=config.lease_seconds,
         max_attempts=config.max_attempts,
@@ -79,9 +78,10 @@ def create_app(
         node.tasks.restore(journal.load())
     peer = PeerClient(config.peer_url, peer_token(config), config.node_name)
     if launcher is None:
+        local = {"max_running": config.local_max_workers} if config.launcher == "local" else {}
         launcher = make_launcher(
             config.launcher, token=config.cluster_token, idle_seconds=config.worker_idle_seconds,
-            node_name=config.node_name,
+            node_name=config.node_name, **local,
         )
     scaler = Scaler(
         node, launcher, peer,

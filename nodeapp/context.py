@@ -54,6 +54,7 @@ class NodeContext:
         # no id: the id of a queued or running task is what it takes to cancel it
         stats["in_progress"] = [{"done": r.done, "iterations": r.iterations}
                                 for r in self.node.tasks.in_progress(IN_PROGRESS_SHOWN)]
+        stats["workers"]["capacity"], stats["workers"]["capacity_why"] = self.scaler.capacity(stats["workers"]["max"])
         stats["workers"]["each"] = [worker_json(w) for w in self.node.workers.workers()]
         stats["scaler"] = {
             "running": self.scheduler is not None,

@@ -28,6 +28,9 @@ class ScalingFigures:
     pending: int
     max_workers: int
     running: int
+    room: int | None = None  # workers the launcher can start now (None: no limit it knows of)
+    capacity: int | None = None  # workers this node can run at once: its quota, or less (the launcher's limit)
+    capacity_why: str = ""
 
 
 @dataclass(frozen=True)

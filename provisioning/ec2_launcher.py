@@ -320,6 +320,10 @@ class Ec2Launcher:
         """EC2 says what it cannot launch when asked (capacity, vCPU limit): no limit known ahead."""
         return None
 
+    def limit(self) -> None:
+        """No limit known ahead (see ``room``)."""
+        return None
+
     def running(self) -> set[str] | None:
         """Worker instances of this node that may be running; None if AWS cannot say.
 

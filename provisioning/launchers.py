@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tmcommon.cpus import available_cpus
@@ -31,6 +32,14 @@ class Launched(list):
     def __init__(self, ids: Iterable[str] = (), note: str = "") -> None:
         super().__init__(ids)
         self.note = note
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The most workers a launcher runs at once (``workers``), and ``why`` in words."""
+
+    workers: int
+    why: str
 
 
 class Launcher(Protocol):
@@ -55,6 +64,9 @@ class Launcher(Protocol):
         """How many more workers it can start now; None: no limit it knows of. The scaler
         borrows no slot it could not launch on."""
 
+    def limit(self) -> Limit | None:
+        """The most workers it runs at once, and why; None: no limit it knows of."""
+
 
 def worker_environ(environ: Mapping[str, str]) -> dict[str, str]:
     """``environ`` without the node's secrets (PEER_TOKEN, OPERATOR_TOKEN, ...): a worker gets
@@ -69,8 +81,8 @@ class LocalProcessLauncher:
     The token reaches the worker through its environment, never its command line (which
     ``ps`` shows); the node's other secrets do not reach it at all. Exited processes are reaped in ``running()``. Thread-safe: the scaler and the
     node's shutdown hook may call it at the same time. At most ``max_running`` workers run at
-    once (default: TM_LOCAL_MAX_WORKERS if set, else the machine's CPUs): more would only share
-    the same cores.
+    once (``max_running``, TM_LOCAL_MAX_WORKERS; 0 or None: the CPUs of this machine): more would
+    only share the same cores.
     """
 
     kind = "local"
@@ -85,7 +97,8 @@ class LocalProcessLauncher:
         python: str = sys.executable,
         max_running: int | None = None,
     ) -> None:
-        self._max_running = max_running or _local_cap(os.environ)
+        self._limit = local_limit(max_running if max_running is not None else _local_cap(os.environ))
+        self._max_running = self._limit.workers
         self._capped = False  # the cap was met at the last launch (logged once per time)
         self._token = token
         self._idle_seconds = idle_seconds
@@ -103,8 +116,8 @@ class LocalProcessLauncher:
         with self._lock:
             room = self._max_running - sum(1 for proc in self._procs.values() if proc.poll() is None)
             if count > room and not self._capped:
-                log.info("local workers capped at %d (the CPUs here): %d of %d started", self._max_running,
-                         max(0, room), count)
+                log.info("local workers capped at %d (%s): %d of %d started", self._max_running,
+                         self._limit.why, max(0, room), count)
             self._capped = count > room
             for _ in range(min(count, room)):
                 worker_id = f"{self._prefix}-{next(self._numbers)}"
@@ -118,6 +131,9 @@ class LocalProcessLauncher:
         """Workers it may still start under its cap."""
         with self._lock:
             return max(0, self._max_running - sum(1 for proc in self._procs.values() if proc.poll() is None))
+
+    def limit(self) -> Limit:
+        return self._limit
 
     def running(self) -> set[str]:
         with self._lock:
@@ -157,13 +173,18 @@ class LocalProcessLauncher:
 
 
 def _local_cap(environ: Mapping[str, str]) -> int:
-    """Local workers that may run at once: TM_LOCAL_MAX_WORKERS, or the CPUs of this machine."""
-    raw = environ.get("TM_LOCAL_MAX_WORKERS", "").strip()
-    if not raw:
-        return available_cpus()
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"TM_LOCAL_MAX_WORKERS={raw!r}: expected a whole number >= 1")
-    return int(raw)
+    """TM_LOCAL_MAX_WORKERS from ``environ``, checked by the settings schema (0: the CPUs)."""
+    setting = SETTINGS["local_max_workers"]
+    raw = environ.get(setting.env, "").strip()
+    return setting.parse(raw) if raw else setting.default
+
+
+def local_limit(max_running: int) -> Limit:
+    """Local workers that may run at once: ``max_running`` (TM_LOCAL_MAX_WORKERS), 0 = the CPUs."""
+    if max_running:
+        return Limit(max_running, f"TM_LOCAL_MAX_WORKERS={max_running}")
+    cpus = available_cpus()
+    return Limit(cpus, f"local mode runs at most one worker per CPU: {cpus} here (TM_LOCAL_MAX_WORKERS)")
 
 
 def _ec2_launcher(**kwargs: Any) -> Launcher:

@@ -36,6 +36,9 @@ class FakeLauncher:
     def room(self) -> None:
         return None
 
+    def limit(self) -> None:
+        return None
+
     def terminate(self, worker_ids: Iterable[str]) -> None:
         for worker_id in worker_ids:
             self.terminated.append(worker_id)

@@ -19,6 +19,7 @@ from workerapp.__main__ import parse_args
 # is told, so the test pins it. (env, kind, low, high, how the range must be written)
 NUMERIC = [
     ("MAX_NUM_OF_WORKERS", int, 0, 1000, "from 0 to 1000"),
+    ("TM_LOCAL_MAX_WORKERS", int, 0, 10_000, "from 0 to 10000"),
     ("SCALE_INTERVAL", float, 0.05, 3600, "from 0.05 to 3600"),
     ("SCALE_WAIT", float, 0, 3600, "from 0 to 3600"),
     ("WORKER_IDLE_SECONDS", float, 0.1, 86400, "from 0.1 to 86400"),
@@ -78,8 +79,9 @@ def test_range_edges_are_accepted(env, kind, low, high, words):
     field = next(name for name, s in SETTINGS.items() if s.env == env)
     for value in (low, high):
         text = str(int(value)) if kind is int else repr(float(value))
-        assert getattr(NodeConfig.load({env: text}), field) == value
-        assert isinstance(getattr(NodeConfig.load({env: text}), field), kind)
+        environ = {env: text, **({"SCALE_INTERVAL": "0.5"} if env == "LOAN_TTL_SECONDS" else {})}
+        assert getattr(NodeConfig.load(environ), field) == value
+        assert isinstance(getattr(NodeConfig.load(environ), field), kind)
 
 
 @pytest.mark.parametrize("value", ["EC2", "aws", "Local", "local,ec2", "k8s"])
@@ -199,3 +201,16 @@ def test_aws_mode_passes_every_node_setting_it_does_not_set_itself():
     node_envs = {s.env for s in SETTINGS.values() if s.read_by in (NODE, BOTH)}
     assert set(PASSED_SETTINGS) >= node_envs - set(SET_PER_NODE)
     assert not set(PASSED_SETTINGS) & set(SET_PER_NODE)
+
+
+def test_a_loan_ttl_below_three_scaler_runs_stops_start_up_and_its_default_follows_the_interval():
+    with pytest.raises(ConfigError) as raised:
+        create_app(environ={"LOAN_TTL_SECONDS": "5", "SCALE_INTERVAL": "2"}, launcher=FakeLauncher())
+    assert "LOAN_TTL_SECONDS=5" in str(raised.value) and "3 × SCALE_INTERVAL (6)" in str(raised.value)
+    with pytest.raises(ConfigError):
+        NodeConfig.load({}, {"loan_ttl": 3.0, "scale_interval": 2.0})
+    assert NodeConfig.load({"LOAN_TTL_SECONDS": "6", "SCALE_INTERVAL": "2"}).loan_ttl == 6.0
+    assert NodeConfig.load({"SCALE_INTERVAL": "10"}).loan_ttl == 30.0  # unset: raised to fit, as documented
+    assert NodeConfig.load({}).loan_ttl == 6.0
+    app = create_app(environ={"LOAN_TTL_SECONDS": "9"}, launcher=FakeLauncher())
+    assert app.extensions["nodeapp"].node.workers.loan_ttl == 9.0

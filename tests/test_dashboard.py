@@ -57,7 +57,8 @@ def test_data_shows_figures_results_but_no_body_and_no_token(client, auth):
     data = answer.get_json()
     assert data["node"] == "test-node"
     assert data["totals"]["queued"] == 1 and data["totals"]["completed"] == 1
-    assert data["nodes"][0]["workers"] == {"live": 0, "pending": 0, "max": 5}
+    assert data["nodes"][0]["workers"] == {"live": 0, "pending": 0, "max": 5, "capacity": 5,
+                                           "capacity_why": "MAX_NUM_OF_WORKERS, less slots lent, plus slots borrowed"}
     assert data["results"] == [{"id": done, "iterations": 1, "completed_at": data["results"][0]["completed_at"],
                                 "result": "ab" * 64}]
     assert data["peer"] == {"url": None, "reachable": None}
@@ -316,3 +317,15 @@ def test_shows_when_the_peer_goes_away(page, cluster):
     assert figure(page, "total-workers").endswith("/ 2")  # only node-a's figures count now
     wait_for(lambda: count(page, "#chart-load rect.band") >= 1, timeout=30, what="the outage marked in the chart")
     assert "peer unreachable" in page.text_content("#chart-load rect.band title")
+
+
+def test_data_shows_each_nodes_capacity_and_why():
+    from nodeapp import create_app
+
+    app = create_app({"cluster_token": TOKEN, "node_url": "http://127.0.0.1:1", "max_workers": 5,
+                      "local_max_workers": 2})
+    data = app.test_client().get("/dashboard/data").get_json()
+    assert data["nodes"][0]["workers"] == {"live": 0, "pending": 0, "max": 5, "capacity": 2,
+                                           "capacity_why": "TM_LOCAL_MAX_WORKERS=2"}
+    assert data["totals"]["workers"]["capacity"] == 2
+    assert data["totals"]["workers"]["capacity_why"] == f"{data['node']}: TM_LOCAL_MAX_WORKERS=2"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from tmcommon.settings import ConfigError
+
 from nodeapp.fleet.loans import KEEP, Grant, Renewal
 from nodeapp.node import Node
 from nodeapp.fleet.scaling import Scaler
@@ -258,8 +260,10 @@ def test_malformed_quota_calls_are_refused_and_change_nothing(path, body):
 
 
 def test_the_ttl_is_at_least_three_scaler_intervals():
-    app = make_client(loan_ttl=2, scale_interval=1.5).application
-    assert app.extensions["nodeapp"].node.workers.loan_ttl == 4.5
+    with pytest.raises(ConfigError, match="LOAN_TTL_SECONDS=2 is below 3 × SCALE_INTERVAL"):
+        make_client(loan_ttl=2, scale_interval=1.5)  # given too low: refused, not raised in silence
+    app = make_client(scale_interval=3).application  # not given: the default (6) follows the interval
+    assert app.extensions["nodeapp"].node.workers.loan_ttl == 9.0
 
 
 @pytest.mark.parametrize("data", [{"granted": True}, {"granted": True, "loan": "ab", "ttl": 0},

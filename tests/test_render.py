@@ -70,3 +70,23 @@ def test_the_stats_view_keeps_its_headers_whole_at_80_columns():
     assert lines[4].split()[:6] == ["total", "246912", "40", "2469134", "6", "20+20/40"]
     assert "node-a http://127.0.0.1:8001" in lines[5] and "node-b http://127.0.0.1:8002" in lines[5]
     assert lines[-1].endswith("…")  # a long scaling decision is cut, not wrapped
+
+
+def test_the_stats_view_shows_each_nodes_capacity_and_why_it_is_below_its_max():
+    def node(name: str, capacity: int, why: str) -> dict:
+        return {"node": name, "url": f"http://{name}", "reachable": True, "queued": 251, "running": 4,
+                "completed": 9, "failed": 0, "quota": {}, "peer": {},
+                "workers": {"live": 4, "pending": 0, "max": 10, "capacity": capacity, "capacity_why": why},
+                "scaler": {"decisions": [{"at": time.time(), "reason": "backlog 9.0s of work, at capacity 4",
+                                          "launched": 0, "borrowed": 0,
+                                          "figures": {"live": 4, "pending": 0, "capacity": capacity}}]}}
+
+    from tmclient.client import cluster_totals
+
+    nodes = [node("node-a", 4, "TM_LOCAL_MAX_WORKERS=4"), node("node-b", 10, "MAX_NUM_OF_WORKERS")]
+    lines = lines_of(stats_view({"nodes": nodes, "totals": cluster_totals(nodes)}), width=100)
+    assert "live+pending/capacity" in lines[0]
+    assert lines[2].split()[5] == "4+0/4" and lines[3].split()[5] == "4+0/10" and lines[4].split()[5] == "8+0/14"
+    assert "node-a: capacity 4 of max 10: TM_LOCAL_MAX_WORKERS=4" in lines
+    assert not any(line.startswith("node-b: capacity") for line in lines)
+    assert any("at capacity 4 -> launched 0, borrowed 0 (workers 4+0/4)" in line for line in lines)

@@ -7,6 +7,8 @@ one on both sides; only the HTTP hop is left out (the end-to-end tests cover it)
 from __future__ import annotations
 
 import itertools
+import os
+from dataclasses import replace
 
 import pytest
 
@@ -15,6 +17,7 @@ from nodeapp.fleet.peer import PeerClient
 from nodeapp.fleet.scaling import Scaler, decide
 from nodeapp.node import Node, ScalingFigures
 from nodeapp.web.views import stats_json
+from provisioning.launchers import Limit
 from tests.helpers import Clock, FakeLauncher
 
 RATE = 1_000_000  # iterations per second per worker, for round numbers
@@ -337,3 +340,59 @@ def test_an_overdue_worker_whose_terminate_fails_is_forgotten_and_stopped_later(
     launcher.terminate = terminate
     scaler.tick()
     assert "fake-1" in launcher.terminated
+
+
+# ------------------------------------------------------------ the effective capacity
+def capped(room: int, capacity: int, **kw) -> ScalingFigures:
+    return replace(figures(**kw), room=room, capacity=capacity, capacity_why="TM_LOCAL_MAX_WORKERS=4")
+
+
+@pytest.mark.parametrize("f,launch,borrow,says", [
+    # the run: 4 live at the CPU cap, quota 10: nothing to launch, nothing to borrow, and it says why
+    (capped(0, 4, queued=250, iters=250 * RATE, live=4, max_workers=10), 0, 0, "at capacity 4 (TM_LOCAL_MAX_WORKERS=4)"),
+    (capped(2, 4, queued=50, iters=50 * RATE, live=2, max_workers=10), 2, 0, "at capacity 4"),
+    (capped(4, 4, queued=50, iters=50 * RATE, max_workers=2), 2, 2, "at max 2, at capacity 4"),  # borrow 2, not 23
+    (capped(9, 9, queued=5, iters=5 * RATE, max_workers=10), 3, 0, "backlog"),  # room enough: no mention
+])
+def test_decide_launches_and_borrows_only_what_the_launcher_can_run(f, launch, borrow, says):
+    d = decide(f, scale_wait=2.0, hash_rate=RATE)
+    assert (d.launch, d.borrow) == (launch, borrow), d
+    assert says in d.reason and (("capacity" in d.reason) == ("capacity" in says)), d
+
+
+def test_every_decision_carries_the_capacity_and_a_blocked_one_says_why(cluster):
+    clock, _, theirs, _, peer, _ = cluster
+    ours = Node.build(max_workers=5, lease_seconds=10, monotonic=clock, wall=clock)
+
+    class LimitedLauncher(CappedLauncher):
+        def limit(self) -> Limit:
+            return Limit(self.cap, f"TM_LOCAL_MAX_WORKERS={self.cap}")
+
+    launcher = LimitedLauncher(cap=3)
+    scaler = make_scaler(ours, launcher, peer, clock)
+    for _ in range(10):
+        ours.tasks.submit(b"x", 5 * RATE)
+    scaler.tick()
+    for worker_id in list(launcher.alive):
+        ours.claim(worker_id, 1)  # live now
+    clock.now += 5
+    scaler.tick()
+    assert len(launcher.launched) == 3 and stats(theirs)["quota"]["lent"] == 0  # nothing borrowed to no use
+    newest, first = scaler.decisions()[0], scaler.decisions()[-1]
+    assert first["figures"]["capacity"] == 3 and first["launched"] == 3
+    assert newest["launched"] == 0 and newest["borrowed"] == 0
+    assert "at capacity 3 (TM_LOCAL_MAX_WORKERS=3)" in newest["reason"]
+    assert scaler.capacity(5) == (3, "TM_LOCAL_MAX_WORKERS=3") and scaler.capacity(2)[0] == 2
+
+
+def test_stats_show_the_capacity_and_why(tmp_path):
+    from nodeapp import create_app
+
+    settings = {"cluster_token": "t", "node_url": "http://127.0.0.1:1", "max_workers": 5}
+    capped_app = create_app({**settings, "local_max_workers": 3})
+    workers = capped_app.test_client().get("/stats").get_json()["workers"]
+    assert (workers["max"], workers["capacity"], workers["capacity_why"]) == (5, 3, "TM_LOCAL_MAX_WORKERS=3")
+    roomy = create_app({**settings, "local_max_workers": 50}).test_client().get("/stats").get_json()["workers"]
+    assert roomy["capacity"] == 5 and "MAX_NUM_OF_WORKERS" in roomy["capacity_why"]
+    cpus = create_app(settings | {"max_workers": 1000}).test_client().get("/stats").get_json()["workers"]
+    assert cpus["capacity"] == len(os.sched_getaffinity(0)) and "per CPU" in cpus["capacity_why"]

@@ -443,7 +443,13 @@ def cluster_totals(nodes: list[dict]) -> dict:
     totals["workers"] = {
         key: sum(int((n.get("workers") or {}).get(key) or 0) for n in nodes) for key in ("live", "pending", "max")
     }
+    totals["workers"]["capacity"] = sum(capacity(n.get("workers") or {}) for n in nodes)
     return totals
+
+
+def capacity(workers: dict) -> int:
+    """A node's ``/stats`` workers: how many it can run at once (``max`` from a node that does not say)."""
+    return int(workers.get("capacity", workers.get("max")) or 0)
 
 
 def _error_code(response: requests.Response) -> str:

@@ -21,6 +21,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from tmclient.client import capacity
+
 #: Task ids are 32 hex characters; their column never shrinks below that.
 ID_WIDTH = 32
 
@@ -117,7 +119,7 @@ def results_table(results: Iterable[dict], fit: bool | None = None, width: int |
 def stats_view(stats: dict) -> Group:
     """``tm stats`` and ``run_program.py --local``: one row per node, a total row, the peer links,
     and the newest scaling decisions; fits 80 columns (URLs and long lines go below the table)."""
-    table = Table(title=f"cluster at {when(time.time())} (workers: live+pending/max)", title_justify="left",
+    table = Table(title=f"cluster at {when(time.time())} (workers: live+pending/capacity)", title_justify="left",
                   box=None, pad_edge=False,
                   header_style="bold underline")
     for name in ("node", "queued", "running", "done", "failed", "workers", "lent", "borrowed", "peer"):
@@ -133,13 +135,18 @@ def stats_view(stats: dict) -> Group:
         table.add_row(
             node.get("node") or node["url"], str(node.get("queued", 0)), str(node.get("running", 0)),
             str(node.get("completed", 0)), str(node.get("failed", 0)),
-            f"{workers.get('live', 0)}+{workers.get('pending', 0)}/{workers.get('max', 0)}",
+            f"{workers.get('live', 0)}+{workers.get('pending', 0)}/{capacity(workers)}",
             str(quota.get("lent", 0)), str(quota.get("borrowed", 0)), link,
         )
     totals = stats["totals"]
     tw = totals["workers"]
     table.add_row(Text("total", style="bold"), str(totals["queued"]), str(totals["running"]),
-                  str(totals["completed"]), str(totals["failed"]), f"{tw['live']}+{tw['pending']}/{tw['max']}")
+                  str(totals["completed"]), str(totals["failed"]), f"{tw['live']}+{tw['pending']}/{capacity(tw)}")
+    for node in stats["nodes"]:
+        workers = node.get("workers") or {}
+        if node.get("reachable") and capacity(workers) < int(workers.get("max") or 0):
+            below.append(Text(f"{node.get('node') or node['url']}: capacity {capacity(workers)} of max "
+                              f"{workers['max']}: {workers.get('capacity_why', '')}", style="yellow"))
     where = "  ".join(f"{n.get('node')} {n['url']}" for n in stats["nodes"] if n.get("reachable") and n.get("node"))
     if where:
         below.append(Text(where, style="dim"))
@@ -152,8 +159,11 @@ def stats_view(stats: dict) -> Group:
 
 def decision_line(decision: dict) -> str:
     """One scaling decision of ``newest_decisions``: time, node, why, what it did."""
+    figures = decision.get("figures") or {}
+    shown = (f" (workers {figures.get('live', 0)}+{figures.get('pending', 0)}/{figures['capacity']})"
+             if figures.get("capacity") is not None else "")
     return (f"{when(decision.get('at'))} {decision['node']}: {decision.get('reason', '')} -> launched "
-            f"{decision.get('launched', 0)}, borrowed {decision.get('borrowed', 0)}")
+            f"{decision.get('launched', 0)}, borrowed {decision.get('borrowed', 0)}{shown}")
 
 
 def newest_decisions(nodes: list[dict], count: int) -> list[dict]:

@@ -149,13 +149,17 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             help="when set, `POST /cancel` and `POST /retry` need it (or the operator or peer token) in "
                  "`X-Cluster-Token`; without it a task's id is all they need"),
     Setting("launcher", "LAUNCHER", str, "local", choices=("local", "ec2"), help="how workers are started"),
+    Setting("local_max_workers", "TM_LOCAL_MAX_WORKERS", int, 0, 0, 10_000, shown_default="0: the CPUs here",
+            help="`LAUNCHER=local`: worker processes a node runs at once (more would only share the same cores); "
+                 "a node's effective capacity is the lower of this and its quota, shown with its reason in "
+                 "`/stats`, the dashboard, `tm stats` and each scaling decision"),
     Setting("scale_interval", "SCALE_INTERVAL", float, 2.0, 0.05, 3600, "seconds between scaler runs"),
     Setting("scale_wait", "SCALE_WAIT", float, 2.0, 0, 3600,
             "seconds the oldest task may wait before the scaler adds workers"),
-    Setting("loan_ttl", "LOAN_TTL_SECONDS", float, 6.0, 2, 86400,
-            "seconds a worker slot lent to the peer stays lent unless the borrower renews it (at least "
-            "3 × `SCALE_INTERVAL`); the borrower renews on each scaler run and gives up a slot it could "
-            "not renew for 2/3 of this time"),
+    Setting("loan_ttl", "LOAN_TTL_SECONDS", float, 6.0, 2, 86400, shown_default="6, or 3 × `SCALE_INTERVAL` if more",
+            help="seconds a worker slot lent to the peer stays lent unless the borrower renews it; the borrower "
+                 "renews on each scaler run and gives up a slot it could not renew for 2/3 of this time. A value "
+                 "below 3 × `SCALE_INTERVAL` stops start-up (a loan must outlive a few scaler runs)"),
     Setting("worker_idle_seconds", "WORKER_IDLE_SECONDS", float, 60.0, 0.1, 86400, read_by=BOTH,
             option="--idle-seconds",
             help="seconds without a task from either node after which a worker calls `worker_down` and exits"),
@@ -248,6 +252,20 @@ def read_settings(
         else:
             raw = setting.default
         values[name] = setting.parse(raw)
+    given = {name for name, s in chosen.items() if name in overrides or environ.get(s.env, "").strip() != ""}
+    return _related(values, given)
+
+
+def _related(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """Rules between settings: a loan outlives three scaler runs. A value that breaks one was
+    given and is refused; a default that would is raised to fit."""
+    if "loan_ttl" in values and "scale_interval" in values:
+        floor = 3 * values["scale_interval"]
+        if values["loan_ttl"] < floor:
+            if "loan_ttl" in given:
+                raise ConfigError(f"LOAN_TTL_SECONDS={values['loan_ttl']:g} is below 3 × SCALE_INTERVAL ({floor:g}): "
+                                  "a loan must outlive a few scaler runs; raise it, or leave it unset")
+            values["loan_ttl"] = floor
     return values
 
 

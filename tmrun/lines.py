@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from tmclient.client import capacity
 from tmclient.render import decision_line, newest_decisions, when
 
 #: Shortest time between two lines of figures.
@@ -21,7 +22,7 @@ def figures_line(stats: dict) -> str:
     """The cluster's totals in one line."""
     t, w = stats["totals"], stats["totals"]["workers"]
     return (f"queued {t['queued']}, running {t['running']}, done {t['completed']}, failed {t['failed']}, "
-            f"workers {w['live']}+{w['pending']}/{w['max']}")
+            f"workers {w['live']}+{w['pending']}/{capacity(w)}")
 
 
 class EventLines:

@@ -8,7 +8,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from nodeapp.fleet.peer import PeerClient
 from nodeapp.node import Node, ScalingFigures
@@ -29,6 +29,7 @@ class Decision:
     borrow: int
     needed: int
     reason: str
+    held_back: int = 0  # workers needed that the launcher has no room for (the node is at capacity)
 
 
 def decide(f: ScalingFigures, *, scale_wait: float, hash_rate: float) -> Decision:
@@ -38,7 +39,9 @@ def decide(f: ScalingFigures, *, scale_wait: float, hash_rate: float) -> Decisio
     the queued iterations exceed what the live workers do in ``scale_wait``. Then the backlog
     *needs* enough workers to drain it in about ``max(scale_wait, 1 s)``, never more than one
     per queued task. Pending workers count as already on their way, and launches never go above
-    ``max_workers``; what is still needed beyond it is asked of the peer as borrowed slots.
+    ``max_workers``; what is still needed beyond it is asked of the peer as borrowed slots. Both
+    stop at the launcher's ``room``: a slot it could not launch on is neither used nor borrowed,
+    and the reason then names the node's capacity and why.
     """
     if f.queued == 0:
         return Decision(0, 0, 0, "no backlog")
@@ -51,11 +54,18 @@ def decide(f: ScalingFigures, *, scale_wait: float, hash_rate: float) -> Decisio
     wanted = max(0, needed - f.pending)
     if wanted == 0:
         return Decision(0, 0, needed, f"{f.pending} pending workers cover the backlog")
+    room = wanted if f.room is None else max(0, f.room)
     free = max(0, f.max_workers - f.live - f.pending)
-    launch = min(wanted, free)
-    borrow = wanted - launch
+    launch = min(wanted, free, room)
+    borrow = min(wanted - launch, room - launch) if launch == free else 0
     why = f"oldest task waited {f.oldest_wait:.1f}s" if too_old else f"backlog {backlog_seconds:.1f}s of work"
-    return Decision(launch, borrow, needed, why + (f", at max {f.max_workers}" if borrow else ""))
+    if borrow:
+        why += f", at max {f.max_workers}"
+    held_back = wanted - launch - borrow if room < wanted else 0  # the launcher, not the quota, holds them
+    if held_back:
+        why += f", at capacity {f.capacity if f.capacity is not None else f.live + f.pending + room}"
+        why += f" ({f.capacity_why})" if f.capacity_why else ""
+    return Decision(launch, borrow, needed, why, held_back)
 
 
 class Scaler:
@@ -107,6 +117,20 @@ class Scaler:
         self._tick_lock = threading.Lock()
         self._launch_notes: list[str] = []  # what the launcher noted this run (e.g. spot refused)
         self._decision: tuple[ScalingFigures, Decision, int] | None = None  # this run's, for _borrow
+
+    def capacity(self, max_workers: int) -> tuple[int, str]:
+        """The workers this node can run at once, and why: its quota ``max_workers``, or the
+        launcher's limit where that is lower (local mode: TM_LOCAL_MAX_WORKERS, the CPUs)."""
+        limit = self.launcher.limit()
+        if limit is not None and limit.workers < max_workers:
+            return limit.workers, limit.why
+        return max_workers, "MAX_NUM_OF_WORKERS, less slots lent, plus slots borrowed"
+
+    def figures(self) -> ScalingFigures:
+        """The node's figures with the launcher's room and the node's capacity."""
+        figures = self.node.scaling_figures()
+        capacity, why = self.capacity(figures.max_workers)
+        return replace(figures, room=self.launcher.room(), capacity=capacity, capacity_why=why)
 
     def decisions(self) -> list[dict]:
         """The last decisions that changed something, newest first."""
@@ -164,12 +188,12 @@ class Scaler:
 
     def _launch_own(self) -> None:
         """Decide, and launch on our own quota; what is needed beyond it is left to ``_borrow``."""
-        figures = self.node.scaling_figures()
+        figures = self.figures()
         decision = decide(figures, scale_wait=self.scale_wait, hash_rate=self.node.workers.worker_rate(self.hash_rate))
         with self.node.workers.reserve(decision.launch) as slots:  # what is free by now
             launched = self._launch(slots)
         self._decision = (figures, decision, launched)
-        if decision.launch and not decision.borrow:
+        if (decision.launch or decision.held_back) and not decision.borrow:  # held back: said once, then counted
             self._record(figures, decision, launched, 0)
 
     def _borrow(self) -> None:
@@ -305,6 +329,6 @@ class Scaler:
             self._history.append({"at": self._wall(), **asdict(decision), "launched": launched,
                                   "borrowed": borrowed, "figures": asdict(figures), "repeats": 0,
                                   "notes": notes})
-        log.info("scale: %s -> launched %d, borrowed %d (queued %d, live %d, pending %d, max %d)%s",
+        log.info("scale: %s -> launched %d, borrowed %d (queued %d, live %d, pending %d, max %d, capacity %s)%s",
                  decision.reason, launched, borrowed, figures.queued, figures.live, figures.pending,
-                 figures.max_workers, "".join(f"; {note}" for note in notes))
+                 figures.max_workers, figures.capacity, "".join(f"; {note}" for note in notes))

@@ -46,7 +46,9 @@ def node_view(stats: dict, url: str | None) -> dict:
         "url": url,
         "reachable": True,
         **{key: int(stats.get(key) or 0) for key in _COUNTS},
-        "workers": {key: int(workers.get(key) or 0) for key in ("live", "pending", "max")},
+        "workers": {**{key: int(workers.get(key) or 0) for key in ("live", "pending", "max")},
+                    "capacity": int(workers.get("capacity", workers.get("max")) or 0),
+                    "capacity_why": str(workers.get("capacity_why") or "")},
         "quota": {key: int(quota.get(key) or 0) for key in ("lent", "borrowed")},
         "draining": bool(stats.get("draining")),
         "peer_reachable": peer.get("reachable"),
@@ -62,8 +64,17 @@ def decision_view(decision: dict, node: str) -> dict:
         "launched": int(decision.get("launched") or 0),
         "borrowed": int(decision.get("borrowed") or 0),
         "queued": figures.get("queued"),
-        "workers": f"{figures.get('live', 0)}+{figures.get('pending', 0)}/{figures.get('max_workers', 0)}",
+        "workers": workers_text(figures),
     }
+
+
+def workers_text(figures: dict) -> str:
+    """A decision's workers at that moment: live+pending/capacity, and the quota where it was higher."""
+    quota = figures.get("max_workers", 0)
+    capacity = figures.get("capacity")
+    capacity = quota if capacity is None else capacity
+    return f"{figures.get('live', 0)}+{figures.get('pending', 0)}/{capacity}" + (
+        f" (max {quota})" if capacity < quota else "")
 
 
 def result_view(result: dict) -> dict:
@@ -135,7 +146,9 @@ def cluster_view() -> dict:
             failed += tagged(their_part.get("failed"), _FAILED_KEYS, nodes[1]["node"])
     counted = [n for n in nodes if n["reachable"]]
     totals = {key: sum(n[key] for n in counted) for key in _COUNTS}
-    totals["workers"] = {key: sum(n["workers"][key] for n in counted) for key in ("live", "pending", "max")}
+    totals["workers"] = {key: sum(n["workers"][key] for n in counted) for key in ("live", "pending", "max", "capacity")}
+    totals["workers"]["capacity_why"] = "; ".join(f"{n['node']}: {n['workers']['capacity_why']}" for n in counted
+                                                  if n["workers"]["capacity"] < n["workers"]["max"])
     return {
         "at": time.time(),
         "node": nodes[0]["node"],

@@ -50,7 +50,12 @@
     if (emptyId) byId(emptyId).hidden = items.length > 0;
   }
 
-  function workers(w) { return w ? w.live + " / " + w.pending + " / " + w.max : ""; }
+  // live / pending / capacity: what this node can run at once (its quota, or less: the launcher's limit)
+  function workers(w) {
+    if (!w) return "";
+    const capacity = w.capacity === undefined ? w.max : w.capacity;
+    return w.live + " / " + w.pending + " / " + capacity + (capacity < w.max ? " (max " + w.max + ")" : "");
+  }
 
   // fetch with a deadline: a node that hangs must not stop the page from noticing.
   function getJSON(url, options) {
@@ -110,6 +115,7 @@
     setText("total-completed", t.completed);
     setText("total-failed", t.failed, t.failed > 0 ? "bad" : "");
     setText("total-workers", workers(t.workers));
+    setText("capacity-why", t.workers.capacity_why ? "capacity below max: " + t.workers.capacity_why : "");
     const rate = perMinute(data.at, t.completed);
     setText("per-minute", rate === null ? "–" : String(Math.round(rate)));
     if (!data.peer.url) setText("peer", "no peer configured", "");
@@ -123,7 +129,7 @@
         return;
       }
       ["queued", "running", "completed", "failed"].forEach(function (k) { cell(tr, n[k], "num"); });
-      cell(tr, workers(n.workers), "num");
+      cell(tr, workers(n.workers), "num", n.workers.capacity_why ? "capacity: " + n.workers.capacity_why : "");
       cell(tr, n.quota.lent, "num");
       cell(tr, n.quota.borrowed, "num");
       cell(tr, n.draining ? "shutting down" : "up", n.draining ? "bad" : "ok");
