@@ -6,8 +6,8 @@ import pytest
 
 from nodeapp.store.checkpoints import Checkpoint
 from nodeapp.store.tasks import TaskStore
+from tests.digests import sha512_chain as compute
 from tests.helpers import Clock
-from workerapp.compute import compute
 
 DIGEST = "ab" * 64
 
