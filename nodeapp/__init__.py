@@ -81,7 +81,7 @@ def create_app(
         local = {"max_running": config.local_max_workers} if config.launcher == "local" else {}
         launcher = make_launcher(
             config.launcher, token=config.cluster_token, idle_seconds=config.worker_idle_seconds,
-            node_name=config.node_name, **local,
+            node_name=config.node_name, max_lifetime=config.worker_max_lifetime, **local,
         )
     scaler = Scaler(
         node, launcher, peer,

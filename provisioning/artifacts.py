@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import email.parser
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -207,6 +208,14 @@ class Artifacts:
         return self._bundles[(role, arch)]
 
 
+def tls_only_policy(bucket: str, partition: str = "aws") -> dict:
+    """The bucket refuses every request that does not come over TLS (``aws:SecureTransport``)."""
+    arn = f"arn:{partition}:s3:::{bucket}"
+    return {"Version": "2012-10-17", "Statement": [{
+        "Sid": "DenyWithoutTls", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+        "Resource": [arn, f"{arn}/*"], "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}
+
+
 class ArtifactBucket:
     """The cluster's private bucket holding the bundles."""
 
@@ -214,7 +223,8 @@ class ArtifactBucket:
         self.s3 = s3_client
         self.region = region
 
-    def create(self, bucket: str, tags: list[dict]) -> None:
+    def create(self, bucket: str, tags: list[dict], partition: str = "aws") -> None:
+        """A private bucket (public access blocked) that refuses every request made without TLS."""
         kwargs: dict[str, Any] = {"Bucket": bucket}
         if self.region != "us-east-1":  # us-east-1 refuses an explicit location constraint
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
@@ -223,6 +233,7 @@ class ArtifactBucket:
             "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
             "RestrictPublicBuckets": True})
         self.s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": tags})
+        self.s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(tls_only_policy(bucket, partition)))
 
     def upload(self, bucket: str, bundle: Bundle) -> str:
         """Put ``bundle`` under its key; returns its ``s3://`` URI."""

@@ -26,11 +26,18 @@ from provisioning.instances import (
 from provisioning.naming import NODE_PORT, TAG_ROLE, TOKEN_VARIABLES, ClusterNames, partition_of
 from provisioning.network import NetworkWrapper
 from provisioning.secrets import TokenStore
-from provisioning.userdata import Delivery, node_script
+from provisioning.userdata import Delivery, node_script, worker_script
 
 NODE_NAMES = ("node-1", "node-2")
 #: A new instance profile takes a while to be usable by RunInstances (IAM is eventually consistent).
 PROFILE_PROPAGATION_SECONDS = 120.0
+#: RunInstances errors after which a node is launched into another of the offered subnets.
+NO_CAPACITY = frozenset({"InsufficientInstanceCapacity", "InsufficientCapacity", "Unsupported"})
+#: EC2's limit on user-data, before base64.
+USER_DATA_LIMIT = 16 * 1024
+#: Stand-ins of the same length as the ids AWS gives, to render the user-data before anything exists.
+PLACEHOLDERS = {"ami": "ami-0123456789abcdef0", "subnet": "subnet-0123456789abcdef0", "sg": "sg-0123456789abcdef0",
+                "bundle": "bundles/worker-x86_64-" + "0" * 64 + ".tar"}
 
 
 @dataclass(frozen=True)
@@ -141,7 +148,10 @@ class Provisioner:
         names = self.names
         found = [f"instance {i['InstanceId']}" for i in cluster_instances(self.c.ec2, self.spec.name)]
         found += [f"security group {g['GroupName']}" for g in NetworkWrapper(self.c.ec2).cluster_groups(self.spec.name)]
-        found += [f"role {r['RoleName']}" for r in IamWrapper(self.c.iam).roles(names.iam_path)]
+        iam = IamWrapper(self.c.iam)
+        found += [f"role {r['RoleName']}" for r in iam.roles(names.iam_path)]
+        found += [f"policy {p['PolicyName']}" for p in iam.policies(names.iam_path)]
+        found += [f"instance profile {p['InstanceProfileName']}" for p in iam.instance_profiles(names.iam_path)]
         store = TokenStore(self.c.ssm)
         found += [f"parameter {name}" for name in self._token_parameters() if store.exists(name)]
         if ArtifactBucket(self.c.s3, self.spec.region).exists(names.bucket):
@@ -163,9 +173,11 @@ class Provisioner:
             net = NetworkWrapper(self.c.ec2)
             vpc = net.default_vpc()
             subnet_records = net.default_subnet_records(vpc)
-        with self.step("check before creating anything: instance types offered, public IPs, vCPU quota, EBS key"):
+        with self.step("check before creating anything: instance types, public IPs, vCPU quotas, EBS key, user-data"):
             checked = preflight.run(self.c.ec2, self.c.quotas, subnet_records, node_type=spec.node_instance_type,
-                                    worker_type=spec.worker_instance_type, max_workers=spec.max_workers)
+                                    worker_type=spec.worker_instance_type, max_workers=spec.max_workers,
+                                    spot=spec.worker_spot)
+            self._check_user_data(checked.worker_subnets)
             for warning in checked.warnings:
                 self.say(f"  warning: {warning}")
             subnets = checked.worker_subnets
@@ -186,7 +198,7 @@ class Provisioner:
                 self.created.append(f"parameter {names.token_parameter_of(kind)}")
         with self.step("upload the bundles to the cluster bucket"):
             bucket = ArtifactBucket(self.c.s3, spec.region)
-            bucket.create(names.bucket, tags)
+            bucket.create(names.bucket, tags, names.partition)
             self.created.append(f"bucket {names.bucket}")
             node_uri = bucket.upload(names.bucket, node_bundle)
             worker_uri = bucket.upload(names.bucket, worker_bundle)
@@ -220,32 +232,65 @@ class Provisioner:
                 self.say("  created the account's service-linked role for EC2 Spot (AWSServiceRoleForEC2Spot; "
                          "it is shared by the account and stays after --destroy)")
         delivery = Delivery(spec.region, node_uri, names.token_parameter)
-        node_secrets = {TOKEN_VARIABLES[kind]: names.token_parameter_of(kind) for kind in ("peer", "operator")}
         ids = []
         for index, (node_name, subnet) in enumerate(zip(NODE_NAMES, node_subnets)):
             with self.step(f"create {node_name} ({spec.node_instance_type})"):
-                worker_subnets = sorted(subnets, key=lambda s: s != subnet)  # its own zone first, if offered
-                env = {**spec.node_env, "NODE_NAME": node_name, "LAUNCHER": "ec2",
-                       "MAX_NUM_OF_WORKERS": str(spec.max_workers),
-                       "TM_CLUSTER": spec.name, "TM_REGION": spec.region,
-                       "TM_WORKER_AMI": worker_ami, "TM_WORKER_INSTANCE_TYPE": spec.worker_instance_type,
-                       "TM_WORKER_SUBNETS": ",".join(worker_subnets), "TM_WORKER_SECURITY_GROUP": worker_sg,
-                       "TM_WORKER_INSTANCE_PROFILE": names.profile_arn("worker"),
-                       "TM_WORKER_BUNDLE_URI": worker_uri, "TM_TOKEN_PARAMETER": names.token_parameter,
-                       "TM_WORKER_SPOT": "1" if spec.worker_spot else "0"}
-                request = run_request(
-                    ami_id=node_ami, instance_type=spec.node_instance_type, subnet_id=subnet,
-                    security_group_id=node_sg, profile_arn=names.profile_arn("node"),
-                    user_data=node_script(delivery, env, spec.port, secrets=node_secrets,
-                                          peer_name=NODE_NAMES[1 - index]),
-                    tags=names.tags(**{TAG_ROLE: "node", "Name": node_name}), key_name=spec.key_name)
-                instance_id = self._run_when_profile_ready(request)
+                # its own zone first, then the others: a capacity error in one zone tries the next
+                for attempt, node_subnet in enumerate(sorted(checked.node_subnets, key=lambda s: s != subnet)):
+                    user_data = self._node_user_data(index, delivery, worker_ami, subnets, node_subnet, worker_sg,
+                                                     worker_uri)
+                    request = run_request(
+                        ami_id=node_ami, instance_type=spec.node_instance_type, subnet_id=node_subnet,
+                        security_group_id=node_sg, profile_arn=names.profile_arn("node"), user_data=user_data,
+                        tags=names.tags(**{TAG_ROLE: "node", "Name": node_name}), key_name=spec.key_name,
+                        credits="standard")
+                    try:
+                        instance_id = self._run_when_profile_ready(request)
+                        break
+                    except ClientError as err:
+                        code = err.response["Error"]["Code"]
+                        if code not in NO_CAPACITY or attempt == len(checked.node_subnets) - 1:
+                            raise
+                        self.say(f"  {code} in {node_subnet}: trying another zone's subnet")
                 self.created.append(f"instance {instance_id} ({node_name})")
                 ids.append(instance_id)
         with self.step("wait for both nodes to be running"):
             self.c.ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig={"Delay": 5, "MaxAttempts": 60})
             nodes = self.nodes()
         return nodes
+
+    def _node_user_data(self, index: int, delivery: Delivery, worker_ami: str, worker_subnets: list[str],
+                        subnet: str, worker_sg: str, worker_uri: str) -> str:
+        """The user-data of node ``index`` in ``subnet`` (its workers' own zone first, if offered)."""
+        spec, names = self.spec, self.names
+        env = {**spec.node_env, "NODE_NAME": NODE_NAMES[index], "LAUNCHER": "ec2",
+               "MAX_NUM_OF_WORKERS": str(spec.max_workers),
+               "TM_CLUSTER": spec.name, "TM_REGION": spec.region,
+               "TM_WORKER_AMI": worker_ami, "TM_WORKER_INSTANCE_TYPE": spec.worker_instance_type,
+               "TM_WORKER_SUBNETS": ",".join(sorted(worker_subnets, key=lambda s: s != subnet)),
+               "TM_WORKER_SECURITY_GROUP": worker_sg, "TM_WORKER_INSTANCE_PROFILE": names.profile_arn("worker"),
+               "TM_WORKER_BUNDLE_URI": worker_uri, "TM_TOKEN_PARAMETER": names.token_parameter,
+               "TM_WORKER_SPOT": "1" if spec.worker_spot else "0"}
+        secrets = {TOKEN_VARIABLES[kind]: names.token_parameter_of(kind) for kind in ("peer", "operator")}
+        return node_script(delivery, env, spec.port, secrets=secrets, peer_name=NODE_NAMES[1 - index])
+
+    def _check_user_data(self, worker_subnets: list[str]) -> None:
+        """Render both user-data scripts with stand-ins as long as the real ids, before anything is
+        created: a setting that cannot go into user-data, or a script over EC2's 16 KB, stops here."""
+        names, p = self.names, PLACEHOLDERS
+        bundle_uri = f"s3://{names.bucket}/{p['bundle']}"
+        subnets = worker_subnets or [p["subnet"]]
+        scripts = {
+            "node": self._node_user_data(0, Delivery(self.spec.region, bundle_uri, names.token_parameter), p["ami"],
+                                         subnets, subnets[0], p["sg"], bundle_uri),
+            "worker": worker_script(Delivery(self.spec.region, bundle_uri, names.token_parameter),
+                                    [f"http://172.31.255.255:{self.spec.port}"] * 2, 86400.0,
+                                    spot=self.spec.worker_spot, max_lifetime=30 * 86400.0),
+        }
+        for kind, script in scripts.items():
+            size = len(script.encode())
+            if size > USER_DATA_LIMIT:
+                raise ValueError(f"the {kind} user-data would be {size} bytes, over EC2's {USER_DATA_LIMIT}")
 
     def _run_when_profile_ready(self, request: dict) -> str:
         deadline = self.clock() + PROFILE_PROPAGATION_SECONDS

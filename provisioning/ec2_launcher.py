@@ -169,11 +169,13 @@ class Ec2Launcher:
         *,
         idle_seconds: float,
         node_name: str,
+        max_lifetime: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ec2 = ec2_client
         self.settings = settings
         self.idle_seconds = idle_seconds
+        self.max_lifetime = max_lifetime  # WORKER_MAX_LIFETIME: the worker's own limit (its user-data)
         self.node_name = node_name
         self._clock = clock
         self._unlisted: dict[str, float] = {}  # launched, never listed yet: id -> launch time
@@ -188,7 +190,7 @@ class Ec2Launcher:
         self._refused = 0  # permission refusals in a row
 
     @classmethod
-    def from_environment(cls, *, token: str = "", idle_seconds: float, node_name: str,
+    def from_environment(cls, *, token: str = "", idle_seconds: float, node_name: str, max_lifetime: float = 0.0,
                          environ: Mapping[str, str] | None = None, session: Any = None) -> Ec2Launcher:
         """Build from TM_* variables. ``token`` is accepted for the registry's signature and unused."""
         settings = Ec2WorkerSettings.from_environ(os.environ if environ is None else environ)
@@ -197,7 +199,7 @@ class Ec2Launcher:
 
             session = boto3.session.Session(region_name=settings.region)
         return cls(session.client("ec2", region_name=settings.region, config=CLIENT_CONFIG), settings,
-                   idle_seconds=idle_seconds, node_name=node_name)
+                   idle_seconds=idle_seconds, node_name=node_name, max_lifetime=max_lifetime)
 
     def tags(self) -> list[dict]:
         return [{"Key": TAG_CLUSTER, "Value": self.settings.cluster},
@@ -292,7 +294,8 @@ class Ec2Launcher:
         request = run_request(
             ami_id=s.ami_id, instance_type=s.instance_type, subnet_id=subnet,
             security_group_id=s.security_group_id, profile_arn=s.profile_arn,
-            user_data=worker_script(s.delivery, node_urls, self.idle_seconds, spot=spot),
+            user_data=worker_script(s.delivery, node_urls, self.idle_seconds, spot=spot,
+                                    max_lifetime=self.max_lifetime),
             tags=self.tags(), count=count, terminate_on_shutdown=True, spot=spot)
         # botocore retries a timed-out call, and a lost answer is asked again (``_lost``): the
         # same token makes EC2 answer with the instances it launched instead of launching more

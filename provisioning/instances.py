@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
 ALIVE_STATES = ("pending", "running")
 NOT_GONE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
+#: Instance families with CPU credits (CreditSpecification).
+BURSTABLE = frozenset({"t2", "t3", "t3a", "t4g"})
 
 
 def architecture(ec2: Any, instance_type: str) -> str:
@@ -53,11 +55,14 @@ def run_request(
     terminate_on_shutdown: bool = False,
     key_name: str | None = None,
     spot: bool = False,
+    credits: str | None = None,
 ) -> dict:
     """The keyword arguments of ``run_instances`` for cluster instances.
 
     ``spot`` asks for one-time spot instances that terminate when EC2 reclaims them (no
-    persistent request that would relaunch them outside the scaler's count)."""
+    persistent request that would relaunch them outside the scaler's count). ``credits``
+    (``standard``) sets the CPU credit mode of a burstable type (t2, t3, t3a, t4g); others ignore it:
+    a busy node in standard mode is slowed to its baseline instead of paying for surplus credits."""
     request = {
         "ImageId": ami_id,
         "InstanceType": instance_type,
@@ -74,6 +79,8 @@ def run_request(
     }
     if key_name:
         request["KeyName"] = key_name
+    if credits and instance_type.split(".")[0] in BURSTABLE:
+        request["CreditSpecification"] = {"CpuCredits": credits}
     if spot:
         request["InstanceMarketOptions"] = {
             "MarketType": "spot",

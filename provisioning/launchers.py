@@ -96,12 +96,14 @@ class LocalProcessLauncher:
         extra_env: Mapping[str, str] | None = None,
         python: str = sys.executable,
         max_running: int | None = None,
+        max_lifetime: float = 0.0,
     ) -> None:
         self._limit = local_limit(max_running if max_running is not None else _local_cap(os.environ))
         self._max_running = self._limit.workers
         self._capped = False  # the cap was met at the last launch (logged once per time)
         self._token = token
         self._idle_seconds = idle_seconds
+        self._max_lifetime = max_lifetime  # the worker's own limit (WORKER_MAX_LIFETIME), 0 = none
         self._prefix = f"local-{node_name}-{os.getpid()}"
         self._extra_env = dict(extra_env or {})
         self._python = python
@@ -122,7 +124,8 @@ class LocalProcessLauncher:
             for _ in range(min(count, room)):
                 worker_id = f"{self._prefix}-{next(self._numbers)}"
                 cmd = [self._python, "-m", "workerapp", "--worker-id", worker_id,
-                       "--idle-seconds", str(self._idle_seconds), *node_urls]
+                       "--idle-seconds", str(self._idle_seconds), "--max-lifetime", str(self._max_lifetime),
+                       *node_urls]
                 self._procs[worker_id] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
                 ids.append(worker_id)
         return ids

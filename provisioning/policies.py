@@ -8,8 +8,11 @@ Least privilege, statement by statement:
   subnets; may tag only as part of that launch; may terminate only the cluster's workers; may
   describe instances (a read action that cannot be scoped: workers and the peer node are found
   with it); may pass only the worker role, and only to EC2; may read only the cluster's three
-  tokens and the node bundle.
-* workers may read the worker token and the worker bundle, nothing else.
+  tokens and the node bundle; may use KMS keys only through SSM to decrypt those tokens
+  (``kms:ViaService`` and the parameter in the encryption context) and through EC2 for the
+  encrypted volumes of the workers they launch (EBS encryption by default with a customer managed
+  key; the key's policy must allow it, as the default key policy does).
+* workers may read the worker token (decrypting it through SSM) and the worker bundle, nothing else.
 * both roles get a permissions boundary (``boundary_policy``, or one the caller names) that caps
   them at those actions on the cluster's resources, whatever is attached to them later.
 
@@ -45,12 +48,41 @@ class WorkerLaunchScope:
     bundle_key: str  # the node's own bundle (workers read theirs with their own role)
 
 
+#: What EC2 does with a KMS key for an encrypted volume of an instance it launches for the caller.
+EBS_KEY_ACTIONS = ["kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom",
+                   "kms:ReEncryptTo"]
+
+
+def via(names: ClusterNames, service: str) -> str:
+    """The ``kms:ViaService`` value of ``service`` in the cluster's region."""
+    suffix = "amazonaws.com.cn" if names.partition == "aws-cn" else "amazonaws.com"
+    return f"{service}.{names.region}.{suffix}"
+
+
 def _read_statements(names: ClusterNames, bundle_key: str, token_kinds: tuple[str, ...]) -> list[dict]:
+    tokens = [names.parameter_arn(names.token_parameter_of(kind)) for kind in token_kinds]
     return [
-        {"Sid": "ReadClusterTokens", "Effect": "Allow", "Action": "ssm:GetParameter",
-         "Resource": [names.parameter_arn(names.token_parameter_of(kind)) for kind in token_kinds]},
+        {"Sid": "ReadClusterTokens", "Effect": "Allow", "Action": "ssm:GetParameter", "Resource": tokens},
+        # SecureStrings: SSM decrypts with the key on the reader's behalf; only for these parameters
+        {"Sid": "DecryptClusterTokensViaSsm", "Effect": "Allow", "Action": "kms:Decrypt",
+         "Resource": names.arn("kms", "key/*"),
+         "Condition": {"StringEquals": {"kms:ViaService": via(names, "ssm")},
+                       "StringLike": {"kms:EncryptionContext:PARAMETER_ARN": tokens}}},
         {"Sid": "FetchBundle", "Effect": "Allow", "Action": "s3:GetObject",
          "Resource": names.bucket_arn(bundle_key)},
+    ]
+
+
+def _ebs_statements(names: ClusterNames) -> list[dict]:
+    """A node launches workers whose volumes EBS may encrypt by default with a customer managed
+    key: EC2 then uses the key on the node's behalf (a grant for the volume, a data key)."""
+    key = names.arn("kms", "key/*")
+    return [
+        {"Sid": "EncryptedWorkerVolumesViaEc2", "Effect": "Allow", "Action": EBS_KEY_ACTIONS, "Resource": key,
+         "Condition": {"StringEquals": {"kms:ViaService": via(names, "ec2")}}},
+        {"Sid": "VolumeGrantsForEc2", "Effect": "Allow", "Action": "kms:CreateGrant", "Resource": key,
+         "Condition": {"StringEquals": {"kms:ViaService": via(names, "ec2")},
+                       "Bool": {"kms:GrantIsForAWSResource": "true"}}},
     ]
 
 
@@ -73,6 +105,9 @@ def boundary_policy(names: ClusterNames) -> dict:
         {"Sid": "ClusterTokens", "Effect": "Allow", "Action": "ssm:GetParameter",
          "Resource": names.parameter_arn(f"/tm/{names.cluster}/*")},
         {"Sid": "ClusterBucket", "Effect": "Allow", "Action": "s3:GetObject", "Resource": names.bucket_arn("*")},
+        {"Sid": "KeysViaSsmAndEc2", "Effect": "Allow", "Action": ["kms:CreateGrant", *EBS_KEY_ACTIONS],
+         "Resource": names.arn("kms", "key/*"),
+         "Condition": {"StringEquals": {"kms:ViaService": [via(names, "ssm"), via(names, "ec2")]}}},
     ]}
 
 
@@ -118,6 +153,7 @@ def node_policy(names: ClusterNames, scope: WorkerLaunchScope) -> dict:
          "Resource": names.role_arn("worker"),
          "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}},
         *_read_statements(names, scope.bundle_key, tuple(TOKEN_VARIABLES)),
+        *_ebs_statements(names),
     ]
     return {"Version": VERSION, "Statement": statements}
 
@@ -133,7 +169,8 @@ CALLER_ACTIONS = (
     "ec2:RevokeSecurityGroupIngress", "ec2:DeleteSecurityGroup", "ec2:CreateTags", "ec2:RunInstances",
     "ec2:TerminateInstances",
     "ssm:GetParameter", "ssm:PutParameter", "ssm:AddTagsToResource", "ssm:DeleteParameter",
-    "s3:CreateBucket", "s3:PutBucketPublicAccessBlock", "s3:PutBucketTagging", "s3:PutObject", "s3:ListBucket",
+    "s3:CreateBucket", "s3:PutBucketPublicAccessBlock", "s3:PutBucketTagging", "s3:PutBucketPolicy", "s3:PutObject",
+    "s3:ListBucket",
     "s3:ListBucketVersions", "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:DeleteBucket",
     "iam:CreateRole", "iam:TagRole", "iam:CreatePolicy", "iam:TagPolicy", "iam:AttachRolePolicy",
     "iam:CreateInstanceProfile", "iam:TagInstanceProfile", "iam:AddRoleToInstanceProfile", "iam:PassRole",

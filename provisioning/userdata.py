@@ -7,8 +7,9 @@ root-only file, and start the program as a systemd service run by an unprivilege
 secret is ever written into the user-data itself, and the scripts never enable ``set -x``
 (which would log a token).
 
-Every step that goes over the network is retried (5 tries, 2-16 s apart) and its duration is
-logged (``step NAME: Ns``) in /var/log/tm-bootstrap.log. A boot that fails says so on the
+Before its first AWS call an instance waits, up to CREDENTIALS_WAIT seconds, until IMDS serves
+its instance profile's credentials (a new profile's take a while to arrive). Every step that goes
+over the network is retried (5 tries, 2-16 s apart) and its duration is logged (``step NAME: Ns``) in /var/log/tm-bootstrap.log. A boot that fails says so on the
 instance console (``aws ec2 get-console-output``) and powers the machine off: a worker at once
 (shutdown behaviour ``terminate``: it stops costing), a node after FAILED_NODE_GRACE minutes
 (left to look at over SSH; then ``stop``). A boot that hangs is powered off at its deadline.
@@ -41,6 +42,11 @@ class Delivery:
 #: boot failed stays up for a look over SSH.
 BOOT_DEADLINE_MINUTES = {"node": 25, "worker": 15}
 FAILED_NODE_GRACE = 15
+#: Seconds a boot waits for the instance profile's credentials in IMDS before its first AWS call.
+CREDENTIALS_WAIT = 600
+#: Seconds systemd lets a worker's service run beyond WORKER_MAX_LIFETIME (the worker stops itself
+#: at that age; this ends one that hangs), then the unit's power-off terminates the instance.
+LIFETIME_MARGIN = 600
 
 
 _PRELUDE = r"""#!/bin/bash
@@ -96,6 +102,21 @@ PRIVATE_IP=$(imds local-ipv4)
 echo "bootstrap of ${INSTANCE_ID} (${PRIVATE_IP}) started"
 
 step packages retry dnf install -y -q python3.11 python3.11-pip
+wait_for_credentials() {  # a new instance profile's credentials can take minutes to reach IMDS
+    local waited=0 role="" answer=""  # the answer holds the keys: never echoed
+    until role=$(imds iam/security-credentials/ 2>/dev/null) && [ -n "${role}" ] \
+            && answer=$(imds "iam/security-credentials/${role}" 2>/dev/null) \
+            && [[ "${answer}" == *'"Code"'*'"Success"'* ]]; do
+        if [ "${waited}" -ge __CREDENTIALS_WAIT__ ]; then
+            echo "no instance-profile credentials in IMDS after ${waited}s" >&2
+            return 1
+        fi
+        sleep 5
+        waited=$((waited + 5))
+    done
+    echo "instance-profile credentials of ${role} after ${waited}s" >&2
+}
+step credentials wait_for_credentials
 id tm >/dev/null 2>&1 || useradd --system --home-dir /opt/tm --shell /sbin/nologin tm
 install -d -m 755 /opt/tm /opt/tm/wheels
 step venv python3.11 -m venv __VENV__
@@ -210,6 +231,7 @@ ExecStart=__VENV__/bin/python -m workerapp --worker-id ${INSTANCE_ID} --lanes au
 ExecStopPost=+/usr/bin/systemctl poweroff --no-block
 Restart=no
 # "+": the power-off runs as root although the worker runs as the unprivileged user tm
+__RUNTIME_MAX__
 UNIT
 systemctl daemon-reload
 systemctl start --no-block tm-worker.service
@@ -236,6 +258,7 @@ def _prelude(kind: str, delivery: Delivery, on_failure: str, secrets: Mapping[st
     pairs = {"CLUSTER_TOKEN": delivery.token_parameter, **secrets}
     return _fill(_PRELUDE, {
         "KIND": kind, "ON_FAILURE": on_failure, "VENV": VENV, "DEADLINE": str(BOOT_DEADLINE_MINUTES[kind]),
+        "CREDENTIALS_WAIT": str(CREDENTIALS_WAIT),
         "REGION": shlex.quote(_check_safe("region", delivery.region)),
         "BUNDLE_URI": shlex.quote(_check_safe("bundle_uri", delivery.bundle_uri)),
         "SECRETS": " ".join(shlex.quote(_check_safe(f"secret {var}", f"{var}={name}")) for var, name in pairs.items()),
@@ -269,13 +292,20 @@ def node_script(delivery: Delivery, env: Mapping[str, str], port: int = NODE_POR
     return _prelude("node", delivery, on_failure, secrets or {}) + body + _epilogue("node")
 
 
-def worker_script(delivery: Delivery, node_urls: list[str], idle_seconds: float, *, spot: bool = False) -> str:
+def worker_script(delivery: Delivery, node_urls: list[str], idle_seconds: float, *, spot: bool = False,
+                  max_lifetime: float = 0.0) -> str:
     """User-data of a worker that pulls from ``node_urls`` (own node first) and uses its instance id.
-    A ``spot`` worker watches the instance metadata for EC2's interruption notice."""
+    A ``spot`` worker watches the instance metadata for EC2's interruption notice. With
+    ``max_lifetime`` (WORKER_MAX_LIFETIME) the worker stops itself at that age, whether or not its
+    node is still there, and systemd ends its service LIFETIME_MARGIN seconds later (then the
+    machine powers off)."""
     if not 1 <= len(node_urls) <= 2:
         raise ValueError("a worker pulls from its own node and at most one peer")
     urls = " ".join(_check_safe("node_url", url) for url in node_urls)
     on_failure = "shutdown -h now  # the instance terminates"
-    args = f"--idle-seconds {float(idle_seconds):g}{' --spot' if spot else ''} {urls}"
-    body = _fill(_WORKER, {"VENV": VENV, "WORKER_ARGS": args})
+    lifetime = f" --max-lifetime {float(max_lifetime):g}" if max_lifetime else ""
+    args = f"--idle-seconds {float(idle_seconds):g}{lifetime}{' --spot' if spot else ''} {urls}"
+    runtime_max = (f"# WORKER_MAX_LIFETIME: the worker stops itself then; this ends it if it hangs\n"
+                   f"RuntimeMaxSec={int(max_lifetime) + LIFETIME_MARGIN}" if max_lifetime else "")
+    body = _fill(_WORKER, {"VENV": VENV, "WORKER_ARGS": args, "RUNTIME_MAX": runtime_max})
     return _prelude("worker", delivery, on_failure, {}) + body + _epilogue("worker")

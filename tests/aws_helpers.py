@@ -5,6 +5,7 @@ Import the fixtures into a test module with ``from tests.aws_helpers import aws 
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 
@@ -44,13 +45,38 @@ def artifacts(tmp_path_factory):
 
 @pytest.fixture
 def aws(monkeypatch, service_models) -> Iterator[object]:
-    """A boto3 Session inside ``mock_aws``; clients are created inside the mock, never at import."""
+    """A boto3 Session inside ``mock_aws``; clients are created inside the mock, never at import.
+
+    moto takes a bucket policy's ``Deny`` for unconditional (it does not evaluate
+    ``aws:SecureTransport``), so the TLS-only policy of the cluster bucket would refuse the test's
+    own (TLS) requests: ``PutBucketPolicy`` is answered here, as S3 does, and the policy kept in
+    ``session.bucket_policies`` (bucket -> document) for the tests to read.
+    """
     for key, value in FAKE_ENV.items():
         monkeypatch.setenv(key, value)
     from moto import mock_aws
 
-    with mock_aws():
-        yield service_models
+    policies: dict[str, dict] = {}
+
+    def keep_policy(params, context, **_):
+        from botocore.awsrequest import AWSResponse
+
+        policies[context["tm_bucket"]] = json.loads(params["body"])
+        return AWSResponse("https://s3.amazonaws.com/", 204, {}, None), {"ResponseMetadata": {}}
+
+    def name_bucket(params, context, **_):
+        context["tm_bucket"] = params["Bucket"]
+
+    hooks = [("before-parameter-build.s3.PutBucketPolicy", name_bucket), ("before-call.s3.PutBucketPolicy", keep_policy)]
+    service_models.bucket_policies = policies
+    for event, hook in hooks:
+        service_models.events.register_first(event, hook, unique_id=f"tm-{event}")
+    try:
+        with mock_aws():
+            yield service_models
+    finally:
+        for event, _ in hooks:
+            service_models.events.unregister(event, unique_id=f"tm-{event}")
 
 
 class LoopbackNode:

@@ -132,6 +132,9 @@ def test_create_report_destroy(cli, aws, loopback_nodes, artifacts, capsys, requ
                 "OPERATOR_TOKEN=/tm/demo/operator-token") in script
     assert ec2.describe_instance_attribute(InstanceId=nodes[0]["InstanceId"],
         Attribute="instanceInitiatedShutdownBehavior")["InstanceInitiatedShutdownBehavior"]["Value"] == "stop"
+    # t3 nodes in standard credit mode: a busy node is slowed to its baseline, never billed for credits
+    credits = ec2.describe_instance_credit_specifications(InstanceIds=[n["InstanceId"] for n in nodes])
+    assert [c["CpuCredits"] for c in credits["InstanceCreditSpecifications"]] == ["standard", "standard"]
 
     # security groups: node port from the clients, the workers and the peer; workers: no inbound
     (rule,) = node_sg["IpPermissions"]
@@ -166,6 +169,10 @@ def test_create_report_destroy(cli, aws, loopback_nodes, artifacts, capsys, requ
     assert keys == sorted([artifacts.bundle("node", "x86_64").key, worker_bundle.key])
     block = s3.get_public_access_block(Bucket=names.bucket)["PublicAccessBlockConfiguration"]
     assert all(block.values())
+    (deny,) = aws.bucket_policies[names.bucket]["Statement"]  # requests without TLS are refused
+    assert deny == {"Sid": "DenyWithoutTls", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+                    "Resource": [f"arn:aws:s3:::{names.bucket}", f"arn:aws:s3:::{names.bucket}/*"],
+                    "Condition": {"Bool": {"aws:SecureTransport": "false"}}}
 
     # a second run reports the cluster instead of creating another
     code, out = cli("--cluster-name", "demo", "--max-workers", "3")
@@ -347,3 +354,77 @@ def test_launch_retries_only_while_the_new_profile_propagates(aws, error_code, m
                 provisioner._run_when_profile_ready(request)
             assert slept == []
         stub.assert_no_pending_responses()
+
+
+def test_leftovers_include_orphaned_policies_and_instance_profiles(aws):  # noqa: F811
+    """A half-removed cluster may keep only a policy or an instance profile: still 'half there'."""
+    from provisioning.cluster import AwsClients, ClusterSpec, Provisioner
+
+    iam = aws.client("iam")
+    names = ClusterNames("demo", aws.client("sts").get_caller_identity()["Account"], REGION)
+    provisioner = Provisioner(AwsClients.from_session(aws, REGION),
+                              ClusterSpec(name="demo", region=REGION, allow_cidr=CLIENT_CIDR), out=io.StringIO())
+    assert provisioner.leftovers() == []
+    iam.create_policy(PolicyName="tm-demo-node", Path=names.iam_path, PolicyDocument=json.dumps(
+        policies.boundary_policy(names)))
+    iam.create_instance_profile(InstanceProfileName="tm-demo-worker", Path=names.iam_path)
+    iam.create_policy(PolicyName="tm-other-node", Path="/tm/other/", PolicyDocument=json.dumps(
+        policies.boundary_policy(names)))  # another cluster's: not ours
+    assert provisioner.leftovers() == ["policy tm-demo-node", "instance profile tm-demo-worker"]
+    assert provisioner.teardown() == ["instance profile tm-demo-worker", "policy tm-demo-node"]
+    assert provisioner.leftovers() == []
+
+
+def test_node_2_goes_to_another_subnet_when_its_zone_has_no_capacity(cli, aws):  # noqa: F811
+    """InsufficientInstanceCapacity for a node in its zone: the next offered subnet is tried."""
+    from botocore.awsrequest import AWSResponse
+
+    refused = []
+
+    def no_capacity_for_node_2(params, **_):
+        body = params.get("body") or {}
+        if "node-2" in str(body) and not refused:
+            refused.append(body["SubnetId"])
+            return AWSResponse("https://ec2.amazonaws.com/", 500, {}, None), {
+                "Error": {"Code": "InsufficientInstanceCapacity", "Message": "none here (played by the test)"},
+                "ResponseMetadata": {}}
+        return None
+
+    aws.events.register_first("before-call.ec2.RunInstances", no_capacity_for_node_2, unique_id="no-capacity")
+    try:
+        code, out = cli("--cluster-name", "demo", "--allow-cidr", CLIENT_CIDR)
+    finally:
+        aws.events.unregister("before-call.ec2.RunInstances", unique_id="no-capacity")
+    assert code == 0
+    assert f"InsufficientInstanceCapacity in {refused[0]}: trying another zone's subnet" in out
+    ec2 = aws.client("ec2")
+    by_name = {tag_of(i, "Name"): i for i in cluster_instances(ec2)}
+    assert set(by_name) == {"node-1", "node-2"} and by_name["node-2"]["SubnetId"] != refused[0]
+    script = user_data(ec2, by_name["node-2"]["InstanceId"])  # its workers: its new zone first
+    subnets = next(line for line in script.splitlines() if line.startswith("TM_WORKER_SUBNETS="))
+    assert subnets.split("=")[1].split(",")[0] == by_name["node-2"]["SubnetId"]
+
+
+def tag_of(instance: dict, key: str) -> str:
+    return {t["Key"]: t["Value"] for t in instance["Tags"]}[key]
+
+
+def test_user_data_that_cannot_be_rendered_stops_before_anything_is_created(cli, aws, monkeypatch, capsys):  # noqa: F811
+    """Both scripts are rendered in the pre-flight step: a node setting user-data cannot carry stops
+    the run there, with nothing made."""
+    monkeypatch.setenv("LOG_LEVEL", "info;reboot")  # not a shell-safe value
+    code, _ = cli("--cluster-name", "demo", "--allow-cidr", CLIENT_CIDR)
+    err = capsys.readouterr().err
+    assert code == 1 and "step 'check before creating anything" in err and "LOG_LEVEL='info;reboot'" in err
+    assert "already created" not in err
+    assert aws.client("ssm").describe_parameters()["Parameters"] == []
+
+
+def test_worker_peer_url_of_the_callers_environment_does_not_reach_the_nodes(cli, aws, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("WORKER_PEER_URL", "http://127.0.0.1:9999")
+    monkeypatch.setenv("SCALE_INTERVAL", "1.5")
+    code, _ = cli("--cluster-name", "demo", "--allow-cidr", CLIENT_CIDR)
+    assert code == 0
+    for node in cluster_instances(aws.client("ec2")):
+        script = user_data(aws.client("ec2"), node["InstanceId"])
+        assert "\nSCALE_INTERVAL=1.5\n" in script and "WORKER_PEER_URL" not in script

@@ -15,8 +15,10 @@ SCOPE = policies.WorkerLaunchScope("ami-0123456789abcdef0", "t3.small", ("subnet
 WORKER_BUNDLE = "bundles/worker-arm64-fedcba9876543210.tar"
 WRITE_ACTIONS = {"ec2:RunInstances", "ec2:CreateTags", "ec2:TerminateInstances", "iam:PassRole"}
 #: The only actions a node's policy may grant, and a worker's.
-NODE_ACTIONS = WRITE_ACTIONS | {"ec2:DescribeInstances", "ssm:GetParameter", "s3:GetObject"}
-WORKER_ACTIONS = {"ssm:GetParameter", "s3:GetObject"}
+KMS_ACTIONS = {"kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom",
+               "kms:ReEncryptTo", "kms:CreateGrant"}
+NODE_ACTIONS = WRITE_ACTIONS | KMS_ACTIONS | {"ec2:DescribeInstances", "ssm:GetParameter", "s3:GetObject"}
+WORKER_ACTIONS = {"ssm:GetParameter", "s3:GetObject", "kms:Decrypt"}
 
 
 def statements(document: dict) -> list[dict]:
@@ -71,8 +73,30 @@ def test_worker_policy_is_reading_the_worker_token_and_its_bundle_only():
     granted = {a: resources(s) for s in statements(document) for a in actions(s)}
     assert granted == {  # not the peer's nor the operator's token
         "ssm:GetParameter": ["arn:aws:ssm:eu-west-1:123456789012:parameter/tm/demo/cluster-token"],
+        "kms:Decrypt": ["arn:aws:kms:eu-west-1:123456789012:key/*"],
         "s3:GetObject": [f"arn:aws:s3:::{NAMES.bucket}/{WORKER_BUNDLE}"],
     }
+    (decrypt,) = by_action(document, "kms:Decrypt")  # only through SSM, only for the worker token
+    assert decrypt["Condition"] == {
+        "StringEquals": {"kms:ViaService": "ssm.eu-west-1.amazonaws.com"},
+        "StringLike": {"kms:EncryptionContext:PARAMETER_ARN": [
+            "arn:aws:ssm:eu-west-1:123456789012:parameter/tm/demo/cluster-token"]}}
+
+
+def test_every_kms_permission_is_scoped_to_ssm_or_ec2_in_the_region(document):
+    """kms:Decrypt for the SecureString tokens (both roles) and the EBS grants of encrypted
+    worker volumes (nodes) only when SSM or EC2 use the key for the role."""
+    kms = [s for s in statements(document) if any(a.startswith("kms:") for a in actions(s))]
+    assert kms
+    for statement in kms:
+        assert resources(statement) == ["arn:aws:kms:eu-west-1:123456789012:key/*"]
+        services = statement["Condition"]["StringEquals"]["kms:ViaService"]
+        services = [services] if isinstance(services, str) else services
+        assert set(services) <= {"ssm.eu-west-1.amazonaws.com", "ec2.eu-west-1.amazonaws.com"}
+    node = policies.node_policy(NAMES, SCOPE)
+    (grant,) = by_action(node, "kms:CreateGrant")
+    assert grant["Condition"]["Bool"] == {"kms:GrantIsForAWSResource": "true"}
+    assert grant["Condition"]["StringEquals"] == {"kms:ViaService": "ec2.eu-west-1.amazonaws.com"}
 
 
 def test_the_boundary_caps_both_roles_at_the_cluster():
@@ -92,6 +116,8 @@ def test_arns_follow_the_callers_partition():
                      policies.boundary_policy(gov)):
         arns = [r for s in statements(document) for r in resources(s) if r != "*"]
         assert arns and all(r.startswith("arn:aws-us-gov:") for r in arns), arns
+    china = ClusterNames("demo", "123456789012", "cn-north-1", "aws-cn")
+    assert policies.via(china, "ssm") == "ssm.cn-north-1.amazonaws.com.cn"
     assert gov.profile_arn("worker").startswith("arn:aws-us-gov:iam::123456789012:instance-profile/tm/demo/")
     assert partition_of("arn:aws-cn:sts::1:assumed-role/x") == "aws-cn" and partition_of("") == "aws"
 

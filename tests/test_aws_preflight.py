@@ -5,6 +5,7 @@ client, the way moto itself answers."""
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from botocore.awsrequest import AWSResponse
@@ -45,7 +46,7 @@ def test_subnets_in_zones_that_do_not_offer_the_type_are_left_out(setting):
     assert {zone_of[s] for s in checked.worker_subnets} == {zone_of[s] for s in checked.node_subnets} == (
         set(zone_of.values()) - {f"{REGION}e"})
     (warning,) = checked.warnings  # moto has no EC2 quotas: the needed vCPUs are said
-    assert "could not read the vCPU quota" in warning and "24 vCPUs" in warning
+    assert "could not read the on-demand vCPU quota" in warning and "24 vCPUs" in warning
     only_e = [r for r in records if r["AvailabilityZone"] == f"{REGION}e"]
     with pytest.raises(preflight.PreflightFailed, match="t3.micro .nodes. is not offered in any zone"):
         check(setting, records=only_e)
@@ -64,19 +65,58 @@ def test_a_vcpu_quota_below_what_the_cluster_can_use_is_refused(setting):
     answer(quotas, "GetServiceQuota", {"Quota": {"Value": 16.0}})
     with pytest.raises(preflight.PreflightFailed) as failed:
         check(setting)  # 2 x 2 + 2 x 5 x 2 = 24 vCPUs
-    assert "quota for on-demand standard instances is 16, the cluster can use 24" in str(failed.value)
+    assert "quota for on-demand standard instances is 16, its running instances use 0, the cluster can use 24 " \
+           "more" in str(failed.value)
     assert check(setting, max_workers=3).warnings == []  # 16 vCPUs: enough
 
 
-def test_a_customer_managed_ebs_key_is_refused_and_an_unreadable_one_warned(setting):
+def test_vcpus_already_in_use_count_against_the_quota(setting):
+    ec2, quotas, _ = setting
+    answer(quotas, "GetServiceQuota", {"Quota": {"Value": 16.0}})
+    assert check(setting, max_workers=3).warnings == []  # 2 x 2 + 2 x 3 x 2 = 16
+    ec2.run_instances(ImageId="ami-12c6146b", MinCount=2, MaxCount=2, InstanceType="t3.micro")  # someone's 4 vCPUs
+    ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="p3.2xlarge")  # not standard
+    assert preflight.vcpus_in_use(ec2) == {"on-demand": 4, "spot": 0}
+    with pytest.raises(preflight.PreflightFailed, match="is 16, its running instances use 4, the cluster can use 16 more"):
+        check(setting, max_workers=3)
+
+
+def test_with_spot_the_workers_are_checked_against_the_spot_quota(setting):
+    ec2, quotas, _ = setting
+    asked = []
+
+    def quota(params, **_):
+        asked.append(json.loads(params["body"])["QuotaCode"])
+        value = {"L-1216C47A": 4.0, "L-34B43A08": 8.0}[asked[-1]]
+        return AWSResponse("https://aws.example/", 200, {}, None), {"Quota": {"Value": value}}
+
+    quotas.meta.events.register_first("before-call.service-quotas.GetServiceQuota", quota)
+    with pytest.raises(preflight.PreflightFailed) as failed:  # 2 x 5 x 2 = 20 spot vCPUs, 8 allowed
+        check(setting, spot=True)
+    assert "quota for spot standard instances is 8" in str(failed.value) and "2 x 5 spot workers" in str(failed.value)
+    assert "on-demand" not in str(failed.value)  # the nodes (4 vCPUs) fit the on-demand quota of 4
+    assert asked == ["L-1216C47A", "L-34B43A08"]
+    assert check(setting, spot=True, max_workers=2).warnings == []
+
+
+@pytest.mark.parametrize("role", ["node", "worker"])
+def test_an_unknown_instance_type_is_named_clearly(setting, role):
+    with pytest.raises(preflight.PreflightFailed) as failed:
+        check(setting, **{f"{role}_type": "c7x.hyper"})
+    assert str(failed.value) == (f"instance type c7x.hyper ({role}s) does not exist in {REGION}: check the spelling "
+                                 "(e.g. t3.micro, c7a.large) or `aws ec2 describe-instance-type-offerings`")
+
+
+def test_a_customer_managed_ebs_key_and_an_unreadable_one_are_warnings(setting):
+    """The node role has the EBS grants through EC2 (kms:ViaService); the key's policy must allow them."""
     ec2, _, _ = setting
     ec2.enable_ebs_encryption_by_default()
     answer(ec2, "GetEbsDefaultKmsKeyId", {"Error": {"Code": "UnauthorizedOperation", "Message": "no"}}, 403)
     assert any("EBS encryption by default is on and its key could not be read (UnauthorizedOperation)" in w
                for w in check(setting).warnings)
     answer(ec2, "GetEbsDefaultKmsKeyId", {"KmsKeyId": "arn:aws:kms:us-east-1:123456789012:key/1234abcd"})
-    with pytest.raises(preflight.PreflightFailed, match="key/1234abcd, which the cluster's node role may not use"):
-        check(setting)
+    assert any("customer managed KMS key arn:aws:kms:us-east-1:123456789012:key/1234abcd" in w
+               and "key's policy" in w for w in check(setting).warnings)
 
 
 def test_preflight_failure_creates_nothing(aws, monkeypatch, capsys):  # noqa: F811

@@ -47,6 +47,12 @@ fi
 case "$url" in
     */latest/meta-data/instance-id) echo -n "$STUB_INSTANCE_ID" ;;
     */latest/meta-data/local-ipv4) echo -n "$STUB_PRIVATE_IP" ;;
+    */latest/meta-data/iam/security-credentials/)  # the role's name, after STUB_CREDS_AFTER asks (404 before)
+        asked=$(( $(cat "$CALLS.creds" 2>/dev/null || echo 0) + 1 )); echo "$asked" > "$CALLS.creds"
+        [ "$asked" -gt "${STUB_CREDS_AFTER:-0}" ] || exit 22
+        echo -n tm-demo-role ;;
+    */latest/meta-data/iam/security-credentials/tm-demo-role)
+        echo '{"Code" : "Success", "AccessKeyId" : "ASIASTUBKEY", "SecretAccessKey" : "stub-secret-key"}' ;;
     *) exit 22 ;;
 esac
 """,
@@ -154,7 +160,7 @@ def test_worker_boot_installs_the_bundle_and_starts_with_its_instance_id(tmp_pat
     assert "systemctl start --no-block tm-worker.service" in calls
     assert [c for c in calls if c.startswith("shutdown")][1:] == ["shutdown -c"]  # failsafe cancelled
     assert TOKEN not in log
-    for step in ("packages", "venv", "bundle", "install", "secrets"):  # each step's time is logged
+    for step in ("packages", "credentials", "venv", "bundle", "install", "secrets"):  # each step's time is logged
         assert f"step {step}: " in log
     assert "tm-bootstrap: worker boot finished in " in console(tmp_path)
 
@@ -213,3 +219,38 @@ def test_node_whose_boot_fails_says_so_and_powers_off_later(tmp_path, bundles):
     assert code != 0
     assert calls[-1] == "shutdown -h +15 tm: the node's boot failed"  # time to look over SSH, then stopped
     assert "node boot FAILED at step bundle" in console(tmp_path)
+
+
+def test_boot_waits_for_the_instance_profile_credentials_before_its_first_aws_call(tmp_path, bundles):
+    """A new instance profile's credentials can take minutes to reach IMDS: the boot asks every 5 s."""
+    script = worker_script(delivery(bundles["worker"]), ["http://10.0.0.5:8000"], 45)
+    code, calls, log = run_script(script, tmp_path, bundles["worker"], STUB_CREDS_AFTER="3")
+    assert code == 0, log
+    first_aws = next(i for i, c in enumerate(calls) if c.startswith("aws "))
+    assert [c for c in calls[:first_aws] if c.startswith("sleep")] == ["sleep 5"] * 3
+    assert "instance-profile credentials of tm-demo-role after 15s" in log
+    assert "stub-secret-key" not in log and "stub-secret-key" not in console(tmp_path)
+
+
+def test_boot_without_credentials_for_ten_minutes_fails_before_any_aws_call(tmp_path, bundles):
+    script = worker_script(delivery(bundles["worker"]), ["http://10.0.0.5:8000"], 45)
+    code, calls, log = run_script(script, tmp_path, bundles["worker"], STUB_CREDS_AFTER="100000")
+    assert code != 0
+    assert [c for c in calls if c.startswith("sleep")] == ["sleep 5"] * 120  # 600 s of 5 s waits
+    assert not [c for c in calls if c.startswith("aws ")]
+    assert "no instance-profile credentials in IMDS after 600s" in log
+    assert "worker boot FAILED at step credentials" in console(tmp_path)
+    assert calls[-1] == "shutdown -h now"
+
+
+def test_a_worker_has_its_own_hard_lifetime(tmp_path, bundles):
+    """WORKER_MAX_LIFETIME reaches the worker (it stops itself then) and systemd's RuntimeMaxSec ends
+    a worker that hangs 10 minutes later; the unit's power-off then terminates the instance."""
+    script = worker_script(delivery(bundles["worker"]), ["http://10.0.0.5:8000"], 45, max_lifetime=21600)
+    code, _, log = run_script(script, tmp_path, bundles["worker"])
+    assert code == 0, log
+    unit = (tmp_path / "systemd/tm-worker.service").read_text()
+    assert "--idle-seconds 45 --max-lifetime 21600 http://10.0.0.5:8000\n" in unit
+    assert "\nRuntimeMaxSec=22200\n" in unit and "ExecStopPost=+/usr/bin/systemctl poweroff --no-block" in unit
+    unlimited = worker_script(delivery(bundles["worker"]), ["http://10.0.0.5:8000"], 45, max_lifetime=0)
+    assert "RuntimeMaxSec" not in unlimited and "--max-lifetime" not in unlimited

@@ -172,9 +172,11 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "lease periods (`LEASE_SECONDS`) a live worker of this node may go without calling it (claim, "
             "heartbeat, complete) before it is taken for hung, terminated and its tasks requeued"),
     Setting("worker_max_lifetime", "WORKER_MAX_LIFETIME", float, 21600.0, 0, 30 * 86400,
-            shown_default="21600 (6 h)",
+            shown_default="21600 (6 h)", read_by=BOTH, option="--max-lifetime",
             help="seconds after its launch at which a worker is terminated and replaced if still needed (its "
-                 "tasks resume from their checkpoints); 0 = no limit"),
+                 "tasks resume from their checkpoints); a worker also stops by itself this long after it started, "
+                 "whether or not its node is still there (EC2: systemd ends it 10 minutes later if it hangs); "
+                 "0 = no limit"),
     Setting("list_grace", "TM_LIST_GRACE", float, 120.0, 1, 86400,
             "`LAUNCHER=ec2`: seconds a just-launched worker instance that `DescribeInstances` does not list yet "
             "counts as running; then it is terminated by id (it counts until EC2 took that request). At least "

@@ -25,10 +25,11 @@ from tmcommon.logs import LOG_VARIABLES
 from tmcommon.settings import NODE, ConfigError, read_by
 
 #: Node settings that ``Provisioner`` sets for each node itself; the others are passed from the
-#: caller's environment (the tokens go through SSM, the peer's address is looked up by tag, the
-#: node's service sets DATA_DIR to /var/lib/taskmanager).
-SET_PER_NODE = ("NODE_NAME", "NODE_URL", "PEER_URL", "CLUSTER_TOKEN", "PEER_TOKEN", "OPERATOR_TOKEN", "LAUNCHER",
-                "MAX_NUM_OF_WORKERS", "DATA_DIR")
+#: caller's environment (the tokens go through SSM, the peer's address is looked up by tag and
+#: its workers reach it at that same private address, so no WORKER_PEER_URL; the node's service
+#: sets DATA_DIR to /var/lib/taskmanager).
+SET_PER_NODE = ("NODE_NAME", "NODE_URL", "PEER_URL", "WORKER_PEER_URL", "CLUSTER_TOKEN", "PEER_TOKEN",
+                "OPERATOR_TOKEN", "LAUNCHER", "MAX_NUM_OF_WORKERS", "DATA_DIR")
 PASSED_SETTINGS = (*(s.env for s in read_by(NODE).values() if s.env not in SET_PER_NODE), *LOG_VARIABLES)
 CHECKIP_URL = "https://checkip.amazonaws.com"
 #: Two physical x86 cores (no SMT) for the AVX2 hash kernel: the least cost per iteration of the

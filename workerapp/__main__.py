@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 
 from tmcommon.logs import configure_logging
 from tmcommon.settings import WORKER, ConfigError, add_options, read_settings
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                     engine=engine.name, compute_many=engine.compute_many)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.request_stop())
+    lifetime = _lifetime_limit(worker, args.worker_max_lifetime)
     watcher = None
     if args.spot:
         watcher = SpotWatcher(worker.evacuate, base_url=args.metadata_url, interval=args.spot_poll_seconds)
@@ -83,10 +85,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return worker.run()
     finally:
+        if lifetime is not None:
+            lifetime.cancel()
         if watcher is not None:
             watcher.stop()
         if isinstance(worker.compute_fn, ProcessCompute):
             worker.compute_fn.close()
+
+
+def _lifetime_limit(worker: Worker, seconds: float) -> threading.Timer | None:
+    """WORKER_MAX_LIFETIME by the worker's own clock: stop as on SIGTERM, even if no node says so."""
+    if not seconds:
+        return None
+
+    def reached() -> None:
+        log.warning("WORKER_MAX_LIFETIME=%gs reached: stopping (tasks in hand go back to their nodes)", seconds)
+        worker.request_stop()
+
+    timer = threading.Timer(seconds, reached)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 if __name__ == "__main__":
