@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import Any
 from flask import current_app
 
 from nodeapp.config import NodeConfig
-from nodeapp.history import History, Sample
+from nodeapp.history import HISTORY_FILE, History, Sample
 from nodeapp.metrics import Metrics
 from nodeapp.node import Node
 from nodeapp.fleet.peer import PeerClient
@@ -43,7 +44,8 @@ class NodeContext:
         self.metrics = Metrics(self.stats, self.config.node_name)
         self.node.tasks.timings = self.metrics.task_timings
         self.summaries = EncodedSummaries(self.config.results_retention)
-        self.history = History(self.config.history_seconds)
+        kept = os.path.join(self.config.data_dir, HISTORY_FILE) if self.config.data_dir else None
+        self.history = History(self.config.history_seconds, path=kept)
 
     def stats(self) -> dict:
         stats = stats_json(self.node.stats())

@@ -11,13 +11,15 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import time
 
 import pytest
+import requests
 
 from nodeapp.history import History, Sample, merge
 from provisioning.local_cluster import free_port
 from tests.conftest import TOKEN
-from tests.helpers import QUICK_ENV, running_cluster, wait_for
+from tests.helpers import QUICK_ENV, FakeLauncher, running_cluster, wait_for
 from tmclient.client import Client
 
 CHROMIUM = "/usr/bin/chromium"
@@ -91,7 +93,54 @@ def test_history_keeps_a_bounded_series_with_a_rate_per_minute():
     assert len(points) == 360 and points[0].at == 1_000_000 + 10 * 40
     assert {p.per_minute for p in points} == {30.0}  # 5 completions per 10 s
     history.add(sample(points[-1].at, completed=points[-1].completed + 1))  # the same slot: replaced
-    assert len(history.samples()) == 360 and history.samples()[-1].per_minute == 36.0
+    assert len(history.samples()) == 360 and history.samples()[-1].per_minute == 31.0  # 31 in the last minute
+
+
+def test_completed_per_minute_is_the_last_minutes_completions_whatever_the_interval():
+    for interval in (0.5, 2, 10, 60):
+        history = History(interval=interval)
+        for i in range(int(300 / interval)):
+            history.add(sample(1_000_000 + interval * i, completed=int(i * interval // 3)))  # one per 3 s
+        assert abs(history.samples()[-1].per_minute - 20) <= 60 / max(60, interval) + 0.01, interval
+    burst = History(interval=10)
+    for i, completed in enumerate([0, 0, 0, 0, 0, 0, 0, 480, 480, 480]):  # 480 at once, then none
+        burst.add(sample(1_000_000 + 10 * i, completed=completed))
+    assert [p.per_minute for p in burst.samples()][-4:] == [0.0, 480.0, 480.0, 480.0]  # for a minute, not 2880
+    restarted = History(interval=10)
+    for i, completed in enumerate([100, 110, 5, 15]):  # a node without a journal restarted: counts from 0
+        restarted.add(sample(1_000_000 + 10 * i, completed=completed))
+    assert [p.per_minute for p in restarted.samples()] == [None, 60.0, None, 60.0]
+
+
+def test_history_is_kept_across_a_restart_where_there_is_a_data_dir(tmp_path, caplog):
+    from nodeapp import create_app
+
+    settings = {"cluster_token": TOKEN, "node_name": "n", "node_url": "http://127.0.0.1:1", "data_dir": str(tmp_path),
+                "history_seconds": 0.1}
+    first = create_app(settings, launcher=FakeLauncher())
+    context = first.extensions["nodeapp"]
+    for _ in range(3):
+        at = context.history.slot(time.time())
+        context.sample_history()
+        wait_for(lambda: context.history.slot(time.time()) > at, timeout=5, interval=0.02, what="the next slot")
+    kept = first.test_client().get("/history").get_json()["points"]
+    context.close()  # the node stops (its journal is closed)
+    assert len(kept) == 3
+
+    again = create_app(settings, launcher=FakeLauncher())  # the same DATA_DIR: the chart goes on
+    assert again.test_client().get("/history").get_json()["points"] == kept
+    again.extensions["nodeapp"].sample_history()
+    assert len(again.test_client().get("/history").get_json()["points"]) == 4
+    again.extensions["nodeapp"].close()
+
+    (tmp_path / "history.json").write_text("not json")
+    with caplog.at_level("WARNING"):
+        damaged = create_app(settings, launcher=FakeLauncher())
+    assert damaged.test_client().get("/history").get_json()["points"] == [] and "not read" in caplog.text
+    damaged.extensions["nodeapp"].close()
+    no_dir = create_app({**settings, "data_dir": ""}, launcher=FakeLauncher())
+    no_dir.extensions["nodeapp"].sample_history()
+    assert not (tmp_path / "n").exists() and len(no_dir.extensions["nodeapp"].history.samples()) == 1
 
 
 def test_merge_adds_the_nodes_up_per_sample_time():
@@ -221,6 +270,12 @@ def test_figures_change_as_tasks_complete(page, cluster, tmp_path):
     assert figure(page, "total-queued") == "0" and figure(page, "total-failed") == "0"
     wait_for(lambda: figure(page, "per-minute").isdigit() and int(figure(page, "per-minute")) > 0, timeout=10,
              what="completed per minute above 0")
+
+    def chart_rate() -> str:  # the chart's newest figure, as the card rounds it
+        newest = requests.get(cluster.urls[0] + "/dashboard/history", timeout=5).json()["points"][-1]["per_minute"]
+        return str(int(newest + 0.5))
+
+    wait_for(lambda: figure(page, "per-minute") == chart_rate(), timeout=15, what="the card to show the chart's rate")
     results = table_text(page, "results")
     assert any(task_id[:12] in results for task_id in ids)
     assert "node-a" in table_text(page, "decisions")  # node-a got work and launched a worker

@@ -393,14 +393,25 @@ def test_size_stays_bounded_under_steady_load(tmp_path):
         assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (retention,)
 
 
+def test_erase_counts_what_it_deletes(tmp_path):
+    journal, _ = opened(tmp_path)
+    journal.write([accepted(seq) for seq in range(1, 8)]).wait()
+    journal.write([Completed(1, "a" * 128, 5.0), Completed(2, "b" * 128, 5.0), Failed(3, "why", 6.0),
+                   Failed(4, "cancelled by a client", 6.0, True)]).wait()
+    journal.close()
+    assert erase(tmp_path) == {"queued": 3, "results": 2, "failed": 2}
+
+
 def test_erase_deletes_the_journal_unless_a_node_uses_it(tmp_path):  # erase does not wait
     journal, _ = opened(tmp_path)
     journal.write([accepted(1)]).wait()
     with pytest.raises(DataDirInUse):
         erase(tmp_path)
     journal.close()
-    assert erase(tmp_path) is True and not list(tmp_path.glob(f"{DB_NAME}*"))
-    assert erase(tmp_path) is False and erase(tmp_path / "missing") is False
+    (tmp_path / "history.json").write_text("{}")  # the chart's samples go with it
+    assert erase(tmp_path) == {"queued": 1, "results": 0, "failed": 0}
+    assert not list(tmp_path.glob(f"{DB_NAME}*")) and not (tmp_path / "history.json").exists()
+    assert erase(tmp_path) is None and erase(tmp_path / "missing") is None
     journal, recovered = opened(tmp_path)
     assert recovered.queued == []
     journal.close()

@@ -47,3 +47,25 @@ def test_help_lists_the_commands_with_their_descriptions_in_one_column(monkeypat
                                    for line in usage)
     columns = {re.search(r"\S  +(\S)", line).start(1) for line in usage}
     assert len(columns) == 1, usage  # each description starts in the same column
+
+
+def test_fresh_says_how_many_tasks_and_results_it_removed(tmp_path):
+    import argparse
+
+    from nodeapp.store.journal import Accepted, Completed, Failed, Journal
+    from provisioning.local_cluster import LocalCluster
+    from tmrun.local import prepare_data_dir
+
+    for name, done in (("node-a", 2), ("node-b", 1)):
+        journal = Journal(tmp_path / name)
+        journal.load()
+        journal.start()
+        journal.write([Accepted(seq, f"{name}-{seq}", 1, b"body", 1.0) for seq in range(1, 5)]).wait()
+        journal.write([Completed(seq, "a" * 128, 2.0) for seq in range(1, done + 1)] + [Failed(4, "why", 3.0)]).wait()
+        journal.close()
+    cluster = LocalCluster(ports=(1, 2), log_dir=tmp_path / "logs", data_dir=tmp_path)
+    line = prepare_data_dir(argparse.Namespace(fresh=True), cluster, tmp_path)
+    assert line.endswith("--fresh removed 5 tasks (3 queued, 2 failed or cancelled) and 3 results"), line
+    line = prepare_data_dir(argparse.Namespace(fresh=True), cluster, tmp_path)
+    assert line.endswith("--fresh removed 0 tasks (0 queued, 0 failed or cancelled) and 0 results"), line
+    assert "--fresh empties them" in prepare_data_dir(argparse.Namespace(fresh=False), cluster, tmp_path)

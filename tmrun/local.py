@@ -58,12 +58,14 @@ def cluster_stats(client: Client) -> dict | None:
 def prepare_data_dir(args: argparse.Namespace, cluster: LocalCluster, data_dir: Path) -> str:
     """Check that no node uses the journals (emptying them first with ``--fresh``); returns the
     line that says where they are and what ``--fresh`` removed."""
-    removed = [erase(data_dir / node.name) for node in cluster.nodes] if args.fresh else []
+    held = [erase(data_dir / node.name) or {} for node in cluster.nodes] if args.fresh else []
     for node in cluster.nodes:
         check_free(data_dir / node.name)
     where = f"journals in {data_dir}/node-a and node-b"
     if args.fresh:
-        return f"{where}: emptied (--fresh removed {sum(removed)} journal files)"
+        total = {key: sum(h.get(key, 0) for h in held) for key in ("queued", "failed", "results")}
+        return (f"{where}: --fresh removed {total['queued'] + total['failed']} tasks ({total['queued']} queued, "
+                f"{total['failed']} failed or cancelled) and {total['results']} results")
     return f"{where}: a node that restarts, and the next run, find their tasks there (--fresh empties them)"
 
 

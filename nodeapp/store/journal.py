@@ -30,6 +30,7 @@ back with ``reload()`` (and put its memory back to it); ``wait`` gives up after 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -43,6 +44,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import NamedTuple
 
+from nodeapp.history import HISTORY_FILE
 from nodeapp.store import journal_repair
 from nodeapp.store.checkpoints import Checkpoint, is_digest
 
@@ -613,23 +615,40 @@ def open_journal(config) -> Journal | None:
                    wait_seconds=config.journal_wait_seconds)
 
 
-def erase(data_dir: str | os.PathLike) -> bool:
-    """Delete the journal in ``data_dir`` (to start empty); returns whether there was one.
+def erase(data_dir: str | os.PathLike) -> dict[str, int] | None:
+    """Delete the journal in ``data_dir`` and the chart's samples kept beside it (to start
+    empty); returns what the journal held, ``{"queued", "results", "failed"}`` (``failed``
+    counts cancelled tasks too), or None if there was no journal.
 
     Raises:
         DataDirInUse: a node uses ``data_dir``.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        return False
+        return None
     fd = _take_lock(data_dir / LOCK_NAME)
     try:
-        found = [p for p in data_dir.glob(f"{DB_NAME}*") if p.is_file()]
-        for path in found:
+        held = _held(data_dir / DB_NAME) if (data_dir / DB_NAME).is_file() else None
+        found = [p for p in data_dir.glob(f"{DB_NAME}*") if p.is_file()]  # with the WAL that reading left
+        for path in found + [p for p in data_dir.glob(f"{HISTORY_FILE}*") if p.is_file()]:
             path.unlink()
-        return bool(found)
+        return held
     finally:
         os.close(fd)
+
+
+def _held(path: Path) -> dict[str, int]:
+    """Tasks by state in the journal at ``path`` (zeros if it cannot be read)."""
+    held = {"queued": 0, "results": 0, "failed": 0}
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall()
+    except sqlite3.Error:
+        return held
+    names = {QUEUED: "queued", COMPLETED: "results", FAILED: "failed", CANCELLED: "failed"}
+    for state, count in rows:
+        held[names.get(state, "failed")] += count
+    return held
 
 
 def check_free(data_dir: str | os.PathLike, wait: float = 0.0) -> None:

@@ -6,11 +6,9 @@
   const POLL_MS = 2000;
   const FETCH_TIMEOUT_MS = 5000;
   const STALE_S = 3 * POLL_MS / 1000; // three missed refreshes in a row
-  const RATE_WINDOW_S = 60;
   const source = document.body.dataset.source;
   const historySource = document.body.dataset.history;
   const historyMs = Math.max(2000, 1000 * Number(document.body.dataset.historySeconds || 10));
-  const samples = []; // [server time in s, completed total], for "completed / min"
   let lastUpdate = null; // Date.now() of the last refresh that worked
 
   function byId(id) { return document.getElementById(id); }
@@ -98,16 +96,6 @@
     }
   }
 
-  function perMinute(at, completed) {
-    if (samples.length && completed < samples[samples.length - 1][1]) samples.length = 0; // a node dropped out
-    samples.push([at, completed]);
-    while (samples.length > 2 && at - samples[1][0] >= RATE_WINDOW_S) samples.shift();
-    const first = samples[0];
-    const span = at - first[0];
-    if (span < 1) return null;
-    return (completed - first[1]) * 60 / span;
-  }
-
   function render(data) {
     const t = data.totals;
     setText("total-queued", t.queued);
@@ -116,8 +104,6 @@
     setText("total-failed", t.failed, t.failed > 0 ? "bad" : "");
     setText("total-workers", workers(t.workers));
     setText("capacity-why", t.workers.capacity_why ? "capacity below max: " + t.workers.capacity_why : "");
-    const rate = perMinute(data.at, t.completed);
-    setText("per-minute", rate === null ? "–" : String(Math.round(rate)));
     if (!data.peer.url) setText("peer", "no peer configured", "");
     else if (data.peer.reachable) setText("peer", "reachable", "ok");
     else setText("peer", "unreachable", "bad");
@@ -220,6 +206,9 @@
       series: [series("completed per minute", "rate", "per_minute")],
     });
     byId("chart-empty").hidden = pts.length > 1;
+    // the card shows the chart's newest figure: one definition (completions of the last minute, both nodes)
+    const newest = pts.length ? pts[pts.length - 1].per_minute : null;
+    setText("per-minute", newest === null || newest === undefined ? "–" : String(Math.round(newest)));
     byId("chart-title").textContent = h.window >= 3600 ? "Last hour" : "Last " + Math.round(h.window / 60) + " minutes";
     document.body.dataset.chartPoints = String(pts.length);
   }
