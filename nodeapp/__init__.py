@@ -7,6 +7,7 @@ by ``nodeapp.background.start_background``, which gunicorn calls once in its wor
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from nodeapp.web import origin
 from nodeapp.web import errors
 from nodeapp.web import bodies
 from nodeapp.web.auth import peer_token
+from nodeapp.store.apikeys import FILE_NAME as KEYS_FILE, KeyRing
 from nodeapp.config import NodeConfig
 from nodeapp.context import EXTENSION_KEY, NodeContext
 from nodeapp.store.journal import open_journal
@@ -71,6 +73,8 @@ def create_app(
         max_queued=config.max_queued,
         max_queued_bytes=config.max_queued_bytes,
         results_retention=config.results_retention,
+        results_ttl=config.results_ttl,
+        priority_aging=config.priority_aging,
         journal=journal,
         idempotency_seconds=config.idempotency_seconds,
     )
@@ -89,7 +93,8 @@ def create_app(
         boot_timeout=config.boot_timeout, summary_seconds=config.summary_seconds,
         silence_seconds=silence_seconds(config), max_lifetime=config.worker_max_lifetime,
     )
-    app.extensions[EXTENSION_KEY] = context = NodeContext(config, node, peer, launcher, scaler)
+    keys = KeyRing(config.api_key, Path(config.data_dir) / KEYS_FILE if config.data_dir else None)
+    app.extensions[EXTENSION_KEY] = context = NodeContext(config, node, peer, launcher, scaler, keys)
     context.metrics.instrument(app)  # first: times the requests the next hooks refuse, too
     errors.init_app(app)
     origin.init_app(app)  # a browser changes state only from the node's own pages
@@ -100,6 +105,9 @@ def create_app(
     from nodeapp.web.task_api import bp as task_bp
 
     app.register_blueprint(task_bp)
+    from nodeapp.web.operator_api import bp as operator_bp
+
+    app.register_blueprint(operator_bp)
     from nodeapp.web.openapi import bp as openapi_bp
 
     app.register_blueprint(openapi_bp)

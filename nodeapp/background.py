@@ -8,6 +8,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask
 
 from nodeapp.context import EXTENSION_KEY, NodeContext
+from nodeapp.fleet.keysync import KEY_SYNC_SECONDS
+
+#: Seconds between two runs of the store's upkeep (deadlines, RESULTS_TTL_SECONDS).
+UPKEEP_SECONDS = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,14 @@ def start_background(app: Flask, node_url: str | None = None) -> BackgroundSched
         )
         scheduler.add_job(
             ctx.sample_history, "interval", seconds=ctx.config.history_seconds, id="history",
+            max_instances=1, coalesce=True, replace_existing=True,
+        )
+        scheduler.add_job(
+            ctx.node.tasks.upkeep, "interval", seconds=UPKEEP_SECONDS, id="upkeep",
+            max_instances=1, coalesce=True, replace_existing=True,
+        )
+        scheduler.add_job(
+            ctx.key_sync.exchange, "interval", seconds=KEY_SYNC_SECONDS, id="keys",
             max_instances=1, coalesce=True, replace_existing=True,
         )
         scheduler.start()

@@ -10,8 +10,10 @@ from typing import Any
 
 from flask import current_app
 
+from nodeapp.store.apikeys import KeyRing
 from nodeapp.config import NodeConfig
 from nodeapp.history import HISTORY_FILE, History, Sample
+from nodeapp.fleet.keysync import KeySync
 from nodeapp.metrics import Metrics
 from nodeapp.node import Node
 from nodeapp.fleet.peer import PeerClient
@@ -26,6 +28,21 @@ IN_PROGRESS_SHOWN = 10
 
 
 @dataclass
+class Intake:
+    """Whether the operator has paused intake (``POST /pause``): enqueues and retries get 503 ``paused``."""
+
+    paused: bool = False
+    since: float | None = None  # wall clock
+
+    def set(self, paused: bool) -> None:
+        if paused != self.paused:
+            self.paused, self.since = paused, time.time() if paused else None
+
+    def to_json(self) -> dict:
+        return {"paused": self.paused, "since": self.since}
+
+
+@dataclass
 class NodeContext:
     """Everything one node owns. Built by ``create_app``; the scheduler is added by ``start_background``."""
 
@@ -37,7 +54,10 @@ class NodeContext:
     metrics: Metrics = field(init=False)
     summaries: EncodedSummaries = field(init=False)
     history: History = field(init=False)
+    keys: KeyRing = field(default_factory=KeyRing)
     scheduler: Any = None
+    intake: Intake = field(default_factory=Intake)
+    key_sync: KeySync = field(init=False)
     background_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -46,11 +66,17 @@ class NodeContext:
         self.summaries = EncodedSummaries(self.config.results_retention)
         kept = os.path.join(self.config.data_dir, HISTORY_FILE) if self.config.data_dir else None
         self.history = History(self.config.history_seconds, path=kept)
+        self.key_sync = KeySync(self.keys, self.peer)
+
+    def keys_refresh(self) -> bool:
+        """Ask the peer for keys this node may not know yet; True if new ones came."""
+        return self.key_sync.refresh()
 
     def stats(self) -> dict:
         stats = stats_json(self.node.stats())
         stats["node"] = self.config.node_name
         stats["peer"] = self.peer.info()
+        stats["intake"] = self.intake.to_json()
         journal = self.node.tasks.journal
         stats["journal"] = public_journal_info(journal.info()) if journal is not None else {"durable": False}
         # no id: the id of a queued or running task is what it takes to cancel it

@@ -388,7 +388,9 @@ def test_size_stays_bounded_under_steady_load(tmp_path):
         journal.write(batch).wait()
         sizes.append(journal.size_bytes())
     journal.close()
-    assert max(sizes[20:]) <= max(sizes[:20]), sizes
+    # Past the WAL's checkpoint size the file stops growing (a few pages of slack for the table's
+    # page splits settling: the rows' layout decides when).
+    assert len(set(sizes[-8:])) == 1 and max(sizes[20:]) <= max(sizes[:20]) + 8 * 4096, sizes
     with sqlite3.connect(tmp_path / DB_NAME) as conn:
         assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (retention,)
 

@@ -101,6 +101,8 @@ def check_case(case, call, client):
         assert snapshot(client) == before, f"{case.method} {case.path} answered {response.status_code} but changed state"
     if case.path == "/configure":  # a fuzzed peer URL would send the next cases' peer calls anywhere
         client.post("/configure", json={"peer_url": ""}, headers={"X-Cluster-Token": TOKEN})
+    if case.path == "/pause":  # a paused node would answer every later enqueue case 503 paused
+        client.post("/resume", json={}, headers={"X-Cluster-Token": TOKEN})
     return response
 
 

@@ -148,6 +148,12 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("actions_token", "ACTIONS_TOKEN", str, "", form=HEADER_SAFE, secret=True, shown_default="none (no token)",
             help="when set, `POST /cancel` and `POST /retry` need it (or the operator or peer token) in "
                  "`X-Cluster-Token`; without it a task's id is all they need"),
+    Setting("api_keys", "API_KEYS", str, "off", choices=("off", "required"),
+            help="`required`: the task endpoints (enqueue, status, results, cancel, retry) take a client "
+                 "key in `X-Api-Key` (or the operator token); keys are made and revoked with `tm keys` (AWS mode: "
+                 "`required`, with a first key in SSM)"),
+    Setting("api_key", "API_KEY", str, "", form=HEADER_SAFE, secret=True,
+            help="a client key every node accepts from start, besides those made by `POST /keys` (AWS mode: in SSM)"),
     Setting("launcher", "LAUNCHER", str, "local", choices=("local", "ec2"), help="how workers are started"),
     Setting("local_max_workers", "TM_LOCAL_MAX_WORKERS", int, 0, 0, 10_000, shown_default="0: the CPUs here",
             help="`LAUNCHER=local`: worker processes a node runs at once (more would only share the same cores); "
@@ -194,6 +200,14 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
                  "`queue_full`; the default fits the 1 GiB node instance of AWS mode"),
     Setting("results_retention", "RESULTS_RETENTION", int, 100_000, 1, 10**8,
             "completed results (and, separately, failed tasks) kept per node"),
+    Setting("results_ttl", "RESULTS_TTL_SECONDS", float, 0.0, 0, 10 * 365 * 86400,
+            "seconds a completed result (or a failed task) is kept, besides the `RESULTS_RETENTION` count; "
+            "0 = no age limit"),
+    Setting("priority_aging", "PRIORITY_AGING_SECONDS", float, 60.0, 0.01, 86400,
+            "seconds of waiting worth one priority step: a queued task is served as if enqueued `priority` × this "
+            "earlier, so a task is never overtaken by one enqueued more than (9 − its priority) × this after it"),
+    Setting("max_delay", "MAX_DELAY_SECONDS", float, 30 * 86400.0, 1, 365 * 86400, shown_default="2592000 (30 d)",
+            help="furthest in the future a task's `not_before` or `deadline` may be"),
     Setting("max_batch_tasks", "MAX_BATCH_TASKS", int, 1000, 1, 100_000,
             "tasks one `PUT /enqueue_batch` may carry"),
     Setting("max_batch_bytes", "MAX_BATCH_BYTES", int, 16 * 1024**2, 8, 1024**3, shown_default="16777216 (16 MiB)",

@@ -162,3 +162,9 @@ class PeerClient:
         """The peer's own workers and failed tasks (``GET /dashboard/node``), or None."""
         data = self._json("GET", "/dashboard/node")
         return data if isinstance(data, dict) else None
+
+    def sync_keys(self, keys: list[dict]) -> list | None:
+        """Send this node's client keys (``POST /keys/sync``); the peer's list, or None."""
+        data = self._json("POST", "/keys/sync", json={"keys": keys})
+        keys = data.get("keys") if isinstance(data, dict) else None
+        return keys if isinstance(keys, list) else None

@@ -34,6 +34,7 @@ import contextlib
 import errno
 import fcntl
 import logging
+import math
 import os
 import secrets
 import sqlite3
@@ -74,14 +75,19 @@ CREATE TABLE IF NOT EXISTS tasks (
     done_at REAL,
     reason TEXT,
     ckpt_done INTEGER,                -- queued: the newest accepted checkpoint, if any
-    ckpt_digest TEXT
+    ckpt_digest TEXT,
+    priority INTEGER,                 -- 0 to 9 (NULL: 0)
+    not_before REAL,                  -- wall clock, NULL: none
+    deadline REAL,
+    owner TEXT                        -- the client key id that queued it
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
 TASK_COLUMNS = "seq, id, iterations, enqueued_at, body, state, result, done_at, reason"
 #: Columns added after the first version: added to an older file when it is opened.
-ADDED_COLUMNS = {"ckpt_done": "INTEGER", "ckpt_digest": "TEXT"}
+ADDED_COLUMNS = {"ckpt_done": "INTEGER", "ckpt_digest": "TEXT", "priority": "INTEGER", "not_before": "REAL",
+                 "deadline": "REAL", "owner": "TEXT"}
 
 
 class JournalError(RuntimeError):
@@ -99,6 +105,10 @@ class Accepted(NamedTuple):
     iterations: int
     body: bytes
     enqueued_at: float
+    priority: int = 0
+    not_before: float | None = None
+    deadline: float | None = None
+    owner: str | None = None
 
 
 class Completed(NamedTuple):
@@ -149,6 +159,10 @@ class StoredTask:
     reason: str | None = None
     cancelled: bool = False
     checkpoint: Checkpoint | None = None  # queued: where the task had got to
+    priority: int = 0
+    not_before: float | None = None
+    deadline: float | None = None
+    owner: str | None = None
 
 
 @dataclass
@@ -537,8 +551,8 @@ class Journal:
         # trimmed, so applying the kinds in that order is the same as applying the records one
         # by one (a checkpoint only ever moves forward, and only while the task is queued).
         if accepted:
-            conn.executemany("INSERT INTO tasks (seq, id, iterations, body, enqueued_at) VALUES (?,?,?,?,?)",
-                             accepted)
+            conn.executemany("INSERT INTO tasks (seq, id, iterations, body, enqueued_at, priority, not_before, "
+                             "deadline, owner) VALUES (?,?,?,?,?,nullif(?, 0),?,?,?)", accepted)
             conn.execute("INSERT INTO meta VALUES ('last_seq', ?) ON CONFLICT(name) DO UPDATE "
                          "SET value = max(value, excluded.value)", (last_seq,))
         if checkpointed:
@@ -693,7 +707,8 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
 def _task_from_row(row: tuple) -> StoredTask | None:
     """A row as read back, or None if a value has the wrong type (a damaged cell). A damaged
     checkpoint is dropped (the task starts from 0), not the task."""
-    seq, task_id, iterations, enqueued_at, body, state, result, done_at, reason, ckpt_done, ckpt_digest = row
+    (seq, task_id, iterations, enqueued_at, body, state, result, done_at, reason, ckpt_done, ckpt_digest, priority,
+     not_before, deadline, owner) = row
     if not (isinstance(seq, int) and isinstance(task_id, str) and isinstance(iterations, int)
             and isinstance(enqueued_at, (int, float)) and state in (QUEUED, COMPLETED, FAILED, CANCELLED)):
         return None
@@ -708,4 +723,11 @@ def _task_from_row(row: tuple) -> StoredTask | None:
             and is_digest(ckpt_digest)):
         checkpoint = Checkpoint(ckpt_done, ckpt_digest)
     return StoredTask(seq, task_id, iterations, float(enqueued_at), body if state == QUEUED else None,
-                      result, done_at, reason if isinstance(reason, str) else None, state == CANCELLED, checkpoint)
+                      result, done_at, reason if isinstance(reason, str) else None, state == CANCELLED, checkpoint,
+                      priority if type(priority) is int and 0 <= priority <= 9 else 0, _time(not_before),
+                      _time(deadline), owner if isinstance(owner, str) else None)
+
+
+def _time(value: object) -> float | None:
+    """A stored time, or None (none, or a damaged cell)."""
+    return float(value) if type(value) in (int, float) and math.isfinite(value) else None

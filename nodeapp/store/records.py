@@ -7,7 +7,7 @@ the figures a ``TaskCounts``. No logic beyond validation of a task id.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nodeapp.store.checkpoints import Checkpoint
 
@@ -58,6 +58,10 @@ class Submission:
     iterations: int
     digest: bytes
     key: str | None = None  # idempotency key
+    priority: int = 0  # 0 to 9, higher first (nodeapp/store/queue.py)
+    not_before: float | None = None  # wall clock: not handed out before
+    deadline: float | None = None  # wall clock: failed ``expired`` if still queued then
+    owner: str | None = None  # the client key (id) that queued it
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,10 @@ class TaskRecord:
     resumed_from: int | None = None  # completed: the checkpoint its last worker started from
     reused_from: str | None = None  # completed from (or, queued or running, shares the run of) this task
     seq: int = 0  # the task's row in the journal
+    priority: int = 0
+    not_before: float | None = None
+    deadline: float | None = None
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,3 +127,6 @@ class TaskCounts:
     cancelled: int = 0
     retried: int = 0
     replayed: int = 0  # submissions whose idempotency key was known: nothing queued
+    scheduled: int = 0  # queued with a not_before still ahead
+    expired: int = 0  # queued tasks failed at their deadline
+    queued_by_priority: dict = field(default_factory=dict)  # ready tasks per priority

@@ -21,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import math
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,11 +41,14 @@ from nodeapp.store.records import (
     Submitted, TaskCounts, TaskRecord, WrongState,
 )
 from nodeapp.store.reuse import ReuseIndex, Work
+from nodeapp.store.queue import HEAD, PRIORITY_DEFAULT, READY, TaskQueue
 
 log = logging.getLogger(__name__)
 
 # How submit_many admits an item (see TaskStore._match).
 _REPLAY, _QUEUE, _FOLLOW, _DONE, _DONE_PEER = "replay", "queue", "follow", "done", "done-peer"
+#: The reason of a queued task failed at its deadline, and of tasks purged by the operator.
+EXPIRED, PURGED = "expired", "purged by the operator"
 #: Bodies of failed and cancelled tasks kept for ``retry`` (the oldest are dropped past it).
 KEPT_BODIES_BYTES = 64 * 1024 * 1024
 
@@ -70,17 +74,32 @@ class _Task:
     digest: bytes = b""  # sha512(data)
     leader: _Task | None = None
     followers: list[_Task] = field(default_factory=list)
+    priority: int = PRIORITY_DEFAULT
+    not_before: float | None = None  # wall clock
+    deadline: float | None = None  # wall clock
+    owner: str | None = None
+    ready_tick: float = 0.0  # monotonic: when it may be claimed (the queue's order, nodeapp/taskqueue.py)
+    deadline_tick: float = math.inf  # monotonic
+    place: tuple | None = None  # the queue's bookkeeping
 
     def record(self, **finished) -> TaskRecord:
         return TaskRecord(self.id, finished.pop("state", self.state), self.iterations, self.enqueued_at,
-                          self.attempts, seq=self.seq, **finished)
+                          self.attempts, seq=self.seq, priority=self.priority, not_before=self.not_before,
+                          deadline=self.deadline, owner=self.owner, **finished)
+
+    def schedule(self, wall: float, tick: float) -> _Task:
+        """Set the monotonic times of its ``not_before`` and ``deadline`` (``wall`` and ``tick`` are now)."""
+        self.ready_tick = self.enqueued_tick if self.not_before is None else \
+            max(self.enqueued_tick, tick + self.not_before - wall)
+        self.deadline_tick = math.inf if self.deadline is None else tick + self.deadline - wall
+        return self
 
 
 #: Counters of /stats kept in the journal: name there -> TaskStore attribute.
 _JOURNALED_COUNTERS = {
     "enqueued": "_enqueued", "completed": "_completed_total", "failed": "_failed_total",
     "rejected_full": "_rejected_full", "leases_expired": "_leases_expired", "reused": "_reused",
-    "cancelled": "_cancelled", "retried": "_retried", "replayed": "_replayed",
+    "cancelled": "_cancelled", "retried": "_retried", "replayed": "_replayed", "expired": "_expired",
 }
 
 
@@ -94,6 +113,8 @@ class TaskStore:
         max_queued_bytes: bytes of bodies held (queued and running tasks) that ``submit``
             refuses to exceed (``QueueFull``).
         results_retention: completed (and, separately, failed) tasks kept.
+        results_ttl: seconds a completed or failed task is kept (0: no age limit), see ``trim_aged``.
+        priority_aging: seconds of waiting worth one priority step (``nodeapp.taskqueue``).
         idempotency_seconds: how long an idempotency key is remembered.
         epoch: the id of this run of the store in ``completed_after`` cursors (random by default).
         monotonic: the clock of lease deadlines and queue age.
@@ -109,6 +130,8 @@ class TaskStore:
         max_queued: int = 100_000,
         max_queued_bytes: int = 256 * 1024**2,
         results_retention: int = 100_000,
+        results_ttl: float = 0.0,
+        priority_aging: float = 60.0,
         idempotency_seconds: float = 86400.0,
         epoch: str | None = None,
         monotonic: Callable[[], float] = time.monotonic,
@@ -128,6 +151,8 @@ class TaskStore:
         self.results_retention = results_retention
         self.epoch = epoch or uuid.uuid4().hex[:16]
         self._keys = IdempotencyKeys(idempotency_seconds, monotonic)
+        self.results_ttl = results_ttl
+        self._priority_aging = priority_aging
         self._empty()
 
     def _empty(self) -> None:
@@ -135,8 +160,7 @@ class TaskStore:
         self._unwritten: list[Record] = []  # for the journal, gathered under the lock
         self._written_counts: dict[str, int] = {}  # counters as last handed to the journal
         self._body_bytes = 0  # bodies of queued and running tasks
-        self._queue: deque[_Task] = deque()
-        self._queued_iterations = 0
+        self._queue = TaskQueue(self._priority_aging)
         self._running: dict[str, _Task] = {}
         self._active: dict[str, _Task] = {}  # queued or running, by id
         self._completed: OrderedDict[str, TaskRecord] = OrderedDict()  # oldest first
@@ -150,7 +174,7 @@ class TaskStore:
         self._log: CompletionLog[TaskRecord] = CompletionLog()
         self._kept_bodies: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()  # failed/cancelled: data, digest
         self._kept_bytes = 0
-        self._reused = self._cancelled = self._retried = self._replayed = 0
+        self._reused = self._cancelled = self._retried = self._replayed = self._expired = 0
 
     def submit(self, data: bytes, iterations: int, *, reuse: bool = False) -> str:
         """Queue one task at the tail and return its id (``submit_many`` of one, by default
@@ -193,6 +217,8 @@ class TaskStore:
                 if item.key is not None:
                     new_keys[item.key] = KeyEntry(task_id, item.iterations, item.digest)
                 how, source = self._match((item.digest, item.iterations), reuse, leaders, peer_results)
+                if how == _FOLLOW and not self._may_follow(item, source):
+                    how, source = _QUEUE, None
                 if how == _QUEUE:
                     leaders.setdefault((item.digest, item.iterations), task_id)
                     queued, queued_bytes = queued + 1, queued_bytes + len(item.data)
@@ -206,7 +232,9 @@ class TaskStore:
                     out.append(Submitted(task_id, replayed=True))
                     continue
                 self._seq += 1
-                task = _Task(task_id, item.iterations, wall, tick, item.data, self._seq, digest=item.digest)
+                task = _Task(task_id, item.iterations, wall, tick, item.data, self._seq, digest=item.digest,
+                             priority=item.priority, not_before=item.not_before, deadline=item.deadline,
+                             owner=item.owner).schedule(wall, tick)
                 out.append(Submitted(task_id, reused_from=self._admit(task, how, source)))
                 self._enqueued += 1
             for key, entry in new_keys.items():
@@ -249,7 +277,6 @@ class TaskStore:
             else:
                 if task.state == QUEUED:
                     self._queue.remove(task)
-                    self._queued_iterations -= task.iterations
                 else:
                     del self._running[task_id]
                 self._body_bytes -= len(task.data)
@@ -292,8 +319,9 @@ class TaskStore:
             self._note(Trimmed(record.seq))  # its row goes; the task comes back under a new seq
             self._drop_body(task_id)
             self._seq += 1
-            self._admit(_Task(task_id, record.iterations, self._wall(), self._monotonic(), data, self._seq,
-                              digest=digest), how, source)
+            wall, tick = self._wall(), self._monotonic()
+            self._admit(_Task(task_id, record.iterations, wall, tick, data, self._seq, digest=digest,
+                              priority=record.priority, owner=record.owner).schedule(wall, tick), how, source)
             self._retried += 1
             record = self._status(task_id)
             commit = self._flush()
@@ -320,15 +348,14 @@ class TaskStore:
         """
         with self._lock:
             now = self._monotonic()
+            self._expire(now)  # a task past its deadline is failed, never handed out
             deadline = now + self.lease_seconds
             leased: list[LeasedTask] = []
             budget = max_iterations
-            while self._queue and len(leased) < max_tasks:
-                task = self._queue[0]
+            while len(leased) < max_tasks and (task := self._queue.peek(now)) is not None:
                 if leased and budget is not None and task.iterations > budget:
                     break
-                self._queue.popleft()
-                self._queued_iterations -= task.iterations
+                self._queue.remove(task)
                 task.state, task.worker_id, task.lease_deadline = RUNNING, worker_id, deadline
                 task.claimed_from = task.checkpoint.done if task.checkpoint else 0
                 if self.timings is not None and not task.claimed_tick:
@@ -338,7 +365,9 @@ class TaskStore:
                 leased.append(LeasedTask(task.id, task.iterations, task.data, task.checkpoint))
                 if budget is not None:
                     budget -= task.iterations
-            return leased
+            commit = self._flush()
+        self._durable(commit)
+        return leased
 
     def complete(self, worker_id: str, results: Iterable[tuple[str, str]]) -> int:
         """Record results; returns how many were accepted.
@@ -424,6 +453,44 @@ class TaskStore:
             started.sort(key=lambda t: t.checkpoint.done / t.iterations, reverse=True)
             return [t.record(done=t.checkpoint.done) for t in started[:top]]
 
+    def held(self) -> list[tuple[str, TaskRecord, float]]:
+        """Every leased task as (worker id, record with ``done``, wall time of its claim), for ``GET /active``."""
+        with self._lock:
+            wall, tick = self._wall(), self._monotonic()
+            return [(t.worker_id, t.record(done=t.checkpoint.done if t.checkpoint else 0), wall - (tick - t.claimed_tick))
+                    for t in self._running.values()]
+
+    def purge(self) -> int:
+        """Cancel every queued task (scheduled ones and those sharing their runs too); running
+        ones run on. Returns how many were cancelled."""
+        with self._lock:
+            wall = self._wall()
+            purged = 0
+            for task in self._queue.drain():
+                del self._active[task.id]
+                self._body_bytes -= len(task.data)
+                self._reuse.drop_leader((task.digest, task.iterations), task.id)
+                followers, task.followers = task.followers, []
+                for ended in (task, *followers):
+                    if ended is not task:
+                        del self._active[ended.id]
+                    self._end(ended.record(state=CANCELLED, completed_at=wall, reason=PURGED), ended)
+                    purged += 1
+            self._cancelled += purged
+            commit = self._flush()
+        self._durable(commit)
+        return purged
+
+    def upkeep(self) -> tuple[int, int]:
+        """Fail the queued tasks past their deadline and drop kept records older than
+        ``results_ttl`` (a scheduler job, every second); returns (expired, dropped)."""
+        with self._lock:
+            expired = self._expire(self._monotonic())
+            dropped = self._trim_aged()
+            commit = self._flush()
+        self._durable(commit)
+        return expired, dropped
+
     def newest_completed(self, top: int) -> list[TaskRecord]:
         """The ``top`` newest completed tasks, newest first. O(top)."""
         with self._lock:
@@ -459,36 +526,43 @@ class TaskStore:
             data = stored.body or b""
             waited = max(0.0, now - stored.enqueued_at)
             self._admit(_Task(stored.id, stored.iterations, stored.enqueued_at, tick - waited, data, stored.seq,
-                              checkpoint=stored.checkpoint, digest=hashlib.sha512(data).digest()), _QUEUE, None)
+                              checkpoint=stored.checkpoint, digest=hashlib.sha512(data).digest(),
+                              priority=stored.priority, not_before=stored.not_before, deadline=stored.deadline,
+                              owner=stored.owner).schedule(now, tick), _QUEUE, None)
         self._unwritten.clear()  # _admit noted them as accepted: they are in the journal already
         # Completions are numbered 1, 2, ... per epoch: the kept ones are the newest of them all.
         self.epoch = recovered.epoch or self.epoch
         self._log.last_seq = max(0, recovered.counters.get("completed", 0) - len(recovered.completed))
         for stored in recovered.completed:
             record = TaskRecord(stored.id, COMPLETED, stored.iterations, stored.enqueued_at,
-                                result=stored.result, completed_at=stored.done_at, seq=stored.seq)
+                                result=stored.result, completed_at=stored.done_at, seq=stored.seq,
+                                priority=stored.priority, owner=stored.owner)
             self._keep(self._completed, record)
             self._log.append(record)
         self._log.keep_newest(len(self._completed))
         for stored in recovered.failed:
             self._keep(self._failed, TaskRecord(stored.id, CANCELLED if stored.cancelled else FAILED,
                                                 stored.iterations, stored.enqueued_at, reason=stored.reason,
-                                                completed_at=stored.done_at, seq=stored.seq))
+                                                completed_at=stored.done_at, seq=stored.seq,
+                                                priority=stored.priority, owner=stored.owner))
         for name, attribute in _JOURNALED_COUNTERS.items():
             setattr(self, attribute, recovered.counters.get(name, 0))
         self._written_counts = dict(recovered.counters)
         self._seq = max(self._seq, recovered.last_seq)
+        self._trim_aged()
         # Trims of a lowered RESULTS_RETENTION wait in _unwritten for the next change, so that
         # building a node starts no thread.
 
     def counts(self) -> TaskCounts:
         with self._lock:
-            oldest = self._monotonic() - self._queue[0].enqueued_tick if self._queue else 0.0
+            now = self._monotonic()
+            queue = self._queue
+            queue.peek(now)  # scheduled tasks now due count as waiting work
             return TaskCounts(
-                queued=len(self._queue),
-                queued_iterations=self._queued_iterations,
+                queued=queue.ready,
+                queued_iterations=queue.ready_iterations,
                 body_bytes=self._body_bytes,
-                oldest_wait=oldest,
+                oldest_wait=queue.oldest_wait(now),
                 running=len(self._running),
                 results_kept=len(self._completed),
                 enqueued=self._enqueued,
@@ -503,6 +577,9 @@ class TaskStore:
                 cancelled=self._cancelled,
                 retried=self._retried,
                 replayed=self._replayed,
+                scheduled=queue.scheduled,
+                expired=self._expired,
+                queued_by_priority=queue.by_priority(),
             )
 
     # --------------------------------------------------- private, lock held
@@ -563,10 +640,57 @@ class TaskStore:
                 return _FOLLOW, leader
         return _QUEUE, None
 
+    def _may_follow(self, item: Submission, leader_id: str) -> bool:
+        """Whether a new task may share the run of a queued or running task: not when it has a
+        time of its own, nor when the leader waits for its not_before or would be served later
+        than the new task (a lower priority)."""
+        if item.not_before is not None or item.deadline is not None:
+            return False
+        leader = self._active.get(leader_id)
+        if leader is None or leader.state != QUEUED:  # an earlier task of the same request, or running
+            return True
+        return leader.place is not None and leader.place[0] in (HEAD, READY) and leader.priority >= item.priority
+
+    def _expire(self, now: float) -> int:
+        """Fail every queued task past its deadline (``EXPIRED``); a task that shared its run
+        takes it over, as after a cancel."""
+        expired = self._queue.expired(now)
+        if not expired:
+            return 0
+        wall = self._wall()
+        for task in expired:
+            del self._active[task.id]
+            self._body_bytes -= len(task.data)
+            self._hand_over(task)
+            self._end(task.record(state=FAILED, completed_at=wall, reason=EXPIRED), task)
+            self._failed_total += 1
+            log.info("task expired: %s (deadline %s)", task.id, task.deadline)
+        self._expired += len(expired)
+        return len(expired)
+
+    def _trim_aged(self) -> int:
+        """Drop kept completed and failed records older than ``results_ttl`` (oldest first)."""
+        if not self.results_ttl:
+            return 0
+        limit = self._wall() - self.results_ttl
+        dropped = 0
+        for kept in (self._completed, self._failed):
+            while kept:
+                record = next(iter(kept.values()))
+                if (record.completed_at or 0.0) > limit:
+                    break
+                del kept[record.id]
+                self._note(Trimmed(record.seq))
+                self._reuse.forget_done(record.id)
+                self._drop_body(record.id)
+                dropped += 1
+        self._log.keep_newest(len(self._completed))
+        return dropped
+
     def _admit(self, task: _Task, how: str, source) -> str | None:
         """Admit a new task as ``_match`` said; returns the task it reuses, if any."""
         self._note(Accepted(task.seq, task.id, task.iterations, b"" if how in (_DONE, _DONE_PEER) else task.data,
-                            task.enqueued_at))
+                            task.enqueued_at, task.priority, task.not_before, task.deadline, task.owner))
         if how in (_DONE, _DONE_PEER):
             if how == _DONE:  # named after the task that ran, not after a copy of its result
                 kept = self._completed[source]
@@ -582,8 +706,7 @@ class TaskStore:
             task.leader, task.data = leader, leader.data
             leader.followers.append(task)
             return leader.id
-        self._queue.append(task)
-        self._queued_iterations += task.iterations
+        self._queue.push(task, self._monotonic())
         self._body_bytes += len(task.data)
         if self._reuse.leader((task.digest, task.iterations)) is None:
             self._reuse.set_leader((task.digest, task.iterations), task.id)
@@ -629,8 +752,7 @@ class TaskStore:
         first.leader, first.followers, first.state = None, rest, QUEUED
         for follower in rest:
             follower.leader = first
-        self._queue.appendleft(first)
-        self._queued_iterations += first.iterations
+        self._queue.push_head(first)
         self._body_bytes += len(first.data)
         self._reuse.set_leader(work, first.id)
 
@@ -701,10 +823,9 @@ class TaskStore:
         self._log.last_seq = max(self._log.last_seq, last_number)
         held = {old.id: old for old in leases if (task := self._active.get(old.id)) is not None and task.leader is None}
         if held:
-            self._queue = deque(task for task in self._queue if task.id not in held)
             for old in held.values():
                 task = self._active[old.id]
-                self._queued_iterations -= task.iterations
+                self._queue.remove(task)
                 task.state, task.worker_id, task.lease_deadline = RUNNING, old.worker_id, old.lease_deadline
                 task.attempts, task.claimed_from, task.claimed_tick = old.attempts, old.claimed_from, old.claimed_tick
                 if old.checkpoint and (not task.checkpoint or task.checkpoint.done < old.checkpoint.done):
@@ -738,7 +859,6 @@ class TaskStore:
                 failed += 1
             else:
                 task.state = QUEUED
-                self._queue.appendleft(task)
-                self._queued_iterations += task.iterations
+                self._queue.push_head(task)
                 requeued += 1
         return requeued, failed

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import re
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from nodeapp.web.access import caller, check_intake, client_access
 from nodeapp.web.auth import OPERATOR, PEER, WORKER, requires
 from nodeapp.web.bodies import json_body, read_body
 from nodeapp.store.checkpoints import parse_checkpoints
@@ -18,8 +18,9 @@ from nodeapp.web.errors import ApiError
 from nodeapp.fleet.loans import MAX_LOANS, is_loan_id
 from nodeapp.fleet.peer import PEER_HEADER
 from nodeapp.store.results import merge_newest
-from nodeapp.web.enqueueing import REPLAYED_HEADER, queue, request_key, reuse_wanted
-from nodeapp.store.records import COMPLETED, Submission, is_task_id
+from nodeapp.web.enqueueing import REPLAYED_HEADER, queue, request_key, reuse_wanted, submission
+from nodeapp.web.task_options import task_options
+from nodeapp.store.records import COMPLETED, is_task_id
 from nodeapp.version import __version__
 from nodeapp.fleet.pool import Report
 from nodeapp.store.results import encode_json
@@ -85,12 +86,15 @@ def peer_unavailable(task_id: str, action: str = "") -> ApiError:
 
 # ------------------------------------------------------------------ public
 @bp.put("/enqueue")
+@client_access
 def enqueue():
     ctx = get_context()
+    check_intake()
     iterations = _positive_int("iterations", "bad_iterations", ctx.config.max_iterations)
     key, reuse = request_key(), reuse_wanted()
+    options = task_options(ctx.config.max_delay)
     data = read_body(ctx.config.max_body_bytes)
-    [done], headers = queue(ctx, [Submission(data, iterations, hashlib.sha512(data).digest(), key)], reuse)
+    [done], headers = queue(ctx, [submission(data, iterations, key, options, caller().owner)], reuse)
     answer = {"id": done.id}
     if done.reused_from and _completed(ctx, done.id):  # a run still going is its owner's to know of
         answer["reused_from"] = done.reused_from
@@ -105,6 +109,7 @@ def _completed(ctx, task_id: str) -> bool:
 
 
 @bp.post("/pullCompleted")
+@client_access
 def pull_completed():
     ctx = get_context()
     top = _positive_int("top", "bad_top")
@@ -126,6 +131,7 @@ def pull_completed():
 
 
 @bp.get("/status/<task_id>")
+@client_access
 def status(task_id: str):
     ctx = get_context()
     if not is_task_id(task_id):  # no such task anywhere: not worth asking the peer
@@ -149,6 +155,7 @@ def health():
     failing = state in ("failed", "stuck")
     answer = jsonify(status="journal_unavailable" if failing else "ok", node=ctx.config.node_name,
                      version=__version__, draining=ctx.node.tasks.draining, durable=journal is not None,
+                     paused=ctx.intake.paused,
                      **({"journal": state} if journal is not None else {}))
     if failing:  # writes are answered 503 now: say so to load balancers and supervisors
         answer.status_code = 503

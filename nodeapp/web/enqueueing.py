@@ -8,6 +8,7 @@ the answer carries ``X-Peer-Unavailable: 1``.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from flask import request
@@ -15,6 +16,7 @@ from flask import request
 from nodeapp.web.errors import ApiError
 from nodeapp.store.idempotency import KeyEntry, is_key
 from nodeapp.store.records import Draining, KeyMismatch, QueueFull, Submission, Submitted
+from nodeapp.web.task_options import TaskOptions
 
 KEY_HEADER = "Idempotency-Key"
 #: Set (to ``true``) on an answer that repeats what an earlier request with the same key got.
@@ -39,6 +41,12 @@ def request_key() -> str | None:
     if not is_key(key):
         raise ApiError(400, "bad_idempotency_key", f"{KEY_HEADER} must be 1 to 255 visible ASCII characters")
     return key
+
+
+def submission(data: bytes, iterations: int, key: str | None, options: TaskOptions, owner: str | None) -> Submission:
+    """One task of a request, its digest computed here (outside the store's lock)."""
+    return Submission(data, iterations, hashlib.sha512(data).digest(), key, priority=options.priority,
+                      not_before=options.not_before, deadline=options.deadline, owner=owner)
 
 
 def queue(ctx, items: list[Submission], reuse: bool, *, batch: bool = False) -> tuple[list[Submitted], dict]:

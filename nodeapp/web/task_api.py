@@ -3,22 +3,23 @@ cursor, and the peer's look-up of idempotency keys and reusable results (docs/ap
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import re
 
 from flask import Blueprint, jsonify, request
 
+from nodeapp.web.access import caller, check_intake, check_owner, client_access, forwarded_headers
 from nodeapp.store.results import decode_cursor, encode_cursor
 from nodeapp.web.api import _field, _from_peer, _positive_int, peer_only, peer_unavailable
 from nodeapp.web.auth import requires_if_set
 from nodeapp.web.bodies import json_body, read_body
 from nodeapp.context import get_context
-from nodeapp.web.enqueueing import lookup_answer, queue, reuse_wanted
+from nodeapp.web.enqueueing import lookup_answer, queue, reuse_wanted, submission
+from nodeapp.web.task_options import task_options
 from nodeapp.web.errors import ApiError
 from nodeapp.store.idempotency import is_key
 from nodeapp.store.results import summary
-from nodeapp.store.records import Draining, QueueFull, Submission, TaskRecord, WrongState, is_task_id
+from nodeapp.store.records import Draining, QueueFull, TaskRecord, WrongState, is_task_id
 from nodeapp.web.views import task_json
 from tmcommon import batchwire
 
@@ -33,10 +34,14 @@ _WORK = re.compile(r"[0-9a-f]{128}")
 
 # ------------------------------------------------------------------ batch enqueue
 @bp.put("/enqueue_batch")
+@client_access
 def enqueue_batch():
     ctx = get_context()
+    check_intake()
     config = ctx.config
     reuse = reuse_wanted()
+    options = task_options(config.max_delay)  # the same for every task of the batch
+    owner = caller().owner
     if request.mimetype != batchwire.CONTENT_TYPE:
         raise ApiError(415, "unsupported_media_type",
                        f"a batch is sent as Content-Type: {batchwire.CONTENT_TYPE} (see docs/api.md), "
@@ -57,7 +62,7 @@ def enqueue_batch():
             if len(task.body) > config.max_body_bytes:
                 raise ApiError(413, "body_too_large", f"task {index}: the body is {len(task.body)} bytes; the limit "
                                f"is {config.max_body_bytes} (MAX_BODY_BYTES); nothing was queued")
-            items.append(Submission(task.body, task.iterations, hashlib.sha512(task.body).digest(), task.key))
+            items.append(submission(task.body, task.iterations, task.key, options, owner))
     except batchwire.BatchFormatError as exc:
         raise ApiError(400, "bad_batch", f"{exc}; nothing was queued") from None
     done, headers = queue(ctx, items, reuse, batch=True)
@@ -91,13 +96,16 @@ def lookup():
 # ------------------------------------------------------------------ cancel and retry
 @bp.post("/cancel/<task_id>")
 @requires_if_set
+@client_access
 def cancel(task_id: str):
     return _act(task_id, "cancel", lambda tasks: tasks.cancel(task_id), "not_cancellable")
 
 
 @bp.post("/retry/<task_id>")
 @requires_if_set
+@client_access
 def retry(task_id: str):
+    check_intake()
     reuse = reuse_wanted()
     return _act(task_id, "retry", lambda tasks: tasks.retry(task_id, reuse=reuse), "not_retryable")
 
@@ -107,8 +115,11 @@ def _act(task_id: str, verb: str, action, refusal: str):
     ctx = get_context()
     if not is_task_id(task_id):
         raise ApiError(404, "unknown_task", f"no task with id {task_id!r} on either node (not a task id)")
+    mine = ctx.node.tasks.status(task_id)
+    if mine is not None:  # its owner never changes: checked before acting
+        check_owner(mine.owner, task_id, verb)
     try:
-        record: TaskRecord | None = action(ctx.node.tasks)
+        record: TaskRecord | None = action(ctx.node.tasks) if mine is not None else None
     except WrongState as exc:
         raise ApiError(409, refusal, str(exc)) from None
     except QueueFull as full:
@@ -119,7 +130,7 @@ def _act(task_id: str, verb: str, action, refusal: str):
     if record is not None:
         return jsonify(task_json(record))
     if not _from_peer() and ctx.peer.url:
-        answer = ctx.peer.forward("POST", f"/{verb}/{task_id}", params=request.args)
+        answer = ctx.peer.forward("POST", f"/{verb}/{task_id}", params=request.args, headers=forwarded_headers())
         if answer is None:
             raise peer_unavailable(task_id, verb)
         status, body = answer
@@ -129,6 +140,7 @@ def _act(task_id: str, verb: str, action, refusal: str):
 
 # ------------------------------------------------------------------ results by cursor
 @bp.get("/results")
+@client_access
 def results():
     ctx = get_context()
     limit = (_positive_int("limit", "bad_limit", RESULTS_PAGE_MAX) if "limit" in request.args

@@ -10,7 +10,13 @@ from nodeapp.fleet.pool import Worker
 def task_json(record: TaskRecord) -> dict:
     """The task as ``GET /status`` shows it."""
     out = {"id": record.id, "state": record.state, "iterations": record.iterations,
-           "enqueued_at": record.enqueued_at}
+           "enqueued_at": record.enqueued_at, "priority": record.priority}
+    if record.not_before is not None:
+        out["not_before"] = record.not_before
+    if record.deadline is not None:
+        out["deadline"] = record.deadline
+    if record.owner is not None:  # the id of the client key that queued it (or "operator")
+        out["owner"] = record.owner
     if record.state == RUNNING:
         out["attempts"] = record.attempts
     if record.result is not None:
@@ -42,6 +48,8 @@ def stats_json(stats: NodeStats) -> dict:
     return {
         "queued": t.queued,
         "queued_iterations": t.queued_iterations,
+        "queued_by_priority": {str(p): n for p, n in t.queued_by_priority.items()},
+        "scheduled": t.scheduled,
         "body_bytes": t.body_bytes,
         "running": t.running,
         "completed": t.completed,
@@ -53,6 +61,7 @@ def stats_json(stats: NodeStats) -> dict:
         "checkpoints": {"accepted": t.checkpoints_accepted, "refused": t.checkpoints_refused},
         "reused": t.reused,
         "cancelled": t.cancelled,
+        "expired": t.expired,
         "retried": t.retried,
         "idempotent_replays": t.replayed,
         "workers": {
