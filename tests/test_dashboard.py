@@ -180,6 +180,47 @@ def test_history_failed_tasks_and_workers_in_the_json(app, client, auth):
     assert SECRET_BODY.decode() not in client.get("/dashboard/data").get_data(as_text=True)
 
 
+def test_results_and_failed_tasks_are_searched_and_paged_newest_first(client, auth):
+    ids = [client.put(f"/enqueue?iterations={i + 1}", data=b"page %d" % i).get_json()["id"] for i in range(25)]
+    claimed = client.post("/claim", json={"worker_id": "w1", "max_tasks": 25}, headers=auth).get_json()["tasks"]
+    results = {t["id"]: f"{i:02d}" * 64 for i, t in enumerate(claimed)}
+    for task in claimed:  # one at a time: each its own completion time, in order
+        client.post("/complete", json={"worker_id": "w1", "results": [{"id": task["id"], "result": results[task["id"]]}]},
+                    headers=auth)
+    cancelled = [client.put("/enqueue?iterations=1", data=b"to cancel %d" % i).get_json()["id"] for i in range(3)]
+    for task_id in cancelled:
+        assert client.post(f"/cancel/{task_id}").status_code == 200
+
+    def page(**params) -> dict:
+        answer = client.get("/dashboard/list", query_string=params)
+        assert answer.status_code == 200 and answer.headers["Cache-Control"] == "no-store"
+        return answer.get_json()
+
+    first = page(kind="results", limit=10)
+    newest_first = [t["id"] for t in claimed][::-1]
+    assert [r["id"] for r in first["items"]] == newest_first[:10] and first["more"] is True
+    assert first["items"][0] == {"node": "test-node", "id": newest_first[0], "iterations": claimed[-1]["iterations"],
+                                 "completed_at": first["items"][0]["completed_at"], "result": results[newest_first[0]]}
+    last = page(kind="results", limit=10, offset=20)
+    assert [r["id"] for r in last["items"]] == newest_first[20:] and last["more"] is False
+    one = ids[7]
+    assert [r["id"] for r in page(q=one[:10].upper())["items"]] == [one]  # by id, any case
+    assert [r["id"] for r in page(q=results[one][:6])["items"]] == [one]  # by result
+    assert page(q="no such thing")["items"] == [] and page(q="no such thing")["more"] is False
+    failed = page(kind="failed")
+    assert [f["id"] for f in failed["items"]] == cancelled[::-1]
+    assert {f["reason"] for f in failed["items"]} == {"cancelled by a client"}
+    assert len(page(kind="failed", q="client", limit=2)["items"]) == 2 and page(kind="failed", q="client", limit=2)["more"]
+    assert [f["id"] for f in page(kind="failed", q=cancelled[1])["items"]] == [cancelled[1]]
+    assert len(page(kind="results", scope="node", limit=30)["items"]) == 25  # the peer's part: no paging
+
+    for bad in ({"kind": "tasks"}, {"offset": "-1"}, {"offset": "10001"}, {"limit": "101"}, {"limit": "x"},
+                {"q": "x" * 129}, {"q": "\u00e9"}, {"scope": "all"}):
+        answer = client.get("/dashboard/list", query_string=bad)
+        assert answer.status_code == 400 and answer.get_json()["error"] == "bad_request", bad
+    assert SECRET_BODY.decode() not in client.get("/dashboard/list").get_data(as_text=True)
+
+
 @pytest.mark.parametrize("headers", [{"Origin": "http://evil.example"}, {"Origin": "null"},
                                      {"Sec-Fetch-Site": "cross-site"}, {"Origin": "http://localhost:9999"}])
 def test_a_browser_on_another_site_cannot_change_state(client, headers):
@@ -286,6 +327,37 @@ def test_figures_change_as_tasks_complete(page, cluster, tmp_path):
     assert SECRET_BODY.decode() not in html and cluster.token not in html
     assert all(url.startswith(cluster.urls[0] + "/") for url in page.requested), page.requested
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+
+
+@pytest.mark.integration
+def test_results_are_searched_and_paged_on_the_page_across_both_nodes(page, cluster):
+    on_a, on_b = ([Client([url]).enqueue(f"list {name} {i}", 3) for i in range(6)] for name, url in
+                  zip("ab", cluster.urls, strict=True))
+    Client(cluster.urls).wait(on_a + on_b, timeout=60)
+    found = requests.get(cluster.urls[0] + "/dashboard/list", params={"q": on_b[2]}, timeout=5).json()
+    assert [(item["id"], item["node"]) for item in found["items"]] == [(on_b[2], "node-b")]  # asked of node-a
+
+    def rows() -> list[str]:
+        return [page.inner_text(f"#results tbody tr:nth-child({i + 1})")
+                for i in range(page.locator("#results tbody tr").count())]
+
+    def note() -> str:
+        return page.text_content("#results-search .page-note")
+
+    page.fill("#results-search input[name=q]", on_b[2][:12])
+    page.click("#results-search button[type=submit]")
+    wait_for(lambda: len(rows()) == 1 and on_b[2][:12] in rows()[0] and note().startswith("matching"), timeout=10,
+             what="the one matching result")
+    page.fill("#results-search input[name=q]", "")
+    page.click("#results-search button[type=submit]")
+    wait_for(lambda: len(rows()) == 10 and note() == "newest 10", timeout=10, what="the newest 10 again")
+    newest = rows()
+    page.click("#results-search [data-page=older]")
+    wait_for(lambda: note().startswith("11–") and rows() and rows()[0] not in newest, timeout=10,
+             what="the next 10, older")
+    assert page.is_enabled("#results-search [data-page=newer]")
+    page.click("#results-search [data-page=newer]")
+    wait_for(lambda: note() == "newest 10", timeout=10, what="back to the newest")
 
 
 @pytest.mark.integration

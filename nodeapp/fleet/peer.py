@@ -158,6 +158,13 @@ class PeerClient:
         data = self._json("GET", "/history")
         return data if isinstance(data, dict) else None
 
+    def listing(self, kind: str, query: str, count: int) -> list | None:
+        """The peer's own newest ``count`` results or failed tasks matching ``query``
+        (``GET /dashboard/list?scope=node``), or None."""
+        data = self._json("GET", "/dashboard/list", params={"kind": kind, "q": query, "limit": count, "scope": "node"})
+        items = data.get("items") if isinstance(data, dict) else None
+        return items if isinstance(items, list) else None
+
     def dashboard_part(self) -> dict | None:
         """The peer's own workers and failed tasks (``GET /dashboard/node``), or None."""
         data = self._json("GET", "/dashboard/node")

@@ -18,6 +18,7 @@ from flask import Blueprint, jsonify, render_template
 from nodeapp.context import NodeContext, get_context
 from nodeapp.history import POINTS, merge
 from nodeapp.store.results import merge_newest, summary
+from nodeapp.web.listing import listing
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                static_url_path="/dashboard/static")
@@ -211,6 +212,11 @@ def chart():
 @bp.get("/dashboard/node")
 def node_part():
     return jsonify(own_part(get_context())), 200, {"Cache-Control": "no-store"}
+
+
+@bp.get("/dashboard/list")
+def search():
+    return jsonify(listing(get_context())), 200, {"Cache-Control": "no-store"}
 
 
 @bp.get("/history")

@@ -130,12 +130,7 @@
       bar.textContent = p.percent + " %";
       cell(tr, p.percent + " %").prepend(bar, " ");
     });
-    fill("results", "results-empty", data.results, function (tr, r) {
-      cell(tr, clock(r.completed_at));
-      cell(tr, short(r.id, 12), "mono", r.id);
-      cell(tr, r.iterations, "num");
-      cell(tr, short(r.result, 24), "mono", r.result);
-    });
+    if (!paged("results")) showList("results", data.results, data.results.length >= 10);
     fill("decisions", "decisions-empty", data.decisions, function (tr, d) {
       cell(tr, clock(d.at));
       cell(tr, d.node);
@@ -145,15 +140,7 @@
       cell(tr, d.queued, "num");
       cell(tr, d.workers, "num");
     });
-    fill("failed", "failed-empty", data.failed || [], function (tr, f) {
-      cell(tr, clock(f.at));
-      cell(tr, f.node);
-      cell(tr, short(f.id, 12), "mono", f.id);
-      cell(tr, f.state, "bad");
-      cell(tr, f.iterations, "num");
-      cell(tr, f.reason);
-      cell(tr, "").appendChild(button("Retry", function () { act("retry", f.id); }, "queue task " + f.id + " again"));
-    });
+    if (!paged("failed")) showList("failed", data.failed || [], (data.failed || []).length >= 20);
     fill("workers", "workers-empty", data.workers || [], function (tr, w) {
       cell(tr, w.node);
       cell(tr, w.id, "mono");
@@ -167,14 +154,80 @@
     checkStale();
   }
 
-  function poll() {
+  // ------------------------------------------------------------ results and failed tasks: search and pages
+  // Without a search, on the first page, a list shows what dashboard/data brings every refresh;
+  // otherwise the page asks dashboard/list (both nodes, newest first) and asks again each refresh.
+  const ROWS = {
+    results: function (tr, r) {
+      cell(tr, clock(r.completed_at));
+      cell(tr, short(r.id, 12), "mono", r.id);
+      cell(tr, r.iterations, "num");
+      cell(tr, short(r.result, 24), "mono", r.result);
+    },
+    failed: function (tr, f) {
+      cell(tr, clock(f.at));
+      cell(tr, f.node);
+      cell(tr, short(f.id, 12), "mono", f.id);
+      cell(tr, f.state, "bad");
+      cell(tr, f.iterations, "num");
+      cell(tr, f.reason);
+      cell(tr, "").appendChild(button("Retry", function () { act("retry", f.id); }, "queue task " + f.id + " again"));
+    },
+  };
+  const lists = { results: { q: "", offset: 0 }, failed: { q: "", offset: 0 } };
+
+  function searchForm(kind) { return byId(kind + "-search"); }
+  function paged(kind) { return lists[kind].q !== "" || lists[kind].offset > 0; }
+
+  function showList(kind, items, more) {
+    const form = searchForm(kind), state = lists[kind], limit = Number(form.dataset.limit);
+    fill(kind, kind + "-empty", items, ROWS[kind]);
+    form.querySelector("[data-page=newer]").disabled = state.offset === 0;
+    form.querySelector("[data-page=older]").disabled = !more;
+    const span = items.length ? (state.offset + 1) + "–" + (state.offset + items.length) : "none";
+    form.querySelector(".page-note").textContent = paged(kind) ?
+      (state.q ? "matching “" + state.q + "”: " : "") + span + (more ? " (more older)" : "") :
+      "newest " + limit;
+  }
+
+  function refreshList(kind) {
+    if (!paged(kind)) return Promise.resolve();
+    const state = lists[kind], limit = Number(searchForm(kind).dataset.limit);
+    const url = "dashboard/list?kind=" + kind + "&q=" + encodeURIComponent(state.q) + "&offset=" + state.offset +
+      "&limit=" + limit;
+    return getJSON(url).then(function (answer) {
+      if (answer.ok) showList(kind, answer.body.items, answer.body.more);
+      else searchForm(kind).querySelector(".page-note").textContent = errorText(answer);
+    }).catch(function () { /* the stale warning tells */ });
+  }
+
+  Object.keys(lists).forEach(function (kind) {
+    const form = searchForm(kind), state = lists[kind], limit = Number(form.dataset.limit);
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      state.q = form.elements.q.value.trim().toLowerCase();
+      state.offset = 0;
+      if (paged(kind)) refreshList(kind); else poll(true);
+    });
+    form.querySelector("[data-page=older]").addEventListener("click", function () {
+      state.offset += limit;
+      refreshList(kind);
+    });
+    form.querySelector("[data-page=newer]").addEventListener("click", function () {
+      state.offset = Math.max(0, state.offset - limit);
+      if (paged(kind)) refreshList(kind); else poll(true);
+    });
+  });
+
+  function poll(once) {
+    Object.keys(lists).forEach(refreshList);
     getJSON(source)
       .then(function (answer) {
         if (!answer.ok) throw new Error("HTTP " + answer.status);
         render(answer.body);
       })
       .catch(function (err) { setText("updated", "cannot reach this node (" + err.message + ")", "bad"); })
-      .finally(function () { setTimeout(poll, POLL_MS); });
+      .finally(function () { if (once !== true) setTimeout(poll, POLL_MS); });
   }
 
   // ------------------------------------------------------------ the last hour
