@@ -52,7 +52,15 @@ def start_background(app: Flask, node_url: str | None = None) -> BackgroundSched
 
 
 def stop_background(app: Flask) -> None:
-    """Stop the scaler and every worker the launcher started.
+    """Stop the scaler; stop the workers the launcher started unless it can adopt them.
+
+    A launcher that lists its workers by itself (EC2: by tag, ``adopts_workers``) keeps them: the
+    node's next start adopts them against its quota, with their tasks from the journal, so a
+    restart (SIGTERM, ``systemctl restart``) neither kills the fleet nor launches it again. Only
+    an explicit stop ends them (``python -m provisioning.ec2_launcher --stop-workers``,
+    ``run_program.py --destroy``); left alone, they stop by themselves after WORKER_IDLE_SECONDS
+    without work, or at WORKER_MAX_LIFETIME. Other launchers' workers (local processes, which no
+    later start could find) are stopped.
 
     Safe to call twice and from two threads (the SIGTERM hook and gunicorn's worker_exit): a
     second call waits until the first has finished.
@@ -62,5 +70,9 @@ def stop_background(app: Flask) -> None:
     with ctx.background_lock:
         scheduler, ctx.scheduler = ctx.scheduler, None
         if scheduler is not None:
-            scheduler.shutdown(wait=True)  # a scaler run in progress finishes: it cannot launch after stop_all
-        ctx.launcher.stop_all()
+            scheduler.shutdown(wait=True)  # a scaler run in progress finishes: it cannot launch after this
+        if getattr(ctx.launcher, "adopts_workers", False):
+            log.info("node stopping: its %d worker(s) keep running; the next start adopts them",
+                     len(ctx.node.workers.workers()))
+        else:
+            ctx.launcher.stop_all()

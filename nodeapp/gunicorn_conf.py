@@ -128,8 +128,8 @@ def post_worker_init(worker):
 
     def on_sigterm(signum, frame):
         tasks.start_draining()  # new enqueues answer 503 while requests in flight finish
-        # Stop the scaler and the workers now, while gunicorn drains: the queue dies with this
-        # process, and polling workers would otherwise hold connections open to the end.
+        # Stop the scaler now, while gunicorn drains (and the workers, unless the launcher keeps
+        # them for the next start to adopt: nodeapp.background.stop_background).
         threading.Thread(target=stop_background, args=(app,), name="stop-background", daemon=True).start()
         if callable(gunicorn_handler):
             gunicorn_handler(signum, frame)

@@ -407,11 +407,10 @@ class Ec2Launcher:
         return accepted
 
     def stop_all(self) -> None:
-        """The node is stopping: terminate every worker it launched (one call, no waiting).
-
-        Its queue dies with the node process, and a restarted node would not know these
-        workers, so they would run outside any maximum; terminating them bounds the cost.
-        Tasks they hold for the peer node go back to the peer's queue when their leases expire.
+        """Terminate every worker of this node (one call, no waiting): the explicit stop
+        (``python -m provisioning.ec2_launcher --stop-workers``). A node that merely stops or
+        restarts does not call it: the next start adopts the workers (nodeapp.background).
+        Tasks they hold go back to their queues when their leases expire.
         """
         self._listed = None  # a fresh listing: the last one may be TM_DESCRIBE_TTL old
         alive = self.running()
@@ -423,3 +422,29 @@ class Ec2Launcher:
         else:
             if ids:
                 log.info("terminated %d worker instance(s) on stop", len(ids))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m provisioning.ec2_launcher --stop-workers``: terminate this node's workers, with
+    the node's own settings (its environment: TM_*, NODE_NAME) and instance role. On a node:
+    ``sudo systemctl stop tm-node`` first, then this with /etc/tm/node.env (docs/aws.md)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m provisioning.ec2_launcher", description=main.__doc__)
+    parser.add_argument("--stop-workers", action="store_true", required=True,
+                        help="terminate every worker instance tagged for this node (NODE_NAME)")
+    parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    node_name = os.environ.get(SETTINGS["node_name"].env, "").strip()
+    if not node_name:
+        parser.error("NODE_NAME is not set: run with the node's environment (/etc/tm/node.env)")
+    try:
+        launcher = Ec2Launcher.from_environment(idle_seconds=0, node_name=node_name)
+    except Ec2SettingsError as exc:
+        parser.error(str(exc))
+    launcher.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

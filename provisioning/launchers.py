@@ -58,7 +58,8 @@ class Launcher(Protocol):
         """Stop these workers if they still run. Never waits for them to be gone."""
 
     def stop_all(self) -> None:
-        """The node is stopping: stop every worker this launcher started."""
+        """Stop every worker this launcher started: when the node stops, unless the launcher
+        ``adopts_workers`` (the next start finds them), and on an explicit stop."""
 
     def room(self) -> int | None:
         """How many more workers it can start now; None: no limit it knows of. The scaler
