@@ -94,6 +94,24 @@ COMMAND_HELP: dict[str, tuple[str, str, tuple[str, ...]]] = {
               "Per node: queued, running, done, failed, workers live+pending/max (max: the effective limit),\n"
               "quota lent and borrowed, the peer link; a total row; the last scaling decisions.",
               ("tm stats", "tm stats --watch --interval 1", "tm --json stats")),
+    "keys": ("make, list and revoke client keys (operator token in TM_TOKEN)",
+             "With API_KEYS=required the task endpoints take a client key (tm and tmclient send\n"
+             "TM_API_KEY). Keys are shared by both nodes; a revoked key is refused at once and stays listed.\n"
+             "`create` prints the key once: keep it.",
+             ("TM_TOKEN=$OPERATOR_TOKEN tm keys create --name ci", "tm keys list", "tm keys revoke 3f2a9c0d1e4b")),
+    "pause": ("pause intake on every node (operator token in TM_TOKEN)",
+              "Enqueues and retries answer 503 paused until `tm resume`; workers finish what is queued.",
+              ("tm pause", "tm resume")),
+    "resume": ("resume intake on every node (operator token in TM_TOKEN)",
+               "Undoes `tm pause`.",
+               ("tm resume",)),
+    "purge": ("cancel every queued task on every node (operator token in TM_TOKEN)",
+              "Shows how many tasks wait (scheduled ones too) and asks before it cancels them; running tasks\n"
+              "run on. The purged tasks are `cancelled` with the reason `purged by the operator`.",
+              ("tm purge", "tm purge --yes")),
+    "active": ("the tasks each worker holds right now (operator token in TM_TOKEN)",
+               "Both nodes are asked and their answers merged by worker (a worker pulls from both).",
+               ("tm active", "tm --json active")),
     "bench": ("send tasks, report tasks/s and latency percentiles",
               "Sends random bodies, waits for them, and reports tasks per second of wall time and latency\n"
               "percentiles (completed_at - enqueued_at, as the node recorded them).",
@@ -129,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="then wait for the tasks with a progress bar, and show them")
     p.add_argument("--timeout", type=positive_float, metavar="S",
                    help="with --wait: give up after S seconds (default: no limit)")
+    p.add_argument("--priority", type=priority, metavar="P", help="0 to 9, higher served first (default 0)")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--countdown", type=positive_float, metavar="S", help="not run before S seconds from now")
+    when.add_argument("--not-before", type=positive_float, metavar="T", help="not run before Unix time T")
+    until = p.add_mutually_exclusive_group()
+    until.add_argument("--expires-in", type=positive_float, metavar="S",
+                       help="failed `expired` if still queued S seconds from now")
+    until.add_argument("--deadline", type=positive_float, metavar="T",
+                       help="failed `expired` if still queued at Unix time T")
 
     p = command("status")
     p.add_argument("ids", nargs="+", metavar="ID", help="task ids, or - to read them from stdin")
@@ -161,6 +188,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
     p.add_argument("--interval", type=positive_float, default=2.0, metavar="S", help="--watch refresh (default 2)")
 
+    p = command("keys")
+    actions = p.add_subparsers(dest="keys_action", metavar="ACTION", required=True)
+    made = actions.add_parser("create", help="make a key and print it (once)")
+    made.add_argument("--name", default="", help="what the key is for (at most 100 characters)")
+    actions.add_parser("list", help="every key, revoked ones too")
+    revoked = actions.add_parser("revoke", help="revoke keys by id")
+    revoked.add_argument("ids", nargs="+", metavar="KEY_ID")
+
+    command("pause")
+    command("resume")
+    p = command("purge")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for a confirmation")
+    command("active")
+
     p = command("bench")
     p.add_argument("-t", "--tasks", type=positive_int, default=100, metavar="N", help="tasks to send (default 100)")
     p.add_argument("-n", "--iterations", type=positive_int, default=1000, help="iterations per task (default 1000)")
@@ -170,13 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def priority(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 9:
+        raise argparse.ArgumentTypeError(f"expected a priority from 0 to 9, got {text!r}")
+    return int(text)
+
+
 def make_client(args: argparse.Namespace) -> Client:
     nodes = getattr(args, "nodes", None) or os.environ.get("TM_NODES", "")
     if not nodes.strip():
         raise UsageError("no node URLs: pass --nodes URL,URL or set TM_NODES (run_program.py --local prints the line)")
     try:
-        # TM_TOKEN (an environment variable, never a flag, which ps would show): for nodes that set
-        # ACTIONS_TOKEN, which cancel and retry then need
+        # TM_TOKEN (an environment variable, never a flag, which ps would show): the operator token
+        # of keys/pause/resume/purge/active, or ACTIONS_TOKEN for cancel and retry; the client key
+        # (API_KEYS=required) comes from TM_API_KEY
         return Client(nodes, token=os.environ.get("TM_TOKEN", "").strip() or None,
                       timeout=getattr(args, "request_timeout", 10.0))
     except BadNodes as exc:
@@ -271,12 +319,14 @@ def cmd_enqueue(client: Client, args: argparse.Namespace) -> int:
         if not quiet:
             print("\n".join(batch), flush=True)
 
+    timing = {"priority": args.priority, "countdown": args.countdown, "not_before": args.not_before,
+              "expires_in": args.expires_in, "deadline": args.deadline}
     try:
         if len(bodies) == 1:
-            ids = [client.enqueue(bodies[0], args.iterations, reuse=not args.no_reuse)]
+            ids = [client.enqueue(bodies[0], args.iterations, reuse=not args.no_reuse, **timing)]
             queued(ids)
         else:  # one request per batch of up to 1000 tasks
-            ids = client.enqueue_many(bodies, args.iterations, reuse=not args.no_reuse, on_batch=queued)
+            ids = client.enqueue_many(bodies, args.iterations, reuse=not args.no_reuse, on_batch=queued, **timing)
     except (ApiError, EnqueueIncomplete) as exc:
         raise naming_the_file(exc, args.files) from None
     if not args.wait:
@@ -421,10 +471,91 @@ def cmd_bench(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_keys(client: Client, args: argparse.Namespace) -> int:
+    as_json = getattr(args, "json", False)
+    if args.keys_action == "create":
+        made = client.create_key(args.name)
+        if as_json:
+            print_json(made)
+        else:
+            print(made["key"])
+            note = "" if made.get("peer_informed") else " (the other node did not answer: it learns of it within 5 s)"
+            print(f"tm: key {made['id']} made; it is shown only now{note}", file=sys.stderr)
+        return EXIT_OK
+    if args.keys_action == "list":
+        keys = client.keys()
+        if as_json:
+            print_json(keys)
+        else:
+            render.show(render.keys_table(keys))
+        return EXIT_OK
+    revoked, errors = [], []
+    for key_id in dict.fromkeys(args.ids):
+        try:
+            revoked.append(client.revoke_key(key_id))
+        except ApiError as exc:
+            errors.append(exc)
+    if as_json:
+        print_json(revoked)
+    elif revoked:
+        render.show(render.keys_table(revoked))
+    for exc in errors:
+        _error(str(exc))
+    return EXIT_ERROR if errors else EXIT_OK
+
+
+def cmd_pause(client: Client, args: argparse.Namespace) -> int:
+    return show_intake(args, client.pause())
+
+
+def cmd_resume(client: Client, args: argparse.Namespace) -> int:
+    return show_intake(args, client.resume())
+
+
+def show_intake(args: argparse.Namespace, answers: list[dict]) -> int:
+    if getattr(args, "json", False):
+        print_json(answers)
+    for answer in [] if getattr(args, "json", False) else answers:
+        print(f"{answer.get('node') or answer['url']}: intake {'paused' if answer['paused'] else 'open'}")
+    return EXIT_OK
+
+
+def cmd_purge(client: Client, args: argparse.Namespace) -> int:
+    """Count what waits, ask, then purge every node; prints what each node cancelled."""
+    nodes = [n for n in client.stats()["nodes"] if n.get("reachable")]
+    waiting = sum(int(n.get("queued") or 0) + int(n.get("scheduled") or 0) for n in nodes)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"{waiting} queued tasks would be cancelled; pass --yes to purge without a terminal")
+        answer = input(f"Cancel the {waiting} queued task(s) on {len(nodes)} node(s)? Running tasks run on. [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("tm: nothing purged", file=sys.stderr)
+            return EXIT_OK
+    answers = client.purge()
+    if getattr(args, "json", False):
+        print_json(answers)
+    else:
+        for answer in answers:
+            print(f"{answer.get('node') or answer['url']}: {answer['purged']} task(s) purged")
+    return EXIT_OK
+
+
+def cmd_active(client: Client, args: argparse.Namespace) -> int:
+    workers = client.active()
+    if getattr(args, "json", False):
+        print_json(workers)
+    elif workers:
+        render.show(render.active_table(workers))
+    else:
+        print("no worker holds a task", file=sys.stderr)
+    return EXIT_OK
+
+
 COMMANDS = {
     "enqueue": cmd_enqueue, "status": cmd_status, "pull": cmd_pull,
     "cancel": cmd_cancel, "retry": cmd_retry, "results": cmd_results,
     "wait": cmd_wait, "stats": cmd_stats, "bench": cmd_bench,
+    "keys": cmd_keys, "pause": cmd_pause, "resume": cmd_resume, "purge": cmd_purge, "active": cmd_active,
 }
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 import requests
 
@@ -44,6 +45,8 @@ COOLDOWN = 5.0
 _STATUS_PER_ROUND = 20
 #: The environment variable that names the nodes when ``Client()`` is given none (as for ``tm``).
 NODES_ENV = "TM_NODES"
+#: Where ``Client`` and ``tm`` find the client key (X-Api-Key) by default.
+API_KEY_ENV = "TM_API_KEY"
 #: How a node names the task of a batch that it refused ("task 3: ...", 0-based in the batch).
 _BATCH_TASK = re.compile(r"^task (\d+): ")
 
@@ -143,7 +146,11 @@ class Client:
     Args:
         node_urls: the nodes' base URLs, a list or a comma-separated string; by default the
             ``TM_NODES`` environment variable, as for ``tm``.
-        token: the cluster token; public calls do not need it (sent as X-Cluster-Token if given).
+        token: sent as X-Cluster-Token if given: the operator token for the operator's calls
+            (``create_key``, ``pause``, ``purge``, ``active``, ...), or ACTIONS_TOKEN; public calls
+            do not need it.
+        api_key: the client key (X-Api-Key) of a cluster with API_KEYS=required; by default the
+            ``TM_API_KEY`` environment variable, as for ``tm``.
         timeout: seconds for one HTTP request (connect and read each).
         retries: rounds over all nodes before ``NodesUnreachable``.
         backoff: seconds to wait after the first failed round; doubles each round, up to 5 s.
@@ -154,6 +161,7 @@ class Client:
         node_urls: str | Iterable[str] | None = None,
         token: str | None = None,
         *,
+        api_key: str | None = None,
         timeout: float = 10.0,
         retries: int = 3,
         backoff: float = 0.2,
@@ -164,6 +172,7 @@ class Client:
                 raise BadNodes(f"no node URLs: pass them to Client(...) or set {NODES_ENV}")
         self.node_urls = parse_nodes(node_urls)
         self.token = token
+        self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "").strip() or None
         self.timeout = timeout
         self.retries = max(1, retries)
         self.backoff = backoff
@@ -182,6 +191,8 @@ class Client:
             session.headers["User-Agent"] = "tmclient"
             if self.token:
                 session.headers["X-Cluster-Token"] = self.token
+            if self.api_key:
+                session.headers["X-Api-Key"] = self.api_key
             self._local.session = session
             with self._lock:
                 self._sessions.append(session)
@@ -252,17 +263,19 @@ class Client:
 
     # ---------------------------------------------------------------- calls
     def enqueue(self, data: bytes | str | os.PathLike | BinaryIO, iterations: int, *, key: str | None = None,
-                reuse: bool = True) -> str:
+                reuse: bool = True, **timing: Any) -> str:
         """Queue one task; ``data`` is the body (bytes, or a str sent as UTF-8), a
         ``pathlib.Path`` or a binary file to read it from. Returns the task id.
 
         ``key`` is its idempotency key (a new random one by default): sending the same key again
         gives the same id and queues nothing. ``reuse=False`` computes it even when an identical
-        task's result is kept.
+        task's result is kept. ``priority`` (0-9, higher first), ``not_before`` (Unix time) or
+        ``countdown`` (seconds), ``deadline`` (Unix time) or ``expires_in`` (seconds): see
+        docs/api.md, "Priorities and times".
         """
         body = _read_data(data)
         headers = {"Idempotency-Key": key or uuid.uuid4().hex}
-        params = {"iterations": iterations, **({} if reuse else {"reuse": 0})}
+        params = {"iterations": iterations, **({} if reuse else {"reuse": 0}), **timing_params(**timing)}
         return self._json("PUT", "/enqueue", params=params, data=body, headers=headers, rotate=True)["id"]
 
     def enqueue_file(self, path: str | os.PathLike, iterations: int, **options: Any) -> str:
@@ -270,13 +283,14 @@ class Client:
         return self.enqueue(Path(path), iterations, **options)
 
     def enqueue_many(self, items: Iterable, iterations: int | None = None, *, reuse: bool = True,
-                     on_batch: Callable[[list[str]], None] | None = None) -> list[str]:
+                     on_batch: Callable[[list[str]], None] | None = None, **timing: Any) -> list[str]:
         """Queue many tasks with few requests (``PUT /enqueue_batch``); returns their ids in order.
 
         ``items`` are bodies (bytes, str, paths or binary files) that all take ``iterations``, or
         ``(body, iterations)`` pairs. They go in batches of at most ``BATCH_TASKS`` tasks and
         ``BATCH_BYTES`` bytes, each queued whole or not at all, each task with its own
-        idempotency key. ``on_batch(ids)`` is called after each batch.
+        idempotency key. ``on_batch(ids)`` is called after each batch. ``priority`` and the
+        times of ``enqueue`` apply to every task.
 
         Raises:
             EnqueueIncomplete: a batch failed after earlier ones were queued (their ids attached).
@@ -284,6 +298,7 @@ class Client:
                 ``ApiError`` about one task has its index in ``items`` in ``task_index``.
             BadBody: an item cannot be read; nothing was queued.
         """
+        params = {**({} if reuse else {"reuse": 0}), **timing_params(**timing)}
         tasks = [(_read_data(item), iterations) if iterations is not None else (_read_data(item[0]), item[1])
                  for item in items]
         batches: list[list[tuple[bytes, int, str]]] = [[]]
@@ -299,7 +314,7 @@ class Client:
         ids: list[str] = []
         for batch in batches if tasks else []:
             try:
-                answer = self._json("PUT", "/enqueue_batch", params={} if reuse else {"reuse": 0},
+                answer = self._json("PUT", "/enqueue_batch", params=params,
                                     data=batchwire.encode(batch), rotate=True,
                                     headers={"Content-Type": batchwire.CONTENT_TYPE})
             except TaskManagerError as exc:
@@ -320,6 +335,63 @@ class Client:
     def retry(self, task_id: str, *, reuse: bool = True) -> dict:
         """Queue a failed or cancelled task again under its id; returns its status."""
         return self._json("POST", f"/retry/{task_id}", params={} if reuse else {"reuse": 0})
+
+    # ------------------------------------------------------------- operator
+    def keys(self) -> list[dict]:
+        """The cluster's client keys (revoked ones too): ``[{"id", "name", "created_at", "revoked_at"}]``."""
+        return self._json("GET", "/keys")["keys"]
+
+    def create_key(self, name: str = "") -> dict:
+        """A new client key: ``{"id", "name", "created_at", "key", "peer_informed"}``; ``key``
+        is shown only this once."""
+        return self._json("POST", "/keys", json={"name": name})
+
+    def revoke_key(self, key_id: str) -> dict:
+        """Revoke a client key on both nodes; returns it as ``keys`` lists it."""
+        return self._json("POST", f"/keys/{quote(key_id, safe='')}/revoke")
+
+    def pause(self) -> list[dict]:
+        """Pause intake on every node (enqueues answer 503 ``paused``): ``[{"url", "node", "paused", "since"}]``."""
+        return self._on_each("POST", "/pause")
+
+    def resume(self) -> list[dict]:
+        """Resume intake on every node."""
+        return self._on_each("POST", "/resume")
+
+    def purge(self) -> list[dict]:
+        """Cancel every queued task on every node: ``[{"url", "node", "purged"}]``."""
+        return self._on_each("POST", "/purge")
+
+    def active(self) -> list[dict]:
+        """What each worker holds right now on the nodes that answered, merged by worker id:
+        ``[{"id", "tasks": [{"id", "node", "iterations", "done", "priority", "held_seconds"}]}]``."""
+        workers: dict[str, list] = {}
+        for answer in self._on_each("GET", "/active"):
+            for worker in answer.get("workers", []):
+                workers.setdefault(worker["id"], []).extend({**t, "node": answer.get("node")} for t in worker["tasks"])
+        return [{"id": w, "tasks": tasks} for w, tasks in sorted(workers.items())]
+
+    def _on_each(self, method: str, path: str) -> list[dict]:
+        """The same call on every node (no fail-over: each node acts for itself).
+
+        Raises:
+            ApiError: a node refused (the first refusal; wrong token, ...).
+            NodesUnreachable: some node could not be reached (those that could have acted).
+        """
+        answers, problems = [], []
+        for url in self.node_urls:
+            try:
+                response = self._session().request(method, url + path, timeout=self.timeout)
+            except requests.RequestException as exc:
+                problems.append(f"{url}: {_short(exc)}")
+                continue
+            if response.status_code >= 400:
+                raise _api_error(response)
+            answers.append({"url": url, **response.json()})
+        if problems:
+            done = f" ({len(answers)} other node(s) did)" if answers else ""
+            raise NodesUnreachable("not done on every node: " + "; ".join(problems) + done)
+        return answers
 
     def results_page(self, after: str | None = None, limit: int = 100) -> dict:
         """``{"results": [...], "next": cursor, "missed": n}``: results of the whole cluster
@@ -450,6 +522,14 @@ def cluster_totals(nodes: list[dict]) -> dict:
 def capacity(workers: dict) -> int:
     """A node's ``/stats`` workers: how many it can run at once (``max`` from a node that does not say)."""
     return int(workers.get("capacity", workers.get("max")) or 0)
+
+
+def timing_params(priority: int | None = None, not_before: float | None = None, countdown: float | None = None,
+                  deadline: float | None = None, expires_in: float | None = None) -> dict:
+    """The query parameters of a task's priority and times (those given)."""
+    given = {"priority": priority, "not_before": not_before, "countdown": countdown, "deadline": deadline,
+             "expires_in": expires_in}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _error_code(response: requests.Response) -> str:

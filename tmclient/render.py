@@ -87,6 +87,10 @@ def tasks_table(tasks: Iterable[dict], fit: bool | None = None, width: int | Non
     enqueued = not fit or width >= ENQUEUED_FROM_WIDTH
     table.add_column("id", no_wrap=True, min_width=ID_WIDTH)
     table.add_column("state", no_wrap=True)
+    tasks = list(tasks)
+    prioritised = any(task.get("priority") for task in tasks)  # the column only when it says something
+    if prioritised:
+        table.add_column("priority", justify="right", no_wrap=True)
     table.add_column("iterations", justify="right", no_wrap=True)
     if enqueued:
         table.add_column("enqueued", no_wrap=True)
@@ -96,7 +100,8 @@ def tasks_table(tasks: Iterable[dict], fit: bool | None = None, width: int | Non
     for task in tasks:
         state = task.get("state", "")
         table.add_row(
-            task.get("id", ""), Text(state, style=styles.get(state, "")), str(task.get("iterations", "")),
+            task.get("id", ""), Text(state, style=styles.get(state, "")),
+            *([str(task.get("priority", 0))] if prioritised else []), str(task.get("iterations", "")),
             *([when(task.get("enqueued_at"))] if enqueued else []), when(task.get("completed_at")),
             task.get("result") or task.get("reason") or "",
         )
@@ -113,6 +118,34 @@ def results_table(results: Iterable[dict], fit: bool | None = None, width: int |
     for item in results:
         table.add_row(item.get("id", ""), str(item.get("iterations", "")), when(item.get("completed_at")),
                       item.get("result") or "")
+    return table
+
+
+def keys_table(keys: Iterable[dict]) -> Table:
+    """``tm keys list``: the cluster's client keys, revoked ones last-marked."""
+    table = Table(box=None, pad_edge=False)
+    for header in ("id", "name", "created", "revoked"):
+        table.add_column(header, no_wrap=True)
+    for key in keys:
+        revoked = key.get("revoked_at")
+        table.add_row(key.get("id", ""), key.get("name", ""), when(key.get("created_at")),
+                      Text(when(revoked), style="red") if revoked else "")
+    return table
+
+
+def active_table(workers: Iterable[dict]) -> Table:
+    """``tm active``: one row per task a worker holds, grouped by worker."""
+    table = Table(box=None, pad_edge=False)
+    table.add_column("worker", no_wrap=True)
+    table.add_column("node", no_wrap=True)
+    table.add_column("task", no_wrap=True, min_width=ID_WIDTH)
+    for header in ("priority", "done", "iterations", "held"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for worker in workers:
+        for index, task in enumerate(worker.get("tasks", [])):
+            table.add_row(worker.get("id", "") if index == 0 else "", str(task.get("node", "")), task.get("id", ""),
+                          str(task.get("priority", 0)), str(task.get("done", 0)), str(task.get("iterations", "")),
+                          f"{task.get('held_seconds', 0):.1f}s")
     return table
 
 
