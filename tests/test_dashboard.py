@@ -337,9 +337,8 @@ def test_results_are_searched_and_paged_on_the_page_across_both_nodes(page, clus
     found = requests.get(cluster.urls[0] + "/dashboard/list", params={"q": on_b[2]}, timeout=5).json()
     assert [(item["id"], item["node"]) for item in found["items"]] == [(on_b[2], "node-b")]  # asked of node-a
 
-    def rows() -> list[str]:
-        return [page.inner_text(f"#results tbody tr:nth-child({i + 1})")
-                for i in range(page.locator("#results tbody tr").count())]
+    def rows() -> list[str]:  # read at once: the page replaces its rows at each refresh
+        return page.eval_on_selector_all("#results tbody tr", "rows => rows.map(row => row.innerText)")
 
     def note() -> str:
         return page.text_content("#results-search .page-note")
