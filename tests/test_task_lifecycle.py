@@ -272,7 +272,7 @@ def test_what_the_peer_knows_is_read_back_and_malformed_parts_are_left_out():
     digest = hashlib.sha512(b"x").digest()
     entry = KeyEntry("a" * 32, 3, digest)
     answer = lookup_answer({"k": entry}, {(digest, 3): ("b" * 32, RESULT)})
-    assert _peer_answer(answer) == ({"k": entry}, {(digest, 3): ("b" * 32, RESULT)})
+    assert _peer_answer(answer, ["k"]) == ({"k": entry}, {(digest, 3): ("b" * 32, RESULT)})
     for broken in ({"keys": ["k"], "results": {"x": 1}}, {"keys": {"k": {"id": 1}}, "results": [["zz", 1, "c", RESULT]]},
                    {"results": [[digest.hex(), 3, "c", "not a digest"]]}, {}):
-        assert _peer_answer(broken) == ({}, {})
+        assert _peer_answer(broken, ["k"]) == ({}, {})

@@ -39,6 +39,7 @@ class PeerClient:
         self._session.trust_env = False
         self._session.headers.update({"X-Cluster-Token": token, PEER_HEADER: quote(node_name, safe="") or "1"})
         self._reachable: bool | None = None
+        self._problem: tuple[str, float] | None = None  # (what, wall time): the newest problem with its answers
         self._last_contact: float | None = None
         self._failed_at = 0.0  # monotonic
 
@@ -55,7 +56,21 @@ class PeerClient:
 
     def info(self) -> dict:
         with self._lock:
-            return {"url": self._url or None, "reachable": self._reachable, "last_contact": self._last_contact}
+            problem = {"what": self._problem[0], "at": self._problem[1]} if self._problem else None
+            return {"url": self._url or None, "reachable": self._reachable, "last_contact": self._last_contact,
+                    "problem": problem}
+
+    def bad_answer(self, what: str) -> None:
+        """An answer of the peer's that this node could not read (``nodeapp/web/peer_answers.py``):
+        kept for ``/stats`` (``peer.problem``), logged when it differs from the last one."""
+        self._note_problem(what)
+
+    def _note_problem(self, what: str, level: int = logging.WARNING) -> None:
+        with self._lock:
+            previous, self._problem = self._problem, (what, time.time())
+            url = self._url
+        if previous is None or previous[0] != what:
+            log.log(level, "peer %s: %s", url, what)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response | None:
         url = self.url
@@ -96,9 +111,11 @@ class PeerClient:
             return None
 
     # One method per peer endpoint the node uses.
-    def newest_results(self, top: int) -> list[dict] | None:
-        data = self._json("POST", "/pullCompleted", params={"top": top})
-        return data if isinstance(data, list) else None
+    # The answers of the public endpoints below come back as the peer sent them (JSON, or None
+    # without one): nodeapp/web/peer_answers.py checks them where they are used.
+    def newest_results(self, top: int) -> Any:
+        """The peer's own ``pullCompleted``, or None."""
+        return self._json("POST", "/pullCompleted", params={"top": top})
 
     def status(self, task_id: str) -> tuple[bool, dict | None]:
         """(answered, task): answered is False when the peer could not be asked."""
@@ -145,18 +162,16 @@ class PeerClient:
     def return_quota(self, loan: str) -> bool:
         return self._json("POST", "/return_quota", json={"loan": loan}) is not None
 
-    def stats(self) -> dict | None:
+    def stats(self) -> Any:
         """The peer's own ``/stats`` (for the dashboard's whole-cluster view), or None."""
-        data = self._json("GET", "/stats")
-        return data if isinstance(data, dict) else None
+        return self._json("GET", "/stats")
 
     def ping(self) -> bool:
         return self._json("GET", "/health") is not None
 
-    def history(self) -> dict | None:
+    def history(self) -> Any:
         """The peer's own ``GET /history`` (the dashboard's chart), or None."""
-        data = self._json("GET", "/history")
-        return data if isinstance(data, dict) else None
+        return self._json("GET", "/history")
 
     def listing(self, kind: str, query: str, count: int) -> list | None:
         """The peer's own newest ``count`` results or failed tasks matching ``query``
@@ -165,10 +180,9 @@ class PeerClient:
         items = data.get("items") if isinstance(data, dict) else None
         return items if isinstance(items, list) else None
 
-    def dashboard_part(self) -> dict | None:
+    def dashboard_part(self) -> Any:
         """The peer's own workers and failed tasks (``GET /dashboard/node``), or None."""
-        data = self._json("GET", "/dashboard/node")
-        return data if isinstance(data, dict) else None
+        return self._json("GET", "/dashboard/node")
 
     def sync_keys(self, keys: list[dict]) -> list | None:
         """Send this node's client keys (``POST /keys/sync``); the peer's list, or None."""

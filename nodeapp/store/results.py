@@ -126,7 +126,7 @@ class CompletionLog(Generic[T]):
 CURSOR_VERSION = 1
 CURSOR_MAX_LENGTH = 2048
 CURSOR_MAX_NODES = 16
-_EPOCH = re.compile(r"[0-9A-Za-z_-]{1,64}")
+EPOCH = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
 def encode_cursor(positions: dict[str, int]) -> str:
@@ -146,6 +146,6 @@ def decode_cursor(text: str) -> dict[str, int]:
         raise ValueError("the cursor is not one this API gave out (pass the 'next' of an earlier answer)") from None
     positions = data.get("p") if isinstance(data, dict) and data.get("v") == CURSOR_VERSION else None
     if not isinstance(positions, dict) or len(positions) > CURSOR_MAX_NODES or not all(
-            isinstance(k, str) and _EPOCH.fullmatch(k) and type(v) is int and v >= 0 for k, v in positions.items()):
+            isinstance(k, str) and EPOCH.fullmatch(k) and type(v) is int and v >= 0 for k, v in positions.items()):
         raise ValueError("the cursor is not one this API gave out (pass the 'next' of an earlier answer)")
     return positions

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -24,6 +25,8 @@ from nodeapp.store.records import COMPLETED, is_task_id
 from nodeapp.version import __version__
 from nodeapp.fleet.pool import Report
 from nodeapp.store.results import encode_json
+from nodeapp.web import peer_answers
+from nodeapp.web.peer_answers import BadPeerAnswer
 from nodeapp.web.views import task_json
 
 bp = Blueprint("nodeapp", __name__)
@@ -76,6 +79,18 @@ def _from_peer() -> bool:
     return PEER_HEADER in request.headers
 
 
+def checked(ctx, answer: Any, read: Callable[..., Any], *args: Any) -> Any:
+    """``read(answer, *args)``, a reader of ``peer_answers``; None when the peer gave no answer or a
+    malformed one (then logged, and shown in ``/stats`` as the peer's ``problem``)."""
+    if answer is None:
+        return None
+    try:
+        return read(answer, *args)
+    except BadPeerAnswer as exc:
+        ctx.peer.bad_answer(str(exc))
+        return None
+
+
 def peer_unavailable(task_id: str, action: str = "") -> ApiError:
     """A task this node does not have, while the peer, which may have it, could not be asked."""
     late = f"; the {action} may still reach it" if action else ""
@@ -119,13 +134,11 @@ def pull_completed():
     entries = [(r.completed_at, r.id, data) for r, data in zip(records, ctx.summaries.encode(records))]
     headers = {"Content-Type": "application/json"}
     if not _from_peer() and ctx.peer.url:
-        theirs = ctx.peer.newest_results(top)
+        theirs = checked(ctx, ctx.peer.newest_results(top), peer_answers.results)
         if theirs is None:
             headers["X-Peer-Unavailable"] = "1"
         else:
-            peer_entries = [(r["completed_at"], r["id"], encode_json(r)) for r in theirs
-                            if isinstance(r, dict) and isinstance(r.get("id"), str)
-                            and isinstance(r.get("completed_at"), (int, float))]
+            peer_entries = [(r["completed_at"], r["id"], encode_json(r)) for r in theirs]
             entries = merge_newest(entries, peer_entries, top, key=lambda e: (e[0], e[1]))
     return b"[" + b",".join(e[2] for e in entries) + b"]", 200, headers
 
@@ -140,6 +153,9 @@ def status(task_id: str):
     task = task_json(record) if record is not None else None
     if task is None and not _from_peer() and ctx.peer.url:
         answered, task = ctx.peer.status(task_id)
+        if task is not None:
+            task = checked(ctx, task, peer_answers.task, task_id, "/status")
+            answered = task is not None
         if not answered:
             raise peer_unavailable(task_id)
     if task is None:

@@ -16,9 +16,12 @@ import time
 from flask import Blueprint, jsonify, render_template
 
 from nodeapp.context import NodeContext, get_context
-from nodeapp.history import POINTS, merge
+from nodeapp.history import POINTS, SUMMED, merge
 from nodeapp.store.results import merge_newest, summary
 from nodeapp.web.listing import listing
+from nodeapp.web import peer_answers
+from nodeapp.web.peer_answers import (TEXT_MAX, BadPeerAnswer, count, flag, mapping, number, objects, task_id,
+                                      text)
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                static_url_path="/dashboard/static")
@@ -27,9 +30,6 @@ bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder
 NEWEST = 10
 #: Failed (or cancelled) tasks and workers the page lists.
 FAILED_SHOWN, WORKERS_SHOWN = 20, 100
-_WORKER_KEYS = ("id", "state", "borrowed", "engine", "last_seen_ago")
-_FAILED_KEYS = ("id", "state", "iterations", "at", "reason")
-_DECISION_KEYS = ("at", "reason", "launched", "borrowed", "queued", "workers")
 _COUNTS = ("queued", "running", "completed", "failed", "enqueued")
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
@@ -38,53 +38,57 @@ _PAGE_HEADERS = {
 }
 
 
-def node_view(stats: dict, url: str | None) -> dict:
-    """The figures of one node's ``/stats`` that the page shows."""
-    workers, quota = stats.get("workers") or {}, stats.get("quota") or {}
-    peer = stats.get("peer") or {}
+def node_view(stats: dict, url: str | None, path: str = "/stats") -> dict:
+    """The figures of one node's ``/stats`` that the page shows (``BadPeerAnswer`` if malformed)."""
+    stats = mapping(stats, path, "the answer")
+    workers, quota = mapping(stats.get("workers"), path, "workers"), mapping(stats.get("quota"), path, "quota")
+    peer = mapping(stats.get("peer"), path, "peer")
     return {
-        "node": str(stats.get("node") or url or ""),
+        "node": text(stats.get("node"), path, "node") or url or "",
         "url": url,
         "reachable": True,
-        **{key: int(stats.get(key) or 0) for key in _COUNTS},
-        "workers": {**{key: int(workers.get(key) or 0) for key in ("live", "pending", "max")},
-                    "capacity": int(workers.get("capacity", workers.get("max")) or 0),
-                    "capacity_why": str(workers.get("capacity_why") or "")},
-        "quota": {key: int(quota.get(key) or 0) for key in ("lent", "borrowed")},
-        "draining": bool(stats.get("draining")),
-        "peer_reachable": peer.get("reachable"),
+        **{key: count(stats.get(key), path, key) for key in _COUNTS},
+        "workers": {**{key: count(workers.get(key), path, f"workers.{key}") for key in ("live", "pending", "max")},
+                    "capacity": count(workers.get("capacity", workers.get("max")), path, "workers.capacity"),
+                    "capacity_why": text(workers.get("capacity_why"), path, "workers.capacity_why") or ""},
+        "quota": {key: count(quota.get(key), path, f"quota.{key}") for key in ("lent", "borrowed")},
+        "draining": bool(flag(stats.get("draining"), path, "draining")),
+        "peer_reachable": flag(peer.get("reachable"), path, "peer.reachable"),
     }
 
 
-def decision_view(decision: dict, node: str) -> dict:
-    figures = decision.get("figures") or {}
+def decision_view(decision: dict, node: str, path: str = "/stats") -> dict:
+    figures = mapping(decision.get("figures"), path, "figures")
+    notes = decision.get("notes") or []
+    if not isinstance(notes, list):
+        raise BadPeerAnswer(path, "has notes that are not a list")
+    parts = [text(decision.get("reason") or "", path, "reason"), *(text(n, path, "note") for n in notes)]
     return {
-        "at": decision.get("at"),
+        "at": number(decision.get("at"), path, "at"),
         "node": node,
-        "reason": "; ".join(str(part) for part in [decision.get("reason", ""), *(decision.get("notes") or [])]),
-        "launched": int(decision.get("launched") or 0),
-        "borrowed": int(decision.get("borrowed") or 0),
-        "queued": figures.get("queued"),
-        "workers": workers_text(figures),
+        "reason": "; ".join(part for part in parts if part is not None)[:TEXT_MAX],
+        "launched": count(decision.get("launched"), path, "launched"),
+        "borrowed": count(decision.get("borrowed"), path, "borrowed"),
+        "queued": None if figures.get("queued") is None else count(figures["queued"], path, "queued"),
+        "workers": workers_text(figures, path),
     }
 
 
-def workers_text(figures: dict) -> str:
+def workers_text(figures: dict, path: str = "/stats") -> str:
     """A decision's workers at that moment: live+pending/capacity, and the quota where it was higher."""
-    quota = figures.get("max_workers", 0)
-    capacity = figures.get("capacity")
-    capacity = quota if capacity is None else capacity
-    return f"{figures.get('live', 0)}+{figures.get('pending', 0)}/{capacity}" + (
-        f" (max {quota})" if capacity < quota else "")
+    quota = count(figures.get("max_workers"), path, "max_workers")
+    capacity = quota if figures.get("capacity") is None else count(figures["capacity"], path, "capacity")
+    live, pending = (count(figures.get(key), path, key) for key in ("live", "pending"))
+    return f"{live}+{pending}/{capacity}" + (f" (max {quota})" if capacity < quota else "")
 
 
 def result_view(result: dict) -> dict:
     return {key: result.get(key) for key in ("id", "iterations", "completed_at", "result")}
 
 
-def progress_view(item: dict, node: str) -> dict:
+def progress_view(item: dict, node: str, path: str = "/stats") -> dict:
     """A long task in progress, without its id (whoever knows it may cancel the task)."""
-    done, total = int(item.get("done") or 0), int(item.get("iterations") or 0)
+    done, total = count(item.get("done"), path, "done"), count(item.get("iterations"), path, "iterations")
     return {"node": node, "done": done, "iterations": total,
             "percent": round(100 * done / total, 1) if total else 0.0}
 
@@ -107,20 +111,61 @@ def own_part(ctx: NodeContext) -> dict:
 
 
 def when(at) -> float:
-    """A time from a peer's answer, for sorting (0 if it is not a number)."""
+    """A time for sorting (0 if there is none)."""
     return at if isinstance(at, (int, float)) else 0.0
 
 
-def tagged(items, keys: tuple[str, ...], node: str) -> list[dict]:
-    """``items`` (a peer's answer: checked) reduced to ``keys``, each tagged with its ``node``."""
-    if not isinstance(items, list):
-        return []
-    return [{"node": node, **{key: item.get(key) for key in keys}} for item in items if isinstance(item, dict)]
+def worker_row(item: dict, node: str, path: str = "/dashboard/node") -> dict:
+    return {"node": node, "id": text(item.get("id"), path, "id", optional=False), "state": text(item.get("state"), path,
+            "state"), "borrowed": bool(flag(item.get("borrowed"), path, "borrowed")),
+            "engine": text(item.get("engine"), path, "engine"),
+            "last_seen_ago": number(item.get("last_seen_ago"), path, "last_seen_ago")}
+
+
+def failed_row(item: dict, node: str, path: str = "/dashboard/node") -> dict:
+    return {"node": node, "id": task_id(item.get("id"), path), "state": text(item.get("state"), path, "state"),
+            "iterations": count(item.get("iterations"), path, "iterations"), "at": number(item.get("at"), path, "at"),
+            "reason": text(item.get("reason"), path, "reason")}
+
+
+def decision_row(item: dict, node: str, path: str = "/history") -> dict:
+    """A decision of ``GET /history`` (already in the form of ``decision_view``)."""
+    return {"at": number(item.get("at"), path, "at"), "node": node, "reason": text(item.get("reason"), path, "reason"),
+            "launched": count(item.get("launched"), path, "launched"),
+            "borrowed": count(item.get("borrowed"), path, "borrowed"),
+            "queued": None if item.get("queued") is None else count(item["queued"], path, "queued"),
+            "workers": text(item.get("workers"), path, "workers")}
+
+
+def point_row(item: dict, path: str = "/history") -> dict:
+    """A sample of ``GET /history``."""
+    out = {"at": number(item.get("at"), path, "at", optional=False)}
+    out.update((key, number(item.get(key), path, key)) for key in SUMMED)
+    out.update((key, count(item.get(key), path, key)) for key in ("completed", "failed"))
+    out["peer_reachable"] = flag(item.get("peer_reachable"), path, "peer_reachable")
+    return out
+
+
+class Problems(list):
+    """What was wrong with the peer's answers; ``checked(read)`` is ``read()``, or None when it
+    raised ``BadPeerAnswer`` (kept here and logged by the peer client)."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__()
+        self._ctx = ctx
+
+    def checked(self, read):
+        try:
+            return read()
+        except BadPeerAnswer as exc:
+            self.append(str(exc))
+            self._ctx.peer.bad_answer(str(exc))
+            return None
 
 
 def cluster_view() -> dict:
     """This node and its peer, their totals, newest results, failed tasks, workers and last
-    scaling decisions."""
+    scaling decisions. A peer's part that is malformed is left out, and its node says why."""
     ctx = get_context()
     own = ctx.stats()
     nodes = [node_view(own, ctx.config.node_url or None)]
@@ -128,23 +173,37 @@ def cluster_view() -> dict:
     in_progress = [progress_view(p, nodes[0]["node"]) for p in own.get("in_progress", [])]
     results = [summary(r) for r in ctx.node.tasks.newest_completed(NEWEST)]
     part = own_part(ctx)
-    workers = tagged(part["workers"], _WORKER_KEYS, nodes[0]["node"])
-    failed = tagged(part["failed"], _FAILED_KEYS, nodes[0]["node"])
+    workers = [worker_row(w, nodes[0]["node"]) for w in part["workers"]]
+    failed = [failed_row(f, nodes[0]["node"]) for f in part["failed"]]
     peer_url = ctx.peer.url or None
+    problems = Problems(ctx)
     if peer_url:
         theirs = ctx.peer.stats()
-        if theirs is None:
+        view = None if theirs is None else problems.checked(lambda: node_view(theirs, peer_url))
+        if view is None:
             nodes.append({"node": peer_url, "url": peer_url, "reachable": False})
         else:
-            nodes.append(node_view(theirs, peer_url))
-            decisions += [decision_view(d, nodes[1]["node"]) for d in (theirs.get("scaler") or {}).get("decisions", [])]
-            in_progress += [progress_view(p, nodes[1]["node"]) for p in theirs.get("in_progress") or []]
+            nodes.append(view)
+            name = view["node"]
+            scaler = problems.checked(lambda: mapping(theirs.get("scaler"), "/stats", "scaler")) or {}
+            decisions += problems.checked(lambda: [decision_view(d, name) for d in objects(
+                scaler.get("decisions"), "/stats", "scaler.decisions")]) or []
+            in_progress += problems.checked(lambda: [progress_view(p, name) for p in objects(
+                theirs.get("in_progress"), "/stats", "in_progress")]) or []
             peer_results = ctx.peer.newest_results(NEWEST)
             if peer_results is not None:
+                peer_results = problems.checked(lambda: peer_answers.results(peer_results))
+            if peer_results is not None:
                 results = merge_newest(results, peer_results, NEWEST)
-            their_part = ctx.peer.dashboard_part() or {}
-            workers += tagged(their_part.get("workers"), _WORKER_KEYS, nodes[1]["node"])
-            failed += tagged(their_part.get("failed"), _FAILED_KEYS, nodes[1]["node"])
+            their_part = ctx.peer.dashboard_part()
+            if their_part is not None:
+                path = "/dashboard/node"
+                workers += problems.checked(lambda: [worker_row(w, name) for w in objects(
+                    mapping(their_part, path, "the answer").get("workers"), path, "workers")]) or []
+                failed += problems.checked(lambda: [failed_row(f, name) for f in objects(
+                    their_part.get("failed"), path, "failed")]) or []
+        if problems:
+            nodes[1]["problem"] = "; ".join(problems)
     counted = [n for n in nodes if n["reachable"]]
     totals = {key: sum(n[key] for n in counted) for key in _COUNTS}
     totals["workers"] = {key: sum(n["workers"][key] for n in counted) for key in ("live", "pending", "max", "capacity")}
@@ -157,9 +216,9 @@ def cluster_view() -> dict:
         "totals": totals,
         "nodes": nodes,
         "results": [result_view(r) for r in results[:NEWEST]],
-        "decisions": sorted(decisions, key=lambda d: d["at"] or 0, reverse=True)[:NEWEST],
+        "decisions": sorted(decisions, key=lambda d: when(d["at"]), reverse=True)[:NEWEST],
         "in_progress": sorted(in_progress, key=lambda p: p["percent"], reverse=True)[:NEWEST],
-        "workers": workers,
+        "workers": workers[:2 * WORKERS_SHOWN],
         "failed": sorted(failed, key=lambda f: when(f["at"]), reverse=True)[:FAILED_SHOWN],
     }
 
@@ -173,23 +232,31 @@ def history_json(ctx: NodeContext) -> dict:
 
 def cluster_history() -> dict:
     """Both nodes' samples added up per sample time, both nodes' scaling decisions, and the
-    sample times at which a node found its peer unreachable (``peer_down``)."""
+    sample times at which a node found its peer unreachable (``peer_down``). A malformed answer
+    of the peer's is left out: ``peer_answered`` false, ``peer_problem`` says why."""
     ctx = get_context()
     own = history_json(ctx)
     series, decisions = [own["points"]], own["decisions"]
     peer_answered = None
+    problems = Problems(ctx)
     if ctx.peer.url:
         theirs = ctx.peer.history()
-        peer_answered = theirs is not None
-        if theirs is not None:
-            points = theirs.get("points")
-            series.append([p for p in points if isinstance(p, dict) and isinstance(p.get("at"), (int, float))]
-                          if isinstance(points, list) else [])
-            name = str(theirs.get("node") or ctx.peer.url)
-            decisions = decisions + tagged(theirs.get("decisions"), _DECISION_KEYS, name)
+        path = "/history"
+
+        def read() -> tuple[list[dict], list[dict]]:
+            body = mapping(theirs, path, "the answer")
+            name = text(body.get("node"), path, "node") or ctx.peer.url
+            return ([point_row(p) for p in objects(body.get("points"), path, "points")],
+                    [decision_row(d, name) for d in objects(body.get("decisions"), path, "decisions")])
+
+        checked = None if theirs is None else problems.checked(read)
+        peer_answered = checked is not None
+        if checked is not None:
+            series.append(checked[0])
+            decisions = decisions + checked[1]
     return {"at": time.time(), "interval": ctx.history.interval, "window": ctx.history.interval * POINTS,
             "points": merge(series), "decisions": sorted(decisions, key=lambda d: when(d["at"])),
-            "peer_answered": peer_answered}
+            "peer_answered": peer_answered, "peer_problem": "; ".join(problems) or None}
 
 
 @bp.get("/")

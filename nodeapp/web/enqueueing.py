@@ -15,13 +15,13 @@ from flask import request
 
 from nodeapp.web.errors import ApiError
 from nodeapp.store.idempotency import KeyEntry, is_key
-from nodeapp.store.records import Draining, KeyMismatch, QueueFull, Submission, Submitted
+from nodeapp.store.records import Draining, KeyMismatch, QueueFull, Submission, Submitted, is_task_id
 from nodeapp.web.task_options import TaskOptions
 
 KEY_HEADER = "Idempotency-Key"
 #: Set (to ``true``) on an answer that repeats what an earlier request with the same key got.
 REPLAYED_HEADER = "Idempotent-Replayed"
-_RESULT = re.compile(r"[0-9a-f]{128}")
+_RESULT = _DIGEST = re.compile(r"[0-9a-f]{128}")  # a SHA-512 digest, as a result or as a body's
 _FLAGS = {"1": True, "true": True, "0": False, "false": False}
 
 
@@ -64,7 +64,7 @@ def queue(ctx, items: list[Submission], reuse: bool, *, batch: bool = False) -> 
         if answer is None:
             headers["X-Peer-Unavailable"] = "1"
         else:
-            peer_keys, peer_results = _peer_answer(answer)
+            peer_keys, peer_results = _peer_answer(answer, keys)
     try:
         return ctx.node.tasks.submit_many(items, reuse=reuse, peer_keys=peer_keys, peer_results=peer_results), headers
     except KeyMismatch as exc:
@@ -86,20 +86,23 @@ def lookup_answer(known: dict[str, KeyEntry], results: dict) -> dict:
                         for (digest, iterations), (task_id, result) in results.items()]}
 
 
-def _peer_answer(answer: dict) -> tuple[dict[str, KeyEntry], dict]:
-    """The peer's ``lookup_answer``; entries of the wrong form are left out."""
+def _peer_answer(answer: dict, asked: list[str]) -> tuple[dict[str, KeyEntry], dict]:
+    """The peer's ``lookup_answer`` about the keys ``asked``; entries of the wrong form are left out."""
     keys, results = {}, {}
     known, found = answer.get("keys"), answer.get("results")
     for key, entry in (known.items() if isinstance(known, dict) else ()):
-        try:
-            keys[key] = KeyEntry(str(entry["id"]), int(entry["iterations"]), bytes.fromhex(entry["digest"]))
-        except (KeyError, TypeError, ValueError):
+        if key not in asked or not isinstance(entry, dict):
             continue
+        task_id, iterations, digest = entry.get("id"), entry.get("iterations"), entry.get("digest")
+        if (isinstance(task_id, str) and is_task_id(task_id) and type(iterations) is int and iterations >= 1
+                and isinstance(digest, str) and _DIGEST.fullmatch(digest)):
+            keys[key] = KeyEntry(task_id, iterations, bytes.fromhex(digest))
     for item in found if isinstance(found, list) else ():
-        try:
-            digest, iterations, task_id, result = item
-            if isinstance(result, str) and _RESULT.fullmatch(result):
-                results[(bytes.fromhex(digest), int(iterations))] = (str(task_id), result)
-        except (TypeError, ValueError):
+        if not (isinstance(item, list) and len(item) == 4):
             continue
+        digest, iterations, task_id, result = item
+        if (isinstance(digest, str) and _DIGEST.fullmatch(digest) and type(iterations) is int and iterations >= 1
+                and isinstance(task_id, str) and is_task_id(task_id) and isinstance(result, str)
+                and _RESULT.fullmatch(result)):
+            results[(bytes.fromhex(digest), iterations)] = (task_id, result)
     return keys, results

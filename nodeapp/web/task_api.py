@@ -10,7 +10,8 @@ from flask import Blueprint, jsonify, request
 
 from nodeapp.web.access import caller, check_intake, check_owner, client_access, forwarded_headers
 from nodeapp.store.results import decode_cursor, encode_cursor
-from nodeapp.web.api import _field, _from_peer, _positive_int, peer_only, peer_unavailable
+from nodeapp.web import peer_answers
+from nodeapp.web.api import _field, _from_peer, _positive_int, checked, peer_only, peer_unavailable
 from nodeapp.web.auth import requires_if_set
 from nodeapp.web.bodies import json_body, read_body
 from nodeapp.context import get_context
@@ -131,9 +132,16 @@ def _act(task_id: str, verb: str, action, refusal: str):
         return jsonify(task_json(record))
     if not _from_peer() and ctx.peer.url:
         answer = ctx.peer.forward("POST", f"/{verb}/{task_id}", params=request.args, headers=forwarded_headers())
-        if answer is None:
+        if answer is not None:
+            status, body = answer
+            if status == 200:
+                body = checked(ctx, body, peer_answers.task, task_id, f"/{verb}")
+            elif 400 <= status < 600:
+                body = checked(ctx, body, peer_answers.error, f"/{verb}")
+            else:
+                body = None
+        if answer is None or body is None:
             raise peer_unavailable(task_id, verb)
-        status, body = answer
         return jsonify(body), status
     raise ApiError(404, "unknown_task", f"no task with id {task_id!r} on either node")
 
@@ -159,7 +167,8 @@ def results():
     next_positions = {tasks.epoch: positions.get(tasks.epoch, 0)}
     theirs = []
     if ctx.peer.url:
-        answer = _peer_page(ctx.peer.forward("GET", "/results", params={"after": raw, "limit": limit}))
+        answer = ctx.peer.forward("GET", "/results", params={"after": raw, "limit": limit})
+        answer = checked(ctx, answer[1], peer_answers.results_page) if answer and answer[0] == 200 else None
         if answer is None:
             headers["X-Peer-Unavailable"] = "1"
             next_positions.update((e, s) for e, s in positions.items() if e != tasks.epoch)  # keep their place
@@ -180,14 +189,3 @@ def _result_json(record: TaskRecord) -> dict:
     return out
 
 
-def _peer_page(answer) -> tuple[str, list, int] | None:
-    """The peer's own part of ``GET /results`` as (epoch, entries like ours, missed), or None."""
-    if answer is None or answer[0] != 200 or not isinstance(answer[1], dict):
-        return None
-    body = answer[1]
-    epoch, items, seqs = body.get("epoch"), body.get("results"), body.get("seqs")
-    if not (isinstance(epoch, str) and isinstance(items, list) and isinstance(seqs, list) and len(items) == len(seqs)):
-        return None
-    entries = [(item["completed_at"], epoch, seq, item) for item, seq in zip(items, seqs)
-               if isinstance(item, dict) and type(seq) is int and type(item.get("completed_at")) in (int, float)]
-    return epoch, entries, int(body.get("missed") or 0)

@@ -111,14 +111,15 @@
     fill("nodes", null, data.nodes, function (tr, n) {
       cell(tr, n.node + (n.node === data.node ? " (this node)" : ""), null, n.url || "");
       if (!n.reachable) {
-        cell(tr, "unreachable", "bad").colSpan = 8;
+        cell(tr, n.problem ? "answers in a form this node does not read: " + n.problem : "unreachable", "bad").colSpan = 8;
         return;
       }
       ["queued", "running", "completed", "failed"].forEach(function (k) { cell(tr, n[k], "num"); });
       cell(tr, workers(n.workers), "num", n.workers.capacity_why ? "capacity: " + n.workers.capacity_why : "");
       cell(tr, n.quota.lent, "num");
       cell(tr, n.quota.borrowed, "num");
-      cell(tr, n.draining ? "shutting down" : "up", n.draining ? "bad" : "ok");
+      cell(tr, (n.draining ? "shutting down" : "up") + (n.problem ? "; part of its answer left out: " + n.problem : ""),
+        n.draining || n.problem ? "bad" : "ok");
     });
     fill("progress", "progress-empty", data.in_progress || [], function (tr, p) {
       cell(tr, p.node);
