@@ -26,6 +26,7 @@ SANE = {
     "/pullCompleted": [GOOD_RESULT],
     "/results": {"epoch": "peerepoch", "results": [], "seqs": [], "missed": 0},
     "/health": {"status": "ok"},
+    "/dashboard/list": {"items": [{"node": "peer", **GOOD_RESULT}]},
 }
 
 #: One broken part each: (path, answer).
@@ -54,6 +55,8 @@ BROKEN = [
     ("/results", {"epoch": "peerepoch", "results": [{**GOOD_RESULT}], "seqs": [-5], "missed": 0}),
     ("/results", {"epoch": "peerepoch", "results": [{**GOOD_RESULT, "result": 7}], "seqs": [1], "missed": 0}),
     ("/results", {"epoch": "peerepoch", "results": [{**GOOD_RESULT}], "seqs": [True], "missed": 0}),
+    ("/dashboard/list", {"items": [{"id": "x", "result": {"a": 1}, "completed_at": "late"}]}),
+    ("/dashboard/list", {"items": [{**GOOD_RESULT, "node": ["peer"]}, {"id": "f" * 32, "at": "now"}]}),
 ]
 
 
@@ -116,6 +119,8 @@ def test_a_sane_peer_is_merged(node):
     assert {r["id"] for r in data["results"]} == {own, GOOD_RESULT["id"]}
     assert "problem" not in data["nodes"][1]
     assert client.get("/dashboard/history").get_json()["peer_answered"] is True
+    listed = client.get("/dashboard/list").get_json()
+    assert listed["peer_answered"] is True and {i["id"] for i in listed["items"]} == {own, GOOD_RESULT["id"]}
     assert client.get("/stats").get_json()["peer"]["problem"] is None
 
 
@@ -154,6 +159,12 @@ def test_a_malformed_peer_answer_is_a_peer_problem_never_a_500(node, peer, path,
     assert again.status_code == 200, again.get_json()  # the cursor it gave is one it takes
     if path == "/results":
         assert page.headers.get("X-Peer-Unavailable") == "1"
+    for kind in ("results", "failed"):
+        listed = client.get("/dashboard/list", query_string={"kind": kind})
+        assert listed.status_code == 200
+        if path == "/dashboard/list":
+            assert listed.get_json()["peer_answered"] is False
+    assert own in {item["id"] for item in client.get("/dashboard/list").get_json()["items"]}
     problem = client.get("/stats").get_json()["peer"]["problem"]
     assert path in problem["what"] and problem["at"] > 0  # and in the log, once (nodeapp/fleet/peer.py)
 

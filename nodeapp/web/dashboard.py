@@ -20,7 +20,7 @@ from nodeapp.history import POINTS, SUMMED, merge
 from nodeapp.store.results import merge_newest, summary
 from nodeapp.web.listing import listing
 from nodeapp.web import peer_answers
-from nodeapp.web.peer_answers import (TEXT_MAX, BadPeerAnswer, count, flag, mapping, number, objects, task_id,
+from nodeapp.web.peer_answers import (TEXT_MAX, BadPeerAnswer, count, flag, mapping, number, objects,
                                       text)
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
@@ -123,9 +123,7 @@ def worker_row(item: dict, node: str, path: str = "/dashboard/node") -> dict:
 
 
 def failed_row(item: dict, node: str, path: str = "/dashboard/node") -> dict:
-    return {"node": node, "id": task_id(item.get("id"), path), "state": text(item.get("state"), path, "state"),
-            "iterations": count(item.get("iterations"), path, "iterations"), "at": number(item.get("at"), path, "at"),
-            "reason": text(item.get("reason"), path, "reason")}
+    return {"node": node, **peer_answers.failed_task(item, path)}
 
 
 def decision_row(item: dict, node: str, path: str = "/history") -> dict:

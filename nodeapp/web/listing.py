@@ -14,6 +14,7 @@ from flask import request
 
 from nodeapp.context import NodeContext
 from nodeapp.store.results import merge_newest
+from nodeapp.web import peer_answers
 from nodeapp.web.errors import ApiError
 
 KINDS = ("results", "failed")
@@ -72,18 +73,31 @@ def listing(ctx: NodeContext) -> dict:
     items = own_items(ctx, kind, query, wanted)
     peer_answered = None
     if not node_only and ctx.peer.url:
-        theirs = ctx.peer.listing(kind, query, wanted)
-        peer_answered = theirs is not None
-        if theirs is not None:
-            name = ctx.peer.url
-            picked = [{"node": str(t.get("node") or name), **{k: t.get(k) for k in _KEYS[kind]}}
-                      for t in theirs if isinstance(t, dict) and isinstance(t.get("id"), str)]
+        picked = _checked(ctx, ctx.peer.listing(kind, query, wanted), kind)
+        peer_answered = picked is not None
+        if picked is not None:
             at = "completed_at" if kind == "results" else "at"
             items = merge_newest(items, picked, wanted, key=lambda item: (_time(item.get(at)), item["id"]))
     if node_only:
         return {"items": items}
     return {"kind": kind, "q": query, "offset": offset, "limit": limit, "items": items[offset:offset + limit],
             "more": len(items) > offset + limit, "peer_answered": peer_answered}
+
+
+def _checked(ctx: NodeContext, theirs: list | None, kind: str) -> list[dict] | None:
+    """The peer's items, each checked (``nodeapp/web/peer_answers.py``); None if it gave none or
+    one this node does not read (then kept as the peer's problem, in ``/stats`` and the log)."""
+    if theirs is None:
+        return None
+    path = "/dashboard/list"
+    read = peer_answers.result if kind == "results" else peer_answers.failed_task
+    try:
+        return [{"node": peer_answers.text(item.get("node"), path, "node") or ctx.peer.url,
+                 **{key: value for key, value in read(item, path).items() if key in _KEYS[kind]}}
+                for item in peer_answers.objects(theirs, path, "items")]
+    except peer_answers.BadPeerAnswer as exc:
+        ctx.peer.bad_answer(str(exc))
+        return None
 
 
 def _time(at) -> float:

@@ -101,6 +101,13 @@ def result(item: dict, path: str) -> dict:
     return out
 
 
+def failed_task(item: dict, path: str) -> dict:
+    """A failed or cancelled task as the dashboard lists it."""
+    return {"id": task_id(item.get("id"), path), "state": text(item.get("state"), path, "state"),
+            "iterations": count(item.get("iterations"), path, "iterations"), "at": number(item.get("at"), path, "at"),
+            "reason": text(item.get("reason"), path, "reason")}
+
+
 def results(answer: Any, path: str = "/pullCompleted") -> list[dict]:
     """The peer's ``pullCompleted``: a list of results."""
     if not isinstance(answer, list):
