@@ -455,3 +455,41 @@ def test_data_shows_each_nodes_capacity_and_why():
                                            "capacity_why": "TM_LOCAL_MAX_WORKERS=2"}
     assert data["totals"]["workers"]["capacity"] == 2
     assert data["totals"]["workers"]["capacity_why"] == f"{data['node']}: TM_LOCAL_MAX_WORKERS=2"
+
+
+def test_data_shows_priorities_scheduled_tasks_and_a_paused_intake():
+    from nodeapp import create_app
+
+    app = create_app({"cluster_token": TOKEN, "node_url": "http://127.0.0.1:1"}, launcher=FakeLauncher())
+    web = app.test_client()
+    for index, priority in enumerate((9, 9, 0)):
+        web.put(f"/enqueue?iterations=1&priority={priority}", data=f"body {index}".encode())
+    web.put("/enqueue?iterations=1&countdown=600", data=b"later")
+    web.post("/pause", headers={"X-Cluster-Token": TOKEN})
+    node = web.get("/dashboard/data").get_json()["nodes"][0]
+    assert (node["queued"], node["by_priority"], node["scheduled"], node["paused"]) == (3, {"9": 2, "0": 1}, 1, True)
+
+
+@pytest.mark.integration
+def test_the_page_shows_priorities_scheduled_tasks_and_paused_intake(browser, tmp_path):
+    """On nodes without workers (so queued tasks stay queued), in Chromium."""
+    env = {"MAX_NUM_OF_WORKERS": "0", "HISTORY_SECONDS": "0.5"}
+    with running_cluster(env, tmp_path) as idle:
+        page = browser.new_page()
+        try:
+            page.goto(idle.urls[0] + "/")
+            wait_for(lambda: "updated" in page.text_content("#updated"), timeout=20, what="the first refresh")
+            client = Client(idle.urls[:1])
+            client.enqueue_many([b"p9-a", b"p9-b"], 5, priority=9)
+            client.enqueue(b"p0", 5)
+            client.enqueue(b"later", 5, priority=4, countdown=600)
+            wait_for(lambda: "3 · p9 2 p0 1 · 1 later" in table_text(page, "nodes"), timeout=20,
+                     what="node-a's queue by priority, and its scheduled task")
+            assert "up" in table_text(page, "nodes").splitlines()[0]
+            paused = requests.post(idle.urls[0] + "/pause", headers={"X-Cluster-Token": idle.token}, timeout=5)
+            assert paused.status_code == 200
+            wait_for(lambda: "intake paused" in table_text(page, "nodes").splitlines()[0], timeout=20,
+                     what="node-a shown paused")
+            assert "intake paused" not in table_text(page, "nodes").splitlines()[1]  # node-b still takes tasks
+        finally:
+            page.close()

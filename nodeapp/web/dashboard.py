@@ -15,6 +15,7 @@ import time
 
 from flask import Blueprint, jsonify, render_template
 
+from nodeapp.store.queue import PRIORITY_MAX, PRIORITY_MIN
 from nodeapp.context import NodeContext, get_context
 from nodeapp.history import POINTS, SUMMED, merge
 from nodeapp.store.results import merge_newest, summary
@@ -31,6 +32,8 @@ NEWEST = 10
 #: Failed (or cancelled) tasks and workers the page lists.
 FAILED_SHOWN, WORKERS_SHOWN = 20, 100
 _COUNTS = ("queued", "running", "completed", "failed", "enqueued")
+#: The priorities a node reports its queue by (nodeapp/store/queue.py).
+PRIORITIES = frozenset(str(p) for p in range(PRIORITY_MIN, PRIORITY_MAX + 1))
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
@@ -53,6 +56,12 @@ def node_view(stats: dict, url: str | None, path: str = "/stats") -> dict:
                     "capacity_why": text(workers.get("capacity_why"), path, "workers.capacity_why") or ""},
         "quota": {key: count(quota.get(key), path, f"quota.{key}") for key in ("lent", "borrowed")},
         "draining": bool(flag(stats.get("draining"), path, "draining")),
+        "paused": bool(flag(mapping(stats.get("intake"), path, "intake").get("paused"), path, "intake.paused")),
+        "scheduled": count(stats.get("scheduled"), path, "scheduled"),
+        # ready tasks per priority, highest first: {"9": 3, "0": 12}
+        "by_priority": {str(p): count(n, path, f"queued_by_priority.{p}")
+                        for p, n in list(mapping(stats.get("queued_by_priority"), path, "queued_by_priority").items())[:10]
+                        if str(p) in PRIORITIES},
         "peer_reachable": flag(peer.get("reachable"), path, "peer.reachable"),
     }
 

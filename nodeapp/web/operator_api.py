@@ -89,7 +89,8 @@ def resume():
 def _set_intake(paused: bool):
     ctx = get_context()
     ctx.intake.set(paused)
-    log.warning("intake %s by the operator", "paused: enqueue and retry answer 503 paused" if paused else "resumed")
+    log.warning("intake %s by the operator%s", "paused" if paused else "resumed",
+                ": enqueue and retry answer 503 paused" if paused else "")
     return jsonify(node=ctx.config.node_name, **ctx.intake.to_json())
 
 

@@ -48,6 +48,17 @@
     if (emptyId) byId(emptyId).hidden = items.length > 0;
   }
 
+  // queued, with the priorities present when any is above 0 ("12 · p9 3 p0 9") and the scheduled ones
+  function queued(n) {
+    const levels = Object.keys(n.by_priority || {}).sort(function (a, b) { return b - a; });
+    let text = String(n.queued);
+    if (levels.some(function (p) { return p !== "0"; })) {
+      text += " · " + levels.map(function (p) { return "p" + p + " " + n.by_priority[p]; }).join(" ");
+    }
+    if (n.scheduled) text += " · " + n.scheduled + " later";
+    return text;
+  }
+
   // live / pending / capacity: what this node can run at once (its quota, or less: the launcher's limit)
   function workers(w) {
     if (!w) return "";
@@ -114,12 +125,15 @@
         cell(tr, n.problem ? "answers in a form this node does not read: " + n.problem : "unreachable", "bad").colSpan = 8;
         return;
       }
-      ["queued", "running", "completed", "failed"].forEach(function (k) { cell(tr, n[k], "num"); });
+      cell(tr, queued(n), "num", "ready to run, by priority (higher first); later: waiting for their not_before");
+      ["running", "completed", "failed"].forEach(function (k) { cell(tr, n[k], "num"); });
       cell(tr, workers(n.workers), "num", n.workers.capacity_why ? "capacity: " + n.workers.capacity_why : "");
       cell(tr, n.quota.lent, "num");
       cell(tr, n.quota.borrowed, "num");
-      cell(tr, (n.draining ? "shutting down" : "up") + (n.problem ? "; part of its answer left out: " + n.problem : ""),
-        n.draining || n.problem ? "bad" : "ok");
+      if (n.draining || n.problem) {
+        cell(tr, (n.draining ? "shutting down" : "up") + (n.problem ? "; part of its answer left out: " + n.problem : ""), "bad");
+      } else if (n.paused) cell(tr, "intake paused", "bad", "tm resume takes tasks again");
+      else cell(tr, "up", "ok");
     });
     fill("progress", "progress-empty", data.in_progress || [], function (tr, p) {
       cell(tr, p.node);
