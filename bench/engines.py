@@ -7,8 +7,8 @@ Each round measures, one after the other in an order rotated from round to round
 * *hashlib loop*: ``workerapp.compute.compute`` (``hashlib.sha512(d).digest()`` per iteration);
 * *native chain*: ``workerapp._native.chain`` (C, one SHA-512 compression per iteration);
 * *native lanes*: one native chain per available CPU, each in its own thread, at the same time;
-* *native SIMD*: ``workerapp._native.chains`` with four chains at once in AVX2 vector lanes (when
-  the CPU has AVX2), in one thread;
+* *native SIMD*: ``workerapp._native.chains`` with each vector kernel this CPU has, as many chains
+  at once as it has lanes (AVX-512: 8, AVX2: 4), in one thread;
 * *OpenSSL*: ``openssl speed -evp sha512 -bytes 64``, OpenSSL's own figure for one 64-byte
   message per call (what a C loop over OpenSSL's EVP calls would reach).
 
@@ -69,15 +69,16 @@ def lanes(seconds: float, count: int) -> dict:
     return {"cpu": sum(done) / cpu, "wall": sum(done) / wall}
 
 
-def simd(seconds: float) -> dict:
-    """Four native chains at once in vector lanes (``chains``), one thread."""
-    from workerapp._native import chains
+def simd(seconds: float, kernel: str) -> dict:
+    """As many native chains at once as ``kernel`` has vector lanes (``chains``), one thread."""
+    from workerapp._native import LANES, chains
 
-    done, digests = 0, [SEED, SEED[::-1], SEED[1:] + b"x", b"y" + SEED[1:]]
+    width = LANES[kernel]
+    done, digests = 0, [SEED[:-1] + bytes([i]) for i in range(width)]
     cpu0, wall0 = time.process_time(), time.perf_counter()
     while time.process_time() - cpu0 < seconds:
-        digests = chains(digests, [5_000] * 4)
-        done += 20_000
+        digests = chains(digests, [5_000] * width, kernel)
+        done += 5_000 * width
     return {"cpu": done / (time.process_time() - cpu0), "wall": done / (time.perf_counter() - wall0)}
 
 
@@ -107,7 +108,7 @@ def measure_round(order: list[str], seconds: float, cpus: int) -> dict:
         elif name == f"native lanes ({cpus})":
             measured[name] = lanes(seconds, cpus)
         elif name.startswith("native SIMD"):
-            measured[name] = simd(seconds)
+            measured[name] = simd(seconds, name.split("(")[1].split(",")[0])
         elif name == "OpenSSL (openssl speed)":
             measured[name] = openssl(seconds)
     return measured
@@ -122,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     cpus = available_cpus()
     names = ["hashlib loop"]
     if native_available():
-        from workerapp._native import SIMD
+        from workerapp._native import KERNELS, LANES
 
-        names += ["native chain", f"native lanes ({cpus})"] + ([f"native SIMD ({SIMD}, 4 chains)"] if SIMD else [])
+        names += ["native chain", f"native lanes ({cpus})"]
+        names += [f"native SIMD ({kernel}, {LANES[kernel]} chains)" for kernel in KERNELS if LANES[kernel] > 1]
     names.append("OpenSSL (openssl speed)")
     rounds = []
     for r in range(args.rounds):

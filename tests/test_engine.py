@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -130,11 +131,40 @@ def test_native_chain_releases_the_gil(native):
 def test_auto_picks_native_when_built(native, caplog):
     with caplog.at_level(logging.INFO, logger="workerapp.engine"):
         chosen = engine.select_engine({})
-    assert chosen.name == "native" and chosen.parallel
-    assert [r.getMessage() for r in caplog.records] == [
-        "hash engine: native (C extension workerapp._native"
-        + (f", {native.SIMD} for several chains at once)" if native.SIMD else ")")]
-    assert (chosen.compute_many is engine.compute_many_native) == bool(native.SIMD)
+    assert chosen.name == "native" and chosen.parallel and chosen.kernel == native.KERNELS[0]
+    assert chosen.width == native.LANES[chosen.kernel] == {"avx512": 8, "avx2": 4, "scalar": 1}[chosen.kernel]
+    note = (f"{chosen.kernel} kernel: {chosen.width} chains at once in vector lanes" if native.SIMD
+            else "scalar kernel: one chain")
+    assert [r.getMessage() for r in caplog.records] == [f"hash engine: native (C extension workerapp._native, {note})"]
+    assert (chosen.compute_many is not None) == bool(native.SIMD)
+
+
+@pytest.mark.parametrize("kernel", engine.KERNELS)
+def test_env_forces_a_kernel_or_refuses_one_this_cpu_lacks(native, kernel, caplog):
+    if kernel not in native.KERNELS:
+        with pytest.raises(engine.EngineUnavailable, match=f"TM_HASH_ENGINE={kernel}, but this CPU .* no {kernel}"):
+            engine.select_engine({engine.ENV: kernel})
+        return
+    with caplog.at_level(logging.INFO, logger="workerapp.engine"):
+        chosen = engine.select_engine({engine.ENV: kernel.upper()})
+    assert (chosen.name, chosen.kernel, chosen.width) == ("native", kernel, native.LANES[kernel])
+    assert f"forced by TM_HASH_ENGINE={kernel}" in caplog.text
+    jobs = [(b"forced %d" % i, 50 + 7 * i) for i in range(11)]
+    expected_digests = [reference(data, n) for data, n in jobs]
+    if chosen.compute_many is None:
+        assert kernel == "scalar" and [chosen.compute(d, n) for d, n in jobs] == expected_digests
+    else:
+        assert chosen.compute_many(jobs) == expected_digests
+
+
+def test_a_kernel_the_cpu_lacks_is_refused_by_chains(native, monkeypatch):
+    digest = hashlib.sha512(b"").digest()
+    with pytest.raises(ValueError, match="kernel 'sse9': this CPU has no such kernel"):
+        native.chains([digest], [1], kernel="sse9")
+    monkeypatch.setattr(native, "KERNELS", ("scalar",))  # a CPU without vector units, as selection sees it
+    with pytest.raises(engine.EngineUnavailable, match="no avx2 kernel"):
+        engine.select_engine({engine.ENV: "avx2"})
+    assert engine.select_engine({}).kernel == "scalar"
 
 
 def test_env_forces_python(native, caplog):
@@ -201,6 +231,22 @@ def test_worker_forced_to_python_works_and_says_so_once(cluster, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("kernel", engine.KERNELS)
+def test_worker_forced_to_a_kernel_computes_with_it_or_refuses_to_start(native, cluster, tmp_path, kernel):
+    """TM_HASH_ENGINE=avx512|avx2|scalar in a real worker: its results are hashlib's (run_worker
+    checks them), or, when this CPU lacks that kernel, the worker exits at once with a clear line."""
+    if kernel not in native.KERNELS:
+        env = {**os.environ, "CLUSTER_TOKEN": cluster.token, engine.ENV: kernel}
+        done = subprocess.run([sys.executable, "-m", "workerapp", cluster.urls[0]], env=env, capture_output=True,
+                              text=True, timeout=60, cwd=tmp_path)
+        assert done.returncode == 2 and f"{engine.ENV}={kernel}, but this CPU" in done.stderr
+        return
+    log = run_worker(cluster, tmp_path, f"w-{kernel}", {engine.ENV: kernel})
+    assert log.count("hash engine:") == 1
+    assert f"{kernel} kernel" in log and f"forced by {engine.ENV}={kernel}" in log
+
+
+@pytest.mark.integration
 def test_worker_without_the_extension_uses_python_and_says_so_once(cluster, tmp_path):
     """A sitecustomize makes ``import workerapp._native`` fail, as on a machine without a compiler."""
     site = tmp_path / "site"
@@ -248,23 +294,43 @@ def test_bench_engines_runs_and_reports_every_engine(tmp_path):
 
 
 # ------------------------------------------------------- several chains at once
-@pytest.mark.parametrize("simd", [True, False])
-def test_chains_agree_with_hashlib_on_the_vector_table(native, simd):
+def kernels():
+    """Every kernel of the C extension this CPU has (none where it is not built)."""
+    try:
+        from workerapp import _native
+    except ImportError:
+        return []
+    return list(_native.KERNELS)
+
+
+@pytest.mark.parametrize("kernel", kernels())
+def test_chains_agree_with_hashlib_on_the_vector_table(native, kernel):
     jobs = [(body(size), iterations) for size in SIZES for iterations in (1, 2, 1000)]
     jobs += [(body(size), 1_000_000) for size in (0, 129)]
-    digests = native.chains([hashlib.sha512(data).digest() for data, _ in jobs], [n - 1 for _, n in jobs], simd=simd)
+    digests = native.chains([hashlib.sha512(data).digest() for data, _ in jobs], [n - 1 for _, n in jobs],
+                            kernel=kernel)
     assert [d.hex() for d in digests] == [expected(len(data), n) for data, n in jobs]
-    if simd:
-        assert engine.compute_many_native(jobs[:5]) == [expected(len(data), n) for data, n in jobs[:5]]
+    assert engine.compute_many_native(jobs[:5], kernel) == [expected(len(data), n) for data, n in jobs[:5]]
 
 
-@settings(max_examples=60, deadline=None)
-@given(jobs=st.lists(st.tuples(st.binary(max_size=200), st.integers(min_value=1, max_value=700)), max_size=11))
-def test_chains_agree_with_hashlib_on_random_cases(native, jobs):
+@pytest.mark.parametrize("kernel", kernels())
+@settings(max_examples=40, deadline=None)
+@given(jobs=st.lists(st.tuples(st.binary(max_size=200), st.integers(min_value=1, max_value=700)), max_size=19))
+def test_chains_agree_with_hashlib_on_random_cases(native, kernel, jobs):
+    """Any number of chains (more than the lanes, fewer, none), each of its own length: lanes
+    are refilled as chains end, down to the narrow kernel and the scalar tail."""
     digests = [reference(data, iterations) for data, iterations in jobs]
-    assert engine.compute_many_native(jobs) == digests
-    assert [d.hex() for d in native.chains([hashlib.sha512(data).digest() for data, _ in jobs],
-                                           [n - 1 for _, n in jobs], simd=False)] == digests
+    assert engine.compute_many_native(jobs, kernel) == digests
+
+
+@pytest.mark.parametrize("kernel", kernels())
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 20), spread=st.sampled_from([1, 10, 5000]))
+def test_chains_of_unequal_lengths_each_end_where_hashlib_ends(native, kernel, seed, count, spread):
+    """Chains whose lengths differ by up to ``spread``: every digest is the one of its own length."""
+    rng = random.Random(seed)
+    jobs = [(rng.randbytes(rng.randrange(0, 130)), 1 + rng.randrange(spread)) for _ in range(count)]
+    assert engine.compute_many_native(jobs, kernel) == [reference(data, n) for data, n in jobs]
 
 
 def test_chains_refuses_bad_input(native):
@@ -280,4 +346,5 @@ def test_chains_refuses_bad_input(native):
         native.chains([digest], ["many"])
     with pytest.raises(ValueError):
         engine.compute_many_native([(b"x", 0)])
-    assert native.SIMD in ("", "avx2")
+    assert native.SIMD in ("", "avx2", "avx512") and native.KERNELS[-1] == "scalar"
+    assert native.SIMD == ("" if native.KERNELS[0] == "scalar" else native.KERNELS[0])

@@ -191,37 +191,6 @@ def test_the_delivered_wheel_compiles_its_engine_where_it_is_installed(tmp_path)
     assert list(site.glob("workerapp/_native*.so"))
 
 
-# ---------------------------------------------------- short tasks together
-def test_short_tasks_of_a_batch_are_computed_together(native_or_python_many):
-    """A batch's short tasks go to ``compute_many`` in groups (four slices of work at most); a long
-    one, or one with a checkpoint, goes alone through the slices as before."""
-    from tests.test_worker_loop import FakeNode, make_worker
-
-    groups = []
-
-    def many(jobs):
-        groups.append([n for _, n in jobs])
-        return native_or_python_many(jobs)
-
-    tasks = [(b"s%d" % i, 100 + i) for i in range(6)] + [(b"long", 5000), (b"t1", 7), (b"t2", 9)]
-    node = FakeNode("own", tasks)
-    clock = Clock(0.0)
-    # a slice is 1000 iterations at this rate; the claim budget (10,000) takes every task at once
-    worker = make_worker([node], clock, hash_rate=10_000, slice_seconds=0.1, compute_many=many)
-    assert worker.run() == 0
-    assert node.results == {f"own/{i}": reference(d, n) for i, (d, n) in enumerate(tasks)}
-    assert groups == [[100, 101, 102, 103, 104, 105], [7, 9]]
-    assert worker.iterations_computed == sum(n for _, n in tasks)
-
-
-@pytest.fixture(params=["native", "python"])
-def native_or_python_many(request):
-    if request.param == "native":
-        pytest.importorskip("workerapp._native")
-        return engine.compute_many_native
-    return lambda jobs: [engine.PYTHON.compute(data, n) for data, n in jobs]
-
-
 @pytest.mark.integration
 def test_a_worker_process_with_lanes_on_the_hashlib_loop_uses_a_process_pool(cluster, tmp_path):
     """``python -m workerapp --lanes 2`` with the Python engine: the chains run in two processes."""

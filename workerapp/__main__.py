@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.USAGE
     worker = Worker(clients, idle_seconds=args.worker_idle_seconds, claim_seconds=args.claim_seconds,
                     max_batch=args.max_batch, compute_fn=lane_compute(engine, args.lanes), lanes=args.lanes,
-                    engine=engine.name, compute_many=engine.compute_many)
+                    engine=engine.name, compute_many=engine.compute_many, width=engine.width)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.request_stop())
     lifetime = _lifetime_limit(worker, args.worker_max_lifetime)

@@ -123,103 +123,173 @@ store_words(unsigned char *bytes, const uint64_t m[8])
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Several chains at once. On x86-64 CPUs with AVX2 (checked at run time), four chains go through
- * the rounds above together, one in each 64-bit lane of 256-bit vectors; rotations are two shifts
- * and an OR, as AVX2 has no 64-bit rotate. Chains of different lengths share the lanes: when one
- * ends, the next waiting chain takes its lane; the last one left runs alone on the scalar code.
+ * Several chains at once, one chain in each 64-bit lane of a vector, the CPU's features checked
+ * at run time:
+ *   avx512: eight lanes of 512-bit vectors (AVX-512F), with the rotate (vprorq) and the
+ *           three-input logic (vpternlogq) of AVX-512; four lanes of 256-bit vectors with the same
+ *           instructions (AVX-512VL) when four chains or fewer are left;
+ *   avx2:   four lanes of 256-bit vectors; a rotate is two shifts and an OR.
+ * Chains of different lengths share the lanes: each call runs until the shortest chain in the
+ * lanes ends, then the next waiting chain takes its lane; the last chain left runs alone on the
+ * scalar code (as fast as a vector kernel with one lane busy: each round waits on the one before).
  */
 typedef struct {
     uint64_t m[8];
     long long left;  /* iterations still to do */
 } Chain;
 
+/* The kernels ``chains`` can use, best first; which ones this CPU has is set at import. */
+enum { KERNEL_AVX512, KERNEL_AVX2, KERNEL_SCALAR, KERNEL_COUNT };
+static const char *const kernel_names[KERNEL_COUNT] = {"avx512", "avx2", "scalar"};
+static const int kernel_width[KERNEL_COUNT] = {8, 4, 1};
+static int kernel_ok[KERNEL_COUNT] = {0, 0, 1};
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define HAVE_AVX2_KERNEL 1
+#define HAVE_X86_KERNELS 1
 #include <immintrin.h>
 
-#define VADD(x, y) _mm256_add_epi64((x), (y))
-#define VXOR(x, y) _mm256_xor_si256((x), (y))
-#define VAND(x, y) _mm256_and_si256((x), (y))
-#define VOR(x, y) _mm256_or_si256((x), (y))
-#define VSET(v) _mm256_set1_epi64x((long long)(v))
-#define VROTR(x, n) VOR(_mm256_srli_epi64((x), (n)), _mm256_slli_epi64((x), 64 - (n)))
-#define VBSIG0(x) VXOR(VXOR(VROTR(x, 28), VROTR(x, 34)), VROTR(x, 39))
-#define VBSIG1(x) VXOR(VXOR(VROTR(x, 14), VROTR(x, 18)), VROTR(x, 41))
-#define VSSIG0(x) VXOR(VXOR(VROTR(x, 1), VROTR(x, 8)), _mm256_srli_epi64((x), 7))
-#define VSSIG1(x) VXOR(VXOR(VROTR(x, 19), VROTR(x, 61)), _mm256_srli_epi64((x), 6))
-#define VCH(x, y, z) VXOR((z), VAND((x), VXOR((y), (z))))
-#define VMAJ(x, y, z) VOR(VAND((x), (y)), VAND((z), VOR((x), (y))))
+/* The rounds on vectors of type VT: the V* operations below are defined before each kernel. */
+#define VBSIG0(x) VXOR3(VROTR(x, 28), VROTR(x, 34), VROTR(x, 39))
+#define VBSIG1(x) VXOR3(VROTR(x, 14), VROTR(x, 18), VROTR(x, 41))
+#define VSSIG0(x) VXOR3(VROTR(x, 1), VROTR(x, 8), VSHR((x), 7))
+#define VSSIG1(x) VXOR3(VROTR(x, 19), VROTR(x, 61), VSHR((x), 6))
 #define VW(t) ((t) < 16 ? v[(t) & 15] \
     : (v[(t) & 15] = VADD(VADD(v[(t) & 15], VSSIG1(v[((t) - 2) & 15])), \
                           VADD(v[((t) - 7) & 15], VSSIG0(v[((t) - 15) & 15])))))
 #define VROUND(a, b, c, d, e, f, g, h, t) do { \
-        __m256i t1 = VADD(VADD((h), VBSIG1(e)), VADD(VADD(VCH(e, f, g), VSET(K[t])), VW(t))); \
-        __m256i t2 = VADD(VBSIG0(a), VMAJ(a, b, c)); \
+        VT t1 = VADD(VADD((h), VBSIG1(e)), VADD(VADD(VCH(e, f, g), VSET(K[t])), VW(t))); \
+        VT t2 = VADD(VBSIG0(a), VMAJ(a, b, c)); \
         (d) = VADD((d), t1); \
         (h) = VADD(t1, t2); \
     } while (0)
 
-/* ``count`` iterations of the four chains in ``lane`` at once. */
+/* The body of a kernel of N lanes: ``count`` iterations of the chains in ``lane`` at once. */
+#define KERNEL_BODY(N) do { \
+        VT m[8]; \
+        uint64_t buf[N]; \
+        for (int i = 0; i < 8; i++) { \
+            for (int j = 0; j < (N); j++) \
+                buf[j] = lane[j]->m[i]; \
+            m[i] = VLOAD(buf); \
+        } \
+        for (long long n = 0; n < count; n++) { \
+            VT v[16] = {m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], \
+                        VSET(UINT64_C(0x8000000000000000)), VSET(0), VSET(0), VSET(0), \
+                        VSET(0), VSET(0), VSET(0), VSET(512)}; \
+            VT a = VSET(IV[0]), b = VSET(IV[1]), c = VSET(IV[2]), d = VSET(IV[3]); \
+            VT e = VSET(IV[4]), f = VSET(IV[5]), g = VSET(IV[6]), h = VSET(IV[7]); \
+            ROUNDS80(VROUND); \
+            m[0] = VADD(VSET(IV[0]), a); m[1] = VADD(VSET(IV[1]), b); \
+            m[2] = VADD(VSET(IV[2]), c); m[3] = VADD(VSET(IV[3]), d); \
+            m[4] = VADD(VSET(IV[4]), e); m[5] = VADD(VSET(IV[5]), f); \
+            m[6] = VADD(VSET(IV[6]), g); m[7] = VADD(VSET(IV[7]), h); \
+        } \
+        for (int i = 0; i < 8; i++) { \
+            VSTORE(buf, m[i]); \
+            for (int j = 0; j < (N); j++) \
+                lane[j]->m[i] = buf[j]; \
+        } \
+    } while (0)
+
+/* AVX2: four lanes of 256 bits. */
+#define VT __m256i
+#define VLOAD(p) _mm256_loadu_si256((const __m256i *)(p))
+#define VSTORE(p, x) _mm256_storeu_si256((__m256i *)(p), (x))
+#define VADD(x, y) _mm256_add_epi64((x), (y))
+#define VSET(v) _mm256_set1_epi64x((long long)(v))
+#define VSHR(x, n) _mm256_srli_epi64((x), (n))
+#define VROTR(x, n) _mm256_or_si256(VSHR((x), (n)), _mm256_slli_epi64((x), 64 - (n)))
+#define VXOR3(x, y, z) _mm256_xor_si256(_mm256_xor_si256((x), (y)), (z))
+#define VCH(x, y, z) _mm256_xor_si256((z), _mm256_and_si256((x), _mm256_xor_si256((y), (z))))
+#define VMAJ(x, y, z) _mm256_or_si256(_mm256_and_si256((x), (y)), \
+                                      _mm256_and_si256((z), _mm256_or_si256((x), (y))))
 __attribute__((target("avx2")))
 static void
-hash4(Chain *lane[4], long long count)
+hash4_avx2(Chain **lane, long long count)
 {
-    __m256i m[8];
-    uint64_t out[4];
+    KERNEL_BODY(4);
+}
+#undef VROTR
+#undef VXOR3
+#undef VCH
+#undef VMAJ
 
-    for (int i = 0; i < 8; i++)
-        m[i] = _mm256_set_epi64x((long long)lane[3]->m[i], (long long)lane[2]->m[i],
-                                 (long long)lane[1]->m[i], (long long)lane[0]->m[i]);
-    for (long long n = 0; n < count; n++) {
-        __m256i v[16] = {m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7],
-                         VSET(UINT64_C(0x8000000000000000)), VSET(0), VSET(0), VSET(0),
-                         VSET(0), VSET(0), VSET(0), VSET(512)};
-        __m256i a = VSET(IV[0]), b = VSET(IV[1]), c = VSET(IV[2]), d = VSET(IV[3]);
-        __m256i e = VSET(IV[4]), f = VSET(IV[5]), g = VSET(IV[6]), h = VSET(IV[7]);
-        ROUNDS80(VROUND);
-        m[0] = VADD(VSET(IV[0]), a); m[1] = VADD(VSET(IV[1]), b);
-        m[2] = VADD(VSET(IV[2]), c); m[3] = VADD(VSET(IV[3]), d);
-        m[4] = VADD(VSET(IV[4]), e); m[5] = VADD(VSET(IV[5]), f);
-        m[6] = VADD(VSET(IV[6]), g); m[7] = VADD(VSET(IV[7]), h);
-    }
-    for (int i = 0; i < 8; i++) {
-        _mm256_storeu_si256((__m256i *)out, m[i]);
-        for (int j = 0; j < 4; j++)
-            lane[j]->m[i] = out[j];
-    }
+/* AVX-512VL: four lanes of 256 bits, with the rotate and three-input logic of AVX-512.
+ * vpternlogq's immediate is the truth table of (x, y, z) = (0xf0, 0xcc, 0xaa): x ^ y ^ z is
+ * 0x96, Ch 0xca, Maj 0xe8. */
+#define VROTR(x, n) _mm256_ror_epi64((x), (n))
+#define VXOR3(x, y, z) _mm256_ternarylogic_epi64((x), (y), (z), 0x96)
+#define VCH(x, y, z) _mm256_ternarylogic_epi64((x), (y), (z), 0xca)
+#define VMAJ(x, y, z) _mm256_ternarylogic_epi64((x), (y), (z), 0xe8)
+__attribute__((target("avx2,avx512f,avx512vl")))
+static void
+hash4_avx512vl(Chain **lane, long long count)
+{
+    KERNEL_BODY(4);
+}
+#undef VT
+#undef VLOAD
+#undef VSTORE
+#undef VADD
+#undef VSET
+#undef VSHR
+#undef VROTR
+#undef VXOR3
+#undef VCH
+#undef VMAJ
+
+/* AVX-512F: eight lanes of 512 bits. */
+#define VT __m512i
+#define VLOAD(p) _mm512_loadu_si512((const void *)(p))
+#define VSTORE(p, x) _mm512_storeu_si512((void *)(p), (x))
+#define VADD(x, y) _mm512_add_epi64((x), (y))
+#define VSET(v) _mm512_set1_epi64((long long)(v))
+#define VSHR(x, n) _mm512_srli_epi64((x), (n))
+#define VROTR(x, n) _mm512_ror_epi64((x), (n))
+#define VXOR3(x, y, z) _mm512_ternarylogic_epi64((x), (y), (z), 0x96)
+#define VCH(x, y, z) _mm512_ternarylogic_epi64((x), (y), (z), 0xca)
+#define VMAJ(x, y, z) _mm512_ternarylogic_epi64((x), (y), (z), 0xe8)
+__attribute__((target("avx2,avx512f")))
+static void
+hash8_avx512(Chain **lane, long long count)
+{
+    KERNEL_BODY(8);
 }
 
-static int
-cpu_has_avx2(void)
+static void
+detect_kernels(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2");
+    kernel_ok[KERNEL_AVX2] = __builtin_cpu_supports("avx2");
+    kernel_ok[KERNEL_AVX512] = kernel_ok[KERNEL_AVX2] && __builtin_cpu_supports("avx512f")
+                               && __builtin_cpu_supports("avx512vl");
 }
 #else
-static int
-cpu_has_avx2(void)
+static void
+detect_kernels(void)
 {
-    return 0;
 }
 #endif
 
-/* Set by PyInit__native from the CPU's features; never changed afterwards. */
-static int have_avx2;
+typedef void (*LaneFn)(Chain **lane, long long count);
 
-/* Run every chain to its end; four at a time in vectors when ``simd`` and the CPU allows. */
+/* Run every chain to its end with ``kernel`` (one that ``kernel_ok`` allows). */
 static void
-run_chains(Chain *chains, Py_ssize_t n, int simd)
+run_chains(Chain *chains, Py_ssize_t n, int kernel)
 {
-#ifdef HAVE_AVX2_KERNEL
-    if (simd && have_avx2) {
+#ifdef HAVE_X86_KERNELS
+    if (kernel != KERNEL_SCALAR) {
+        const int width = kernel_width[kernel];
+        LaneFn wide = kernel == KERNEL_AVX512 ? hash8_avx512 : hash4_avx2;
+        LaneFn narrow = kernel == KERNEL_AVX512 ? hash4_avx512vl : NULL;
         Chain spare = {{0}, 0};
-        Chain *lane[4] = {NULL, NULL, NULL, NULL};
-        Chain *use[4];
+        Chain *lane[8] = {NULL};
+        Chain *use[8];
         Py_ssize_t next = 0;
         for (;;) {
             int active = 0;
             long long step = -1;
-            for (int j = 0; j < 4; j++) {
+            for (int j = 0; j < width; j++) {
                 if (lane[j] != NULL && lane[j]->left == 0)
                     lane[j] = NULL;
                 while (lane[j] == NULL && next < n) {
@@ -228,24 +298,40 @@ run_chains(Chain *chains, Py_ssize_t n, int simd)
                     next++;
                 }
                 if (lane[j] != NULL) {
-                    active++;
+                    use[active++] = lane[j];
                     if (step < 0 || lane[j]->left < step)
                         step = lane[j]->left;
                 }
-                use[j] = lane[j] != NULL ? lane[j] : &spare;
             }
-            if (active <= 1)
+            if (active < 2)
                 break;  /* the one left (if any) runs on the scalar code below */
-            hash4(use, step);
-            for (int j = 0; j < 4; j++)
-                if (lane[j] != NULL)
-                    lane[j]->left -= step;
+            if (narrow != NULL && active <= 4) {
+                for (int j = active; j < 4; j++)
+                    use[j] = &spare;
+                narrow(use, step);
+            } else {
+                for (int j = active; j < width; j++)
+                    use[j] = &spare;
+                wide(use, step);
+            }
+            for (int j = 0; j < active; j++)
+                use[j]->left -= step;
         }
     }
 #endif
     for (Py_ssize_t i = 0; i < n; i++)
         for (; chains[i].left > 0; chains[i].left--)
             hash_digest(chains[i].m);
+}
+
+/* The best kernel this CPU has. */
+static int
+best_kernel(void)
+{
+    for (int k = 0; k < KERNEL_COUNT; k++)
+        if (kernel_ok[k])
+            return k;
+    return KERNEL_SCALAR;
 }
 
 PyDoc_STRVAR(chain_doc,
@@ -285,23 +371,30 @@ chain(PyObject *module, PyObject *args)
 }
 
 PyDoc_STRVAR(chains_doc,
-"chains(digests, counts, /, simd=True) -> list[bytes]\n\n"
-"``chain(digests[i], counts[i])`` for every i, computed together: four at a time in AVX2\n"
-"vector lanes when the CPU has AVX2 and ``simd`` is true (see ``SIMD``). The GIL is released\n"
-"while they run.");
+"chains(digests, counts, /, kernel=None) -> list[bytes]\n\n"
+"``chain(digests[i], counts[i])`` for every i, computed together in the vector lanes of\n"
+"``kernel``: one of ``KERNELS`` (those this CPU has, best first), the best when None;\n"
+"``LANES[kernel]`` chains at once. The GIL is released while they run.");
 
 static PyObject *
 chains(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"digests", "counts", "simd", NULL};
+    static char *keywords[] = {"digests", "counts", "kernel", NULL};
     PyObject *digests, *counts, *result = NULL;
-    int simd = 1;
+    const char *name = NULL;
+    int kernel = -1;
     Py_ssize_t n;
     Chain *work = NULL;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|p:chains", keywords,
-                                     &digests, &counts, &simd))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|z:chains", keywords, &digests, &counts, &name))
         return NULL;
+    for (int k = 0; k < KERNEL_COUNT; k++)
+        if (name == NULL ? kernel < 0 && kernel_ok[k] : kernel_ok[k] && strcmp(name, kernel_names[k]) == 0)
+            kernel = k;
+    if (kernel < 0) {
+        PyErr_Format(PyExc_ValueError, "kernel '%s': this CPU has no such kernel (see KERNELS)", name);
+        return NULL;
+    }
     digests = PySequence_Fast(digests, "digests must be a sequence");
     if (digests == NULL)
         return NULL;
@@ -339,7 +432,7 @@ chains(PyObject *module, PyObject *args, PyObject *kwargs)
         work[i].left = count;
     }
     Py_BEGIN_ALLOW_THREADS
-    run_chains(work, n, simd);
+    run_chains(work, n, kernel);
     Py_END_ALLOW_THREADS
     result = PyList_New(n);
     for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
@@ -374,13 +467,29 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__native(void)
 {
-    PyObject *m = PyModule_Create(&module);
-    if (m == NULL)
-        return NULL;
-    have_avx2 = cpu_has_avx2();
-    /* SIMD: the vector code ``chains`` uses on this CPU, "" when none. */
-    if (PyModule_AddStringConstant(m, "SIMD", have_avx2 ? "avx2" : "") < 0) {
-        Py_DECREF(m);
+    PyObject *m = PyModule_Create(&module), *kernels = PyList_New(0), *lanes = PyDict_New();
+    int ok = m != NULL && kernels != NULL && lanes != NULL;
+    detect_kernels();
+    for (int k = 0; ok && k < KERNEL_COUNT; k++) {
+        if (kernel_ok[k]) {
+            PyObject *name = PyUnicode_FromString(kernel_names[k]);
+            PyObject *width = PyLong_FromLong(kernel_width[k]);
+            ok = name != NULL && width != NULL && PyList_Append(kernels, name) == 0
+                 && PyDict_SetItem(lanes, name, width) == 0;
+            Py_XDECREF(name);
+            Py_XDECREF(width);
+        }
+    }
+    /* KERNELS: the kernels of ``chains`` on this CPU, best first; LANES: how many chains each
+     * runs at once; SIMD: the best vector kernel, "" when there is none. */
+    ok = ok && PyModule_AddObject(m, "KERNELS", PyList_AsTuple(kernels)) == 0
+         && PyModule_AddObject(m, "LANES", Py_NewRef(lanes)) == 0
+         && PyModule_AddStringConstant(m, "SIMD", best_kernel() == KERNEL_SCALAR ? ""
+                                       : kernel_names[best_kernel()]) == 0;
+    Py_XDECREF(kernels);
+    Py_XDECREF(lanes);
+    if (!ok) {
+        Py_XDECREF(m);
         return NULL;
     }
     return m;

@@ -1,9 +1,12 @@
-"""Which code computes a task's hash chain: the C extension or the hashlib loop.
+"""Which code computes a task's hash chain: a kernel of the C extension, or the hashlib loop.
 
 ``workerapp._native`` (built from ``workerapp/_sha512chain.c`` by ``pip install`` when a C
-compiler is there) runs the iterations after the first in C, without the GIL. ``select_engine``
-uses it when it imports and agrees with the hashlib loop on a check vector; otherwise, or when
-``TM_HASH_ENGINE=python``, the worker uses the hashlib loop of ``workerapp.compute``. The choice
+compiler is there) runs the iterations after the first in C, without the GIL, with one of its
+kernels (``_native.KERNELS``, those this CPU has, best first): ``avx512`` (eight chains at once
+in 512-bit vector lanes), ``avx2`` (four chains in 256-bit lanes) or ``scalar`` (one chain).
+``select_engine`` uses the best kernel when the extension imports and agrees with the hashlib
+loop on a check vector; otherwise, or when ``TM_HASH_ENGINE=python``, the worker uses the
+hashlib loop of ``workerapp.compute``. ``TM_HASH_ENGINE=avx2`` (say) forces a kernel. The choice
 is logged once, when the worker starts.
 """
 
@@ -14,20 +17,25 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from workerapp.compute import compute
 
 log = logging.getLogger(__name__)
 
-#: The environment variable that forces an engine: ``auto`` (default), ``native`` or ``python``.
+#: The environment variable that forces an engine: ``auto`` (default), ``native`` (the C
+#: extension's best kernel), a kernel of it (``avx512``, ``avx2``, ``scalar``) or ``python``.
 ENV = "TM_HASH_ENGINE"
-CHOICES = ("auto", "native", "python")
+KERNELS = ("avx512", "avx2", "scalar")
+CHOICES = ("auto", "native", *KERNELS, "python")
 #: The self-check: native and Python must give the same digest for this before native is used.
 CHECK_VECTOR = (b"scalable task manager", 1000)
 
+ComputeMany = Callable[[list[tuple[bytes, int]]], list[str]]
+
 
 class EngineUnavailable(RuntimeError):
-    """``TM_HASH_ENGINE=native`` was asked for, but the extension is missing or wrong."""
+    """``TM_HASH_ENGINE`` forced the C extension or one of its kernels, which cannot be used here."""
 
 
 def compute_native(data: bytes, iterations: int) -> str:
@@ -39,14 +47,14 @@ def compute_native(data: bytes, iterations: int) -> str:
     return chain(hashlib.sha512(data).digest(), iterations - 1).hex()
 
 
-def compute_many_native(jobs: list[tuple[bytes, int]]) -> list[str]:
-    """``compute_native`` of each ``(data, iterations)``, the chains run together: four at a time
-    in AVX2 vector lanes where the CPU has them (``workerapp._native.SIMD``)."""
+def compute_many_native(jobs: list[tuple[bytes, int]], kernel: str | None = None) -> list[str]:
+    """``compute_native`` of each ``(data, iterations)``, the chains run together in the vector
+    lanes of ``kernel`` (the best of ``workerapp._native.KERNELS`` when None)."""
     from workerapp._native import chains
 
     if any(iterations < 1 for _, iterations in jobs):
         raise ValueError("iterations must be >= 1")
-    digests = chains([hashlib.sha512(data).digest() for data, _ in jobs], [n - 1 for _, n in jobs])
+    digests = chains([hashlib.sha512(data).digest() for data, _ in jobs], [n - 1 for _, n in jobs], kernel)
     return [digest.hex() for digest in digests]
 
 
@@ -54,30 +62,45 @@ def compute_many_native(jobs: list[tuple[bytes, int]]) -> list[str]:
 class Engine:
     """name: ``native`` or ``python``; compute: the task function (picklable, module-level);
     parallel: True if threads running ``compute`` use several cores (it releases the GIL);
-    note: why this engine, for the log; compute_many: several tasks at once, when the engine
-    does that faster than one after the other."""
+    note: why this engine, for the log; compute_many: several chains at once, when the engine
+    does that faster than one after the other; width: how many chains ``compute_many`` runs at
+    once (its vector lanes); kernel: the C kernel, "" for the hashlib loop."""
 
     name: str
     compute: Callable[[bytes, int], str]
     parallel: bool
     note: str
-    compute_many: Callable[[list[tuple[bytes, int]]], list[str]] | None = None
+    compute_many: ComputeMany | None = None
+    width: int = 1
+    kernel: str = ""
 
 
 PYTHON = Engine("python", compute, False, "hashlib loop")
 
 
-def _native_problem() -> str | None:
-    """None if the extension imports and passes the self-check, else what is wrong."""
+def native_engine(kernel: str, lanes: int) -> Engine:
+    """The C extension with ``kernel``, which runs ``lanes`` chains at once."""
+    many = partial(compute_many_native, kernel=kernel) if lanes > 1 else None
+    note = "C extension workerapp._native, " + (
+        f"{kernel} kernel: {lanes} chains at once in vector lanes" if lanes > 1 else "scalar kernel: one chain")
+    return Engine("native", compute_native, True, note, many, lanes, kernel)
+
+
+def _native_problem(kernel: str | None = None) -> str | None:
+    """None if the extension imports, has ``kernel`` (any when None) and passes the self-check
+    with it, else what is wrong."""
     try:
-        import workerapp._native  # noqa: F401
+        import workerapp._native as native
     except ImportError as exc:
         return f"workerapp._native is not built ({exc})"
+    if kernel is not None and kernel not in getattr(native, "KERNELS", ()):
+        return f"this CPU (or this build of workerapp._native) has no {kernel} kernel"
     data, iterations = CHECK_VECTOR
     expected = compute(data, iterations)
     if compute_native(data, iterations) != expected:
         return "workerapp._native failed its self-check (its digest differs from hashlib's)"
-    if getattr(workerapp._native, "SIMD", "") and compute_many_native([(data, iterations)] * 3) != [expected] * 3:
+    jobs = [(data + bytes([i]), iterations + i) for i in range(9)]  # fills 8 lanes, then the scalar tail
+    if compute_many_native(jobs, kernel) != [compute(d, n) for d, n in jobs]:
         return "workerapp._native failed its self-check (several chains at once)"
     return None
 
@@ -86,8 +109,8 @@ def select_engine(environ: Mapping[str, str] = os.environ) -> Engine:
     """The engine ``TM_HASH_ENGINE`` asks for (``auto`` if unset), logged once.
 
     Raises:
-        ValueError: TM_HASH_ENGINE is not one of auto, native, python.
-        EngineUnavailable: native was forced but cannot be used.
+        ValueError: TM_HASH_ENGINE is not one of ``CHOICES``.
+        EngineUnavailable: the C extension or a kernel of it was forced but cannot be used.
     """
     wanted = environ.get(ENV, "auto").strip().lower() or "auto"
     if wanted not in CHOICES:
@@ -95,17 +118,16 @@ def select_engine(environ: Mapping[str, str] = os.environ) -> Engine:
     if wanted == "python":
         log.info("hash engine: python (%s, forced by %s=python)", PYTHON.note, ENV)
         return PYTHON
-    problem = _native_problem()
+    kernel = wanted if wanted in KERNELS else None
+    problem = _native_problem(kernel)
     if problem is None:
-        import workerapp._native
+        import workerapp._native as native
 
-        simd = getattr(workerapp._native, "SIMD", "")
-        engine = Engine("native", compute_native, True, "C extension workerapp._native"
-                        + (f", {simd} for several chains at once" if simd else ""),
-                        compute_many_native if simd else None)
-        log.info("hash engine: native (%s)", engine.note)
+        kernel = kernel or native.KERNELS[0]
+        engine = native_engine(kernel, native.LANES[kernel])
+        log.info("hash engine: native (%s%s)", engine.note, f", forced by {ENV}={wanted}" if wanted in KERNELS else "")
         return engine
-    if wanted == "native":
-        raise EngineUnavailable(f"{ENV}=native, but {problem}")
+    if wanted != "auto":
+        raise EngineUnavailable(f"{ENV}={wanted}, but {problem}")
     log.warning("hash engine: python (%s): %s", PYTHON.note, problem)
     return PYTHON

@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from tmcommon.cpus import available_cpus
 from workerapp.compute import measure_hash_rate
-from workerapp.engine import Engine
+from workerapp.engine import ComputeMany, Engine
 
 ComputeFn = Callable[[bytes, int], str]
 
@@ -54,17 +54,21 @@ def lane_compute(engine: Engine, lanes: int) -> ComputeFn:
     return ProcessCompute(engine.compute, lanes)
 
 
-def measure_lanes(compute: ComputeFn, lanes: int, seconds: float = 0.05) -> tuple[float, float]:
+def measure_lanes(compute: ComputeFn, lanes: int, seconds: float = 0.05, *,
+                  compute_many: ComputeMany | None = None, width: int = 1) -> tuple[float, float]:
     """(iterations/s of the slowest lane, of all lanes together), all lanes hashing at once: CPUs
-    that share a core (hyper-threads) show here as less than ``lanes`` times one lane."""
+    that share a core (hyper-threads) show here as less than ``lanes`` times one lane. With
+    ``compute_many`` and ``width`` > 1, each lane runs ``width`` chains at once (vector lanes)."""
+    if compute_many is not None and width > 1:
+        compute = _widened(compute_many, width)
     if lanes == 1:
         rate = measure_hash_rate(seconds, compute_fn=compute)
-        return rate, rate
+        return rate * width, rate * width
     rates = [0.0] * lanes
 
     def measure(lane: int) -> None:
         compute(b"", 1)  # warm: a first call may start a process
-        rates[lane] = measure_hash_rate(seconds, compute_fn=compute)
+        rates[lane] = measure_hash_rate(seconds, compute_fn=compute) * width
 
     threads = [threading.Thread(target=measure, args=(lane,), name=f"measure-{lane}") for lane in range(lanes)]
     for thread in threads:
@@ -72,3 +76,11 @@ def measure_lanes(compute: ComputeFn, lanes: int, seconds: float = 0.05) -> tupl
     for thread in threads:
         thread.join()
     return min(rates), sum(rates)
+
+
+def _widened(compute_many: ComputeMany, width: int) -> ComputeFn:
+    """A task function that computes ``width`` distinct chains of the same length at once (and
+    returns the first digest): its rate times ``width`` is the rate of all vector lanes."""
+    def compute(data: bytes, iterations: int) -> str:
+        return compute_many([(data + bytes([i]), iterations) for i in range(width)])[0]
+    return compute

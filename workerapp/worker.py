@@ -19,8 +19,14 @@ about ``claim_seconds`` of work at one lane's rate when it is free, so waiting w
 queue and no lane sits on a backlog while another idles. Tasks that stopping leaves unstarted
 are handed back once, after every lane has finished the task in hand. Claims carry the
 worker's measured rate (all lanes), engine and lanes for the node's scaler and ``/stats``.
-Short tasks of a batch go through ``compute_many`` together when the engine has it (the native
-engine's AVX2 lanes compute four chains at once).
+
+When the engine computes several chains at once (``compute_many``: the native engine's vector
+lanes, ``width`` chains per call), a lane's tasks run together in rounds (``workerapp/rounds.py``):
+each round is one call, a slice of every started chain plus short tasks that fit, with the same
+checkpoints, heartbeats, cancel and evacuation as above, per task. Results are posted after each
+round, and lanes that a finished chain freed are refilled by a claim from the same node. Such a
+claim asks for at most as many tasks as there are free lanes until a claim shows the tasks to be
+shorter than a slice: long tasks then spread over the workers instead of queueing behind one.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from workerapp import exitcodes
 from workerapp.client import Checkpoint, ClaimedTask, NodeClient, NodeRejected, NodeUnavailable
 from workerapp.compute import chain, compute
 from workerapp.lanes import measure_lanes
+from workerapp.rounds import Chain, LaneBatch
 
 log = logging.getLogger(__name__)
 #: What ``_compute`` returns for a task the node said to stop.
@@ -72,7 +79,9 @@ class Worker:
         lanes: chains computed at once, each in its own thread (``compute_fn`` must let them run
             in parallel: ``lanes.lane_compute``).
         engine: the engine's name, reported to the nodes.
-        compute_many: computes several short tasks at once (the native engine's SIMD lanes).
+        compute_many: computes several chains at once (the native engine's vector lanes).
+        width: how many chains ``compute_many`` runs at once; ``hash_rate`` is then the rate of
+            all of them together.
         slice_seconds: a long task is computed (and checkpointed) in slices of about this long.
         clock: monotonic seconds, for backoff, leases and idleness.
         sleep: when given, every wait of the loop calls it (tests pass one that advances a fake
@@ -97,6 +106,7 @@ class Worker:
         lanes: int = 1,
         engine: str = "python",
         compute_many: Callable[[list[tuple[bytes, int]]], list[str]] | None = None,
+        width: int = 1,
     ) -> None:
         if not nodes:
             raise ValueError("a worker needs at least one node")
@@ -109,7 +119,9 @@ class Worker:
         self.compute_fn = compute_fn
         self.slice_seconds = slice_seconds
         self._clock, self._sleep = clock, sleep
-        self.lanes, self.engine, self.compute_many = lanes, engine, compute_many
+        self.lanes, self.engine = lanes, engine
+        self.compute_many, self.width = (compute_many, width) if compute_many and width > 1 else (None, 1)
+        self._wide_claims = dict.fromkeys(range(lanes), False)  # see _claim_size
         self.total_rate: float | None = None if hash_rate is None else hash_rate * lanes
         self.completed = 0
         self.iterations_computed = 0  # hashes this worker did itself (not those of checkpoints it resumed)
@@ -146,7 +158,8 @@ class Worker:
         (``exitcodes.OK``, ``exitcodes.REJECTED`` with the refusal in ``self.rejection``, or
         ``exitcodes.FAILED`` with the error in ``self.failure``)."""
         if self.hash_rate is None:
-            self.hash_rate, self.total_rate = measure_lanes(self.compute_fn, self.lanes)
+            self.hash_rate, self.total_rate = measure_lanes(self.compute_fn, self.lanes, compute_many=self.compute_many,
+                                                            width=self.width)
         for source in self.sources:
             source.client.report = {"rate": round(self.total_rate), "engine": self.engine, "lanes": self.lanes}
         heartbeats = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
@@ -221,20 +234,37 @@ class Worker:
         else:
             time.sleep(seconds)
 
+    def _claim_size(self, lane: int, free: int) -> tuple[int, int]:
+        """(max tasks, max iterations) of a claim for ``free`` idle vector lanes: one task per
+        lane, unless the last claim of this lane brought only tasks shorter than a slice: then
+        ``max_batch`` tasks of about ``claim_seconds`` of the free lanes' work."""
+        if self.width > 1 and not self._wide_claims[lane]:
+            return min(free, self.max_batch), max(1, int(self.hash_rate * self.claim_seconds))
+        return self.max_batch, max(1, int(self.hash_rate * free / self.width * self.claim_seconds))
+
+    def _claimed(self, lane: int, tasks: list[ClaimedTask]) -> None:
+        """Note whether the tasks just claimed were all shorter than a slice (see ``_claim_size``)."""
+        self._wide_claims[lane] = bool(tasks) and all(t.iterations <= self._step() for t in tasks)
+
+    def _step(self) -> int:
+        """Iterations of one chain in a slice."""
+        return max(1, int(self.hash_rate / self.width * self.slice_seconds))
+
     def _work_once(self, lane: int = 0) -> bool:
         """Ask each node in order for a batch; process the first one found. True if any task ran."""
-        budget = max(1, int(self.hash_rate * self.claim_seconds))
+        max_tasks, budget = self._claim_size(lane, self.width)
         for source in self.sources:
             if self._stop.is_set():
                 return False
             if self._clock() < source.retry_at:
                 continue
             try:
-                tasks, lease = source.client.claim(self.max_batch, budget)
+                tasks, lease = source.client.claim(max_tasks, budget)
             except NodeUnavailable as exc:
                 self._failed(source, exc)
                 continue
             self._recovered(source)
+            self._claimed(lane, tasks)
             if tasks:
                 self._process(source, tasks, lease, lane)
                 return True
@@ -248,21 +278,19 @@ class Worker:
         i = 0
         try:
             try:
-                while i < len(tasks):
-                    group = self._short_run(tasks, i)
-                    if self._stop.is_set():
-                        digests = [None]
-                    elif len(group) > 1:
-                        digests = self._compute_together(group)
-                    else:
-                        digests = [self._compute(group[0], lane)]
-                    if digests[0] is None:  # stopping, or evacuated half-way through this one
-                        returned = [t.id for t in tasks[i:]]
-                        break
-                    results += [(task.id, digest) for task, digest in zip(group, digests) if digest != _DROPPED]
-                    i += len(group)
+                if self.compute_many:
+                    returned = self._run_rounds(source, tasks, lease, lane)
+                else:
+                    for i, task in enumerate(tasks):
+                        digest = None if self._stop.is_set() else self._compute(task, lane)
+                        if digest is None:  # stopping, or evacuated half-way through this one
+                            returned = [t.id for t in tasks[i:]]
+                            break
+                        if digest != _DROPPED:
+                            results.append((task.id, digest))
             except Exception:  # the lane stops (see _lane): the tasks not computed go back
-                returned = [t.id for t in tasks[i:]]
+                with self._holding_lock:
+                    returned = list(self._holdings[lane].task_ids) if self.compute_many else [t.id for t in tasks[i:]]
                 raise
             finally:  # what was computed is still worth posting
                 if results:
@@ -275,27 +303,68 @@ class Worker:
                 if returned:  # handed back by run() once every lane has stopped
                     self._returns.append((source, returned, checkpoints))
 
-    def _short_run(self, tasks: list[ClaimedTask], start: int) -> list[ClaimedTask]:
-        """``tasks[start]`` alone, or with the short tasks after it when the engine computes several
-        at once (``compute_many``): each at most a slice, without checkpoint, four slices in all."""
-        step = max(1, int(self.hash_rate * self.slice_seconds))
-        group: list[ClaimedTask] = []
-        total = 0
-        for task in tasks[start:start + 16] if self.compute_many else ():
-            if task.checkpoint or task.iterations > step or total + task.iterations > 4 * step:
-                break
-            group.append(task)
-            total += task.iterations
-        return group or tasks[start:start + 1]
+    def _run_rounds(self, source: _Source, tasks: list[ClaimedTask], lease: float, lane: int) -> list[str]:
+        """Compute ``tasks`` (and those claimed to refill freed lanes) round by round with
+        ``compute_many``, posting results after each round. Returns the ids to hand back:
+        every chain not ended when evacuating, the unstarted ones when stopping."""
+        batch = LaneBatch(self.width, self._step())
+        seen = {t.id for t in tasks}
+        ended, more = self._add(batch, tasks), True  # more: the node may have tasks to refill lanes with
+        try:
+            while True:
+                if ended:
+                    self._post_results(source, [(c.task.id, c.digest) for c in ended], lease)
+                with self._holding_lock:
+                    self._holdings[lane].task_ids = batch.ids()
+                    dropped = self._dropped & set(batch.ids())
+                if self._evacuate.is_set() or not batch:
+                    return batch.ids()
+                for chain in batch.drop(dropped):
+                    log.info("task %s stopped at %d of %d iterations: the node says it was cancelled",
+                             chain.task.id, chain.done, chain.task.iterations)
+                ended = []
+                if more and not self._stop.is_set() and batch.free_lanes():
+                    claimed = self._refill(source, batch, lane)
+                    more = bool(claimed)
+                    seen.update(t.id for t in claimed)
+                    ended = self._add(batch, claimed)
+                planned = batch.plan(start=not self._stop.is_set())
+                if not planned:  # stopping: hand back the unstarted ones
+                    return batch.ids()
+                digests = self.compute_many([chain.job(n) for chain, n in planned])
+                done = batch.record(planned, digests)
+                with self._holding_lock:
+                    self.iterations_computed += sum(n for _, n in planned)
+                    self._holdings[lane].checkpoints = batch.checkpoints()
+                    ended += [c for c in done if c.task.id not in self._dropped]  # else cancelled meanwhile
+        finally:
+            with self._holding_lock:
+                self._dropped -= seen
 
-    def _compute_together(self, group: list[ClaimedTask]) -> list[str]:
-        """The digests of short tasks computed at once; ``_DROPPED`` for any cancelled meanwhile."""
-        digests = self.compute_many([(task.data, task.iterations) for task in group])
-        with self._holding_lock:
-            self.iterations_computed += sum(task.iterations for task in group)
-            dropped = {task.id for task in group} & self._dropped
-            self._dropped -= dropped
-        return [_DROPPED if task.id in dropped else digest for task, digest in zip(group, digests)]
+    def _add(self, batch: LaneBatch, tasks: list[ClaimedTask]) -> list[Chain]:
+        """Queue ``tasks`` in ``batch``; returns those whose checkpoint is already their end."""
+        for task in tasks:
+            if task.checkpoint:
+                log.info("task %s resumes from its checkpoint at %d of %d iterations", task.id, task.checkpoint[0],
+                         task.iterations)
+        return batch.add(tasks)
+
+    def _refill(self, source: _Source, batch: LaneBatch, lane: int) -> list[ClaimedTask]:
+        """Tasks claimed from ``source`` for the free lanes of ``batch``, in as many claims as
+        that takes (the node caps each at ``CLAIM_SECONDS`` of work); none if it has none."""
+        claimed: list[ClaimedTask] = []
+        while (free := batch.free_lanes() - len(claimed)) > 0:
+            max_tasks, budget = self._claim_size(lane, free)
+            try:
+                tasks, _ = source.client.claim(max_tasks, budget)
+            except NodeUnavailable as exc:
+                self._failed(source, exc)
+                break
+            self._claimed(lane, tasks)
+            claimed += tasks
+            if not tasks or self._wide_claims[lane]:
+                break
+        return claimed
 
     def _compute(self, task: ClaimedTask, lane: int = 0) -> str | None:
         """The task's digest, from its checkpoint if it came with one; a task longer than a slice
