@@ -5,7 +5,8 @@
 Every system has exactly 2 worker processes and gets the same workloads in the same run:
 small (2,000 x 1 iteration, 64-byte bodies), compute (32 x 1,000,000), mixed (500 x 1..200,000,
 seeded). Each run measures the single-core hashlib rate first, and the rate of the engine the
-cluster's workers use (workerapp/engine.py: native when built); compute's ideal wall time is
+cluster's workers use (workerapp/engine.py: native when built, all its vector lanes busy: eight
+chains at once with AVX-512); compute's ideal wall time is
 total iterations / (2 x that rate): the engine's for the cluster, hashlib's for the peers, whose
 tasks run the hashlib loop. Since the machine is shared, the CPU seconds each system's
 processes used are reported too, against the ideal CPU (total iterations / the rate per CPU
@@ -28,6 +29,7 @@ from bench.common import PEERS_PYTHON, ROOT, cpu_hash_rate, fmt_spread, loadavg,
 from bench.workloads import by_name, run_workload
 from workerapp.compute import measure_hash_rate
 from workerapp.engine import select_engine
+from workerapp.lanes import widened
 
 SYSTEMS = ("cluster", "cluster-nojournal", "rq", "rq-simple", "celery")
 #: Run by default (``cluster-nojournal``, the cluster without DATA_DIR, only when asked for).
@@ -81,6 +83,8 @@ def summarize(runs: list[dict], systems: list[str], names: list[str]) -> dict:
                     ratios[f"cluster/{peer} {name} tasks/s"] = spread(
                         r["results"]["cluster"][name]["tasks_per_s"] / r["results"][peer][name]["tasks_per_s"]
                         for r in runs)
+                    ratios[f"cluster/{peer} {name} wall"] = spread(
+                        r["results"]["cluster"][name]["wall_s"] / r["results"][peer][name]["wall_s"] for r in runs)
     summary["ratios"] = ratios
     return summary
 
@@ -108,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("RQ and Celery need bench/.venv-peers: run bench/setup_peers.sh first")
     info = machine()
     engine = select_engine()  # what the cluster's workers will pick (they inherit TM_HASH_ENGINE)
+    width = engine.width if engine.compute_many else 1
+    task_fn = widened(engine.compute_many, width) if width > 1 else engine.compute
     workloads = by_name(args.scale)
     print("expected results (computed once, then cached in bench/results/) ...", flush=True)
     for name in names:
@@ -123,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for index in range(args.runs):
                 rate, cpu_rate = measure_hash_rate(1.0), cpu_hash_rate(1.0)
-                # the cluster's workers hash with their engine (native when built): its ideal is at that rate
-                own = (measure_hash_rate(1.0, compute_fn=engine.compute),
-                       measure_hash_rate(1.0, clock=time.process_time, compute_fn=engine.compute))
+                # the cluster's workers hash with their engine (native when built), all its vector
+                # lanes busy: its ideal is at that rate
+                own = (measure_hash_rate(1.0, compute_fn=task_fn) * width,
+                       measure_hash_rate(1.0, clock=time.process_time, compute_fn=task_fn) * width)
                 order = systems[index % len(systems):] + systems[:index % len(systems)]
                 run = {"hash_rate": rate, "cpu_hash_rate": cpu_rate, "engine": engine.name, "engine_rate": own[0],
                        "engine_cpu_rate": own[1], "order": order, "loadavg": loadavg(), "results": {}}
@@ -162,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                          "yes" if s["verified"] else "NO"])
     print_table(f"End to end, 2 worker processes each, {args.runs} runs: median [min-max]; "
                 f"hash rate {fmt_spread(spread(r['hash_rate'] for r in runs))}/s per core (hashlib loop), "
-                f"{fmt_spread(spread(r['engine_rate'] for r in runs))}/s ({engine.name} engine: the cluster's ideal)",
+                f"{fmt_spread(spread(r['engine_rate'] for r in runs))}/s ({engine.name} engine"
+                f"{', ' + engine.kernel + ' kernel' if engine.kernel else ''}: the cluster's ideal); "
+                f"1-min loadavg {fmt_spread(spread(r['loadavg'] for r in runs))}",
                 ["system", "workload", "tasks/s", "wall s", "wall/ideal", "CPU/ideal CPU", "verified"], rows)
     if summary["ratios"]:
         print_table("Ratios within each run: median [min-max]", ["ratio", "value"],

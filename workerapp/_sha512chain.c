@@ -12,8 +12,16 @@
  * fractional parts of the cube roots of the first 80 primes and of the square roots of the
  * first 8 primes (computed exactly with integer roots, then written out here).
  */
+#ifdef SHA512CHAIN_SELFTEST
+/* Built alone (no Python) with a main() below: how tests/test_arm64.py runs the kernels of
+ * another architecture under an emulator. */
+#include <stdio.h>
+#include <stdlib.h>
+typedef long Py_ssize_t;
+#else
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#endif
 #include <stdint.h>
 #include <string.h>
 
@@ -139,10 +147,76 @@ typedef struct {
 } Chain;
 
 /* The kernels ``chains`` can use, best first; which ones this CPU has is set at import. */
-enum { KERNEL_AVX512, KERNEL_AVX2, KERNEL_SCALAR, KERNEL_COUNT };
-static const char *const kernel_names[KERNEL_COUNT] = {"avx512", "avx2", "scalar"};
-static const int kernel_width[KERNEL_COUNT] = {8, 4, 1};
-static int kernel_ok[KERNEL_COUNT] = {0, 0, 1};
+enum { KERNEL_AVX512, KERNEL_AVX2, KERNEL_SHA512CE, KERNEL_SCALAR, KERNEL_COUNT };
+static const char *const kernel_names[KERNEL_COUNT] = {"avx512", "avx2", "sha512ce", "scalar"};
+static const int kernel_width[KERNEL_COUNT] = {8, 4, 1, 1};
+static int kernel_ok[KERNEL_COUNT] = {0, 0, 0, 1};
+
+typedef void (*OneFn)(uint64_t m[8]);
+/* The fastest code for one chain on this CPU: hash_digest, or hash_digest_ce on arm64. */
+static OneFn hash_one = hash_digest;
+
+/* ---------------------------------------------------------------------------------------------
+ * sha512ce: one chain with the SHA-512 instructions of the Armv8.2 crypto extension (FEAT_SHA512:
+ * Graviton 3 and later), checked at run time (HWCAP_SHA512). The state is four pairs of words,
+ * (a, b), (c, d), (e, f), (g, h), low lane first, and the schedule eight pairs (W[2i], W[2i+1]).
+ * Per the Arm ARM, SHA512H d, n, m does the Sigma1/Ch half of two rounds: with n = (f, g),
+ * m = (d, e) and d = (g + K[t+1] + W[t+1], h + K[t] + W[t]), it gives (T1 of round t + 1, T1 of
+ * round t); SHA512H2 d, n, m, with those, n = (c, .) and m = (a, b), gives the new (a, b); the new
+ * (e, f) is (c, d) + the T1s. SHA512SU0 and SHA512SU1 compute two schedule words:
+ * su0((W[t-16], W[t-15]), (W[t-14], .)) adds the sigma0s, su1 of that, (W[t-2], W[t-1]) and
+ * (W[t-7], W[t-6]) adds the sigma1s and the W[t-7]s.
+ */
+#if defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__)) && defined(__linux__)
+#define HAVE_ARM_SHA512 1
+#include <arm_neon.h>
+#include <sys/auxv.h>
+#ifndef HWCAP_SHA512
+#define HWCAP_SHA512 (1UL << 21)
+#endif
+
+__attribute__((target("arch=armv8.2-a+sha3")))
+static void
+hash_digest_ce(uint64_t m[8])
+{
+    const uint64x2_t iv0 = vld1q_u64(IV), iv1 = vld1q_u64(IV + 2);
+    const uint64x2_t iv2 = vld1q_u64(IV + 4), iv3 = vld1q_u64(IV + 6);
+    const uint64_t pad[8] = {UINT64_C(0x8000000000000000), 0, 0, 0, 0, 0, 0, 512};
+    uint64x2_t w[8] = {vld1q_u64(m), vld1q_u64(m + 2), vld1q_u64(m + 4), vld1q_u64(m + 6),
+                       vld1q_u64(pad), vld1q_u64(pad + 2), vld1q_u64(pad + 4), vld1q_u64(pad + 6)};
+    uint64x2_t ab = iv0, cd = iv1, ef = iv2, gh = iv3;
+    for (int j = 0; j < 40; j++) {  /* rounds 2j and 2j + 1 */
+        if (j >= 8)
+            w[j & 7] = vsha512su1q_u64(vsha512su0q_u64(w[j & 7], w[(j + 1) & 7]), w[(j + 7) & 7],
+                                       vextq_u64(w[(j + 4) & 7], w[(j + 5) & 7], 1));
+        uint64x2_t kw = vaddq_u64(vld1q_u64(K + 2 * j), w[j & 7]);
+        uint64x2_t t1 = vsha512hq_u64(vaddq_u64(gh, vextq_u64(kw, kw, 1)), vextq_u64(ef, gh, 1),
+                                      vextq_u64(cd, ef, 1));
+        uint64x2_t next_ab = vsha512h2q_u64(t1, cd, ab);
+        gh = ef;
+        ef = vaddq_u64(cd, t1);
+        cd = ab;
+        ab = next_ab;
+    }
+    vst1q_u64(m, vaddq_u64(iv0, ab));
+    vst1q_u64(m + 2, vaddq_u64(iv1, cd));
+    vst1q_u64(m + 4, vaddq_u64(iv2, ef));
+    vst1q_u64(m + 6, vaddq_u64(iv3, gh));
+}
+
+static void
+detect_arm_kernels(void)
+{
+    kernel_ok[KERNEL_SHA512CE] = (getauxval(AT_HWCAP) & HWCAP_SHA512) != 0;
+    if (kernel_ok[KERNEL_SHA512CE])
+        hash_one = hash_digest_ce;
+}
+#else
+static void
+detect_arm_kernels(void)
+{
+}
+#endif
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define HAVE_X86_KERNELS 1
@@ -257,7 +331,7 @@ hash8_avx512(Chain **lane, long long count)
 }
 
 static void
-detect_kernels(void)
+detect_x86_kernels(void)
 {
     __builtin_cpu_init();
     kernel_ok[KERNEL_AVX2] = __builtin_cpu_supports("avx2");
@@ -266,10 +340,18 @@ detect_kernels(void)
 }
 #else
 static void
-detect_kernels(void)
+detect_x86_kernels(void)
 {
 }
 #endif
+
+/* Sets kernel_ok and hash_one from the CPU's features, once, at import. */
+static void
+detect_kernels(void)
+{
+    detect_x86_kernels();
+    detect_arm_kernels();
+}
 
 typedef void (*LaneFn)(Chain **lane, long long count);
 
@@ -319,11 +401,13 @@ run_chains(Chain *chains, Py_ssize_t n, int kernel)
         }
     }
 #endif
+    OneFn one = kernel == KERNEL_SCALAR ? hash_digest : hash_one;
     for (Py_ssize_t i = 0; i < n; i++)
         for (; chains[i].left > 0; chains[i].left--)
-            hash_digest(chains[i].m);
+            one(chains[i].m);
 }
 
+#ifndef SHA512CHAIN_SELFTEST
 /* The best kernel this CPU has. */
 static int
 best_kernel(void)
@@ -334,21 +418,37 @@ best_kernel(void)
     return KERNEL_SCALAR;
 }
 
+/* The kernel called ``name`` (the best when NULL), or -1 with ValueError set. */
+static int
+parse_kernel(const char *name)
+{
+    for (int k = 0; k < KERNEL_COUNT; k++)
+        if (kernel_ok[k] && (name == NULL || strcmp(name, kernel_names[k]) == 0))
+            return k;
+    PyErr_Format(PyExc_ValueError, "kernel '%s': this CPU has no such kernel (see KERNELS)", name);
+    return -1;
+}
+
 PyDoc_STRVAR(chain_doc,
-"chain(digest, count, /) -> bytes\n\n"
+"chain(digest, count, /, kernel=None) -> bytes\n\n"
 "Apply SHA-512 ``count`` times to the 64-byte ``digest`` (each time to the previous raw\n"
-"digest) and return the last digest; ``count`` 0 returns ``digest`` itself. The GIL is\n"
-"released while the chain runs.");
+"digest) and return the last digest; ``count`` 0 returns ``digest`` itself. ``kernel``: one of\n"
+"``KERNELS`` (a vector kernel runs one chain on the best code for one), the best when None.\n"
+"The GIL is released while the chain runs.");
 
 static PyObject *
-chain(PyObject *module, PyObject *args)
+chain(PyObject *module, PyObject *args, PyObject *kwargs)
 {
+    static char *keywords[] = {"", "", "kernel", NULL};
     Py_buffer digest;
     long long count;
+    const char *name = NULL;
+    int kernel;
     uint64_t m[8];
     unsigned char out[64];
+    OneFn one;
 
-    if (!PyArg_ParseTuple(args, "y*L:chain", &digest, &count))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*L|z:chain", keywords, &digest, &count, &name))
         return NULL;
     if (digest.len != 64) {
         PyBuffer_Release(&digest);
@@ -360,11 +460,16 @@ chain(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "count must be >= 0");
         return NULL;
     }
+    if ((kernel = parse_kernel(name)) < 0) {
+        PyBuffer_Release(&digest);
+        return NULL;
+    }
+    one = kernel == KERNEL_SCALAR ? hash_digest : hash_one;
     load_words(m, digest.buf);
     PyBuffer_Release(&digest);
     Py_BEGIN_ALLOW_THREADS
     for (long long i = 0; i < count; i++)
-        hash_digest(m);
+        one(m);
     Py_END_ALLOW_THREADS
     store_words(out, m);
     return PyBytes_FromStringAndSize((const char *)out, 64);
@@ -382,19 +487,14 @@ chains(PyObject *module, PyObject *args, PyObject *kwargs)
     static char *keywords[] = {"digests", "counts", "kernel", NULL};
     PyObject *digests, *counts, *result = NULL;
     const char *name = NULL;
-    int kernel = -1;
+    int kernel;
     Py_ssize_t n;
     Chain *work = NULL;
 
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|z:chains", keywords, &digests, &counts, &name))
         return NULL;
-    for (int k = 0; k < KERNEL_COUNT; k++)
-        if (name == NULL ? kernel < 0 && kernel_ok[k] : kernel_ok[k] && strcmp(name, kernel_names[k]) == 0)
-            kernel = k;
-    if (kernel < 0) {
-        PyErr_Format(PyExc_ValueError, "kernel '%s': this CPU has no such kernel (see KERNELS)", name);
+    if ((kernel = parse_kernel(name)) < 0)
         return NULL;
-    }
     digests = PySequence_Fast(digests, "digests must be a sequence");
     if (digests == NULL)
         return NULL;
@@ -453,7 +553,7 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"chain", chain, METH_VARARGS, chain_doc},
+    {"chain", (PyCFunction)(void (*)(void))chain, METH_VARARGS | METH_KEYWORDS, chain_doc},
     {"chains", (PyCFunction)(void (*)(void))chains, METH_VARARGS | METH_KEYWORDS, chains_doc},
     {NULL, NULL, 0, NULL},
 };
@@ -494,3 +594,45 @@ PyInit__native(void)
     }
     return m;
 }
+#else
+/* The self-test program: prints the kernels this CPU has, best first, as NAME/LANES on one line; then for each
+ * line "KERNEL HEX COUNT" of stdin (HEX: a 64-byte digest), the hex of chain(HEX, COUNT) computed
+ * alone with that kernel. */
+int
+main(void)
+{
+    char name[16], hex[129];
+    long long count;
+
+    detect_kernels();
+    for (int k = 0; k < KERNEL_COUNT; k++)
+        if (kernel_ok[k])
+            printf("%s/%d ", kernel_names[k], kernel_width[k]);
+    printf("\n");
+    while (scanf("%15s %128s %lld", name, hex, &count) == 3) {
+        unsigned char bytes[64];
+        Chain one;
+        int kernel = -1;
+        for (int k = 0; k < KERNEL_COUNT; k++)
+            if (kernel_ok[k] && strcmp(name, kernel_names[k]) == 0)
+                kernel = k;
+        if (kernel < 0 || strlen(hex) != 128 || count < 0) {
+            printf("error\n");
+            continue;
+        }
+        for (int i = 0; i < 64; i++) {
+            unsigned int byte;
+            sscanf(hex + 2 * i, "%2x", &byte);
+            bytes[i] = (unsigned char)byte;
+        }
+        load_words(one.m, bytes);
+        one.left = count;
+        run_chains(&one, 1, kernel);
+        store_words(bytes, one.m);
+        for (int i = 0; i < 64; i++)
+            printf("%02x", bytes[i]);
+        printf("\n");
+    }
+    return 0;
+}
+#endif

@@ -3,7 +3,8 @@
 ``workerapp._native`` (built from ``workerapp/_sha512chain.c`` by ``pip install`` when a C
 compiler is there) runs the iterations after the first in C, without the GIL, with one of its
 kernels (``_native.KERNELS``, those this CPU has, best first): ``avx512`` (eight chains at once
-in 512-bit vector lanes), ``avx2`` (four chains in 256-bit lanes) or ``scalar`` (one chain).
+in 512-bit vector lanes), ``avx2`` (four chains in 256-bit lanes), ``sha512ce`` (one chain with
+the SHA-512 instructions of arm64 CPUs that have them) or ``scalar`` (one chain, plain C).
 ``select_engine`` uses the best kernel when the extension imports and agrees with the hashlib
 loop on a check vector; otherwise, or when ``TM_HASH_ENGINE=python``, the worker uses the
 hashlib loop of ``workerapp.compute``. ``TM_HASH_ENGINE=avx2`` (say) forces a kernel. The choice
@@ -24,9 +25,9 @@ from workerapp.compute import compute
 log = logging.getLogger(__name__)
 
 #: The environment variable that forces an engine: ``auto`` (default), ``native`` (the C
-#: extension's best kernel), a kernel of it (``avx512``, ``avx2``, ``scalar``) or ``python``.
+#: extension's best kernel), a kernel of it (``avx512``, ``avx2``, ``sha512ce``, ``scalar``) or ``python``.
 ENV = "TM_HASH_ENGINE"
-KERNELS = ("avx512", "avx2", "scalar")
+KERNELS = ("avx512", "avx2", "sha512ce", "scalar")
 CHOICES = ("auto", "native", *KERNELS, "python")
 #: The self-check: native and Python must give the same digest for this before native is used.
 CHECK_VECTOR = (b"scalable task manager", 1000)
@@ -38,13 +39,14 @@ class EngineUnavailable(RuntimeError):
     """``TM_HASH_ENGINE`` forced the C extension or one of its kernels, which cannot be used here."""
 
 
-def compute_native(data: bytes, iterations: int) -> str:
-    """``compute`` with the iterations after the first done by ``workerapp._native``."""
+def compute_native(data: bytes, iterations: int, kernel: str | None = None) -> str:
+    """``compute`` with the iterations after the first done by ``workerapp._native`` (one chain:
+    ``kernel``'s code for one, the best when None)."""
     from workerapp._native import chain  # after the first call, a lookup in sys.modules
 
     if iterations < 1:
         raise ValueError("iterations must be >= 1")
-    return chain(hashlib.sha512(data).digest(), iterations - 1).hex()
+    return chain(hashlib.sha512(data).digest(), iterations - 1, kernel).hex()
 
 
 def compute_many_native(jobs: list[tuple[bytes, int]], kernel: str | None = None) -> list[str]:
@@ -82,8 +84,8 @@ def native_engine(kernel: str, lanes: int) -> Engine:
     """The C extension with ``kernel``, which runs ``lanes`` chains at once."""
     many = partial(compute_many_native, kernel=kernel) if lanes > 1 else None
     note = "C extension workerapp._native, " + (
-        f"{kernel} kernel: {lanes} chains at once in vector lanes" if lanes > 1 else "scalar kernel: one chain")
-    return Engine("native", compute_native, True, note, many, lanes, kernel)
+        f"{kernel} kernel: {lanes} chains at once in vector lanes" if lanes > 1 else f"{kernel} kernel: one chain")
+    return Engine("native", partial(compute_native, kernel=kernel), True, note, many, lanes, kernel)
 
 
 def _native_problem(kernel: str | None = None) -> str | None:
@@ -97,7 +99,7 @@ def _native_problem(kernel: str | None = None) -> str | None:
         return f"this CPU (or this build of workerapp._native) has no {kernel} kernel"
     data, iterations = CHECK_VECTOR
     expected = compute(data, iterations)
-    if compute_native(data, iterations) != expected:
+    if compute_native(data, iterations, kernel) != expected:
         return "workerapp._native failed its self-check (its digest differs from hashlib's)"
     jobs = [(data + bytes([i]), iterations + i) for i in range(9)]  # fills 8 lanes, then the scalar tail
     if compute_many_native(jobs, kernel) != [compute(d, n) for d, n in jobs]:

@@ -60,7 +60,7 @@ def measure_lanes(compute: ComputeFn, lanes: int, seconds: float = 0.05, *,
     that share a core (hyper-threads) show here as less than ``lanes`` times one lane. With
     ``compute_many`` and ``width`` > 1, each lane runs ``width`` chains at once (vector lanes)."""
     if compute_many is not None and width > 1:
-        compute = _widened(compute_many, width)
+        compute = widened(compute_many, width)
     if lanes == 1:
         rate = measure_hash_rate(seconds, compute_fn=compute)
         return rate * width, rate * width
@@ -78,7 +78,7 @@ def measure_lanes(compute: ComputeFn, lanes: int, seconds: float = 0.05, *,
     return min(rates), sum(rates)
 
 
-def _widened(compute_many: ComputeMany, width: int) -> ComputeFn:
+def widened(compute_many: ComputeMany, width: int) -> ComputeFn:
     """A task function that computes ``width`` distinct chains of the same length at once (and
     returns the first digest): its rate times ``width`` is the rate of all vector lanes."""
     def compute(data: bytes, iterations: int) -> str:
