@@ -80,7 +80,7 @@ def test_a_hung_peer_does_not_hold_up_launching_and_costs_one_call_a_run(peer_no
         for _ in range(2):  # while it stays silent: one ping a run, no quota call
             peer.calls.clear()
             scaler.tick()
-            assert peer.calls == ["/health"]
+            assert peer.calls == ["/lookup"]  # ping: an empty look-up, which also checks the token
         decisions = scaler.decisions()
         assert decisions[0]["borrowed"] == 0 and decisions[-1]["launched"] == 2
     wait_for(peer.ping, timeout=10, what="the peer to answer again")

@@ -212,11 +212,10 @@ def test_stop_wakes_an_idle_worker_at_once():
     assert node.downs == [[]]
 
 
-@pytest.mark.parametrize("where", ["claim on the own node", "claim on the peer", "complete on the peer"])
+@pytest.mark.parametrize("where", ["claim on the own node", "complete on the own node"])
 def test_a_refusal_ends_the_loop_with_its_exit_code_and_a_goodbye_everywhere(clock, caplog, where):
-    own, peer = FakeNode("own"), FakeNode("peer", [(b"p", 2)])
-    method, node = {"claim on the own node": ("claim", own), "claim on the peer": ("claim", peer),
-                    "complete on the peer": ("complete", peer)}[where]
+    own, peer = FakeNode("own", [(b"o", 2)] if "complete" in where else []), FakeNode("peer")
+    method, node = {"claim on the own node": ("claim", own), "complete on the own node": ("complete", own)}[where]
     status, code = (400, "bad_request") if method == "complete" else (401, "unauthorized")
     node.fail[method].append(NodeRejected(f"{node.url}/{method}", status, code, "the node says why"))
     worker = make_worker([own, peer], clock)
@@ -226,8 +225,36 @@ def test_a_refusal_ends_the_loop_with_its_exit_code_and_a_goodbye_everywhere(clo
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and f"HTTP {status} {code}: the node says why" in errors[0]
     assert own.downs == [[]] and peer.downs == [[]]  # the peer requeues what it leased to us
-    assert worker.completed == 0 and peer.results == {}
+    assert worker.completed == 0 and own.results == {}
     assert node.calls.count(method) == 1  # not retried
+
+
+@pytest.mark.parametrize("method", ["claim", "complete"])
+def test_the_peer_refusing_a_call_is_logged_once_and_the_worker_goes_on_for_its_own_node(clock, caplog, method):
+    """Two nodes set up with different tokens: a worker must not exit (its node would launch
+    another, which would exit the same way, for ever), nor ask the peer again."""
+    own, peer = FakeNode("own"), FakeNode("peer", [(b"p", 2)])
+    status, code = (400, "bad_request") if method == "complete" else (401, "unauthorized")
+    peer.fail[method].append(NodeRejected(f"peer/{method}", status, code, "the node says why"))
+    worker = make_worker([own, peer], clock)
+    arrivals = [(b"o%d" % i, 3) for i in range(5)]
+    real_claim = own.claim
+
+    def claim(max_tasks, max_iterations):  # the own node's work arrives while the worker waits
+        if arrivals and "claim" in peer.calls:
+            own.queue.append(ClaimedTask(f"own/{len(own.task_ids)}", arrivals[0][1], arrivals.pop(0)[0]))
+            own.task_ids.append(own.queue[-1].id)
+        return real_claim(max_tasks, max_iterations)
+
+    own.claim = claim
+    with caplog.at_level(logging.INFO, logger="workerapp"):
+        assert worker.run() == exitcodes.OK
+    assert worker.rejection is None
+    assert own.results == {f"own/{i}": sha512_chain(b"o%d" % i, 3) for i in range(5)}
+    assert peer.calls.count("claim") == 1 and peer.calls.count(method) == 1  # never asked again
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "refused" in errors[0] and f"HTTP {status} {code}" in errors[0]
+    assert peer.downs == [[]]  # the goodbye: the peer requeues what it leased to this worker
 
 
 def test_a_wrong_token_is_logged_once_even_though_the_goodbye_is_refused_too(clock, caplog):

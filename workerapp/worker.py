@@ -8,9 +8,11 @@ to SIGTERM) makes the loop finish the task in hand, give the rest back, and exit
 A long task is computed in slices of about ``slice_seconds``: after each, the worker keeps a
 checkpoint (iterations done, digest) that the heartbeat sends to the node, and a task claimed
 with a checkpoint continues from it. ``evacuate()`` (a spot interruption notice) stops at the
-next slice and hands every task back at once with its checkpoint. A node that
-refuses a call (``NodeRejected``: wrong token, bad request) ends the loop with
-``exitcodes.REJECTED`` after a goodbye to every node that still listens. Any other exception in
+next slice and hands every task back at once with its checkpoint. The own node refusing a
+call (``NodeRejected``: wrong token, bad request) ends the loop with ``exitcodes.REJECTED``
+after a goodbye to every node that still listens; the peer refusing one (two nodes set up with
+different tokens) is logged once and the worker goes on for its own node only, so that its node
+does not launch it again and again. Any other exception in
 a lane (a broken process pool, a bug) stops every lane the same way, hands back the tasks that
 lane held and ends with ``exitcodes.FAILED``: a worker never holds a task it is not computing.
 
@@ -56,6 +58,7 @@ class _Source:
     retry_at: float = 0.0
     backoff: float = 0.0
     failures: int = 0
+    refused: NodeRejected | None = None  # the peer refused a call: not asked again
 
 
 @dataclass
@@ -187,7 +190,7 @@ class Worker:
             log.error("exiting with code %d after an unexpected error (logged above); every task held is "
                       "handed back", code)
         self._give_back_all()
-        self._say_goodbye(everywhere=code != exitcodes.OK)
+        self._say_goodbye(everywhere=code != exitcodes.OK or any(s.refused for s in self.sources))
         self._finished.set()
         heartbeats.join(timeout=2)
         log.info("worker %s exiting after %d task(s), %d iterations computed", own.worker_id, self.completed,
@@ -256,12 +259,15 @@ class Worker:
         for source in self.sources:
             if self._stop.is_set():
                 return False
-            if self._clock() < source.retry_at:
+            if self._clock() < source.retry_at or source.refused:
                 continue
             try:
                 tasks, lease = source.client.claim(max_tasks, budget)
             except NodeUnavailable as exc:
                 self._failed(source, exc)
+                continue
+            except NodeRejected as exc:
+                self._refused(source, exc)
                 continue
             self._recovered(source)
             self._claimed(lane, tasks)
@@ -408,6 +414,9 @@ class Worker:
                 self._wait(delay)
                 delay = min(delay * 2, self.max_backoff)
                 continue
+            except NodeRejected as exc:
+                self._refused(source, exc)  # the peer's: its tasks go back at the goodbye
+                return
             with self._holding_lock:
                 self.completed += accepted
             if accepted != len(results):
@@ -451,6 +460,17 @@ class Worker:
                         self._wait(0.2 * (attempt + 1))
 
     # ------------------------------------------------------------ failures
+    def _refused(self, source: _Source, exc: NodeRejected) -> None:
+        """A node refused a call: the own node's refusal ends the loop (re-raised); the peer is
+        not asked again (what it leased to this worker it requeues at the goodbye or lease end)."""
+        if source is self.sources[0]:
+            raise exc
+        with self._holding_lock:
+            first, source.refused = source.refused is None, source.refused or exc
+        if first:
+            log.error("the other node refused a call: %s. Working for the own node only from now on (check that "
+                      "both nodes have the same CLUSTER_TOKEN and run the same version)", exc)
+
     def _failed(self, source: _Source, exc: Exception) -> None:
         source.failures += 1
         source.backoff = min(self.max_backoff, max(0.1, source.backoff * 2))

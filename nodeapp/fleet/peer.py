@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 PEER_HEADER = "X-Peer-Request"
 #: (connect, read) timeouts; together they stay under the 2 s that SPEC.md allows.
 PEER_TIMEOUT = (0.5, 1.3)
+#: The peer's endpoints that need this node's token: one answering 2xx shows the token is accepted.
+_TOKEN_PATHS = frozenset({"/lookup", "/try_get_node_quota", "/renew_quota", "/return_quota"})
 #: Seconds after a failed call during which ``lookup`` (on the enqueue path) does not ask again.
 LOOKUP_BACKOFF = 2.0
 
@@ -40,6 +42,7 @@ class PeerClient:
         self._session.headers.update({"X-Cluster-Token": token, PEER_HEADER: quote(node_name, safe="") or "1"})
         self._reachable: bool | None = None
         self._problem: tuple[str, float] | None = None  # (what, wall time): the newest problem with its answers
+        self._token_refused = False
         self._last_contact: float | None = None
         self._failed_at = 0.0  # monotonic
 
@@ -86,7 +89,32 @@ class PeerClient:
             return None
         # A 5xx means the peer is there but unhealthy; anything else is an answer.
         self._mark(response.status_code < 500)
+        self._check_token(response, path)
         return response
+
+    def _check_token(self, response: requests.Response, path: str) -> None:
+        """A 401 (or a 403 ``forbidden``: a token without the power asked) means the peer refuses
+        this node's token: an error in the log and ``/stats`` (``peer.problem``) until a call that
+        needs the token goes through again."""
+        status = response.status_code
+        if status in (401, 403):
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            code = body.get("error") if isinstance(body, dict) else None
+            if status == 401 or code == "forbidden":
+                with self._lock:
+                    self._token_refused = True
+                self._note_problem(f"the peer refuses this node's token (HTTP {status} {code or ''}): set the same "
+                                   "CLUSTER_TOKEN, and PEER_TOKEN if set, on both nodes", logging.ERROR)
+        elif status < 300 and path in _TOKEN_PATHS:
+            with self._lock:
+                cleared, self._token_refused = self._token_refused, False
+                if cleared:
+                    self._problem = None
+            if cleared:
+                log.info("peer %s accepts this node's token again", self.url)
 
     def _mark(self, ok: bool) -> bool | None:
         """Record the outcome of a call; returns the previous reachability."""
@@ -167,7 +195,11 @@ class PeerClient:
         return self._json("GET", "/stats")
 
     def ping(self) -> bool:
-        return self._json("GET", "/health") is not None
+        """Whether the peer answers (a 5xx or no answer is down). An empty ``POST /lookup``, which
+        takes the peer token: a peer that refuses it shows in ``/stats`` even when nothing else
+        would have called it."""
+        response = self._call("POST", "/lookup", json={"keys": [], "works": []})
+        return response is not None and response.status_code < 500
 
     def history(self) -> Any:
         """The peer's own ``GET /history`` (the dashboard's chart), or None."""
