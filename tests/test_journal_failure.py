@@ -9,6 +9,8 @@ import os
 import threading
 import time
 
+import pytest
+
 from nodeapp.store.journal import Counters
 from tests.test_api import assert_error, claim, complete, enqueue, sha512_result
 from tests.test_durable import AUTH, close, node
@@ -128,14 +130,43 @@ class WriterKilled(BaseException):
     """Escapes every ``except Exception``: ends the writer thread as a defect in its loop would."""
 
 
-def test_a_dead_writer_is_seen_answered_503_and_restarted(tmp_path):
-    app, client = node(tmp_path, journal_wait_seconds=2)
+SYNCS = pytest.mark.parametrize("sync", ["off", "batch"])  # a request may make its own commit; or never
+
+
+class DyingCommit:
+    """A ``_commit`` that holds the writer until ``release`` is set, then ends its thread."""
+
+    def __init__(self) -> None:
+        self.release, self.entered = threading.Event(), threading.Event()
+
+    def __call__(self, records):
+        self.entered.set()
+        self.release.wait(30)
+        raise WriterKilled()
+
+
+@SYNCS
+def test_a_dead_writer_is_seen_answered_503_and_restarted(tmp_path, sync):
+    app, client = node(tmp_path, journal_sync=sync, journal_wait_seconds=5)
     first = enqueue(client)
     journal = journal_of(app)
-    writer = journal._thread
-    journal._conn = FailingCommit(journal._conn, WriterKilled())
-    with_change = in_thread(lambda: client.put("/enqueue?iterations=1", data=b"lost"), 10)
-    assert_error(with_change, 503, "journal_unavailable")
+    writer, real_commit = journal._thread, journal._commit
+    journal._commit = dying = DyingCommit()
+    journal.write([Counters({})])  # the writer thread takes it (nobody waits for it) and holds on
+    assert dying.entered.wait(10)
+    answer: list = []
+    waiting = threading.Thread(target=lambda: answer.append(client.put("/enqueue?iterations=1", data=b"lost")))
+    waiting.start()  # its record waits behind the commit in progress
+    deadline = time.monotonic() + 10
+    while not journal._pending:
+        assert time.monotonic() < deadline, "the request's record never reached the journal"
+        time.sleep(0.01)
+    journal._commit = real_commit
+    started = time.monotonic()
+    dying.release.set()
+    waiting.join(10)
+    assert_error(answer[0], 503, "journal_unavailable")
+    assert time.monotonic() - started < 5  # at once, not after JOURNAL_WAIT_SECONDS
     writer.join(5)
     assert not writer.is_alive()
     assert journal._thread is not writer and journal._thread.is_alive()  # a new writer, after the read-back
@@ -160,18 +191,26 @@ def test_a_dead_writer_is_seen_answered_503_and_restarted(tmp_path):
     close(app)
 
 
-def test_a_stuck_commit_is_a_503_after_journal_wait_seconds(tmp_path):
-    app, client = node(tmp_path, journal_wait_seconds=0.5)
+@SYNCS
+def test_a_stuck_commit_is_a_503_after_journal_wait_seconds(tmp_path, sync):
+    """The request whose thread makes the stuck commit (``off``: the first, made in its own
+    thread) waits for the disk; every other one is answered within JOURNAL_WAIT_SECONDS."""
+    app, client = node(tmp_path, journal_sync=sync, journal_wait_seconds=0.5)
     enqueue(client)
     journal = journal_of(app)
-    release = threading.Event()
+    release, entered = threading.Event(), threading.Event()
     real_commit = journal._commit
 
     def stuck(records):  # a disk that does not answer, until released
+        entered.set()
         release.wait(30)
         return real_commit(records)
 
     journal._commit = stuck
+    first: list = []
+    making = threading.Thread(target=lambda: first.append(client.put("/enqueue?iterations=1", data=b"making")))
+    making.start()
+    assert entered.wait(10)
     started = time.monotonic()
     assert_error(in_thread(lambda: client.put("/enqueue?iterations=1", data=b"late"), 10), 503,
                  "journal_unavailable")
@@ -181,11 +220,13 @@ def test_a_stuck_commit_is_a_503_after_journal_wait_seconds(tmp_path):
     assert health.get_json()["journal"] == "stuck" and client.get("/stats").get_json()["journal"]["state"] == "stuck"
     journal._commit = real_commit
     release.set()
+    making.join(10)
+    assert first[0].status_code == (201 if sync == "off" else 503)
     wait_for_health(client, 200)
-    # The late commit did land: the task it answered 503 for is queued, in memory as in the file.
+    # Both late commits did land: the tasks they answered 503 for are queued, in memory as in the file.
     enqueue(client)
-    assert counts(client)[0] == 3
+    assert counts(client)[0] == 4
     close(app)
     app, client = node(tmp_path)
-    assert counts(client)[0] == 3
+    assert counts(client)[0] == 4
     close(app)

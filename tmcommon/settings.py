@@ -231,10 +231,11 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("data_dir", "DATA_DIR", str, "", shown_default="none: in memory only",
             help="directory of the node's journal: the tasks it accepted, its kept results and counters survive "
                  "a restart of the node (one node per directory; see docs/durability.md)"),
-    Setting("journal_sync", "JOURNAL_SYNC", str, "batch", choices=("batch", "always", "off"),
-            help="when a journal write counts as durable: `batch` = fsync at most every `JOURNAL_BATCH_MS`, "
-                 "the request waits for it; `always` = an fsync as soon as possible; `off` = no fsync "
-                 "(survives a crash of the node, not a power cut)"),
+    Setting("journal_sync", "JOURNAL_SYNC", str, "off", choices=("off", "always", "batch"),
+            help="when a journal write counts as durable, before the answer: `off` = written to the OS "
+                 "(survives a crash of the node, not a power cut); `always` = fsynced too (survives a power cut; "
+                 "each answer waits for an fsync); `batch` = as `always`, at most one fsync every `JOURNAL_BATCH_MS` "
+                 "(see docs/durability.md)"),
     Setting("journal_batch_ms", "JOURNAL_BATCH_MS", float, 5.0, 0, 1000,
             "`batch`: shortest time between two journal commits, in milliseconds"),
     Setting("journal_wait_seconds", "JOURNAL_WAIT_SECONDS", float, 5.0, 0.1, 600,

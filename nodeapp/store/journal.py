@@ -1,20 +1,23 @@
 """A node's journal in DATA_DIR: every accepted task, result, failure and trim, made durable.
 
-SQLite (standard library) in WAL mode, one table row per task. One writer thread commits every
-record waiting at that moment in one transaction (group commit); ``write`` returns the
-``Commit`` the records ride in, and the caller blocks on ``Commit.wait()`` until they are
-durable as JOURNAL_SYNC promises:
+SQLite (standard library) in WAL mode, one table row per task. Every record waiting when a
+commit starts rides in it, in one transaction (group commit): a commit starts as soon as the
+previous one ended, made by the request thread that waits for it when none is in progress (no
+hand-off to another thread and back), else by the writer thread once the one in progress ends.
+``write`` returns the ``Commit`` the records ride in, and the caller blocks on ``wait(commit)``
+until they are durable as JOURNAL_SYNC promises:
 
-``batch`` (default)
-    synchronous=FULL, at most one commit (with its fsync) every JOURNAL_BATCH_MS; a record
-    waits for the batch it joined. Survives ``kill -9`` of the node and a power cut or OS crash.
+``off`` (default)
+    synchronous=NORMAL: a commit is written to the OS before the caller goes on, not fsynced
+    (the WAL is fsynced at checkpoints, and the kernel writes it back within ~30 s). Survives
+    ``kill -9`` or any crash of the node; a power cut or OS crash may lose the last commits
+    (SQLite keeps the file consistent, it never corrupts it).
 ``always``
-    synchronous=FULL, a commit as soon as the writer is free (what arrives during one fsync
-    shares the next). The same guarantee with more fsyncs, for disks where fsync is cheap.
-``off``
-    synchronous=NORMAL: a commit is written to the OS but not fsynced (the WAL is fsynced at
-    checkpoints only). Survives ``kill -9`` of the node; a power cut or OS crash may lose the
-    last commits (SQLite keeps the file consistent, it never corrupts it).
+    synchronous=FULL: each commit is fsynced before its callers go on. Also survives a power cut
+    or OS crash; each answer waits for an fsync.
+``batch``
+    as ``always``, with at most one commit every JOURNAL_BATCH_MS (made by the writer thread):
+    fewer fsyncs, for disks that bill or cap them, and each answer waits up to that long more.
 
 ``load()`` rebuilds what the node had: queued tasks in submission order (leases are not
 journaled: a task that was running is queued again, with the newest checkpoint written for it),
@@ -179,29 +182,36 @@ class Recovered:
 
 
 class Commit:
-    """The records one transaction makes durable. ``wait()`` blocks until it is committed."""
+    """The records one transaction makes durable. ``wait()`` blocks until it is committed.
 
-    __slots__ = ("records", "error", "_done")
+    The waiters of one commit are woken as a chain: the writer releases a latch once, and each
+    waiter that gets it passes it on. So ending a commit costs the writer one wake-up, however
+    many requests wait on it (waking each from the writer made it lose the GIL and the CPU once
+    per waiter on a busy machine: a third of its time in ``bench.journal``'s profile).
+    """
+
+    __slots__ = ("records", "error", "done", "_latch")
 
     def __init__(self) -> None:
         self.records: list[Record] = []
         self.error: BaseException | None = None
-        self._done = threading.Event()
+        self.done = False
+        self._latch = threading.Lock()
+        self._latch.acquire()  # held until the commit ends
 
     def wait(self, timeout: float | None = None) -> None:
         """Return once the records are durable; raise ``JournalError`` if they cannot be."""
-        if not self._done.wait(timeout):
-            raise JournalError(f"the journal did not commit within {timeout:g}s")
+        if not self.done:
+            if not self._latch.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+                raise JournalError(f"the journal did not commit within {timeout:g}s")
+            self._latch.release()  # to the next waiter
         if self.error is not None:
             raise JournalError(f"journal write failed: {self.error or type(self.error).__name__}") from self.error
 
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
     def _finish(self, error: BaseException | None = None) -> None:
         self.error = error
-        self._done.set()
+        self.done = True
+        self._latch.release()
 
 
 class Journal:
@@ -221,7 +231,7 @@ class Journal:
         DataDirInUse: another process uses ``data_dir``.
     """
 
-    def __init__(self, data_dir: str | os.PathLike, *, sync: str = "batch", batch_ms: float = 5.0,
+    def __init__(self, data_dir: str | os.PathLike, *, sync: str = "off", batch_ms: float = 5.0,
                  max_pending: int = 50_000, wait_seconds: float = 5.0) -> None:
         if sync not in SYNC_POLICIES:
             raise ValueError(f"sync must be one of {', '.join(SYNC_POLICIES)}, got {sync!r}")
@@ -244,6 +254,11 @@ class Journal:
         self._failure: str | None = None  # why writes are refused (until ``reload``)
         self._commit_started: float | None = None  # monotonic start of the commit in progress
         self._inflight: Commit | None = None  # the commit in progress
+        self._blocked = 0  # writes waiting under back-pressure
+        self._writer_ending = False  # the writer thread failed a commit and is ending
+        #: A request thread makes the commit it waits for when none is in progress (no hand-off to
+        #: the writer thread and back); not with ``batch``'s minimum spacing.
+        self._inline = self.batch_seconds == 0
         self.failures = 0
         #: Called when the file cannot be read back after a failure (the serving process stops
         #: itself then, so that a new one starts from the file).
@@ -358,12 +373,13 @@ class Journal:
             self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
             self._thread.start()
 
-    def write(self, records: list[Record]) -> Commit:
+    def write(self, records: list[Record], *, waited: bool = False) -> Commit:
         """Queue ``records`` for the next commit, in order, and return that commit.
 
         Does not wait for durability (call ``wait()`` on the result), so it may be called under
         the caller's own lock to keep records in the order the changes happened. Blocks only
-        while ``max_pending`` records wait for the writer.
+        while ``max_pending`` records wait for the writer. ``waited``: the caller will call
+        ``wait(commit)``, which may make the commit itself (else the writer thread makes it).
 
         Raises:
             JournalError: the journal is closed, or failed and not ``reload``-ed since.
@@ -376,12 +392,17 @@ class Journal:
                 self._fail_locked("the journal writer thread is gone")
                 self._check_open()
             while self._pending >= self.max_pending and not self._closing and self._failure is None:
-                self._cond.wait(self.wait_seconds)
+                self._blocked += 1
+                try:
+                    self._cond.wait(self.wait_seconds)
+                finally:
+                    self._blocked -= 1
             self._check_open()
             commit = self._current
             commit.records.extend(records)
             self._pending += len(records)
-            self._cond.notify_all()
+            if not (waited and self._inline and self._inflight is None):
+                self._cond.notify_all()  # the writer's turn; else the caller's ``wait`` commits it itself
             return commit
 
     def _check_open(self) -> None:
@@ -400,6 +421,12 @@ class Journal:
         """
         if commit is None:
             return
+        if self._inline and not commit.done:
+            with self._cond:  # no commit in progress: make this one here, without the writer thread
+                mine = self._take() if (self._inflight is None and commit is self._current
+                                        and self._failure is None and not self._closing) else None
+            if mine is not None:
+                self._make(mine)
         try:
             commit.wait(self.wait_seconds)
         except JournalError:
@@ -438,6 +465,9 @@ class Journal:
         with self._cond:
             if self._failure is None:
                 return None
+            ending = self._writer_ending
+        if ending and self._thread is not None:  # it failed a commit on its way out: let it go first
+            self._thread.join(self.wait_seconds)
         with self._io:  # the writer is idle: it failed everything pending and refuses new records
             try:
                 if self._conn.in_transaction:
@@ -452,6 +482,7 @@ class Journal:
             log.warning("journal %s: read back after a failure (%s): %d queued, %d completed, %d failed", self.path,
                         self._failure, len(recovered.queued), len(recovered.completed), len(recovered.failed))
             self._failure = None
+            self._writer_ending = False
             self._start()
         return recovered
 
@@ -483,31 +514,53 @@ class Journal:
         last_start = 0.0
         while True:
             with self._cond:
-                while not self._pending and not self._closing:
+                while (not self._pending and not self._closing) or self._inflight is not None:
                     self._cond.wait()
-                if not self._pending:
+                if not self._pending and self._inflight is None:
                     return
-            # The next commit starts as soon as the last one ended (``group``); ``batch`` waits
-            # until ``batch_ms`` after the last one started.
+            # The next commit starts as soon as the last one ended; ``batch`` waits until
+            # ``batch_ms`` after the last one started.
             delay = last_start + self.batch_seconds - time.monotonic()
             if delay > 0 and not self._closing:
                 time.sleep(delay)
             with self._cond:
-                commit = self._inflight = self._current
-                self._current = Commit()
-                self._pending = 0
-                self._commit_started = last_start = time.monotonic()
-                self._cond.notify_all()
+                if not self._pending or self._inflight is not None:
+                    continue  # a request thread is making it (``wait``)
+                commit = self._take()
+                last_start = time.monotonic()
+            self._make(commit)
+
+    def _take(self) -> Commit:
+        """(``_cond`` held, no commit in progress) Every record waiting, as the next commit."""
+        commit = self._inflight = self._current
+        self._current = Commit()
+        self._pending = 0
+        self._commit_started = time.monotonic()
+        if self._blocked:
+            self._cond.notify_all()
+        return commit
+
+    def _make(self, commit: Commit) -> None:
+        """Commit what ``_take`` took (the writer thread, or a request thread in ``wait``)."""
+        try:
             with self._io:
                 error = self._commit(commit.records)
                 if error is None and self.commits % 256 == 0:
                     self._give_back_space()
+        except BaseException as exc:  # not even a failed commit: a defect, or the thread is ending
             with self._cond:
                 self._commit_started = self._inflight = None
-                if error is not None:
-                    self._fail_locked(f"a commit of {len(commit.records)} record(s) failed: {error}", error, commit)
-            if error is None:
-                commit._finish()
+                self._writer_ending = threading.current_thread() is self._thread
+                self._fail_locked(f"the journal writer failed: {exc!r}", exc, commit)
+            raise
+        with self._cond:
+            self._commit_started = self._inflight = None
+            if error is not None:
+                self._fail_locked(f"a commit of {len(commit.records)} record(s) failed: {error}", error, commit)
+            elif self._pending or self._closing:
+                self._cond.notify_all()  # what came meanwhile: the writer's turn
+        if error is None:
+            commit._finish()
 
     def _commit(self, records: list[Record]) -> BaseException | None:
         """Write ``records`` in one transaction; the error if it failed (rolled back), else None."""

@@ -402,7 +402,7 @@ class TaskStore:
         with self._lock:
             self._take_checkpoints(worker_id, checkpoints)
             try:
-                self._flush()  # not waited for: a checkpoint lost in a crash costs recomputation only
+                self._flush(waited=False)  # a checkpoint lost in a crash costs recomputation only
             except JournalError as exc:  # closed: the lease is still renewed
                 log.warning("checkpoints not journaled: %s", exc)
             deadline = self._monotonic() + self.lease_seconds
@@ -769,8 +769,9 @@ class TaskStore:
         if self.journal is not None:
             self._unwritten.extend(records)
 
-    def _flush(self) -> Commit | None:
-        """Hand the records noted so far, and the counters now, to the journal (lock held)."""
+    def _flush(self, waited: bool = True) -> Commit | None:
+        """Hand the records noted so far, and the counters now, to the journal (lock held);
+        ``waited``: the caller will ``_durable`` the commit."""
         if not self._unwritten:
             return None
         counters = {name: value for name, attribute in _JOURNALED_COUNTERS.items()
@@ -780,7 +781,7 @@ class TaskStore:
             self._written_counts.update(counters)
         records, self._unwritten = self._unwritten, []
         try:
-            return self.journal.write(records)
+            return self.journal.write(records, waited=waited)
         except JournalError:
             self._resync()  # the change just made in memory goes too
             raise
