@@ -36,9 +36,17 @@ SYSTEMS = ("cluster", "cluster-nojournal", "rq", "rq-simple", "celery")
 DEFAULT_SYSTEMS = ("cluster", "rq", "rq-simple", "celery")
 
 
-def run_cluster(names: list[str], args, rate: float, log_dir: Path, journal: bool = True) -> list[dict]:
+def cluster_settings(system: str) -> tuple[bool, dict[str, str]]:
+    """``cluster``, ``cluster-nojournal`` or ``cluster+VAR=VALUE[+VAR=VALUE...]``: (journal, settings)."""
+    if system == "cluster-nojournal":
+        return False, {}
+    return True, dict(item.split("=", 1) for item in system.split("+")[1:])
+
+
+def run_cluster(names: list[str], args, rate: float, log_dir: Path, system: str = "cluster") -> list[dict]:
     workloads = by_name(args.scale)
-    system = ClusterSystem(rate, log_dir, journal=journal, **dict(item.split("=", 1) for item in args.set))
+    journal, own = cluster_settings(system)
+    system = ClusterSystem(rate, log_dir, journal=journal, **dict(item.split("=", 1) for item in args.set), **own)
     try:
         out = []
         for name in names:
@@ -76,12 +84,13 @@ def summarize(runs: list[dict], systems: list[str], names: list[str]) -> dict:
                 "verified": all(x["check"]["verified"] for x in rows),
             }
     ratios = {}
-    if "cluster" in systems:
-        for peer in systems:
-            if peer != "cluster":
+    journaled = [s for s in systems if s.startswith("cluster") and s != "cluster-nojournal"]
+    for ours in journaled:  # each journaled cluster against the cluster without journal and the peers
+        for other in systems:
+            if other not in journaled:
                 for name in names:
-                    ratios[f"cluster/{peer} {name} tasks/s"] = spread(
-                        r["results"]["cluster"][name]["tasks_per_s"] / r["results"][peer][name]["tasks_per_s"]
+                    ratios[f"{ours}/{other} {name} tasks/s"] = spread(
+                        r["results"][ours][name]["tasks_per_s"] / r["results"][other][name]["tasks_per_s"]
                         for r in runs)
                     ratios[f"cluster/{peer} {name} wall"] = spread(
                         r["results"]["cluster"][name]["wall_s"] / r["results"][peer][name]["wall_s"] for r in runs)
@@ -93,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
-                        help=f"some of {','.join(SYSTEMS)}; cluster-nojournal: the cluster without DATA_DIR")
+                        help=f"some of {','.join(SYSTEMS)}; cluster-nojournal: the cluster without DATA_DIR; "
+                             "cluster+VAR=VALUE[+...]: the cluster with node settings of its own (e.g. "
+                             "cluster+JOURNAL_SYNC=off), side by side with the others")
     parser.add_argument("--workloads", default="small,compute,mixed")
     parser.add_argument("--scale", type=float, default=1.0, help="shrink counts and iterations (smoke runs)")
     parser.add_argument("--clients", type=int, default=8, help="enqueueing threads, the same for every system")
@@ -104,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     systems = args.systems.split(",")
     names = args.workloads.split(",")
-    unknown = set(systems) - set(SYSTEMS)
+    unknown = {s for s in systems if s not in SYSTEMS and not (s.startswith("cluster+") and "=" in s)}
     if unknown:
         parser.error(f"unknown system(s): {', '.join(sorted(unknown))}")
     peers = [s for s in systems if not s.startswith("cluster")]
@@ -138,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                        "engine_cpu_rate": own[1], "order": order, "loadavg": loadavg(), "results": {}}
                 for system in order:
                     ours = system.startswith("cluster")
-                    found = (run_cluster(names, args, own[0], log_dir / f"{system}-{index}", system == "cluster")
+                    found = (run_cluster(names, args, own[0], log_dir / f"cluster-{systems.index(system)}-{index}", system)
                              if ours else run_peer(system, names, args, redis, log_dir))
                     wall_rate, cpu_rate_here = own if ours else (rate, cpu_rate)
                     for result in found:

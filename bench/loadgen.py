@@ -1,13 +1,15 @@
 """Load on ``PUT /enqueue``: wrk (Debian's package) when installed, else a Python generator.
 
 Both keep ``connections`` keep-alive connections busy for ``duration`` seconds and report
-requests/s, p50/p99 latency in ms and the count of non-201 answers.
+requests/s, p50/p99 latency in ms and the count of non-201 answers. Each request's body is its
+own (a random tag of the run, the connection or wrk thread, a counter) unless ``distinct=False``.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -22,6 +24,19 @@ WRK_SCRIPT = """
 wrk.method = "PUT"
 wrk.body = string.rep("x", %(body)d)
 wrk.headers["Content-Type"] = "application/octet-stream"
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+if %(distinct)s then  -- a body of its own per request: this run's tag, the thread, a counter
+  local sent = 0
+  request = function()
+    sent = sent + 1
+    local tail = string.format("%%s-%%d-%%d", "%(tag)s", tid, sent)
+    return wrk.format(nil, nil, nil, string.rep("x", %(body)d - #tail) .. tail)
+  end
+end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write("WRKJSON " .. string.format(
@@ -36,10 +51,12 @@ def have_wrk() -> bool:
     return shutil.which("wrk") is not None
 
 
-def run_wrk(url: str, *, connections: int = 16, threads: int = 2, duration: float = 10.0, body: int = 64) -> dict:
-    """``wrk`` against ``url`` (a full ``.../enqueue?iterations=1`` URL)."""
+def run_wrk(url: str, *, connections: int = 16, threads: int = 2, duration: float = 10.0, body: int = 64,
+            distinct: bool = True) -> dict:
+    """``wrk`` against ``url`` (a full ``.../enqueue?iterations=1`` URL); ``distinct``: every
+    request's body differs (else all are the same ``body`` bytes)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT % {"body": body})
+        script.write(WRK_SCRIPT % {"body": body, "distinct": "true" if distinct else "false", "tag": os.urandom(6).hex()})
     try:
         out = subprocess.run(
             ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s", "--timeout", "5s",
@@ -79,12 +96,12 @@ class _Conn:
 
 
 def run_python(url: str, *, connections: int = 16, duration: float = 10.0, body: int = 64,
-               count: int | None = None) -> dict:
+               count: int | None = None, distinct: bool = True) -> dict:
     """The same load from Python threads (GIL-bound: a lower ceiling than wrk). Stops after
     ``duration`` seconds, or after ``count`` requests in total when given."""
     parts = urlsplit(url)
     path = parts.path + ("?" + parts.query if parts.query else "")
-    payload = b"x" * body
+    tag = os.urandom(6).hex()
     latencies: list[list[float]] = [[] for _ in range(connections)]
     errors = [0] * connections
     sent = [0]
@@ -99,6 +116,8 @@ def run_python(url: str, *, connections: int = 16, duration: float = 10.0, body:
                     if sent[0] >= count:
                         return
                     sent[0] += 1
+            tail = f"{tag}-{i}-{len(latencies[i]) + errors[i]}".encode() if distinct else b""
+            payload = b"x" * (body - len(tail)) + tail
             start = time.perf_counter()
             try:
                 status, _ = conn.request("PUT", path, payload, {"Content-Type": "application/octet-stream"})

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 
-from bench.common import BENCH_DIR, RESULTS_DIR, loadavg, print_table
+from bench.common import BENCH_DIR, RESULTS_DIR, cpu_seconds, descendants, loadavg, print_table
 from bench.loadgen import have_wrk, run_load
 from bench.servers import start_node
 from bench.workloads import Workload, run_workload
@@ -75,12 +75,20 @@ def summarize(path: Path, top: int) -> dict:
 
 
 def profile_enqueue(args, tmp: Path, out: Path) -> list[tuple[str, Path]]:
-    node = start_node(tmp, MAX_NUM_OF_WORKERS="0")
+    """One node as ``run_program.py --local`` runs it (journal in its own DATA_DIR), no workers,
+    under wrk (distinct bodies); also the CPU seconds its processes used, so that each frame's
+    share becomes microseconds of CPU per request."""
+    node = start_node(tmp, MAX_NUM_OF_WORKERS="0", DATA_DIR=str(tmp / "data"))
     try:
+        pids = [node.process.pid, *descendants(node.process.pid)]
+        before = sum(cpu_seconds(pid) for pid in pids)
         spy = record(node.process.pid, args.seconds, out)
         result = run_load(node.url + "/enqueue?iterations=1&reuse=0", duration=args.seconds + 1)
+        used = sum(cpu_seconds(pid) for pid in pids) - before
         spy.wait()
-        print(f"load: {result['rps']:.0f} req/s, p50 {result['p50_ms']:.1f} ms (loadavg {loadavg()})")
+        args.cpu_us_per_request = used / max(1, result["requests"]) * 1e6
+        print(f"load: {result['rps']:.0f} req/s, p50 {result['p50_ms']:.1f} ms; node CPU {used:.1f} s = "
+              f"{args.cpu_us_per_request:.0f} us per request (loadavg {loadavg()})")
     finally:
         node.stop()
     return [("node", out)]
@@ -149,9 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         files = scenario(args, Path(tmp), out)
     for label, path in files:
         for kind, figures in summarize(path, args.top).items():
+            per_request = getattr(args, "cpu_us_per_request", None)  # enqueue: shares as CPU us per request
             for how in ("self", "total"):
                 print_table(f"{label} {kind}: {figures['samples']} samples holding the GIL, top frames by {how} time",
-                            ["share", "frame"], [[f"{share:6.1%}", frame[:150]] for frame, share in figures[how]])
+                            ["share", *(["us/request"] if per_request else []), "frame"],
+                            [[f"{share:6.1%}", *([f"{share * per_request:5.0f}"] if per_request else []), frame[:150]]
+                             for frame, share in figures[how]])
         print(f"\ncollapsed stacks: {path}")
     return 0
 
