@@ -41,10 +41,11 @@ def test_enqueue_smoke(tmp_path):
     data = run_bench("enqueue", tmp_path, "--runs", "1", "--duration", "0.5", "--connections", "4",
                      "--tool", "python")
     run = data["runs"][0]
-    for server in ("node", "bare"):
-        assert run[server]["requests"] > 0 and run[server]["errors"] == 0
-        assert positive(run[server]["rps"]) and run[server]["p99_ms"] >= run[server]["p50_ms"] > 0
-    assert positive(data["summary"]["ratio"]["median"])
+    for load in ("node", "node identical", "node no journal", "bare"):
+        assert run[load]["requests"] > 0 and run[load]["errors"] == 0
+        assert positive(run[load]["rps"]) and run[load]["p99_ms"] >= run[load]["p50_ms"] > 0
+        assert run[load].get("verified", True) is True  # the nodes hold each task they answered 201 for
+    assert positive(data["summary"]["node"]["ratio"]["median"]) and data["summary"]["verified"] is True
 
 
 def test_e2e_cluster_smoke(tmp_path):
