@@ -191,7 +191,8 @@ class Provisioner:
             worker_bundle = artifacts.bundle("worker", worker_arch)
             self.say(f"  {artifacts.wheel.filename} (sha256 {artifacts.wheel.sha256[:12]}); "
                      f"{len(node_bundle.wheels)} wheels for nodes, {len(worker_bundle.wheels)} for workers")
-        with self.step("store the worker, peer and operator tokens in SSM Parameter Store (SecureString)"):
+        with self.step("store the worker, peer and operator tokens and a client key in SSM Parameter Store "
+                       "(SecureString)"):
             store = TokenStore(self.c.ssm)
             for kind in TOKEN_VARIABLES:
                 store.create(names.token_parameter_of(kind), tags, token if kind == "worker" else None)
@@ -263,7 +264,8 @@ class Provisioner:
                         subnet: str, worker_sg: str, worker_uri: str) -> str:
         """The user-data of node ``index`` in ``subnet`` (its workers' own zone first, if offered)."""
         spec, names = self.spec, self.names
-        env = {**spec.node_env, "NODE_NAME": NODE_NAMES[index], "LAUNCHER": "ec2",
+        # client keys on by default (API_KEY, in SSM, is the first one); the caller's API_KEYS wins
+        env = {"API_KEYS": "required", **spec.node_env, "NODE_NAME": NODE_NAMES[index], "LAUNCHER": "ec2",
                "MAX_NUM_OF_WORKERS": str(spec.max_workers),
                "TM_CLUSTER": spec.name, "TM_REGION": spec.region,
                "TM_WORKER_AMI": worker_ami, "TM_WORKER_INSTANCE_TYPE": spec.worker_instance_type,
@@ -271,7 +273,7 @@ class Provisioner:
                "TM_WORKER_SECURITY_GROUP": worker_sg, "TM_WORKER_INSTANCE_PROFILE": names.profile_arn("worker"),
                "TM_WORKER_BUNDLE_URI": worker_uri, "TM_TOKEN_PARAMETER": names.token_parameter,
                "TM_WORKER_SPOT": "1" if spec.worker_spot else "0"}
-        secrets = {TOKEN_VARIABLES[kind]: names.token_parameter_of(kind) for kind in ("peer", "operator")}
+        secrets = {TOKEN_VARIABLES[kind]: names.token_parameter_of(kind) for kind in ("peer", "operator", "client")}
         return node_script(delivery, env, spec.port, secrets=secrets, peer_name=NODE_NAMES[1 - index])
 
     def _check_user_data(self, worker_subnets: list[str]) -> None:

@@ -26,9 +26,10 @@ def check_cluster_name(name: str) -> str:
     return name
 
 
-#: The three tokens of a cluster, each in its own SSM parameter (docs/aws.md, "Tokens"): workers
-#: hold only the worker token (CLUSTER_TOKEN); the nodes also hold the peer and operator tokens.
-TOKEN_VARIABLES = {"worker": "CLUSTER_TOKEN", "peer": "PEER_TOKEN", "operator": "OPERATOR_TOKEN"}
+#: The secrets of a cluster, each in its own SSM parameter (docs/aws.md, "Tokens"): workers hold
+#: only the worker token (CLUSTER_TOKEN); the nodes also hold the peer and operator tokens and the
+#: first client key (API_KEY, for clients when API_KEYS=required).
+TOKEN_VARIABLES = {"worker": "CLUSTER_TOKEN", "peer": "PEER_TOKEN", "operator": "OPERATOR_TOKEN", "client": "API_KEY"}
 
 
 def partition_of(arn: str) -> str:
@@ -87,9 +88,11 @@ class ClusterNames:
         return self.token_parameter_of("worker")
 
     def token_parameter_of(self, kind: str) -> str:
-        """The SSM parameter of the ``worker``, ``peer`` or ``operator`` token."""
+        """The SSM parameter of the ``worker``, ``peer`` or ``operator`` token, or the ``client`` key."""
         if kind not in TOKEN_VARIABLES:
             raise ValueError(f"no token kind {kind!r}")
+        if kind == "client":
+            return f"/tm/{self.cluster}/client-key"
         return f"/tm/{self.cluster}/cluster-token" if kind == "worker" else f"/tm/{self.cluster}/{kind}-token"
 
     def parameter_arn(self, name: str) -> str:

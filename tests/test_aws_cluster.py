@@ -103,6 +103,10 @@ def test_create_report_destroy(cli, aws, loopback_nodes, artifacts, capsys, requ
                                                                                  ("GET", "/stats")}
         assert not [call for call in node.calls if call[2]]
     assert "node-1: " in out and "peer node-2 not found yet" in out  # the loopback nodes have no peer
+    # how to reach them with tm: the client key and the operator token are read from SSM, never printed
+    assert (f"export TM_API_KEY=$(aws ssm get-parameter --region {REGION} --with-decryption --name "
+            "/tm/demo/client-key --query Parameter.Value --output text)") in out
+    assert "export TM_TOKEN=$(aws ssm get-parameter" in out and "/tm/demo/operator-token" in out
 
     # the node instances
     ami = ssm.get_parameter(Name=AMI_PARAMETER.format(arch="x86_64"))["Parameter"]["Value"]
@@ -119,7 +123,7 @@ def test_create_report_destroy(cli, aws, loopback_nodes, artifacts, capsys, requ
         script = user_data(ec2, node["InstanceId"])
         assert TOKEN not in script
         worker_bundle = artifacts.bundle("worker", "x86_64")
-        for line in (f"NODE_NAME=node-{index}", "LAUNCHER=ec2", "MAX_NUM_OF_WORKERS=3", "SCALE_WAIT=3",
+        for line in (f"NODE_NAME=node-{index}", "LAUNCHER=ec2", "API_KEYS=required", "MAX_NUM_OF_WORKERS=3", "SCALE_WAIT=3",
                      f"TM_WORKER_SECURITY_GROUP={worker_sg['GroupId']}", f"TM_WORKER_AMI={ami}",
                      f"TM_TOKEN_PARAMETER={names.token_parameter}", "TM_WORKER_INSTANCE_TYPE=c7a.large",
                      f"TM_WORKER_BUNDLE_URI=s3://{names.bucket}/{worker_bundle.key}",
@@ -129,7 +133,7 @@ def test_create_report_destroy(cli, aws, loopback_nodes, artifacts, capsys, requ
         assert subnets.split("=")[1].split(",")[0] == node["SubnetId"]  # its own zone first
         assert f"--cluster demo --peer node-{3 - index} --port 8000" in script  # the peer, found by tag
         assert (f"CLUSTER_TOKEN={names.token_parameter} PEER_TOKEN=/tm/demo/peer-token "
-                "OPERATOR_TOKEN=/tm/demo/operator-token") in script
+                "OPERATOR_TOKEN=/tm/demo/operator-token API_KEY=/tm/demo/client-key") in script
     assert ec2.describe_instance_attribute(InstanceId=nodes[0]["InstanceId"],
         Attribute="instanceInitiatedShutdownBehavior")["InstanceInitiatedShutdownBehavior"]["Value"] == "stop"
     # t3 nodes in standard credit mode: a busy node is slowed to its baseline, never billed for credits
@@ -160,11 +164,11 @@ def test_create_report_destroy(cli, aws, loopback_nodes, artifacts, capsys, requ
 
     # the tokens: SecureStrings in SSM, three different ones; the bundles: in the cluster's private bucket
     values = set()
-    for kind in ("worker", "peer", "operator"):
+    for kind in ("worker", "peer", "operator", "client"):
         parameter = ssm.get_parameter(Name=names.token_parameter_of(kind), WithDecryption=True)["Parameter"]
         assert parameter["Type"] == "SecureString" and len(parameter["Value"]) >= 32
         values.add(parameter["Value"])
-    assert len(values) == 3 and TOKEN in values  # the worker token is CLUSTER_TOKEN of the environment
+    assert len(values) == 4 and TOKEN in values  # the worker token is CLUSTER_TOKEN of the environment
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=names.bucket)["Contents"])
     assert keys == sorted([artifacts.bundle("node", "x86_64").key, worker_bundle.key])
     block = s3.get_public_access_block(Bucket=names.bucket)["PublicAccessBlockConfiguration"]
@@ -192,7 +196,7 @@ def test_create_report_destroy(cli, aws, loopback_nodes, artifacts, capsys, requ
                  "role tm-demo-worker", "policy tm-demo-node", "policy tm-demo-worker", "policy tm-demo-boundary",
                  "instance profile tm-demo-node", "instance profile tm-demo-worker",
                  "parameter /tm/demo/cluster-token", "parameter /tm/demo/peer-token",
-                 "parameter /tm/demo/operator-token", f"bucket {names.bucket}"):
+                 "parameter /tm/demo/operator-token", "parameter /tm/demo/client-key", f"bucket {names.bucket}"):
         assert f"removed {item}" in out
     assert_nothing_left(aws, names)
 

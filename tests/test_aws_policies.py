@@ -164,7 +164,8 @@ def test_pass_only_the_worker_role_to_ec2_and_read_only_own_secret():
     assert pass_role["Condition"]["StringEquals"]["iam:PassedToService"] == "ec2.amazonaws.com"
     (secrets,) = by_action(document, "ssm:GetParameter")
     assert resources(secrets) == [NAMES.token_parameter_arn, *(
-        f"arn:aws:ssm:eu-west-1:123456789012:parameter/tm/demo/{kind}-token" for kind in ("peer", "operator"))]
+        f"arn:aws:ssm:eu-west-1:123456789012:parameter/tm/demo/{kind}-token" for kind in ("peer", "operator")),
+        "arn:aws:ssm:eu-west-1:123456789012:parameter/tm/demo/client-key"]
     (bundle,) = by_action(document, "s3:GetObject")
     assert resources(bundle) == [f"arn:aws:s3:::{NAMES.bucket}/{SCOPE.bundle_key}"]
 

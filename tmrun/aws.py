@@ -29,7 +29,7 @@ from tmcommon.settings import NODE, ConfigError, read_by
 #: its workers reach it at that same private address, so no WORKER_PEER_URL; the node's service
 #: sets DATA_DIR to /var/lib/taskmanager).
 SET_PER_NODE = ("NODE_NAME", "NODE_URL", "PEER_URL", "WORKER_PEER_URL", "CLUSTER_TOKEN", "PEER_TOKEN",
-                "OPERATOR_TOKEN", "LAUNCHER", "MAX_NUM_OF_WORKERS", "DATA_DIR")
+                "OPERATOR_TOKEN", "API_KEY", "LAUNCHER", "MAX_NUM_OF_WORKERS", "DATA_DIR")
 PASSED_SETTINGS = (*(s.env for s in read_by(NODE).values() if s.env not in SET_PER_NODE), *LOG_VARIABLES)
 CHECKIP_URL = "https://checkip.amazonaws.com"
 #: Two physical x86 cores (no SMT) for the AVX2 hash kernel: the least cost per iteration of the
@@ -257,9 +257,28 @@ class AwsRun:
         for node, other in ((nodes[0], nodes[1]), (nodes[1], nodes[0])):
             print(f"{node.name}: {urls[node.name]}  (instance {node.instance_id}, private {node.private_ip}; "
                   f"{peer_of(urls[node.name], other)})", file=self.out)
+        print(client_key_hint(self.name, self.spec_args["region"], list(urls.values())), file=self.out)
         print(f"remove everything with: {program_command('--destroy', '--cluster-name', self.name)}",
               file=self.out, flush=True)
         return 0
+
+
+def client_key_hint(cluster: str, region: str, urls: list[str]) -> str:
+    """How to reach the nodes with tm: they take a client key (API_KEYS=required), kept in SSM
+    with the operator token (never printed: the caller reads them with their own credentials)."""
+    from provisioning.naming import ClusterNames
+
+    names = ClusterNames(cluster, account="", region=region)
+
+    def read(kind: str) -> str:
+        return (f"$(aws ssm get-parameter --region {region} --with-decryption --name "
+                f"{names.token_parameter_of(kind)} --query Parameter.Value --output text)")
+
+    return ("the nodes take a client key (API_KEYS=required); to use tm:\n"
+            f"  export TM_NODES={','.join(urls)}\n"
+            f"  export TM_API_KEY={read('client')}\n"
+            f"and, for tm keys / pause / resume / purge / active, the operator token:\n"
+            f"  export TM_TOKEN={read('operator')}")
 
 
 def run_aws(
