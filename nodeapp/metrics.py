@@ -36,6 +36,14 @@ class StatsCollector:
             return c
 
         yield gauge("queued_tasks", "Tasks waiting in the queue", s["queued"])
+        priorities = GaugeMetricFamily("taskmanager_queued_tasks_by_priority", "Ready tasks waiting, per priority",
+                                       labels=["node", "priority"])
+        for priority, count in s.get("queued_by_priority", {}).items():
+            priorities.add_metric([self._node, str(priority)], count)
+        yield priorities
+        yield gauge("scheduled_tasks", "Queued tasks whose not_before is still ahead", s.get("scheduled", 0))
+        yield counter("tasks_expired", "Queued tasks failed at their deadline", s.get("expired", 0))
+        yield gauge("intake_paused", "1 while the operator has paused intake", 1 if s.get("intake", {}).get("paused") else 0)
         yield gauge("queued_iterations", "Declared iterations of the waiting tasks", s["queued_iterations"])
         yield gauge("running_tasks", "Tasks leased to a worker", s["running"])
         yield gauge("body_bytes", "Bytes of task bodies held (queued and running tasks)", s["body_bytes"])

@@ -56,6 +56,40 @@ def test_the_ring_holds_at_most_max_keys():
     assert ring.merge([ApiKey("f" * 12, "", "1" * 64, 1.0)]) == 0 and len(ring) == MAX_KEYS
 
 
+class FakePeer:
+    """The peer's side of ``POST /keys/sync``: its own ring, reachable or not."""
+
+    url = "http://127.0.0.1:1"
+
+    def __init__(self, ring: KeyRing) -> None:
+        self.ring, self.up, self.calls = ring, True, 0
+
+    def sync_keys(self, keys: list[dict]):
+        self.calls += 1
+        if not self.up:
+            return None
+        self.ring.merge(ApiKey.from_json(item) for item in keys)
+        return self.ring.to_json()
+
+
+def test_key_sync_exchanges_both_ways_and_an_unknown_key_asks_the_peer_at_most_once_a_second():
+    from nodeapp.fleet.keysync import KeySync
+    from tests.helpers import Clock
+
+    mine, theirs, clock = KeyRing(), KeyRing(), Clock(0.0)
+    peer = FakePeer(theirs)
+    sync = KeySync(mine, peer, monotonic=clock)
+    _, made_here = mine.create("here")
+    _, made_there = theirs.create("there")
+    peer.up = False
+    assert sync.exchange() is None and mine.verify(made_there) is None  # a peer down: nothing learnt, no error
+    peer.up = True
+    assert sync.refresh() is True and mine.verify(made_there) and theirs.verify(made_here)
+    assert sync.refresh() is False and peer.calls == 2, "a second unknown key within a second asks nobody"
+    clock.now += 1.0
+    assert sync.refresh() is False and peer.calls == 3  # asked again, nothing new
+
+
 # ------------------------------------------------------------------ endpoints
 def make_web(required: bool = True, **settings):
     app = create_app({"cluster_token": "worker-secret", "peer_token": PEER, "operator_token": OPERATOR,

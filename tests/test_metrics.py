@@ -94,3 +94,18 @@ def test_request_labels_come_from_a_closed_set(client):
     assert sum(v for (n, labels), v in after.items() if n == name and dict(labels)["method"] == "other") == 600
     series = [key for key in after if key[0].startswith("taskmanager_http_request_duration_seconds")]
     assert len(series) < 100  # 600 odd requests: a handful of series, not one set per method
+
+
+def test_queue_by_priority_scheduled_expired_and_a_paused_intake_are_exported(client, auth):
+    for priority in (9, 9, 3):
+        client.put(f"/enqueue?iterations=1&priority={priority}&reuse=0", data=b"x")
+    client.put("/enqueue?iterations=1&countdown=600", data=b"later")
+    client.post("/pause", headers=auth)
+    samples = {(s.name, s.labels.get("priority")): s.value
+               for family in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))
+               for s in family.samples}
+    assert samples[("taskmanager_queued_tasks_by_priority", "9")] == 2
+    assert samples[("taskmanager_queued_tasks_by_priority", "3")] == 1
+    assert samples[("taskmanager_scheduled_tasks", None)] == 1
+    assert samples[("taskmanager_tasks_expired_total", None)] == 0
+    assert samples[("taskmanager_intake_paused", None)] == 1
