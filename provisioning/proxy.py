@@ -25,7 +25,8 @@ TEMPLATE = "nginx.conf"
 ERRORS = (
     (400, "bad_request", "the request is malformed"),
     (408, "request_timeout", "the request was not sent in time"),
-    (413, "body_too_large", "the body is over the limit (MAX_BODY_BYTES for /enqueue)"),
+    (413, "body_too_large", "the body is over the limit (MAX_BODY_BYTES for /enqueue, MAX_BATCH_BYTES for "
+                            "/enqueue_batch)"),
     (414, "uri_too_long", "the request line is too long"),
     (494, "headers_too_large", "a request header is too large"),
     (502, "node_unavailable", "the node behind this proxy is not answering; retry or use the other node"),
@@ -41,6 +42,7 @@ class ProxySettings:
     listen: str  # nginx's address: "8000" (all addresses) or "127.0.0.1:8001"
     upstream: str  # gunicorn's address on loopback: "127.0.0.1:8010"
     max_body_bytes: int = 1024 * 1024  # MAX_BODY_BYTES: the largest body of PUT /enqueue
+    max_batch_bytes: int = 16 * 1024 * 1024  # MAX_BATCH_BYTES: the largest body of PUT /enqueue_batch
     json_body_bytes: int = 4 * 1024 * 1024  # other endpoints (nodeapp.web.bodies.MAX_JSON_BYTES)
     header_timeout: float = 5  # to send the request line and headers
     body_timeout: float = 10  # between two successive reads of the body
@@ -64,10 +66,11 @@ class ProxySettings:
 
     @classmethod
     def for_node(cls, environ: Mapping[str, str], listen: str, upstream: str, **paths: str | None) -> ProxySettings:
-        """The proxy of a node whose settings are ``environ`` (MAX_BODY_BYTES, validated)."""
-        max_body = read_settings(NODE, environ)["max_body_bytes"]
+        """The proxy of a node whose settings are ``environ`` (MAX_BODY_BYTES, MAX_BATCH_BYTES, validated)."""
+        settings = read_settings(NODE, environ)
         # client_max_body_size 0 would mean "no limit": with MAX_BODY_BYTES=0 the node refuses any body itself
-        return cls(listen=listen, upstream=upstream, max_body_bytes=max(1, max_body), **paths)
+        return cls(listen=listen, upstream=upstream, max_body_bytes=max(1, settings["max_body_bytes"]),
+                   max_batch_bytes=settings["max_batch_bytes"], **paths)
 
 
 def render(settings: ProxySettings) -> str:

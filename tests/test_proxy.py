@@ -22,11 +22,14 @@ from provisioning.proxy import ERRORS, NginxNotFound, ProxySettings, find_nginx,
 from tests.helpers import running_node, wait_for
 from tests.test_local_mode import start_program
 from tmclient.client import Client
+from tmcommon import batchwire
 from tests.rawhttp import RawConnection, request
 from tests.slowclients import SlowClients, probe_health
 
 LIMIT = 65536
-ENV = {"MAX_NUM_OF_WORKERS": "0", "MAX_BODY_BYTES": str(LIMIT)}
+#: Above the 4 MiB the proxy once allowed every body but /enqueue's.
+BATCH_LIMIT = 6 * 1024 * 1024
+ENV = {"MAX_NUM_OF_WORKERS": "0", "MAX_BODY_BYTES": str(LIMIT), "MAX_BATCH_BYTES": str(BATCH_LIMIT)}
 #: The contract: /health answers within this many seconds while slow clients hold their sockets.
 HEALTH_WITHIN = 1.0
 SCENARIOS = {"one byte": 16, "trickled headers": 16, "slow bodies": 16, "idle keep-alive": 48}
@@ -66,6 +69,11 @@ def test_the_configuration_takes_its_limits_from_the_settings():
         assert f"error_page {status} @error_{status};" in text and f'"error": "{code}"' in text
     # MAX_BODY_BYTES=0 (no body at all) must not become nginx's "no limit"
     assert "client_max_body_size 1;" in render(ProxySettings.for_node({"MAX_BODY_BYTES": "0"}, "8000", "127.0.0.1:8001"))
+    batch = text[text.index("location = /enqueue_batch"):]
+    assert f"client_max_body_size {16 * 1024 * 1024};" in batch[:batch.index("}")]  # MAX_BATCH_BYTES' default
+    text = render(ProxySettings.for_node({"MAX_BATCH_BYTES": "54321"}, "8000", "127.0.0.1:8001"))
+    batch = text[text.index("location = /enqueue_batch"):]
+    assert "client_max_body_size 54321;" in batch[:batch.index("}")]
 
 
 def test_nginx_accepts_the_configuration_aws_mode_ships(nginx, tmp_path):
@@ -143,6 +151,31 @@ def test_body_limits_at_the_proxy(node):
     token = {"X-Cluster-Token": "wrong"}
     big_json = requests.post(f"{node.url}/heartbeat", data=b"[" + b"1," * LIMIT + b"1]", headers=token, timeout=10)
     json_error(big_json, 401, "unauthorized")
+
+
+def batch_of(size: int, tag: bytes) -> bytes:
+    """A batch body of exactly ``size`` bytes: distinct tasks of at most LIMIT bytes each."""
+    header, per_task = len(batchwire.encode([])), batchwire.encoded_size(0, None)
+    count = -(-(size - header) // (per_task + LIMIT))
+    total = size - header - count * per_task  # body bytes, at most count * LIMIT
+    lengths = [total // count + (i < total % count) for i in range(count)]
+    data = batchwire.encode([(b"%s-%06d-" % (tag, i) + b"x" * (n - len(tag) - 8), 1) for i, n in enumerate(lengths)])
+    assert len(data) == size
+    return data
+
+
+@pytest.mark.integration
+def test_a_batch_near_max_batch_bytes_passes_the_proxy_and_one_past_it_is_refused(node):
+    headers = {"Content-Type": batchwire.CONTENT_TYPE}
+    before = requests.get(f"{node.url}/stats", timeout=5).json()["enqueued"]
+    fits = requests.put(f"{node.url}/enqueue_batch", data=batch_of(BATCH_LIMIT, b"fits"), headers=headers, timeout=60)
+    assert fits.status_code == 201, fits.text[:300]
+    queued = len(fits.json()["ids"])
+    over = requests.put(f"{node.url}/enqueue_batch", data=batch_of(BATCH_LIMIT + 1, b"over"), headers=headers,
+                        timeout=60)
+    json_error(over, 413, "body_too_large")
+    assert "MAX_BATCH_BYTES" in over.json()["message"]
+    assert requests.get(f"{node.url}/stats", timeout=5).json()["enqueued"] == before + queued
 
 
 @pytest.mark.integration
