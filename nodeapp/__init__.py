@@ -80,7 +80,7 @@ def create_app(
     )
     if journal is not None:
         node.tasks.restore(journal.load())
-    peer = PeerClient(config.peer_url, peer_token(config), config.node_name)
+    peer = PeerClient(config.peer_url, peer_token(config), config.node_name, config.peer_timeout)
     if launcher is None:
         local = {"max_running": config.local_max_workers} if config.launcher == "local" else {}
         launcher = make_launcher(

@@ -39,6 +39,7 @@ NUMERIC = [
     ("MAX_BATCH_BYTES", int, 8, 1024**3, "from 8 to 1073741824"),
     ("IDEMPOTENCY_SECONDS", float, 1, 30 * 86400, "from 1 to 2.592e+06"),
     ("REUSE_PEER_MIN_ITERATIONS", int, 1, 10**12, "from 1 to 1000000000000"),
+    ("PEER_TIMEOUT_SECONDS", float, 0.1, 30, "from 0.1 to 30"),
     ("HASH_RATE", float, 1, 10**10, "from 1 to 1e+10"),
     ("CLAIM_SECONDS", float, 0.01, 60, "from 0.01 to 60"),
     ("LOG_SUMMARY_SECONDS", float, 0, 86400, "from 0 to 86400"),

@@ -116,3 +116,25 @@ def test_tasks_complete_on_a_node_whose_peer_hangs(tmp_path):
             pulled = requests.post(f"{a}/pullCompleted", params={"top": 20}, timeout=5)
             assert pulled.headers.get("X-Peer-Unavailable") == "1" and {r["id"] for r in pulled.json()} == set(ids)
             assert requests.get(f"{a}/stats", timeout=5).json()["workers"]["launched_total"] >= 1
+
+
+def test_the_peer_timeout_is_the_setting(tmp_path):
+    """PEER_TIMEOUT_SECONDS bounds a call to a peer that accepts and never answers."""
+    import socket
+    import time
+
+    from nodeapp import create_app
+    from tests.helpers import FakeLauncher
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nothing ever reads or answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        for timeout, low, high in ((0.4, 0.25, 1.0), (2.5, 2.0, 4.0)):  # low: the read timeout
+            app = create_app({"cluster_token": "t", "node_name": "n", "peer_url": url, "peer_timeout": timeout},
+                             launcher=FakeLauncher())
+            assert app.extensions["nodeapp"].peer.timeout == (min(0.5, timeout / 3), timeout - min(0.5, timeout / 3))
+            started = time.monotonic()
+            answer = app.test_client().get("/status/" + "a" * 32)
+            assert answer.status_code == 503 and answer.get_json()["error"] == "peer_unavailable"
+            assert low <= time.monotonic() - started <= high

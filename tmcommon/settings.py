@@ -214,6 +214,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             help="largest `PUT /enqueue_batch` request body, framing included"),
     Setting("idempotency_seconds", "IDEMPOTENCY_SECONDS", float, 86400.0, 1, 30 * 86400,
             "seconds a node remembers an `Idempotency-Key` (the same key then returns the same task id)"),
+    Setting("peer_timeout", "PEER_TIMEOUT_SECONDS", float, 1.8, 0.1, 30,
+            "seconds a call to the peer node may take in all (a third of it, at most 0.5 s, to connect) before this "
+            "node answers without the peer's part (`X-Peer-Unavailable`); the default keeps within SPEC.md's 2 s"),
     Setting("reuse_peer_min_iterations", "REUSE_PEER_MIN_ITERATIONS", int, 100_000, 1, 10**12,
             "a task with at least this many iterations is also matched against the peer's kept results before "
             "it is queued (one peer call on the enqueue path); cheaper tasks are matched on the receiving node only"),

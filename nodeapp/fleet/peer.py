@@ -2,7 +2,7 @@
 
 Every call carries the cluster token and the ``X-Peer-Request`` header, which tells the peer
 to answer from its own state only, so two nodes never forward a request back and forth. Every
-call gives up within ``PEER_TIMEOUT`` seconds and returns ``None`` instead of raising.
+call gives up within PEER_TIMEOUT_SECONDS (``timeout``) and returns ``None`` instead of raising.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from urllib.parse import quote
 
 import requests
 
+from tmcommon.settings import SETTINGS
+
 from nodeapp.fleet.loans import Grant, Renewal
 
 log = logging.getLogger(__name__)
 
 PEER_HEADER = "X-Peer-Request"
-#: (connect, read) timeouts; together they stay under the 2 s that SPEC.md allows.
-PEER_TIMEOUT = (0.5, 1.3)
 #: The peer's endpoints that need this node's token: one answering 2xx shows the token is accepted.
 _TOKEN_PATHS = frozenset({"/lookup", "/try_get_node_quota", "/renew_quota", "/return_quota"})
 #: Seconds after a failed call during which ``lookup`` (on the enqueue path) does not ask again.
@@ -31,8 +31,11 @@ LOOKUP_BACKOFF = 2.0
 class PeerClient:
     """The other node, as seen from this one. The URL may be set later by ``/configure``."""
 
-    def __init__(self, url: str, token: str, node_name: str = "") -> None:
+    def __init__(self, url: str, token: str, node_name: str = "",
+                 timeout: float = SETTINGS["peer_timeout"].default) -> None:
         self._lock = threading.Lock()
+        connect = min(0.5, timeout / 3)
+        self.timeout = (connect, timeout - connect)  # (connect, read) seconds: PEER_TIMEOUT_SECONDS in all
         self._url = url.rstrip("/")
         self._token = token
         self._session = requests.Session()
@@ -80,7 +83,7 @@ class PeerClient:
         if not url:
             return None
         try:
-            response = self._session.request(method, url + path, timeout=PEER_TIMEOUT, **kwargs)
+            response = self._session.request(method, url + path, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
             was_reachable = self._mark(False)
             # Warn when the peer goes away, not on every call while it stays away.

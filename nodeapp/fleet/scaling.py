@@ -149,7 +149,7 @@ class Scaler:
             self._tick_lock.release()
 
     def _tick(self) -> None:
-        # The node's own work first: a peer that hangs (each call waits out PEER_TIMEOUT) must not
+        # The node's own work first: a peer that hangs (each call waits out PEER_TIMEOUT_SECONDS) must not
         # hold up launching on our own quota. Then the peer: one ping while it is not known to
         # answer, and the other calls only once it does, so a hung peer costs one timeout a run.
         self._decision = None
