@@ -91,6 +91,8 @@ class NodeContext:
             "launches": getattr(self.launcher, "status", dict)(),
             "worker_rate": self.node.workers.worker_rate(self.config.hash_rate),
             "decisions": self.scaler.decisions()[:20],
+            # consecutive boot failures (workers that never claimed) hold launches back, doubling
+            "boot_backoff": self.scaler.boot_backoff.status(),
         }
         return stats
 

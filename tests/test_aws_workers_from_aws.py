@@ -224,3 +224,55 @@ def test_runinstances_refused_by_iam_backs_off_doubling_to_a_ceiling(env, clock)
         clock.now += pauses[-1]
     assert pauses == [30, 60, 120, 240, 480, 960, 960, 960] and len(calls) == 8
     assert MAX_REFUSED_PAUSE >= 600
+
+
+def launches_with_boots_that_never_claim(env, clock, seconds: float, boot_timeout: float = 4.0):  # noqa: F811
+    """A node (max 3) with work waiting whose workers never claim; scaler runs every 2 s for
+    ``seconds``. Returns the node's app and every instance RunInstances started."""
+    launcher = make_launcher(env, clock)
+    launched = []
+    launcher.ec2.meta.events.register(
+        "after-call.ec2.RunInstances", lambda parsed, **_: launched.extend(i["InstanceId"] for i in parsed["Instances"]))
+    app = create_app({"cluster_token": "t", "node_name": "node-1", "node_url": NODE_URL, "scale_wait": 0.0,
+                      "max_workers": 3, "boot_timeout": boot_timeout}, launcher=launcher)
+    scaler = app.extensions["nodeapp"].scaler
+    scaler._monotonic = scaler._wall = scaler.boot_backoff._monotonic = clock
+    app.extensions["nodeapp"].node.workers._monotonic = clock
+    backlog(app.extensions["nodeapp"].node, count=20)
+    end = clock.now + seconds
+    while clock.now < end:
+        scaler.tick()
+        clock.now += 2
+    return app, launched
+
+
+def test_boots_that_always_fail_back_off_doubling_to_a_ceiling(env, clock):  # noqa: F811
+    """BOOT_TIMEOUT=4 s, max 3, workers that never claim: before, 57 launches in 90 s (about 2,300
+    an hour). Now each run with failed boots doubles the hold on launches, up to 16 minutes."""
+    app, launched = launches_with_boots_that_never_claim(env, clock, 3600)
+    per_hour = len(launched)
+    stats = app.test_client().get("/stats").get_json()["scaler"]
+    backoff = stats["boot_backoff"]
+    print(f"\nboots that always fail (BOOT_TIMEOUT=4, max 3): {per_hour} launches in an hour")
+    assert per_hour <= 3 * 9  # 30 + 60 + ... + 960 s of holds: 8 or 9 rounds of 3 in the first hour
+    assert backoff["failures_in_a_row"] == per_hour - len(alive_ids(env["ec2"]))
+    assert 0 < backoff["held_for"] <= 960 and "never made a first claim" in backoff["last_failure"]
+    held = [d for d in stats["decisions"] if "launches held" in d["reason"]]
+    assert held and "boot failure(s) in a row" in held[0]["reason"] and "doubling up to 960s" in held[0]["reason"]
+
+
+def test_a_first_claim_ends_the_hold_on_launches(env, clock):  # noqa: F811
+    app, launched = launches_with_boots_that_never_claim(env, clock, 8)  # 3 launched, failed at BOOT_TIMEOUT
+    context = app.extensions["nodeapp"]
+    assert len(launched) == 3 and 28 <= context.scaler.boot_backoff.held_for() <= 30
+    while len(launched) == 3:  # held for 30 s, then the next 3
+        context.scaler.tick()
+        clock.now += 2
+    assert clock.now - 1_000_000.0 >= 30
+    context.node.claim(launched[3], 1)  # a first claim: boots work again
+    context.scaler.tick()
+    assert context.scaler.boot_backoff.status() == {"failures_in_a_row": 0, "held_for": 0.0, "last_failure": None}
+    clock.now += 4.5  # the two others fail at BOOT_TIMEOUT: a new streak starts from 30 s, not 60
+    context.scaler.tick()
+    assert context.scaler.boot_backoff.status()["failures_in_a_row"] == 2
+    assert 28 <= context.scaler.boot_backoff.held_for() <= 30

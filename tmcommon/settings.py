@@ -173,7 +173,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "seconds a claimed task stays leased without a heartbeat"),
     Setting("max_attempts", "MAX_ATTEMPTS", int, 5, 1, 1000, "lost leases before a task is `failed`"),
     Setting("boot_timeout", "BOOT_TIMEOUT", float, 300.0, 1, 86400,
-            "seconds a launched worker has to make its first claim; then it is terminated and its slot freed"),
+            "seconds a launched worker has to make its first claim; then it is terminated and its slot freed. "
+            "Boots that fail in a row hold launches back, doubling from 30 s to 16 min, until a worker claims"),
     Setting("worker_silence", "WORKER_SILENCE_LEASES", float, 3.0, 1, 1000,
             "lease periods (`LEASE_SECONDS`) a live worker of this node may go without calling it (claim, "
             "heartbeat, complete) before it is taken for hung, terminated and its tasks requeued"),

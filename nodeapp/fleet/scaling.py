@@ -10,9 +10,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
+from nodeapp.fleet.backoff import BootBackoff
 from nodeapp.fleet.peer import PeerClient
 from nodeapp.node import Node, ScalingFigures
-from nodeapp.fleet.pool import Reservation
+from nodeapp.fleet.pool import LIVE, PENDING, Reservation
 from provisioning.launchers import Launcher
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,8 @@ class Scaler:
         self._tick_lock = threading.Lock()
         self._launch_notes: list[str] = []  # what the launcher noted this run (e.g. spot refused)
         self._decision: tuple[ScalingFigures, Decision, int] | None = None  # this run's, for _borrow
+        self.boot_backoff = BootBackoff(monotonic)  # boots that fail hold launches back (nodeapp/fleet/backoff.py)
+        self._live: set[str] = set()  # live workers at the last run: a new one made its first claim
 
     def capacity(self, max_workers: int) -> tuple[int, str]:
         """The workers this node can run at once, and why: its quota ``max_workers``, or the
@@ -190,10 +193,17 @@ class Scaler:
         """Decide, and launch on our own quota; what is needed beyond it is left to ``_borrow``."""
         figures = self.figures()
         decision = decide(figures, scale_wait=self.scale_wait, hash_rate=self.node.workers.worker_rate(self.hash_rate))
+        held = self.boot_backoff.held_for()
+        held = held if decision.launch or decision.borrow else 0.0
+        if held:
+            backoff = self.boot_backoff
+            decision = replace(decision, launch=0, borrow=0, reason=(
+                f"{decision.reason}; launches held {held:.0f}s more after {backoff.failures} boot failure(s) in a "
+                f"row (doubling up to {backoff.ceiling:g}s; a worker's first claim ends it)"))
         with self.node.workers.reserve(decision.launch) as slots:  # what is free by now
             launched = self._launch(slots)
         self._decision = (figures, decision, launched)
-        if (decision.launch or decision.held_back) and not decision.borrow:  # held back: said once, then counted
+        if (decision.launch or decision.held_back or held) and not decision.borrow:  # held: said once, then counted
             self._record(figures, decision, launched, 0)
 
     def _borrow(self) -> None:
@@ -262,6 +272,7 @@ class Scaler:
         EC2 can by tag); forget workers the launcher no longer has; terminate those that never
         showed up, went silent, or outlived the maximum lifetime."""
         alive = self.launcher.running()
+        self._first_claims()
         if alive is not None and getattr(self.launcher, "adopts_workers", False):
             known = {worker.id for worker in self.node.workers.workers()}
             for worker_id in self.node.workers.adopt(sorted(alive - known)):
@@ -276,6 +287,7 @@ class Scaler:
         if self.max_lifetime:
             stop.update({worker_id: f"older than WORKER_MAX_LIFETIME={self.max_lifetime:g}s"
                          for worker_id in workers.older_than(self.max_lifetime)})
+        failed_boots = []
         for worker in workers.workers():
             terminate = False
             if alive is not None and worker.id not in alive:
@@ -291,6 +303,20 @@ class Scaler:
                 continue
             gone = self.node.worker_down(worker.id, terminate=terminate)
             log.warning("worker lost: %s %s; %d task(s) requeued", worker.id, why, gone.requeued)
+            if worker.state == PENDING:  # never claimed: its boot failed
+                failed_boots.append(worker.id)
+        if failed_boots:
+            hold = self.boot_backoff.failed(failed_boots, "never made a first claim")
+            log.warning("%d worker(s) failed to boot (%d in a row): launches held for %.0fs",
+                        len(failed_boots), self.boot_backoff.failures, hold)
+
+    def _first_claims(self) -> None:
+        """A worker that is live now and was not at the last run made its first claim (or its first
+        since a restart): boots work, and a hold on launches ends."""
+        live = {worker.id for worker in self.node.workers.workers() if worker.state == LIVE}
+        if live - self._live and self.boot_backoff.claimed():
+            log.info("a worker made its first claim: launches are no longer held back")
+        self._live = live
 
     def _give_back_quota(self) -> None:
         """Return the loans we owe; what the peer does not take stays owed (until it expires)."""
