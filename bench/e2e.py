@@ -92,8 +92,8 @@ def summarize(runs: list[dict], systems: list[str], names: list[str]) -> dict:
                     ratios[f"{ours}/{other} {name} tasks/s"] = spread(
                         r["results"][ours][name]["tasks_per_s"] / r["results"][other][name]["tasks_per_s"]
                         for r in runs)
-                    ratios[f"cluster/{peer} {name} wall"] = spread(
-                        r["results"]["cluster"][name]["wall_s"] / r["results"][peer][name]["wall_s"] for r in runs)
+                    ratios[f"{ours}/{other} {name} wall"] = spread(
+                        r["results"][ours][name]["wall_s"] / r["results"][other][name]["wall_s"] for r in runs)
     summary["ratios"] = ratios
     return summary
 
