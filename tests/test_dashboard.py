@@ -471,21 +471,36 @@ def test_data_shows_priorities_scheduled_tasks_and_a_paused_intake():
 
 
 @pytest.mark.integration
-def test_the_page_shows_priorities_scheduled_tasks_and_paused_intake(browser, tmp_path):
-    """On nodes without workers (so queued tasks stay queued), in Chromium."""
-    env = {"MAX_NUM_OF_WORKERS": "0", "HISTORY_SECONDS": "0.5"}
+def test_the_page_shows_priorities_scheduled_tasks_paused_intake_and_takes_a_client_key(browser, tmp_path):
+    """On nodes without workers (so queued tasks stay queued) that require client keys, in Chromium."""
+    env = {"MAX_NUM_OF_WORKERS": "0", "HISTORY_SECONDS": "0.5", "API_KEYS": "required"}
     with running_cluster(env, tmp_path) as idle:
         page = browser.new_page()
         try:
             page.goto(idle.urls[0] + "/")
             wait_for(lambda: "updated" in page.text_content("#updated"), timeout=20, what="the first refresh")
-            client = Client(idle.urls[:1])
+            key = Client(idle.urls, token=idle.token).create_key("page")["key"]  # the operator's token
+            client = Client(idle.urls[:1], api_key=key)
             client.enqueue_many([b"p9-a", b"p9-b"], 5, priority=9)
-            client.enqueue(b"p0", 5)
+            low = client.enqueue(b"p0", 5)
             client.enqueue(b"later", 5, priority=4, countdown=600)
             wait_for(lambda: "3 · p9 2 p0 1 · 1 later" in table_text(page, "nodes"), timeout=20,
                      what="node-a's queue by priority, and its scheduled task")
             assert "up" in table_text(page, "nodes").splitlines()[0]
+
+            page.fill("#lookup-id", low)  # without the key: refused, and the page says why
+            page.click("#lookup button[type=submit]")
+            wait_for(lambda: "api_key_required" in page.inner_text("#action-message"), timeout=10,
+                     what="the look-up refused without a key")
+            page.fill("#action-token", key)
+            page.click("#lookup button[type=submit]")
+            wait_for(lambda: page.is_visible("#lookup-result") and low in page.inner_text("#lookup-result"),
+                     timeout=10, what="the task looked up with the key")
+            page.click("#lookup-result button:text('Cancel')")
+            wait_for(lambda: "cancelled" in page.inner_text("#action-message"), timeout=10, what="the cancel answered")
+            assert client.status(low)["state"] == "cancelled"
+            assert key not in page.content(), "the key typed is never written into the page"
+
             paused = requests.post(idle.urls[0] + "/pause", headers={"X-Cluster-Token": idle.token}, timeout=5)
             assert paused.status_code == 200
             wait_for(lambda: "intake paused" in table_text(page, "nodes").splitlines()[0], timeout=20,

@@ -333,7 +333,7 @@
   function lookUp(id) {
     id = id.trim().toLowerCase();
     if (!id) return;
-    getJSON("status/" + encodeURIComponent(id)).then(function (answer) {
+    getJSON("status/" + encodeURIComponent(id), { headers: credentials() }).then(function (answer) {
       if (answer.ok) {
         showTask(answer.body);
         byId("action-message").hidden = true;
@@ -344,13 +344,21 @@
     }).catch(function (err) { showMessage("cannot reach this node (" + err.message + ")", true); });
   }
 
-  // Cancel and retry are public API calls, like enqueue, unless the node sets ACTIONS_TOKEN: then
-  // the token typed in the form goes along. The node refuses them from another site's pages
-  // (nodeapp/web/origin.py).
-  function act(verb, id) {
+  // What the form's field holds goes along with look-ups, cancels and retries: a client key
+  // (tmk_..., for nodes with API_KEYS=required) as X-Api-Key, any other token (ACTIONS_TOKEN, the
+  // operator's) as X-Cluster-Token. Never stored by the page.
+  function credentials() {
     const token = byId("action-token").value.trim();
     const headers = { Accept: "application/json" };
-    if (token) headers["X-Cluster-Token"] = token;
+    if (token) headers[token.indexOf("tmk_") === 0 ? "X-Api-Key" : "X-Cluster-Token"] = token;
+    return headers;
+  }
+
+  // Cancel and retry are public API calls, like enqueue, unless the node sets ACTIONS_TOKEN or
+  // API_KEYS=required: then the token or key typed in the form goes along. The node refuses them
+  // from another site's pages (nodeapp/web/origin.py).
+  function act(verb, id) {
+    const headers = credentials();
     getJSON(verb + "/" + encodeURIComponent(id), { method: "POST", headers: headers }).then(function (answer) {
       if (answer.ok) {
         showMessage("task " + id + (verb === "cancel" ? " cancelled" : " queued again") + ": now " + answer.body.state, false);
