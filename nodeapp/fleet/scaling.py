@@ -7,10 +7,12 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 from nodeapp.fleet.backoff import BootBackoff
+from nodeapp.fleet.loans import KEEP
 from nodeapp.fleet.peer import PeerClient
 from nodeapp.node import Node, ScalingFigures
 from nodeapp.fleet.pool import LIVE, PENDING, Reservation
@@ -76,6 +78,7 @@ class Scaler:
     call: the ping step finds out when it is back). The own part never waits on the peer.
 
     Runs in the APScheduler thread; every figure it reads or changes goes through the ``Node``.
+    While a launch is in flight a helper thread renews the loans held (``_loans_kept``).
     Each step is guarded on its own: one that fails is logged and the later steps still run;
     what it took and did not finish (departed ids, owed quota) is put back for the next run.
     """
@@ -250,7 +253,8 @@ class Scaler:
         peer_url = self.worker_peer_url or self.peer.url
         urls = [self.node_url] + ([peer_url] if peer_url else [])
         try:
-            ids = self.launcher.launch(count, urls)
+            with self._loans_kept():  # a slow launch (EC2) must not outlast a borrowed slot
+                ids = self.launcher.launch(count, urls)
         except Exception:
             log.exception("launching %d worker(s) failed", count)
             return 0
@@ -260,6 +264,32 @@ class Scaler:
         for worker_id in ids:
             log.info("worker launched: %s%s", worker_id, " (borrowed slot)" if borrowed else "")
         return len(ids)
+
+    @contextmanager
+    def _loans_kept(self) -> Iterator[None]:
+        """While the block runs (a launch), renew the loans held from the peer every third of the
+        time a renewal keeps them, in a thread: a borrowed slot is held for the whole launch,
+        however slow, and the loans of running workers do not lapse behind it either."""
+        if not (self.peer.url and self.node.workers.held_loans()):
+            yield
+            return
+        done = threading.Event()
+        interval = KEEP * self.node.workers.loan_ttl / 3
+
+        def renew() -> None:
+            while not done.wait(interval):
+                try:
+                    self._renew_loans()
+                except Exception:
+                    log.exception("renewing loans during a launch failed")
+
+        renewer = threading.Thread(target=renew, name="renew-loans-while-launching", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
 
     def _terminate_departed(self) -> None:
         """Stop the workers that went down; if the launcher fails, they are kept for the next run."""
