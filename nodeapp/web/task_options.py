@@ -27,8 +27,14 @@ class TaskOptions:
     deadline: float | None = None  # wall clock; None: none
 
 
+def _arg(name: str) -> str | None:
+    """A query parameter, or None (``args.get`` of a missing one costs an exception inside)."""
+    args = request.args
+    return args[name] if name in args else None
+
+
 def _number(name: str, code: str) -> float | None:
-    raw = request.args.get(name)
+    raw = _arg(name)
     if raw is None:
         return None
     if not _DECIMAL.fullmatch(raw):
@@ -47,7 +53,7 @@ def task_options(max_delay: float, now: float | None = None) -> TaskOptions:
     """The request's options, validated: ``not_before`` and ``deadline`` at most ``max_delay``
     (MAX_DELAY_SECONDS) ahead, a ``deadline`` in the future and after ``not_before``."""
     now = time.time() if now is None else now
-    raw = request.args.get("priority")
+    raw = _arg("priority")
     priority = PRIORITY_DEFAULT
     if raw is not None:
         if not re.fullmatch(r"[0-9]{1,2}", raw) or not PRIORITY_MIN <= int(raw) <= PRIORITY_MAX:
