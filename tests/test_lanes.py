@@ -24,6 +24,7 @@ from provisioning.local_cluster import free_port
 from tests.conftest import TOKEN
 from tests.helpers import Clock, FakeLauncher, running_cluster, wait_for
 from tests.test_engine import reference
+from tmcommon.cpus import cpu_model
 from workerapp import engine, lanes
 from workerapp.client import NodeClient
 from workerapp.worker import Worker
@@ -112,7 +113,7 @@ def test_two_lanes_compute_at_once_and_report_their_rate(cluster):
     assert worker.completed == len(tasks)
     for task_id, (data, iterations) in tasks.items():
         assert requests.get(f"{url}/status/{task_id}", timeout=5).json()["result"] == reference(data, iterations)
-    assert client.report == {"rate": 200_000, "engine": "python", "lanes": 2}
+    assert client.report == {"rate": 200_000, "engine": "python", "lanes": 2, "cpu": cpu_model(), "spot": False}
     assert requests.get(f"{url}/stats", timeout=5).json()["scaler"]["worker_rate"] >= 200_000
 
 

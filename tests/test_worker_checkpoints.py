@@ -9,6 +9,7 @@ import pytest
 from tests.digests import sha512_chain as reference
 from tests.helpers import wait_for
 from tests.test_worker_loop import FakeNode
+from tmcommon.marks import segment_length
 from workerapp.client import ClaimedTask
 from workerapp.compute import chain, compute
 from workerapp.worker import Worker
@@ -91,5 +92,6 @@ def test_evacuate_hands_back_every_task_at_once_with_the_checkpoint():
     assert node.results == {}
     assert node.downs[0] == ["own/0", "own/1", "own/2"]  # everything held, in one call
     (handed,) = node.checkpoints
-    assert handed == {"own/0": (30_000, compute(data, 30_000))}  # three slices of 10,000 were done
-    assert worker.iterations_computed == 30_000
+    done = 3 * segment_length(50_000)  # three slices, each ending at the next mark (closer than 10,000)
+    assert handed == {"own/0": (done, compute(data, done))}
+    assert worker.iterations_computed == done

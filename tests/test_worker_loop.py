@@ -53,7 +53,7 @@ class FakeNode:
 
     def complete(self, results):
         self._call("complete")
-        new = {i: r for i, r in results if i not in self.results}
+        new = {i: r for i, r, _marks in results if i not in self.results}
         self.results.update(new)
         return len(new)
 

@@ -24,7 +24,8 @@ from tmcommon.settings import WORKER, ConfigError, add_options, read_settings
 from workerapp import exitcodes
 from workerapp.client import NodeClient
 from workerapp.engine import EngineUnavailable, select_engine
-from workerapp.lanes import ProcessCompute, lane_compute, parse_lanes
+from workerapp.faults import ENV as FAULT_ENV, test_fault
+from workerapp.lanes import ProcessCompute, lane_compute, measure_lanes, parse_lanes
 from workerapp.spot import METADATA_URL, SpotWatcher
 from workerapp.worker import Worker
 
@@ -72,9 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, EngineUnavailable) as exc:
         log.error("%s", exc)
         return exitcodes.USAGE
+    try:
+        fault = test_fault()
+    except ValueError as exc:
+        log.error("%s", exc)
+        return exitcodes.USAGE
+    lanes_fn = compute_fn = lane_compute(engine, args.lanes)
+    compute_many, hash_rate = engine.compute_many, None
+    if fault is not None:  # tests only (workerapp/faults.py); the rate is measured on the sound engine
+        log.warning("%s=%s: this worker computes wrong results on purpose", FAULT_ENV, os.environ[FAULT_ENV])
+        hash_rate = measure_lanes(compute_fn, args.lanes)[0]
+        compute_fn, compute_many = fault.wrap(compute_fn), fault.wrap_many(compute_many)
     worker = Worker(clients, idle_seconds=args.worker_idle_seconds, claim_seconds=args.claim_seconds,
-                    max_batch=args.max_batch, compute_fn=lane_compute(engine, args.lanes), lanes=args.lanes,
-                    engine=engine.name, compute_many=engine.compute_many, width=engine.width)
+                    max_batch=args.max_batch, compute_fn=compute_fn, lanes=args.lanes, hash_rate=hash_rate,
+                    engine=engine.name, compute_many=compute_many, width=engine.width, spot=args.spot)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.request_stop())
     lifetime = _lifetime_limit(worker, args.worker_max_lifetime)
@@ -89,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             lifetime.cancel()
         if watcher is not None:
             watcher.stop()
-        if isinstance(worker.compute_fn, ProcessCompute):
-            worker.compute_fn.close()
+        if isinstance(lanes_fn, ProcessCompute):
+            lanes_fn.close()
 
 
 def _lifetime_limit(worker: Worker, seconds: float) -> threading.Timer | None:

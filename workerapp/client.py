@@ -69,7 +69,7 @@ class NodeClient:
         # every call was a quarter of a worker's Python time (bench/README.md).
         self.session.trust_env = False
         self.session.headers["X-Cluster-Token"] = token
-        self.report: dict | None = None  # {"rate", "engine", "lanes"}, sent with each claim
+        self.report: dict | None = None  # {"rate", "engine", "lanes", "cpu"}, sent with each claim
 
     def _post(self, path: str, body: dict, parse: Callable[[Any], T]) -> T:
         """``parse`` of the node's JSON answer; an answer it cannot parse is ``NodeUnavailable``."""
@@ -100,8 +100,10 @@ class NodeClient:
         return self._post("/claim", {"worker_id": self.worker_id, "max_tasks": max_tasks,
                                      "max_iterations": max_iterations, **(self.report or {})}, parse)
 
-    def complete(self, results: list[tuple[str, str]]) -> int:
-        body = {"worker_id": self.worker_id, "results": [{"id": i, "result": r} for i, r in results]}
+    def complete(self, results: list[tuple[str, str, list[str]]]) -> int:
+        """Post ``(id, result, marks)`` of each task (``marks``: the digests at its marks, or [])."""
+        body = {"worker_id": self.worker_id,
+                "results": [{"id": i, "result": r, **({"marks": m} if m else {})} for i, r, m in results]}
         return self._post("/complete", body, lambda data: int(data["accepted"]))
 
     def heartbeat(self, task_ids: list[str], checkpoints: dict[str, Checkpoint] | None = None) -> list[str]:

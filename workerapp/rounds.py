@@ -5,24 +5,30 @@ time), and starts waiting ones while the round's work stays within ``width`` x `
 call of the engine's ``compute_many`` computes the whole round, its kernel giving a freed lane
 to the next chain of the round. Chains of different lengths share the lanes this way: a short
 one ends inside a round, a long one goes on in the next from the digest it reached, which is
-its checkpoint. A pure planner: the worker (``workerapp/worker.py``) does the calls.
+its checkpoint. A chain's slice never goes past its next mark (``tmcommon/marks.py``), and the
+digest at each mark is kept for the result. A pure planner: the worker (``workerapp/worker.py``)
+does the calls.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from tmcommon.marks import is_mark
 from workerapp.client import Checkpoint, ClaimedTask
+from workerapp.marks import next_stop
 
 
 @dataclass
 class Chain:
-    """A task's chain and where it stands: ``done`` iterations, ``digest`` (hex) after them."""
+    """A task's chain and where it stands: ``done`` iterations, ``digest`` (hex) after them, and
+    the digests at the marks it passed."""
 
     task: ClaimedTask
     done: int = 0
     digest: str = ""
+    marks: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, task: ClaimedTask) -> Chain:
@@ -32,6 +38,10 @@ class Chain:
     @property
     def left(self) -> int:
         return self.task.iterations - self.done
+
+    def slice(self, step: int) -> int:
+        """Iterations of its next slice: at most ``step``, never past its next mark."""
+        return next_stop(self.task.iterations, self.done, step) - self.done
 
     def job(self, n: int) -> tuple[bytes, int]:
         """The ``(data, iterations)`` that ``compute`` turns into this chain's digest ``n`` further."""
@@ -68,10 +78,10 @@ class LaneBatch:
         """The next round: (chain, iterations) pairs; waiting chains start only when ``start``
         (a stopping worker finishes what it started). Empty when nothing is left to run."""
         budget = self.width * self.step
-        planned = [(chain, min(self.step, chain.left)) for chain in self.running]
+        planned = [(chain, chain.slice(self.step)) for chain in self.running]
         total = sum(n for _, n in planned)
         while start and self.waiting:
-            n = min(self.step, self.waiting[0].left)
+            n = self.waiting[0].slice(self.step)
             if planned and total + n > budget:
                 break
             chain = self.waiting.popleft()
@@ -85,6 +95,8 @@ class LaneBatch:
         ended = []
         for (chain, n), digest in zip(planned, digests, strict=True):
             chain.done, chain.digest = chain.done + n, digest
+            if is_mark(chain.task.iterations, chain.done):
+                chain.marks.append(digest)
             if chain.left == 0:
                 ended.append(chain)
         self.running = [c for c in self.running if c.left > 0]

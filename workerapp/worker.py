@@ -29,6 +29,10 @@ checkpoints, heartbeats, cancel and evacuation as above, per task. Results are p
 round, and lanes that a finished chain freed are refilled by a claim from the same node. Such a
 claim asks for at most as many tasks as there are free lanes until a claim shows the tasks to be
 shorter than a slice: long tasks then spread over the workers instead of queueing behind one.
+
+Each result carries the digests at its task's marks (``tmcommon/marks.py``), so that the node can
+recompute any one segment of the chain alone (``docs/verification.md``): slices and rounds end at
+marks.
 """
 
 from __future__ import annotations
@@ -39,11 +43,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tmcommon.cpus import cpu_model
+from tmcommon.marks import positions
 from workerapp import exitcodes
 from workerapp.client import Checkpoint, ClaimedTask, NodeClient, NodeRejected, NodeUnavailable
 from workerapp.compute import chain, compute
 from workerapp.lanes import measure_lanes
 from workerapp.rounds import Chain, LaneBatch
+from workerapp.marks import next_stop
 
 log = logging.getLogger(__name__)
 #: What ``_compute`` returns for a task the node said to stop.
@@ -85,6 +92,7 @@ class Worker:
         compute_many: computes several chains at once (the native engine's vector lanes).
         width: how many chains ``compute_many`` runs at once; ``hash_rate`` is then the rate of
             all of them together.
+        spot: runs on a spot instance (reported to the nodes).
         slice_seconds: a long task is computed (and checkpointed) in slices of about this long.
         clock: monotonic seconds, for backoff, leases and idleness.
         sleep: when given, every wait of the loop calls it (tests pass one that advances a fake
@@ -110,6 +118,7 @@ class Worker:
         engine: str = "python",
         compute_many: Callable[[list[tuple[bytes, int]]], list[str]] | None = None,
         width: int = 1,
+        spot: bool = False,
     ) -> None:
         if not nodes:
             raise ValueError("a worker needs at least one node")
@@ -125,6 +134,7 @@ class Worker:
         self.lanes, self.engine = lanes, engine
         self.compute_many, self.width = (compute_many, width) if compute_many and width > 1 else (None, 1)
         self._wide_claims = dict.fromkeys(range(lanes), False)  # see _claim_size
+        self.spot = spot
         self.total_rate: float | None = None if hash_rate is None else hash_rate * lanes
         self.completed = 0
         self.iterations_computed = 0  # hashes this worker did itself (not those of checkpoints it resumed)
@@ -138,6 +148,7 @@ class Worker:
         self._holding_lock = threading.Lock()  # holdings, counters, hand-backs
         self._returns: list[tuple[_Source, list[str], dict[str, Checkpoint]]] = []
         self._last_task = 0.0
+        self._marks: dict[str, list[str]] = {}  # task id -> digests at its marks, until posted
 
     # ------------------------------------------------------------- control
     def request_stop(self) -> None:
@@ -164,7 +175,8 @@ class Worker:
             self.hash_rate, self.total_rate = measure_lanes(self.compute_fn, self.lanes, compute_many=self.compute_many,
                                                             width=self.width)
         for source in self.sources:
-            source.client.report = {"rate": round(self.total_rate), "engine": self.engine, "lanes": self.lanes}
+            source.client.report = {"rate": round(self.total_rate), "engine": self.engine, "lanes": self.lanes,
+                                    "cpu": cpu_model(), "spot": self.spot}
         heartbeats = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeats.start()
         own = self.sources[0].client
@@ -279,7 +291,7 @@ class Worker:
     def _process(self, source: _Source, tasks: list[ClaimedTask], lease: float, lane: int = 0) -> None:
         with self._holding_lock:
             self._holdings[lane] = _Holding(source, [t.id for t in tasks], lease, self._clock())
-        results: list[tuple[str, str]] = []
+        results: list[tuple[str, str, list[str]]] = []
         returned: list[str] = []
         i = 0
         try:
@@ -293,7 +305,7 @@ class Worker:
                             returned = [t.id for t in tasks[i:]]
                             break
                         if digest != _DROPPED:
-                            results.append((task.id, digest))
+                            results.append((task.id, digest, self._marks.pop(task.id, [])))
             except Exception:  # the lane stops (see _lane): the tasks not computed go back
                 with self._holding_lock:
                     returned = list(self._holdings[lane].task_ids) if self.compute_many else [t.id for t in tasks[i:]]
@@ -306,6 +318,8 @@ class Worker:
                 checkpoints = {i: c for i, c in self._holdings[lane].checkpoints.items() if i in returned}
                 self._holdings[lane] = _Holding()
                 self._dropped.difference_update(t.id for t in tasks)  # a stop that came too late
+                for task in tasks:
+                    self._marks.pop(task.id, None)
                 if returned:  # handed back by run() once every lane has stopped
                     self._returns.append((source, returned, checkpoints))
 
@@ -319,7 +333,7 @@ class Worker:
         try:
             while True:
                 if ended:
-                    self._post_results(source, [(c.task.id, c.digest) for c in ended], lease)
+                    self._post_results(source, [(c.task.id, c.digest, c.marks) for c in ended], lease)
                 with self._holding_lock:
                     self._holdings[lane].task_ids = batch.ids()
                     dropped = self._dropped & set(batch.ids())
@@ -374,12 +388,13 @@ class Worker:
 
     def _compute(self, task: ClaimedTask, lane: int = 0) -> str | None:
         """The task's digest, from its checkpoint if it came with one; a task longer than a slice
-        goes slice by slice, keeping a checkpoint after each. None if evacuated meanwhile,
+        goes slice by slice (ending at each mark), keeping a checkpoint after each. None if evacuated meanwhile,
         ``_DROPPED`` if the node said to stop it (it was cancelled)."""
         done, digest = task.checkpoint or (0, "")
         if done:
             log.info("task %s resumes from its checkpoint at %d of %d iterations", task.id, done, task.iterations)
         step = max(1, int(self.hash_rate * self.slice_seconds))
+        marks_at = set(positions(task.iterations, done))
         while done < task.iterations:
             if self._evacuate.is_set():
                 return None
@@ -389,16 +404,18 @@ class Worker:
                 log.info("task %s stopped at %d of %d iterations: the node says it was cancelled", task.id, done,
                          task.iterations)
                 return _DROPPED
-            n = min(step, task.iterations - done)
+            n = next_stop(task.iterations, done, step) - done
             digest = chain(task.data, done + n, (done, digest) if done else None, compute_fn=self.compute_fn)
             done += n
             with self._holding_lock:
                 self.iterations_computed += n
+                if done in marks_at:
+                    self._marks.setdefault(task.id, []).append(digest)
                 if done < task.iterations:
                     self._holdings[lane].checkpoints[task.id] = (done, digest)
         return digest
 
-    def _post_results(self, source: _Source, results: list[tuple[str, str]], lease: float) -> None:
+    def _post_results(self, source: _Source, results: list[tuple[str, str, list[str]]], lease: float) -> None:
         """Post a batch; retry (capped backoff) while the lease could still hold."""
         deadline = self._clock() + lease
         delay = 0.1
