@@ -87,6 +87,9 @@ def create_app(
             config.launcher, token=config.cluster_token, idle_seconds=config.worker_idle_seconds,
             node_name=config.node_name, max_lifetime=config.worker_max_lifetime, **local,
         )
+    node.launcher_kind = launcher.kind
+    node.enable_checks(budget=config.verify_iterations, probation=config.verify_probation,
+                       max_pending=config.verify_max_pending, rerun_seconds=config.verify_rerun_seconds)
     scaler = Scaler(
         node, launcher, peer,
         node_url=config.node_url, worker_peer_url=config.worker_peer_url, scale_wait=config.scale_wait, hash_rate=config.hash_rate,

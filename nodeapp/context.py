@@ -19,7 +19,7 @@ from nodeapp.node import Node
 from nodeapp.fleet.peer import PeerClient
 from nodeapp.fleet.scaling import Scaler
 from nodeapp.store.results import EncodedSummaries
-from nodeapp.web.views import stats_json, worker_json
+from nodeapp.web.views import checks_json, stats_json, worker_json
 from provisioning.launchers import Launcher
 
 EXTENSION_KEY = "nodeapp"
@@ -84,6 +84,7 @@ class NodeContext:
                                 for r in self.node.tasks.in_progress(IN_PROGRESS_SHOWN)]
         stats["workers"]["capacity"], stats["workers"]["capacity_why"] = self.scaler.capacity(stats["workers"]["max"])
         stats["workers"]["each"] = [worker_json(w) for w in self.node.workers.workers()]
+        stats["checks"] = checks_json(self.node, self.config.verify_iterations)
         stats["scaler"] = {
             "running": self.scheduler is not None,
             "launcher": self.launcher.kind,
@@ -105,7 +106,9 @@ class NodeContext:
                                 workers.pending, tasks.completed, tasks.failed, peer_reachable))
 
     def close(self) -> None:
-        """After the last request (gunicorn's worker_exit): close the journal, if any."""
+        """After the last request (gunicorn's worker_exit): stop the spot-checks, close the journal."""
+        if self.node.checker is not None:
+            self.node.checker.close()
         if self.node.tasks.journal is not None:
             self.node.tasks.journal.close()
 

@@ -66,6 +66,16 @@ class StatsCollector:
         yield counter("workers_launched", "Workers launched by this node", w["launched_total"])
         yield gauge("quota_lent", "Worker slots lent to the peer", s["quota"]["lent"])
         yield gauge("quota_borrowed", "Worker slots borrowed from the peer", s["quota"]["borrowed"])
+        c = s["checks"]
+        yield counter("checks", "Results spot-checked (recomputed) by this node", c["checks"])
+        yield counter("check_iterations", "Iterations spent recomputing spot-checked results", c["iterations"])
+        yield counter("check_mismatches", "Spot-checked results that did not match", c["mismatches"])
+        yield counter("checks_skipped", "Results picked for a check but accepted unchecked (backlog full)",
+                      c["skipped"])
+        yield gauge("checks_pending", "Results held while their spot-check waits or runs", c["pending"])
+        yield counter("workers_quarantined", "Workers quarantined after a wrong result", c["quarantined"])
+        yield counter("results_rerun", "Unchecked results of quarantined workers taken back to compute again",
+                      c["rerun"])
         reachable = s["peer"]["reachable"]
         yield gauge("peer_reachable", "1 if the last call to the peer succeeded", 1 if reachable else 0)
 

@@ -7,14 +7,20 @@ may see a worker already forgotten whose tasks are not yet requeued; nothing dep
 
 from __future__ import annotations
 
+import logging
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nodeapp.store.checkpoints import Checkpoint
 from nodeapp.store.tasks import TaskStore
 from nodeapp.store.records import LeasedTask, TaskCounts
 from nodeapp.fleet.pool import PoolCounts, Report, WorkerPool
+from nodeapp.store.checker import Checker
+from nodeapp.store.verification import Caught, Check, Quarantine, Sampler
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,46 @@ class Node:
     def __init__(self, tasks: TaskStore, workers: WorkerPool) -> None:
         self.tasks = tasks
         self.workers = workers
+        self.quarantine = Quarantine()
+        self.checker: Checker | None = None
+        self.launcher_kind = "local"  # for the record of a quarantined worker
+
+    def enable_checks(self, *, budget: int, probation: int, max_pending: int, rerun_seconds: float,
+                      rng: random.Random | None = None) -> None:
+        """Spot-check results (docs/verification.md): VERIFY_ITERATIONS, VERIFY_PROBATION,
+        VERIFY_MAX_PENDING and VERIFY_RERUN_SECONDS; ``rng`` seeds the choices (tests)."""
+        if budget <= 0:
+            return
+        self.checker = Checker(self.settle, max_pending)
+        self.tasks.enable_checks(Sampler(budget, probation, rng), self.checker, rerun_seconds)
+
+    def settle(self, check: Check, passed: bool | None) -> None:
+        """A check has run (the checker's thread): its result is accepted or taken back, and a
+        worker caught with a wrong result is quarantined."""
+        if self.tasks.settle(check, passed) and passed is False:
+            self.quarantine_worker(check.worker_id, check.task_id, "a spot-checked segment did not match"
+                                   if check.segments else "its marks did not fit the chain")
+
+    def quarantine_worker(self, worker_id: str, task_id: str, reason: str) -> Caught | None:
+        """No more claims from ``worker_id``; ours is stopped (the scaler's next run terminates it),
+        its leases are requeued, and its unchecked results of the last VERIFY_RERUN_SECONDS are
+        taken back and computed again. None if it was quarantined already."""
+        report = self.workers.report_of(worker_id)
+        launcher = self.launcher_kind + (" spot" if report and report.spot else "")
+        caught = Caught(worker_id, time.time(), task_id, reason, report and report.engine, report and report.cpu,
+                        report and report.lanes, launcher)
+        if not self.quarantine.add(caught):
+            return None
+        ours = self.workers.remove(worker_id, terminate=True)
+        requeued, failed = self.tasks.release(worker_id)
+        rerun = self.tasks.rerun(worker_id)
+        caught = replace(caught, rerun=len(rerun))
+        self.quarantine.update(caught)
+        log.error("worker %s quarantined: %s (task %s); engine %s, %s lane(s), CPU %s, launched by %s%s; "
+                  "%d lease(s) requeued, %d failed, %d unchecked result(s) taken back to compute again",
+                  worker_id, reason, task_id, caught.engine, caught.lanes, caught.cpu, launcher,
+                  "" if ours else " (not this node's worker)", requeued, failed, len(rerun))
+        return caught
 
     @classmethod
     def build(
@@ -78,9 +124,10 @@ class Node:
         self.workers.seen(worker_id, report)
         return self.tasks.claim(worker_id, max_tasks, max_iterations)
 
-    def complete(self, worker_id: str, results: Iterable[tuple[str, str]]) -> int:
+    def complete(self, worker_id: str, results: Iterable[tuple[str, str]],
+                 marks: Mapping[str, list[str]] | None = None) -> int:
         self.workers.seen(worker_id)
-        return self.tasks.complete(worker_id, results)
+        return self.tasks.complete(worker_id, results, marks)
 
     def heartbeat(self, worker_id: str, task_ids: Iterable[str],
                   checkpoints: Mapping[str, Checkpoint] | None = None) -> int:

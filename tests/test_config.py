@@ -50,6 +50,10 @@ NUMERIC = [
     ("WORKER_MAX_LIFETIME", float, 0, 30 * 86400, "from 0 to 2.592e+06"),
     ("TM_LIST_GRACE", float, 1, 86400, "from 1 to 86400"),
     ("TM_DESCRIBE_TTL", float, 0, 3600, "from 0 to 3600"),
+    ("VERIFY_ITERATIONS", int, 0, 10**12, "from 0 to 1000000000000"),
+    ("VERIFY_PROBATION", int, 0, 1000, "from 0 to 1000"),
+    ("VERIFY_MAX_PENDING", int, 0, 10**12, "from 0 to 1000000000000"),
+    ("VERIFY_RERUN_SECONDS", float, 0, 86400, "from 0 to 86400"),
 ]
 
 

@@ -221,6 +221,18 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("reuse_peer_min_iterations", "REUSE_PEER_MIN_ITERATIONS", int, 100_000, 1, 10**12,
             "a task with at least this many iterations is also matched against the peer's kept results before "
             "it is queued (one peer call on the enqueue path); cheaper tasks are matched on the receiving node only"),
+    Setting("verify_iterations", "VERIFY_ITERATIONS", int, 10_000, 0, 10**12,
+            "spot-checks: a result of n iterations is recomputed (whole, or one segment and the last) with "
+            "probability min(1, this / n), so tasks this short are always checked; 0 = no checks "
+            "(docs/verification.md)"),
+    Setting("verify_probation", "VERIFY_PROBATION", int, 2, 0, 1000,
+            "the first results a node gets from each worker are all spot-checked, whatever their length"),
+    Setting("verify_max_pending", "VERIFY_MAX_PENDING", int, 5_000_000, 0, 10**12,
+            "iterations of spot-checks a node may have waiting; a result that would go past it is accepted "
+            "unchecked (counted as skipped)"),
+    Setting("verify_rerun_seconds", "VERIFY_RERUN_SECONDS", float, 600.0, 0, 86400,
+            "a quarantined worker's unchecked results of this many seconds back are taken back and computed "
+            "again by other workers"),
     Setting("hash_rate", "HASH_RATE", float, 500_000.0, 1, 10**10,
             "SHA-512 iterations per second the scaler assumes one worker does, to turn a backlog into "
             "seconds of work"),

@@ -33,15 +33,19 @@ PENDING, LIVE = "pending", "live"
 MAX_REPORTED_RATE = 1e12
 MAX_LANES = 4096
 _ENGINE = re.compile(r"[a-z0-9_.-]{1,32}")
+_CPU = re.compile(r"[ -~]{1,80}")
 
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """What a worker says of itself when it claims: iterations/s of all its lanes, engine, lanes."""
+    """What a worker says of itself when it claims: iterations/s of all its lanes, engine, lanes,
+    CPU model, and whether it runs on a spot instance."""
 
     rate: float
     engine: str
     lanes: int
+    cpu: str = "unknown"
+    spot: bool = False
 
     @classmethod
     def from_claim(cls, body: dict) -> Report | None:
@@ -53,13 +57,18 @@ class Report:
         if "rate" not in body:
             return None
         rate, engine, lanes = body["rate"], body.get("engine", "unknown"), body.get("lanes", 1)
+        cpu, spot = body.get("cpu", "unknown"), body.get("spot", False)
         if type(rate) not in (int, float) or not 0 < rate <= MAX_REPORTED_RATE:
             raise ValueError(f"'rate' must be a number of iterations/s above 0 and at most {MAX_REPORTED_RATE:g}")
         if not isinstance(engine, str) or not _ENGINE.fullmatch(engine):
             raise ValueError("'engine' must be 1 to 32 characters of a-z, 0-9, '_', '.', '-'")
         if type(lanes) is not int or not 1 <= lanes <= MAX_LANES:
             raise ValueError(f"'lanes' must be an integer from 1 to {MAX_LANES}")
-        return cls(float(rate), engine, lanes)
+        if not isinstance(cpu, str) or not _CPU.fullmatch(cpu):
+            raise ValueError("'cpu' must be 1 to 80 printable ASCII characters")
+        if not isinstance(spot, bool):
+            raise ValueError("'spot' must be true or false")
+        return cls(float(rate), engine, lanes, cpu, spot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +155,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._monotonic = monotonic
         self._workers: dict[str, Worker] = {}
-        self._rates: OrderedDict[str, float] = OrderedDict()  # newest report of each recent worker
+        self._rates: OrderedDict[str, Report] = OrderedDict()  # newest report of each recent worker
         self._rates_kept = rates_kept
         self._base_max = max_workers
         self._loans = LoanBook(loan_ttl, monotonic(), recovering)
@@ -166,7 +175,7 @@ class WorkerPool:
         ``report`` (from a claim, also by the peer's workers) is kept for ``worker_rate``."""
         with self._lock:
             if report is not None:
-                self._rates[worker_id] = report.rate
+                self._rates[worker_id] = report
                 self._rates.move_to_end(worker_id)
                 while len(self._rates) > self._rates_kept:
                     self._rates.popitem(last=False)
@@ -184,7 +193,12 @@ class WorkerPool:
         """Iterations/s of one worker, for the scaler: the median of the rates the most recent
         workers reported, or ``default`` (HASH_RATE) before any has."""
         with self._lock:
-            return statistics.median(self._rates.values()) if self._rates else default
+            return statistics.median(r.rate for r in self._rates.values()) if self._rates else default
+
+    def report_of(self, worker_id: str) -> Report | None:
+        """What a recent worker (ours or the peer's) said of itself in its last claim."""
+        with self._lock:
+            return self._rates.get(worker_id)
 
     def remove(self, worker_id: str, *, terminate: bool = True) -> Worker | None:
         """Forget a worker; returns it, or None if unknown (idempotent).

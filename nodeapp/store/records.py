@@ -103,6 +103,8 @@ class TaskRecord:
     not_before: float | None = None
     deadline: float | None = None
     owner: str | None = None
+    spot_checked: bool | None = None  # completed: whether its result was recomputed before acceptance
+    checking: bool = False  # running: its result is posted and being spot-checked
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,12 @@ class CompletionLog(Generic[T]):
             del self._seqs[:self._start], self._items[:self._start]
             self._start = 0
 
+    def discard(self, drop) -> None:
+        """Remove the kept items for which ``drop(item)`` is true (results taken back); their
+        numbers are not given again."""
+        kept = [(s, i) for s, i in zip(self._seqs[self._start:], self._items[self._start:]) if not drop(i)]
+        self._seqs, self._items, self._start = [s for s, _ in kept], [i for _, i in kept], 0
+
     def after(self, seq: int, limit: int) -> tuple[list[tuple[int, T]], int]:
         """Up to ``limit`` (number, item) completed after number ``seq``, oldest first, and how
         many completions after ``seq`` were trimmed before they could be read."""

@@ -42,6 +42,7 @@ from nodeapp.store.records import (
 )
 from nodeapp.store.reuse import ReuseIndex, Work
 from nodeapp.store.queue import HEAD, PRIORITY_DEFAULT, READY, TaskQueue
+from nodeapp.store.verification import Check, RecentResults, Sampler, Unchecked, plan
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class _Task:
     checkpoint: Checkpoint | None = None  # kept when the task is requeued
     claimed_from: int = 0  # the checkpoint's ``done`` when the current lease began
     claimed_tick: float = 0.0  # monotonic, when the current lease began (0: never claimed)
+    claimed_point: Checkpoint | None = None  # the checkpoint the current lease began from
     digest: bytes = b""  # sha512(data)
     leader: _Task | None = None
     followers: list[_Task] = field(default_factory=list)
@@ -175,6 +177,16 @@ class TaskStore:
         self._kept_bodies: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()  # failed/cancelled: data, digest
         self._kept_bytes = 0
         self._reused = self._cancelled = self._retried = self._replayed = self._expired = 0
+        # Spot-checks (nodeapp/verification.py), when ``enable_checks`` was called
+        self.sampler: Sampler | None = None
+        self.checker = None  # nodeapp.store.checker.Checker
+        self._checking: dict[str, Check] = {}  # held results, by task id
+        self._recent = RecentResults(0)
+
+    def enable_checks(self, sampler: Sampler, checker, rerun_seconds: float) -> None:
+        """Spot-check results from now on: ``sampler`` picks them, ``checker`` (its ``admit`` and
+        ``submit``) runs them and calls ``settle``; unchecked ones are kept ``rerun_seconds``."""
+        self.sampler, self.checker, self._recent = sampler, checker, RecentResults(rerun_seconds)
 
     def submit(self, data: bytes, iterations: int, *, reuse: bool = False) -> str:
         """Queue one task at the tail and return its id (``submit_many`` of one, by default
@@ -279,6 +291,7 @@ class TaskStore:
                     self._queue.remove(task)
                 else:
                     del self._running[task_id]
+                    self._checking.pop(task_id, None)
                 self._body_bytes -= len(task.data)
                 self._hand_over(task)
             del self._active[task_id]
@@ -358,6 +371,7 @@ class TaskStore:
                 self._queue.remove(task)
                 task.state, task.worker_id, task.lease_deadline = RUNNING, worker_id, deadline
                 task.claimed_from = task.checkpoint.done if task.checkpoint else 0
+                task.claimed_point = task.checkpoint
                 if self.timings is not None and not task.claimed_tick:
                     self.timings.waited(now - task.enqueued_tick)
                 task.claimed_tick = now
@@ -369,13 +383,17 @@ class TaskStore:
         self._durable(commit)
         return leased
 
-    def complete(self, worker_id: str, results: Iterable[tuple[str, str]]) -> int:
+    def complete(self, worker_id: str, results: Iterable[tuple[str, str]],
+                 marks: Mapping[str, list[str]] | None = None) -> int:
         """Record results; returns how many were accepted.
 
         A result counts only for a task currently leased to ``worker_id``: a result for an
-        unknown, requeued, re-leased or already completed task is ignored.
+        unknown, requeued, re-leased or already completed task is ignored. With checks enabled,
+        a result the sampler picks (with the digests at its ``marks``) is held, its task still
+        running, until ``settle``; the others complete at once.
         """
         accepted = 0
+        held: list[Check] = []
         with self._lock:
             now, tick = self._wall(), self._monotonic()
             for task_id, result in results:
@@ -385,15 +403,70 @@ class TaskStore:
                 if self.timings is not None:
                     self.timings.ran(tick - task.claimed_tick)
                     self.timings.finished(tick - task.enqueued_tick)
-                del self._running[task_id]
-                del self._active[task_id]
-                self._body_bytes -= len(task.data)
-                self._completed_now(task.record(state=COMPLETED, result=result, completed_at=now,
-                                                resumed_from=task.claimed_from or None), task)
                 accepted += 1
+                check = self._pick_check(worker_id, task, result, (marks or {}).get(task_id, []))
+                if check is not None:
+                    task.worker_id, task.lease_deadline = None, math.inf
+                    self._checking[task_id] = check
+                    held.append(check)
+                    continue
+                if self.sampler is not None:
+                    self._recent.add(Unchecked(tick, worker_id, task.id, task.data, task.digest, task.iterations,
+                                               task.enqueued_at))
+                self._finish(task, result, now, spot_checked=False if self.sampler is not None else None)
             commit = self._flush()
+        if held:
+            self.checker.submit(held)
         self._durable(commit)
         return accepted
+
+    def settle(self, check: Check, passed: bool | None) -> bool:
+        """The end of a held result's check: accepted if ``passed``, else its task goes back to the
+        head of the queue (no attempt counted), from the checkpoint it was claimed with. Returns
+        False if the task was no longer held (cancelled meanwhile)."""
+        with self._lock:
+            if self._checking.get(check.task_id) is not check:
+                return False
+            del self._checking[check.task_id]
+            task = self._running[check.task_id]
+            if passed:
+                self._finish(task, check.result, self._wall(), spot_checked=True)
+            else:
+                del self._running[task.id]
+                task.state, task.checkpoint = QUEUED, task.claimed_point
+                self._queue.push_head(task)
+            commit = self._flush()
+        self._durable(commit)
+        return True
+
+    def rerun(self, worker_id: str) -> list[str]:
+        """Take back the unchecked results ``worker_id`` posted in the last VERIFY_RERUN_SECONDS
+        (those still kept), and the results copied from them: queued again under their ids, to
+        be computed by another worker. Returns their ids."""
+        with self._lock:
+            wall, tick = self._wall(), self._monotonic()
+            items = [i for i in self._recent.take(worker_id, tick)
+                     if (r := self._completed.get(i.task_id)) is not None and r.spot_checked is False]
+            ids = {i.task_id for i in items}
+            copies = [r for r in self._completed.values() if r.reused_from in ids]
+            for item in items:
+                record = self._retract(self._completed[item.task_id])
+                self._seq += 1
+                self._admit(_Task(item.task_id, item.iterations, item.enqueued_at, tick, item.data, self._seq,
+                                  digest=item.digest, priority=record.priority, owner=record.owner
+                                  ).schedule(wall, tick), _QUEUE, None)
+            for record in copies:
+                self._retract(record)
+                leader = self._active[record.reused_from]
+                self._seq += 1
+                self._admit(_Task(record.id, record.iterations, record.enqueued_at, tick, leader.data, self._seq,
+                                  digest=leader.digest, priority=record.priority, owner=record.owner
+                                  ).schedule(wall, tick), _FOLLOW, leader.id)
+            taken = ids | {r.id for r in copies}
+            self._log.discard(lambda record: record.id in taken)
+            commit = self._flush()
+        self._durable(commit)
+        return sorted(taken)
 
     def heartbeat(self, worker_id: str, task_ids: Iterable[str],
                   checkpoints: Mapping[str, Checkpoint] | None = None) -> int:
@@ -583,6 +656,30 @@ class TaskStore:
             )
 
     # --------------------------------------------------- private, lock held
+    def _pick_check(self, worker_id: str, task: _Task, result: str, marks: list[str]) -> Check | None:
+        """The check of this result if the sampler picks it and the checker has room, else None."""
+        if self.sampler is None or not self.sampler.wanted(worker_id, task.iterations - task.claimed_from):
+            return None
+        start = task.claimed_point
+        check = plan(task.id, worker_id, task.data, task.iterations, start and (start.done, start.digest), result,
+                     marks, self.sampler.rng)
+        return check if self.checker.admit(check) else None
+
+    def _finish(self, task: _Task, result: str, now: float, spot_checked: bool | None) -> None:
+        """A running task completes with ``result``."""
+        del self._running[task.id]
+        del self._active[task.id]
+        self._body_bytes -= len(task.data)
+        self._completed_now(task.record(state=COMPLETED, result=result, completed_at=now,
+                                        resumed_from=task.claimed_from or None, spot_checked=spot_checked), task)
+
+    def _retract(self, record: TaskRecord) -> TaskRecord:
+        """A kept result is taken back (``rerun``): it leaves the kept results and the journal."""
+        del self._completed[record.id]
+        self._note(Trimmed(record.seq))
+        self._reuse.forget_done(record.id)
+        return record
+
     def _take_checkpoints(self, worker_id: str, checkpoints: Mapping[str, Checkpoint] | None) -> None:
         """Keep each checkpoint from the task's lease holder that moves it forward, short of the end."""
         for task_id, checkpoint in (checkpoints or {}).items():
@@ -611,7 +708,7 @@ class TaskStore:
             return self._completed.get(task_id) or self._failed.get(task_id)
         runner = task.leader or task
         return task.record(state=runner.state, done=runner.checkpoint.done if runner.checkpoint else 0,
-                           reused_from=task.leader and task.leader.id)
+                           reused_from=task.leader and task.leader.id, checking=runner.id in self._checking)
 
     def _check_room(self, count: int, size: int) -> None:
         """Raise ``QueueFull`` unless ``count`` more tasks of ``size`` bytes in all fit."""

@@ -13,7 +13,7 @@ from flask import Blueprint, Response, jsonify, request
 from nodeapp.web.access import caller, check_intake, client_access
 from nodeapp.web.auth import OPERATOR, PEER, WORKER, requires
 from nodeapp.web.bodies import json_body, read_body
-from nodeapp.store.checkpoints import parse_checkpoints
+from nodeapp.store.checkpoints import is_digest, parse_checkpoints
 from nodeapp.context import get_context
 from nodeapp.web.errors import ApiError
 from nodeapp.fleet.loans import MAX_LOANS, is_loan_id
@@ -22,6 +22,7 @@ from nodeapp.store.results import merge_newest
 from nodeapp.web.enqueueing import REPLAYED_HEADER, queue, request_key, reuse_wanted, submission
 from nodeapp.web.task_options import task_options
 from nodeapp.store.records import COMPLETED, is_task_id
+from nodeapp.store.verification import MAX_MARKS
 from nodeapp.version import __version__
 from nodeapp.fleet.pool import Report
 from nodeapp.store.results import encode_json
@@ -72,6 +73,23 @@ def _checkpoints(data: dict) -> dict:
         return parse_checkpoints(data.get("checkpoints", []))
     except ValueError as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
+
+
+def _not_quarantined(worker_id: str) -> None:
+    """A quarantined worker (caught with a wrong result) may not claim, post or renew anything."""
+    if worker_id in get_context().node.quarantine:
+        raise ApiError(403, "quarantined", f"worker {worker_id} is quarantined: a spot-check found a wrong result "
+                                           "it computed; it may claim nothing more (see docs/verification.md)")
+
+
+def _marks(item: dict) -> list[str]:
+    """A result's optional ``marks``: at most MAX_MARKS digests (``tmcommon/marks.py``)."""
+    marks = item.get("marks", [])
+    if not (isinstance(marks, list) and len(marks) <= MAX_MARKS and all(isinstance(m, str) and is_digest(m)
+                                                                         for m in marks)):
+        raise ApiError(400, "bad_request", f"each result's 'marks' must be a list of at most {MAX_MARKS} digests "
+                                           "(128 lowercase hex characters)")
+    return marks
 
 
 def _from_peer() -> bool:
@@ -251,6 +269,7 @@ def claim():
     max_iterations = _field(data, "max_iterations", int, required=False, default=None)
     if not worker_id or max_tasks < 1 or (max_iterations is not None and max_iterations < 1):
         raise ApiError(400, "bad_request", "worker_id must be non-empty; max_tasks and max_iterations >= 1")
+    _not_quarantined(worker_id)
     try:
         report = Report.from_claim(data)  # the worker's rate, engine and lanes, when it sends them
     except ValueError as exc:
@@ -273,14 +292,16 @@ def complete():
     data = json_body()
     worker_id = _field(data, "worker_id", str)
     results = _field(data, "results", list)
-    pairs = []
+    pairs, marks = [], {}
     for item in results:
         if not (isinstance(item, dict) and isinstance(item.get("id"), str) and isinstance(item.get("result"), str)):
             raise ApiError(400, "bad_request", "each result must be an object with string 'id' and 'result'")
         if not _RESULT.fullmatch(item["result"]):
             raise ApiError(400, "bad_request", "each 'result' must be a SHA-512 digest: 128 lowercase hex characters")
         pairs.append((item["id"], item["result"]))
-    return jsonify(accepted=ctx.node.complete(worker_id, pairs))
+        marks[item["id"]] = _marks(item)
+    _not_quarantined(worker_id)
+    return jsonify(accepted=ctx.node.complete(worker_id, pairs, marks))
 
 
 @bp.post("/heartbeat")
@@ -291,6 +312,7 @@ def heartbeat():
     worker_id = _field(data, "worker_id", str)
     task_ids = _field(data, "task_ids", list, required=False, default=[])
     checkpoints = _checkpoints(data)
+    _not_quarantined(worker_id)
     task_ids = [t for t in task_ids if isinstance(t, str)]
     renewed = ctx.node.heartbeat(worker_id, task_ids, checkpoints)
     # tasks cancelled (or whose lease was lost) meanwhile: the worker stops them, their results would be ignored

@@ -32,6 +32,10 @@ def task_json(record: TaskRecord) -> dict:
     if record.reused_from is not None and record.state == COMPLETED:
         # the task that ran; while it still runs its id is its owner's, not this task's client's
         out["reused_from"] = record.reused_from
+    if record.spot_checked is not None:  # completed: whether the node recomputed it (docs/verification.md)
+        out["spot_checked"] = record.spot_checked
+    if record.checking:  # running: its result is in, held while a spot-check runs
+        out["checking"] = True
     return out
 
 
@@ -40,6 +44,21 @@ def worker_json(worker: Worker) -> dict:
     report = worker.report
     return {"id": worker.id, "state": worker.state, "borrowed": worker.borrowed,
             "engine": report and report.engine, "lanes": report and report.lanes, "rate": report and report.rate}
+
+
+def checks_json(node, budget: int) -> dict:
+    """The spot-checks of ``/stats`` (docs/verification.md): counters and quarantined workers."""
+    counts = node.checker.counts() if node.checker is not None else None
+    caught = node.quarantine.newest()
+    return {
+        "enabled": counts is not None, "verify_iterations": budget,
+        "checks": counts.checks if counts else 0, "passed": counts.passed if counts else 0,
+        "mismatches": counts.mismatches if counts else 0, "iterations": counts.iterations if counts else 0,
+        "skipped": counts.skipped if counts else 0, "pending": counts.pending if counts else 0,
+        "quarantined": node.quarantine.total, "rerun": node.quarantine.rerun,
+        "quarantine": [{"worker": c.worker_id, "at": c.at, "task": c.task_id, "reason": c.reason, "engine": c.engine,
+                        "cpu": c.cpu, "lanes": c.lanes, "launcher": c.launcher, "rerun": c.rerun} for c in caught],
+    }
 
 
 def stats_json(stats: NodeStats) -> dict:
