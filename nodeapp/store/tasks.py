@@ -177,7 +177,7 @@ class TaskStore:
         self._kept_bodies: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()  # failed/cancelled: data, digest
         self._kept_bytes = 0
         self._reused = self._cancelled = self._retried = self._replayed = self._expired = 0
-        # Spot-checks (nodeapp/verification.py), when ``enable_checks`` was called
+        # Spot-checks (nodeapp/store/verification.py), when ``enable_checks`` was called
         self.sampler: Sampler | None = None
         self.checker = None  # nodeapp.store.checker.Checker
         self._checking: dict[str, Check] = {}  # held results, by task id
