@@ -21,7 +21,7 @@ AUTH = {"X-Cluster-Token": TOKEN}
 def node(data_dir, **settings):
     """A node on ``data_dir``; ``close()`` it (as gunicorn's worker_exit does) before the next."""
     settings = {"cluster_token": TOKEN, "node_name": "durable", "node_url": "http://127.0.0.1:1",
-                "data_dir": str(data_dir), **settings}
+                "data_dir": str(data_dir), "verify_iterations": 0, **settings}  # made-up results: no spot-checks
     app = create_app(settings, launcher=FakeLauncher())
     return app, app.test_client()
 

@@ -21,22 +21,29 @@ pytestmark = [pytest.mark.soak, pytest.mark.integration, pytest.mark.timeout(180
 TASKS = int(os.environ.get("SOAK_TASKS", "20000"))
 
 
+def enqueue_all(urls: list[str], work: list[tuple[bytes, int]], **params: str) -> dict[str, int]:
+    """Enqueue every ``(body, iterations)`` of ``work``, alternating nodes, from 8 threads with a
+    session each; returns task id -> index in ``work``."""
+    sessions = threading.local()
+
+    def enqueue(i: int) -> tuple[str, int]:
+        session = getattr(sessions, "s", None) or requests.Session()
+        sessions.s = session
+        data, iterations = work[i]
+        response = session.put(f"{urls[i % 2]}/enqueue", params={"iterations": iterations, **params},
+                               data=data, timeout=30)
+        assert response.status_code == 201, response.text
+        return response.json()["id"], i
+
+    with ThreadPoolExecutor(8) as pool:
+        return dict(pool.map(enqueue, range(len(work))))
+
+
 def test_sustained_load_with_workers_killed(tmp_path):
     rng = random.Random(7)
     work = [(rng.randbytes(rng.randint(0, 256)), rng.choice([1, 1, 10, rng.randint(1, 20_000)])) for _ in range(TASKS)]
     env = {**FAST, "MAX_NUM_OF_WORKERS": "3", "RESULTS_RETENTION": str(TASKS), "WORKER_IDLE_SECONDS": "5"}
     with running_cluster(env, tmp_path) as cluster:
-        sessions = threading.local()
-
-        def enqueue(i: int) -> tuple[str, int]:
-            session = getattr(sessions, "s", None) or requests.Session()
-            sessions.s = session
-            data, iterations = work[i]
-            response = session.put(f"{cluster.urls[i % 2]}/enqueue", params={"iterations": iterations},
-                                   data=data, timeout=30)
-            assert response.status_code == 201, response.text
-            return response.json()["id"], i
-
         stop = threading.Event()
         killed = []
 
@@ -53,8 +60,7 @@ def test_sustained_load_with_workers_killed(tmp_path):
 
         chaos = threading.Thread(target=killer, daemon=True)
         chaos.start()
-        with ThreadPoolExecutor(8) as pool:
-            ids = dict(pool.map(enqueue, range(TASKS)))
+        ids = enqueue_all(cluster.urls, work)
         wait_for(lambda: sum(requests.get(f"{u}/stats", timeout=5).json()["completed"] for u in cluster.urls) >= TASKS,
                  900, interval=1.0, what="every task to complete")
         stop.set()

@@ -32,6 +32,7 @@ NEWEST = 10
 #: Failed (or cancelled) tasks and workers the page lists.
 FAILED_SHOWN, WORKERS_SHOWN = 20, 100
 _COUNTS = ("queued", "running", "completed", "failed", "enqueued")
+_CHECK_COUNTS = ("checks", "mismatches", "iterations", "quarantined")
 #: The priorities a node reports its queue by (nodeapp/store/queue.py).
 PRIORITIES = frozenset(str(p) for p in range(PRIORITY_MIN, PRIORITY_MAX + 1))
 _PAGE_HEADERS = {
@@ -63,6 +64,8 @@ def node_view(stats: dict, url: str | None, path: str = "/stats") -> dict:
                         for p, n in list(mapping(stats.get("queued_by_priority"), path, "queued_by_priority").items())[:10]
                         if str(p) in PRIORITIES},
         "peer_reachable": flag(peer.get("reachable"), path, "peer.reachable"),
+        "checks": {key: count(mapping(stats.get("checks"), path, "checks").get(key), path, f"checks.{key}")
+                   for key in _CHECK_COUNTS},
     }
 
 
@@ -131,6 +134,13 @@ def worker_row(item: dict, node: str, path: str = "/dashboard/node") -> dict:
             "last_seen_ago": number(item.get("last_seen_ago"), path, "last_seen_ago")}
 
 
+def caught_row(item: dict, node: str, path: str = "/stats") -> dict:
+    """A quarantined worker of ``/stats`` (``checks.quarantine``)."""
+    return {"node": node, "at": number(item.get("at"), path, "at"), "worker": text(item.get("worker"), path, "worker"),
+            **{key: text(item.get(key), path, key) for key in ("engine", "cpu", "launcher", "task", "reason")},
+            "rerun": count(item.get("rerun"), path, "rerun")}
+
+
 def failed_row(item: dict, node: str, path: str = "/dashboard/node") -> dict:
     return {"node": node, **peer_answers.failed_task(item, path)}
 
@@ -182,6 +192,7 @@ def cluster_view() -> dict:
     part = own_part(ctx)
     workers = [worker_row(w, nodes[0]["node"]) for w in part["workers"]]
     failed = [failed_row(f, nodes[0]["node"]) for f in part["failed"]]
+    caught = [caught_row(c, nodes[0]["node"]) for c in own["checks"]["quarantine"]]
     peer_url = ctx.peer.url or None
     problems = Problems(ctx)
     if peer_url:
@@ -197,6 +208,8 @@ def cluster_view() -> dict:
                 scaler.get("decisions"), "/stats", "scaler.decisions")]) or []
             in_progress += problems.checked(lambda: [progress_view(p, name) for p in objects(
                 theirs.get("in_progress"), "/stats", "in_progress")]) or []
+            caught += problems.checked(lambda: [caught_row(c, name) for c in objects(
+                mapping(theirs.get("checks"), "/stats", "checks").get("quarantine"), "/stats", "checks.quarantine")]) or []
             peer_results = ctx.peer.newest_results(NEWEST)
             if peer_results is not None:
                 peer_results = problems.checked(lambda: peer_answers.results(peer_results))
@@ -216,6 +229,7 @@ def cluster_view() -> dict:
     totals["workers"] = {key: sum(n["workers"][key] for n in counted) for key in ("live", "pending", "max", "capacity")}
     totals["workers"]["capacity_why"] = "; ".join(f"{n['node']}: {n['workers']['capacity_why']}" for n in counted
                                                   if n["workers"]["capacity"] < n["workers"]["max"])
+    totals["checks"] = {key: sum(n["checks"][key] for n in counted) for key in _CHECK_COUNTS}
     return {
         "at": time.time(),
         "node": nodes[0]["node"],
@@ -227,6 +241,7 @@ def cluster_view() -> dict:
         "in_progress": sorted(in_progress, key=lambda p: p["percent"], reverse=True)[:NEWEST],
         "workers": workers[:2 * WORKERS_SHOWN],
         "failed": sorted(failed, key=lambda f: when(f["at"]), reverse=True)[:FAILED_SHOWN],
+        "quarantined": sorted(caught, key=lambda c: when(c["at"]), reverse=True)[:FAILED_SHOWN],
     }
 
 

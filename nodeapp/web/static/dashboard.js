@@ -115,6 +115,8 @@
     setText("total-failed", t.failed, t.failed > 0 ? "bad" : "");
     setText("total-workers", workers(t.workers));
     setText("capacity-why", t.workers.capacity_why ? "capacity below max: " + t.workers.capacity_why : "");
+    const checks = t.checks || {checks: 0, mismatches: 0};
+    setText("total-checks", checks.checks + " / " + checks.mismatches, checks.mismatches > 0 ? "bad" : "");
     if (!data.peer.url) setText("peer", "no peer configured", "");
     else if (data.peer.reachable) setText("peer", "reachable", "ok");
     else setText("peer", "unreachable", "bad");
@@ -156,6 +158,17 @@
       cell(tr, d.workers, "num");
     });
     if (!paged("failed")) showList("failed", data.failed || [], (data.failed || []).length >= 20);
+    fill("quarantined", "quarantined-empty", data.quarantined || [], function (tr, q) {
+      cell(tr, clock(q.at));
+      cell(tr, q.node);
+      cell(tr, q.worker, "mono bad");
+      cell(tr, q.engine || "–");
+      cell(tr, q.cpu || "–");
+      cell(tr, q.launcher || "–");
+      cell(tr, short(q.task, 12), "mono", q.task);
+      cell(tr, q.reason);
+      cell(tr, q.rerun, "num");
+    });
     fill("workers", "workers-empty", data.workers || [], function (tr, w) {
       cell(tr, w.node);
       cell(tr, w.id, "mono");
