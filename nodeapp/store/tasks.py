@@ -527,11 +527,12 @@ class TaskStore:
             return [t.record(done=t.checkpoint.done) for t in started[:top]]
 
     def held(self) -> list[tuple[str, TaskRecord, float]]:
-        """Every leased task as (worker id, record with ``done``, wall time of its claim), for ``GET /active``."""
+        """Every leased task as (worker id, record with ``done``, wall time of its claim), for
+        ``GET /active``; not those whose result is in, held for a spot-check."""
         with self._lock:
             wall, tick = self._wall(), self._monotonic()
             return [(t.worker_id, t.record(done=t.checkpoint.done if t.checkpoint else 0), wall - (tick - t.claimed_tick))
-                    for t in self._running.values()]
+                    for t in self._running.values() if t.id not in self._checking]
 
     def purge(self) -> int:
         """Cancel every queued task (scheduled ones and those sharing their runs too); running
