@@ -16,10 +16,12 @@ from nodeapp.store.verification import RecentResults, Sampler, Unchecked, plan, 
 from tests.conftest import TOKEN
 from tests.digests import sha512_chain
 from tests.helpers import FakeLauncher, wait_for
+from tests.test_worker_loop import FakeNode
 from tmcommon.marks import MAX_SEGMENTS, WHOLE, positions, segment_length
 from workerapp.engine import compute_many_native, compute_native
 from workerapp.faults import Fault, test_fault
-from workerapp.marks import many_with_marks, next_stop
+from workerapp.marks import next_stop
+from workerapp.worker import Worker
 
 
 def flipped_chain(data: bytes, iterations: int, at: int | None = None) -> tuple[str, list[str]]:
@@ -52,19 +54,30 @@ def test_marks_are_bounded_and_cut_the_chain_into_equal_segments(iterations):
     assert positions(iterations, start=step + 1) == [p for p in points if p > step + 1]
 
 
-def test_a_worker_computes_marks_with_any_engine_as_hashlib_would():
-    jobs = [(b"a", 50_000), (b"bb", 3), (b"", 70_001)]
-    want = [chain_with_marks(data, n) for data, n in jobs]
-    assert many_with_marks(compute_many_native, jobs) == want
-    python_many = lambda batch: [sha512_chain(d, n) for d, n in batch]  # noqa: E731
-    assert many_with_marks(python_many, jobs) == want
-    # the slice loop stops at each mark, whatever its slice size
+class MarksNode(FakeNode):
+    """A fake node that keeps the marks posted with each result."""
+
+    def complete(self, results):
+        self.marks = {**getattr(self, "marks", {}), **{i: m for i, _, m in results}}
+        return super().complete(results)
+
+
+@pytest.mark.parametrize("vector", [False, True])
+def test_a_worker_posts_the_marks_hashlib_would_with_scalar_and_vector_engines(vector):
+    jobs = [(b"a", 50_000), (b"bb", 3), (b"", 70_001), (b"c", 20_000)]
+    node = MarksNode("own", jobs)
+    worker = Worker([node], idle_seconds=0.05, hash_rate=40_000, slice_seconds=0.25, claim_seconds=10,
+                    compute_fn=compute_native, compute_many=compute_many_native if vector else None,
+                    width=4 if vector else 1)
+    assert worker.run() == 0
+    for i, (data, n) in enumerate(jobs):
+        assert (node.results[f"own/{i}"], node.marks[f"own/{i}"]) == chain_with_marks(data, n)
+    # a slice (10,000 here) never goes past the next mark
     done, stops = 0, []
     while done < 50_000:
         done = next_stop(50_000, done, 10_000)
         stops.append(done)
     assert set(positions(50_000)) <= set(stops) and stops[-1] == 50_000
-    assert compute_native(b"a", 50_000) == want[0][0]
 
 
 # -------------------------------------------------------------- the check
@@ -210,7 +223,7 @@ def test_a_wrong_result_is_never_accepted_and_its_worker_is_quarantined_with_its
     # another worker computes them all again, correctly, marks included
     jobs = {i: (b"long%d" % k, n) for k, i in enumerate(long_ids)} | {short: (b"short", 1000)}
     assert {t.id for t in claim_all(node, "good")} == set(jobs)
-    computed = dict(zip(jobs, many_with_marks(compute_many_native, list(jobs.values()))))
+    computed = {i: chain_with_marks(*job) for i, job in jobs.items()}
     node.complete("good", [(i, r) for i, (r, _) in computed.items()], {i: m for i, (_, m) in computed.items()})
     wait_for(node.checker.idle, timeout=30, what="the checks of the good worker")
     for task_id, (data, iterations) in [*jobs.items(), (reused.id, (b"long0", n))]:

@@ -16,6 +16,7 @@ import requests
 from tests.digests import sha512_chain as reference
 from tests.helpers import running_cluster, wait_for
 from tests.test_worker_loop import FakeNode, clock, make_worker  # noqa: F401 (clock: a fixture)
+from tmcommon.marks import positions
 from workerapp import engine
 from workerapp.client import ClaimedTask
 from workerapp.compute import chain, compute
@@ -144,9 +145,10 @@ class AfterHeartbeat(Many):
 
 
 def test_heartbeats_carry_a_growing_checkpoint_for_every_chain_running_at_once():
-    tasks = [(b"hb%d" % i, 300_000 + 1_000 * i) for i in range(3)]
+    tasks = [(b"hb%d" % i, 30_000 + 1_000 * i) for i in range(3)]
     node = FakeNode("own", tasks, lease=0.3)  # a heartbeat at each 0.2 s tick
-    # a step of 50,000 iterations per chain: seven rounds, a heartbeat after each
+    # a step of 50,000 iterations per chain, cut at each mark (every 4,096): eight rounds, a heartbeat
+    # after each
     worker = Worker([node], idle_seconds=0.05, hash_rate=400_000, slice_seconds=0.5, compute_many=AfterHeartbeat(node, "own/2"),
                     width=4)
     assert worker.run() == 0
@@ -155,7 +157,7 @@ def test_heartbeats_carry_a_growing_checkpoint_for_every_chain_running_at_once()
     for i, (data, iterations) in enumerate(tasks):
         sent = [c[f"own/{i}"] for c in node.checkpoints if f"own/{i}" in c]
         dones = [done for done, _ in sent]
-        assert dones == sorted(dones) and set(dones) == set(range(50_000, iterations, 50_000))  # one a round
+        assert dones == sorted(dones) and set(dones) == set(positions(iterations))  # one a round
         previous = None
         for done, digest in dict(sent).items():  # each checked from the one before: one pass over the chain
             assert 0 < done < iterations and digest == chain(data, done, previous)
