@@ -76,8 +76,10 @@ def test_a_killed_workers_task_is_finished_from_its_checkpoint(node, tmp_path):
 
     second = start_worker(node, "w-second", tmp_path / "second.log", idle_seconds=0.5)
     assert second.wait(timeout=120) == 0
-    done = status(url, task_id)
     log = (tmp_path / "second.log").read_text()
+    # the worker's first result is spot-checked before it is accepted (docs/verification.md)
+    done = wait_for(lambda: (s := status(url, task_id))["state"] != "running" and s, timeout=60,
+                    what=f"the result, once spot-checked: {log}")
     assert done["state"] == "completed", log
     assert done["result"] == EXPECTED  # the uninterrupted chain
     assert done["resumed_from"] == checkpoint
@@ -120,6 +122,7 @@ def test_a_spot_interruption_notice_hands_the_task_back_with_its_checkpoint(node
     assert "spot interruption notice" in log_path.read_text()
     second = start_worker(node, "w-after-spot", tmp_path / "after.log", idle_seconds=0.5)
     assert second.wait(timeout=120) == 0
-    finished = status(url, task_id)
+    finished = wait_for(lambda: (s := status(url, task_id))["state"] != "running" and s, timeout=60,
+                        what="the result, once spot-checked")
     assert finished["result"] == EXPECTED
     assert finished["resumed_from"] == handed_back["done"]

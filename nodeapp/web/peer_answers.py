@@ -155,6 +155,9 @@ def task(answer: Any, wanted: str, path: str) -> dict:
         out["reason"] = text(body["reason"], path, "reason")
     if body.get("reused_from") is not None:
         out["reused_from"] = task_id(body["reused_from"], path, "reused_from")
+    for name in ("spot_checked", "checking"):  # docs/verification.md
+        if body.get(name) is not None:
+            out[name] = flag(body[name], path, name)
     return out
 
 
