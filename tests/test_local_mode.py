@@ -20,6 +20,7 @@ import requests
 from nodeapp.config import SETTINGS
 from provisioning.local_cluster import free_port, group_members, port_in_use
 from tests.helpers import QUICK_ENV, wait_for
+from tests.test_docs import CLIENT_MD, console_blocks, sessions, shape
 from tmclient.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,6 +125,11 @@ def test_without_a_terminal_it_prints_events_as_lines_and_an_idle_cluster_stops_
         urls = [f"http://127.0.0.1:{p}" for p in ports]
         out.wait(re.escape(urls[1]), timeout=90)
         masters = [int(err.wait(rf"{name}: pid (\d+)").group(1)) for name in ("node-a", "node-b")]
+        err.wait("Ctrl-C stops both nodes")
+        banner = next(lines for command, lines in sessions(console_blocks(CLIENT_MD.read_text())[0])
+                      if "run_program.py --local" in command)
+        printed = {shape(line) for line in out.lines + err.lines}
+        assert [line for line in banner if shape(line) not in printed] == []  # docs/client.md shows what it prints
         client = Client(urls)
         task_id = client.enqueue(b"seen in the log", 2000)
         assert client.wait([task_id], timeout=60)[task_id]["state"] == "completed"
