@@ -151,7 +151,9 @@ def test_without_a_terminal_it_prints_events_as_lines_and_an_idle_cluster_stops_
         took = time.monotonic() - asked
         last = err.text().splitlines()[-1]
         stopped = float(re.fullmatch(r"stopped in (\d+\.\d)s", last).group(1))  # the last line
-        assert stopped < 1.5 and took < 2.5, (stopped, took)  # gunicorn's graceful timeout is 5 s
+        # Under a second on a quiet machine (0.5-0.9 s); a CPU-starved one takes longer to tear the
+        # processes down. Waiting out the kept-alive connections took gunicorn's graceful timeout, 5 s.
+        assert stopped < 4.0 and took < 5.0, (stopped, took)
         assert not any(group_members(pid) for pid in masters)  # every process of both nodes is gone
     finally:
         if proc.poll() is None:
