@@ -105,7 +105,8 @@ class LocalProcessLauncher:
         self._token = token
         self._idle_seconds = idle_seconds
         self._max_lifetime = max_lifetime  # the worker's own limit (WORKER_MAX_LIFETIME), 0 = none
-        self._prefix = f"local-{node_name}-{os.getpid()}"
+        self._node_prefix = f"local-{node_name}-"  # the ids of every worker this node ever started
+        self._prefix = f"{self._node_prefix}{os.getpid()}"
         self._extra_env = dict(extra_env or {})
         self._python = python
         self._lock = threading.Lock()
@@ -117,7 +118,7 @@ class LocalProcessLauncher:
         env = {**worker_environ(os.environ), **self._extra_env, "CLUSTER_TOKEN": self._token}
         ids = []
         with self._lock:
-            room = self._max_running - sum(1 for proc in self._procs.values() if proc.poll() is None)
+            room = self._room()
             if count > room and not self._capped:
                 log.info("local workers capped at %d (%s): %d of %d started", self._max_running,
                          self._limit.why, max(0, room), count)
@@ -134,7 +135,14 @@ class LocalProcessLauncher:
     def room(self) -> int:
         """Workers it may still start under its cap."""
         with self._lock:
-            return max(0, self._max_running - sum(1 for proc in self._procs.values() if proc.poll() is None))
+            return max(0, self._room())
+
+    def _room(self) -> int:
+        """The cap less the workers running: its own, or, if more, those of this node's process
+        group that an earlier app process of the node started (gunicorn restarts a killed app
+        process, whose workers run on and claim from the new one). Lock held."""
+        own = sum(1 for proc in self._procs.values() if proc.poll() is None)
+        return self._max_running - max(own, len(earlier_workers(self._node_prefix)))
 
     def limit(self) -> Limit:
         return self._limit
@@ -174,6 +182,31 @@ class LocalProcessLauncher:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def group_processes(pgid: int) -> dict[int, list[bytes]]:
+    """The live processes (zombies left out) of process group ``pgid``, each with its command
+    line's arguments: Linux's /proc; empty elsewhere."""
+    found: dict[int, list[bytes]] = {}
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as stat:
+                fields = stat.read().rpartition(b")")[2].split()
+            if fields[0] == b"Z" or int(fields[2]) != pgid:
+                continue
+            with open(f"/proc/{name}/cmdline", "rb") as cmdline:
+                found[int(name)] = cmdline.read().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # it exited while we looked
+    return found
+
+
+def earlier_workers(prefix: str) -> list[int]:
+    """Pids of live worker processes in this process's group whose ``--worker-id`` starts with ``prefix``."""
+    return [pid for pid, args in group_processes(os.getpgid(0)).items()
+            if b"workerapp" in args and any(arg.startswith(prefix.encode()) for arg in args)]
 
 
 def _local_cap(environ: Mapping[str, str]) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import requests
 
+from provisioning.launchers import group_processes
 from provisioning.proxy import LocalProxy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,26 +48,15 @@ def port_in_use(port: int) -> bool:
 
 
 def group_members(pgid: int) -> list[int]:
-    """Pids of the processes of group ``pgid`` that have not exited (zombies left out); Linux's
-    /proc, else whether the group can be signalled at all."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-            return [pgid]
-        except (ProcessLookupError, PermissionError):
-            return []
-    members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue  # it exited while we looked
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+    """Pids of the processes of group ``pgid`` that have not exited (zombies left out); where
+    there is no /proc, whether the group can be signalled at all."""
+    if os.path.isdir("/proc"):
+        return list(group_processes(pgid))
+    try:
+        os.killpg(pgid, 0)
+        return [pgid]
+    except (ProcessLookupError, PermissionError):
+        return []
 
 
 def wait_group_gone(pgid: int, timeout: float = 2.0) -> bool:
