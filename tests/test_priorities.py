@@ -243,3 +243,26 @@ def test_a_batch_takes_its_priority_from_the_query(web):
     single = web.put("/enqueue?iterations=1", data=b"c").get_json()["id"]
     tasks = web.post("/claim", json={"worker_id": "w", "max_tasks": 3}, headers={"X-Cluster-Token": "t"}).get_json()
     assert [t["id"] for t in tasks["tasks"]] == [*answer.get_json()["ids"], single]
+
+
+def test_a_restart_drops_what_aged_past_results_ttl_meanwhile(tmp_path, clock):
+    journal = Journal(tmp_path)
+    store = make(clock, journal=journal, results_ttl=100.0)
+    store.restore(journal.load())
+    old, young = submit(store, b"old"), submit(store, b"young")
+    assert claimed(store, 1) == [old]
+    store.complete("w", [(old, "a" * 128)])
+    clock.now += 60
+    assert claimed(store, 1) == [young]
+    store.complete("w", [(young, "b" * 128)])
+    journal.close()
+    clock.now += 50  # down meanwhile: "old" is 110 s old, "young" 50 s
+    journal = Journal(tmp_path)
+    store = make(clock, journal=journal, results_ttl=100.0)
+    store.restore(journal.load())
+    assert store.status(old) is None and store.status(young).result == "b" * 128
+    store.submit(b"next", 1)  # the trim is journaled with the next change
+    journal.close()
+    journal = Journal(tmp_path)
+    assert [t.id for t in journal.load().completed] == [young]
+    journal.close()

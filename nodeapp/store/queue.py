@@ -31,7 +31,7 @@ from typing import Protocol
 
 PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 9, 0
 HEAD, READY, LATER = "head", "ready", "later"
-#: Heaps are rebuilt once stale entries exceed this many plus the live ones.
+#: Heaps are rebuilt once the removals since the last rebuild exceed twice the live tasks plus this.
 _SLACK = 64
 
 
@@ -63,6 +63,7 @@ class TaskQueue:
         self._count = {HEAD: 0, READY: 0, LATER: 0}
         self._iterations = {HEAD: 0, READY: 0, LATER: 0}
         self._by_priority = [0] * (PRIORITY_MAX + 1)  # ready or head
+        self._stale = 0  # removals since the heaps were last rebuilt (each leaves stale entries)
 
     # ------------------------------------------------------------------ sizes
     def __len__(self) -> int:
@@ -109,22 +110,24 @@ class TaskQueue:
         self._place(task, HEAD)
 
     def remove(self, task: Queueable) -> None:
-        """Take a queued task out (cancelled, expired, purged, claimed)."""
-        where, _ = task.place
-        self._count[where] -= 1
-        self._iterations[where] -= task.iterations
-        if where != LATER:
-            self._by_priority[task.priority] -= 1
-        if where == HEAD:
+        """Take a queued task out (cancelled, expired, purged)."""
+        if task.place[0] == HEAD:
             self._head.remove(task)
-        task.place = None
-        self._compact()
+        self._forget(task)
+
+    def take(self, task: Queueable) -> None:
+        """Take out the task ``peek`` has just returned (a claim): cheaper than ``remove``."""
+        if task.place[0] == HEAD:
+            self._head.popleft()
+        else:
+            heapq.heappop(self._ready)  # peek left its live entry on top
+        self._forget(task)
 
     def pop(self, now: float) -> Queueable | None:
         """The next task, out of the queue; None when nothing is ready."""
         task = self.peek(now)
         if task is not None:
-            self.remove(task)
+            self.take(task)
         return task
 
     def peek(self, now: float) -> Queueable | None:
@@ -150,7 +153,7 @@ class TaskQueue:
         out += [e[3] for e in sorted(self._later) if self._live(e)]
         for task in out:
             task.place = None
-        self.__init__(self.aging)
+        self.__init__(self.aging)  # empty, counts and heaps
         return out
 
     def __iter__(self) -> Iterator[Queueable]:
@@ -181,10 +184,23 @@ class TaskQueue:
         if task.deadline_tick != math.inf:
             heapq.heappush(self._deadlines, (task.deadline_tick, task.seq, push, task))
 
+    def _forget(self, task: Queueable) -> None:
+        """The counts of a task leaving the queue; its heap entries left behind go stale."""
+        where = task.place[0]
+        self._count[where] -= 1
+        self._iterations[where] -= task.iterations
+        if where != LATER:
+            self._by_priority[task.priority] -= 1
+        task.place = None
+        self._stale += 1
+        if self._stale > 2 * len(self) + _SLACK:
+            self._compact()
+
     def _promote(self, now: float) -> None:
         while (entry := self._top(self._later)) is not None and entry[0] <= now:
             task = entry[3]
-            self.remove(task)
+            heapq.heappop(self._later)
+            self._forget(task)
             self._place(task, READY)
 
     def _top(self, heap: list) -> tuple | None:
@@ -199,10 +215,12 @@ class TaskQueue:
         return place is not None and place[1] == entry[2]
 
     def _compact(self) -> None:
-        live = len(self)
-        for name in ("_ready", "_later", "_deadlines", "_ages"):
-            heap = getattr(self, name)
-            if len(heap) > 2 * live + _SLACK:
-                kept = [e for e in heap if self._live(e)]
-                heapq.heapify(kept)
-                setattr(self, name, kept)
+        """Rebuild the heaps without their stale entries: O(n), after more than n removals."""
+        self._ready, self._later, self._deadlines, self._ages = (
+            self._rebuilt(heap) for heap in (self._ready, self._later, self._deadlines, self._ages))
+        self._stale = 0
+
+    def _rebuilt(self, heap: list) -> list:
+        kept = [e for e in heap if self._live(e)]
+        heapq.heapify(kept)
+        return kept

@@ -368,7 +368,7 @@ class TaskStore:
             while len(leased) < max_tasks and (task := self._queue.peek(now)) is not None:
                 if leased and budget is not None and task.iterations > budget:
                     break
-                self._queue.remove(task)
+                self._queue.take(task)
                 task.state, task.worker_id, task.lease_deadline = RUNNING, worker_id, deadline
                 task.claimed_from = task.checkpoint.done if task.checkpoint else 0
                 task.claimed_point = task.checkpoint
