@@ -28,6 +28,13 @@ from nodeapp.fleet.peer import PEER_HEADER
 OPERATOR_OWNER = "operator"
 
 
+def _environ_name(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+_KEY_ENVIRON, _TOKEN_ENVIRON, _PEER_ENVIRON = map(_environ_name, (HEADER, TOKEN_HEADER, PEER_HEADER))
+
+
 @dataclass(frozen=True)
 class Caller:
     key_id: str | None = None  # a live client key
@@ -51,10 +58,11 @@ def identify() -> Caller:
     ctx = get_context()
     config = ctx.config
     required = config.api_keys == "required"
-    key = request.headers.get(HEADER)
-    token = request.headers.get(TOKEN_HEADER, "")
+    environ = request.environ  # not request.headers: a header it lacks costs an exception there
+    key = environ.get(_KEY_ENVIRON)
+    token = environ.get(_TOKEN_ENVIRON, "")
     operator = bool(token) and holds(config, OPERATOR, token)
-    peer = bool(token) and PEER_HEADER in request.headers and holds(config, PEER, token)
+    peer = bool(token) and _PEER_ENVIRON in environ and holds(config, PEER, token)
     if key:
         entry = ctx.keys.verify(key)
         if entry is None and ctx.keys_refresh():  # perhaps made on the peer a moment ago
@@ -99,7 +107,7 @@ def check_owner(owner: str | None, task_id: str, verb: str) -> None:
 
 def forwarded_headers() -> dict:
     """Headers a call passed on to the peer carries, so that the peer checks the same caller."""
-    key = request.headers.get(HEADER)
+    key = request.environ.get(_KEY_ENVIRON)
     return {HEADER: key} if key else {}
 
 
