@@ -143,10 +143,10 @@ def task(answer: Any, wanted: str, path: str) -> dict:
         raise BadPeerAnswer(path, f"has state={_shown(body.get('state'))}")
     out: dict[str, Any] = {"id": wanted, "state": body["state"], "iterations": count(body.get("iterations"), path,
                                                                                     "iterations")}
-    for name in ("enqueued_at", "completed_at"):
+    for name in ("enqueued_at", "completed_at", "not_before", "deadline"):
         if body.get(name) is not None:
             out[name] = number(body[name], path, name)
-    for name in ("attempts", "done", "resumed_from"):
+    for name in ("attempts", "done", "resumed_from", "priority"):
         if body.get(name) is not None:
             out[name] = count(body[name], path, name)
     if body.get("result") is not None:
@@ -155,6 +155,8 @@ def task(answer: Any, wanted: str, path: str) -> dict:
         out["reason"] = text(body["reason"], path, "reason")
     if body.get("reused_from") is not None:
         out["reused_from"] = task_id(body["reused_from"], path, "reused_from")
+    if body.get("owner") is not None:  # the id of the key that queued it (docs/api.md, "Client keys")
+        out["owner"] = text(body["owner"], path, "owner")
     for name in ("spot_checked", "checking"):  # docs/verification.md
         if body.get(name) is not None:
             out[name] = flag(body[name], path, name)
