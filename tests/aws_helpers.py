@@ -79,6 +79,29 @@ def aws(monkeypatch, service_models) -> Iterator[object]:
             service_models.events.unregister(event, unique_id=f"tm-{event}")
 
 
+def worker_launch_setting(ec2, iam, ssm, account: str) -> dict[str, str]:
+    """What provisioning would have made for a node's worker launches (a security group, the
+    worker role and instance profile), as the TM_* variables a node's user-data sets."""
+    from provisioning.iam import IamWrapper
+    from provisioning.instances import architecture, latest_ami
+    from provisioning.naming import ClusterNames
+    from provisioning.network import NetworkWrapper
+
+    names = ClusterNames("demo", account, REGION)
+    net = NetworkWrapper(ec2)
+    vpc = net.default_vpc()
+    iam_wrapper = IamWrapper(iam)
+    iam_wrapper.create_role(names.role("worker"), names.iam_path, {"Version": "2012-10-17", "Statement": []},
+                            names.tags())
+    return {"TM_CLUSTER": "demo", "TM_REGION": REGION, "TM_WORKER_AMI": latest_ami(ssm, architecture(ec2, "t3.micro")),
+            "TM_WORKER_INSTANCE_TYPE": "t3.micro", "TM_WORKER_SUBNETS": net.default_subnets(vpc)[0],
+            "TM_WORKER_SECURITY_GROUP": net.create_group("tm-demo-worker", "workers", vpc, names.tags()),
+            "TM_WORKER_INSTANCE_PROFILE": iam_wrapper.create_instance_profile(
+                names.profile("worker"), names.iam_path, names.role("worker"), names.tags()),
+            "TM_WORKER_BUNDLE_URI": f"s3://{names.bucket}/bundles/worker-x86_64-0123456789abcdef.tar",
+            "TM_TOKEN_PARAMETER": names.token_parameter}
+
+
 class LoopbackNode:
     """A real node app (FakeLauncher) served on 127.0.0.1 by werkzeug in a thread. ``calls`` lists
     (method, path, X-Cluster-Token sent) of each request it got."""

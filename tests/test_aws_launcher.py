@@ -13,11 +13,7 @@ from nodeapp.fleet.peer import PeerClient
 from nodeapp.fleet.scaling import Scaler
 from nodeapp.node import Node
 from provisioning.ec2_launcher import Ec2Launcher, Ec2SettingsError, Ec2WorkerSettings
-from provisioning.iam import IamWrapper
-from provisioning.instances import architecture, latest_ami
-from provisioning.naming import ClusterNames
-from provisioning.network import NetworkWrapper
-from tests.aws_helpers import REGION, aws, service_models  # noqa: F401
+from tests.aws_helpers import REGION, aws, service_models, worker_launch_setting  # noqa: F401
 from tests.helpers import Clock
 
 NODE_URL = "http://10.0.0.10:8000"
@@ -28,25 +24,12 @@ BOOT_TIMEOUT = 300.0
 @pytest.fixture
 def env(aws):  # noqa: F811
     """What provisioning would have made, and the TM_* variables a node's user-data sets."""
-    ec2, iam, ssm = aws.client("ec2"), aws.client("iam"), aws.client("ssm")
-    names = ClusterNames("demo", aws.client("sts").get_caller_identity()["Account"], REGION)
-    net = NetworkWrapper(ec2)
-    vpc = net.default_vpc()
-    subnet = net.default_subnets(vpc)[0]
-    worker_sg = net.create_group("tm-demo-worker", "workers", vpc, names.tags())
-    iam_wrapper = IamWrapper(iam)
-    iam_wrapper.create_role(names.role("worker"), names.iam_path, {"Version": "2012-10-17", "Statement": []},
-                            names.tags())
-    profile_arn = iam_wrapper.create_instance_profile(names.profile("worker"), names.iam_path,
-                                                     names.role("worker"), names.tags())
-    ami = latest_ami(ssm, architecture(ec2, "t3.micro"))
-    environ = {"TM_CLUSTER": "demo", "TM_REGION": REGION, "TM_WORKER_AMI": ami,
-               "TM_WORKER_INSTANCE_TYPE": "t3.micro", "TM_WORKER_SUBNETS": subnet,
-               "TM_WORKER_SECURITY_GROUP": worker_sg, "TM_WORKER_INSTANCE_PROFILE": profile_arn,
-               "TM_WORKER_BUNDLE_URI": f"s3://{names.bucket}/bundles/worker-x86_64-0123456789abcdef.tar",
-               "TM_TOKEN_PARAMETER": names.token_parameter, "TM_LIST_GRACE": "60"}
-    return {"ec2": ec2, "session": aws, "environ": environ, "ami": ami, "subnet": subnet, "sg": worker_sg,
-            "profile_arn": profile_arn}
+    ec2 = aws.client("ec2")
+    environ = {**worker_launch_setting(ec2, aws.client("iam"), aws.client("ssm"),
+                                       aws.client("sts").get_caller_identity()["Account"]), "TM_LIST_GRACE": "60"}
+    return {"ec2": ec2, "session": aws, "environ": environ, "ami": environ["TM_WORKER_AMI"],
+            "subnet": environ["TM_WORKER_SUBNETS"], "sg": environ["TM_WORKER_SECURITY_GROUP"],
+            "profile_arn": environ["TM_WORKER_INSTANCE_PROFILE"]}
 
 
 @pytest.fixture
@@ -154,6 +137,9 @@ def test_pending_past_boot_timeout_is_terminated(env, node, clock, caplog):
     assert instances(ec2, [stuck])[stuck]["State"]["Name"] in ("shutting-down", "terminated")
     assert stuck not in {w.id for w in state.workers.workers()}
     assert "BOOT_TIMEOUT" in caplog.text
+    assert alive_ids(ec2) == set()  # a failed boot holds launches back 30 s (nodeapp/fleet/backoff.py)
+    clock.now += 30
+    scaler.tick()
     assert len(alive_ids(ec2)) == 1  # the task still waits: one replacement, not more
 
 

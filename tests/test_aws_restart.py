@@ -21,12 +21,8 @@ import boto3
 import pytest
 import requests
 
-from provisioning.iam import IamWrapper
-from provisioning.instances import architecture, latest_ami
 from provisioning.local_cluster import LocalCluster
-from provisioning.naming import ClusterNames
-from provisioning.network import NetworkWrapper
-from tests.aws_helpers import FAKE_ENV, REGION
+from tests.aws_helpers import FAKE_ENV, REGION, worker_launch_setting
 from tests.digests import sha512_chain
 from tests.helpers import wait_for
 
@@ -59,23 +55,10 @@ def client(endpoint: str, service: str):
 
 def node_environment(endpoint: str) -> dict[str, str]:
     """What a node's user-data would hold (its worker AMI, subnet, group, profile), made in moto."""
-    ec2, iam, ssm = (client(endpoint, name) for name in ("ec2", "iam", "ssm"))
-    names = ClusterNames("demo", "123456789012", REGION)
-    net = NetworkWrapper(ec2)
-    vpc = net.default_vpc()
-    subnet = net.default_subnets(vpc)[0]
-    worker_sg = net.create_group("tm-demo-worker", "workers", vpc, names.tags())
-    wrapper = IamWrapper(iam)
-    wrapper.create_role(names.role("worker"), names.iam_path, {"Version": "2012-10-17", "Statement": []},
-                        names.tags())
-    profile = wrapper.create_instance_profile(names.profile("worker"), names.iam_path, names.role("worker"),
-                                              names.tags())
+    made = worker_launch_setting(*(client(endpoint, name) for name in ("ec2", "iam", "ssm")), "123456789012")
     return {
-        **FAKE_ENV, "AWS_ENDPOINT_URL": endpoint, "LAUNCHER": "ec2", "CLUSTER_TOKEN": TOKEN,
-        "TM_CLUSTER": "demo", "TM_REGION": REGION, "TM_WORKER_AMI": latest_ami(ssm, architecture(ec2, "t3.micro")),
-        "TM_WORKER_INSTANCE_TYPE": "t3.micro", "TM_WORKER_SUBNETS": subnet, "TM_WORKER_SECURITY_GROUP": worker_sg,
-        "TM_WORKER_INSTANCE_PROFILE": profile, "TM_WORKER_BUNDLE_URI": f"s3://{names.bucket}/bundles/w.tar",
-        "TM_TOKEN_PARAMETER": names.token_parameter, "TM_DESCRIBE_TTL": "0.5", "TM_LIST_GRACE": "30",
+        **FAKE_ENV, **made, "AWS_ENDPOINT_URL": endpoint, "LAUNCHER": "ec2", "CLUSTER_TOKEN": TOKEN,
+        "TM_DESCRIBE_TTL": "0.5", "TM_LIST_GRACE": "30",
         "MAX_NUM_OF_WORKERS": "2", "SCALE_INTERVAL": "0.2", "SCALE_WAIT": "0.2", "BOOT_TIMEOUT": "120",
         "WORKER_IDLE_SECONDS": "90", "LOG_SUMMARY_SECONDS": "0",
     }

@@ -149,16 +149,21 @@ def test_the_vcpu_limit_pauses_launches_and_says_so(env, clock):  # noqa: F811
     assert len(calls) == 2
 
 
-def test_throttling_backs_off_doubling(env, clock):  # noqa: F811
+@pytest.mark.parametrize("code, expected", [
+    ("RequestLimitExceeded", [5, 10, 20]),  # throttling
+    ("UnauthorizedOperation", [30, 60, 120, 240, 480, 960, 960, 960]),  # IAM: no retry heals it; >= 10 min
+])
+def test_throttling_and_iam_refusals_back_off_doubling(env, clock, code, expected):  # noqa: F811
     launcher = make_launcher(env, clock)
-    calls = refuse(launcher, "RequestLimitExceeded")
+    calls = refuse(launcher, code)
     pauses = []
-    for _ in range(3):
+    for _ in expected:
         note = launcher.launch(1, [NODE_URL]).note
+        assert code in note
+        assert launcher.launch(1, [NODE_URL]) == []  # held back: no call while paused
         pauses.append(launcher.status()["paused_for"])
-        assert "RequestLimitExceeded" in note
         clock.now += pauses[-1]
-    assert pauses == [5, 10, 20] and len(calls) == 3
+    assert pauses == expected and len(calls) == len(expected)
 
 
 def test_a_lost_answer_is_asked_again_with_the_same_client_token(env, clock):  # noqa: F811
@@ -207,23 +212,6 @@ def test_bad_describe_ttl_is_refused(env, variable):  # noqa: F811
 
     with pytest.raises(Ec2SettingsError, match=variable):
         Ec2WorkerSettings.from_environ({**env["environ"], variable: "soon"})
-
-
-def test_runinstances_refused_by_iam_backs_off_doubling_to_a_ceiling(env, clock):  # noqa: F811
-    """UnauthorizedOperation will not heal by itself: launches back off, doubling, to at least 10 min."""
-    from provisioning.ec2_launcher import MAX_REFUSED_PAUSE
-
-    launcher = make_launcher(env, clock)
-    calls = refuse(launcher, "UnauthorizedOperation")
-    pauses = []
-    for _ in range(8):
-        note = launcher.launch(1, [NODE_URL]).note
-        assert "UnauthorizedOperation" in note and "refused" in note
-        assert launcher.launch(1, [NODE_URL]) == []  # held back: no call while paused
-        pauses.append(launcher.status()["paused_for"])
-        clock.now += pauses[-1]
-    assert pauses == [30, 60, 120, 240, 480, 960, 960, 960] and len(calls) == 8
-    assert MAX_REFUSED_PAUSE >= 600
 
 
 def launches_with_boots_that_never_claim(env, clock, seconds: float, boot_timeout: float = 4.0):  # noqa: F811
