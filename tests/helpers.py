@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
@@ -122,3 +124,23 @@ def running_node(env: dict[str, str], log_dir, peer_port: int | None = None, tim
         yield cluster
     finally:
         cluster.stop_node(0)
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing (tests read their own records)."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 with ``handler``, serving until ``close()``."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

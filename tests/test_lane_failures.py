@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.helpers import running_node, wait_for
+from tests.helpers import LoopbackServer, QuietHandler, running_node, wait_for
 from tests.test_engine import reference
 from workerapp import engine, exitcodes
 
@@ -102,7 +101,7 @@ class Mangler:
         self._lock = threading.Lock()
         front = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 path = "/" + self.path.split("/")[1]
@@ -122,16 +121,11 @@ class Mangler:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._http = LoopbackServer(Handler)
+        self.url = self._http.url
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._http.close()
 
 
 @pytest.mark.parametrize("lanes", ["1", "2"])

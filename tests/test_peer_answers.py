@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from nodeapp import create_app
 from tests.conftest import TOKEN
-from tests.helpers import FakeLauncher
+from tests.digests import sha512_chain
+from tests.helpers import FakeLauncher, LoopbackServer, QuietHandler
 
 GOOD_RESULT = {"id": "e" * 32, "result": "ab" * 64, "iterations": 3, "completed_at": 5.0}
 #: What a well-formed peer answers (an empty node), by path.
@@ -67,7 +66,7 @@ class FakePeer:
         self.answers: dict[str, object] = dict(SANE)
         peer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _answer(self):
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 path = self.path.split("?")[0]
@@ -80,16 +79,11 @@ class FakePeer:
 
             do_GET = do_POST = _answer  # noqa: N815 (http.server's naming)
 
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._http = LoopbackServer(Handler)
+        self.url = self._http.url
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._http.close()
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +97,11 @@ def peer():
 def node(peer):
     peer.answers = dict(SANE)
     app = create_app({"cluster_token": TOKEN, "node_name": "test-node", "node_url": "http://127.0.0.1:1",
-                      "peer_url": peer.url}, launcher=FakeLauncher())
+                      "peer_url": peer.url, "verify_iterations": 0}, launcher=FakeLauncher())
     client = app.test_client()
     task_id = client.put("/enqueue?iterations=1", data=b"own").get_json()["id"]
     client.post("/claim", json={"worker_id": "w1"}, headers={"X-Cluster-Token": TOKEN})
-    client.post("/complete", json={"worker_id": "w1", "results": [{"id": task_id, "result": "cd" * 64}]},
+    client.post("/complete", json={"worker_id": "w1", "results": [{"id": task_id, "result": sha512_chain(b"own", 1)}]},
                 headers={"X-Cluster-Token": TOKEN})
     return client, task_id
 
