@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
@@ -58,17 +59,23 @@ def measure_lanes(compute: ComputeFn, lanes: int, seconds: float = 0.05, *,
                   compute_many: ComputeMany | None = None, width: int = 1) -> tuple[float, float]:
     """(iterations/s of the slowest lane, of all lanes together), all lanes hashing at once: CPUs
     that share a core (hyper-threads) show here as less than ``lanes`` times one lane. With
-    ``compute_many`` and ``width`` > 1, each lane runs ``width`` chains at once (vector lanes)."""
+    ``compute_many`` and ``width`` > 1, each lane runs ``width`` chains at once (vector lanes).
+
+    Per second of the lane thread's own CPU time (what the lane does while it runs, whatever
+    else the machine runs: on a busy machine a wall-clock rate was several times too low, and so
+    were the claims and slices sized from it), or of wall time for a ``ProcessCompute``, whose
+    thread only waits."""
+    clock = time.perf_counter if isinstance(compute, ProcessCompute) else time.thread_time
     if compute_many is not None and width > 1:
         compute = widened(compute_many, width)
     if lanes == 1:
-        rate = measure_hash_rate(seconds, compute_fn=compute)
+        rate = measure_hash_rate(seconds, clock=clock, compute_fn=compute)
         return rate * width, rate * width
     rates = [0.0] * lanes
 
     def measure(lane: int) -> None:
         compute(b"", 1)  # warm: a first call may start a process
-        rates[lane] = measure_hash_rate(seconds, compute_fn=compute) * width
+        rates[lane] = measure_hash_rate(seconds, clock=clock, compute_fn=compute) * width
 
     threads = [threading.Thread(target=measure, args=(lane,), name=f"measure-{lane}") for lane in range(lanes)]
     for thread in threads:

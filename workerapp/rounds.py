@@ -2,8 +2,8 @@
 
 Each round advances the started chains by up to ``step`` iterations each (about a slice of
 time), and starts waiting ones while the round's work stays within ``width`` x ``step``: one
-call of the engine's ``compute_many`` computes the whole round, its kernel giving a freed lane
-to the next chain of the round. Chains of different lengths share the lanes this way: a short
+call of the engine's ``compute_many`` computes the whole round, longest jobs first, its kernel
+giving a freed lane to the next job of the round. Chains of different lengths share the lanes this way: a short
 one ends inside a round, a long one goes on in the next from the digest it reached, which is
 its checkpoint. A chain's slice never goes past its next mark (``tmcommon/marks.py``), and the
 digest at each mark is kept for the result. A pure planner: the worker (``workerapp/worker.py``)
@@ -88,7 +88,9 @@ class LaneBatch:
             self.running.append(chain)
             planned.append((chain, n))
             total += n
-        return planned
+        # longest first: the kernel gives each freed lane to the next job, so the short ones fill
+        # the lanes at the end of the round instead of a long one running there alone
+        return sorted(planned, key=lambda job: -job[1])
 
     def record(self, planned: list[tuple[Chain, int]], digests: list[str]) -> list[Chain]:
         """Advance each planned chain to its new digest; returns those that ended (no longer held)."""
