@@ -148,3 +148,28 @@ def test_a_running_task_comes_back_with_its_newest_checkpoint(tmp_path):
     close(app)
     with sqlite3.connect(tmp_path / DB_NAME) as conn:
         assert conn.execute("SELECT count(*) FROM tasks WHERE ckpt_done IS NOT NULL").fetchone() == (0,)
+
+
+def test_identical_tasks_count_against_max_queued_and_come_back_sharing_one_run(tmp_path):
+    """200 enqueues of one body with MAX_QUEUED=10 and no worker: 10 accepted (sharers count),
+    and after a restart they share one run again, as docs/durability.md says."""
+    app, client = node(tmp_path, max_queued=10)
+    answers = [client.put("/enqueue?iterations=3", data=b"same") for _ in range(200)]
+    accepted = [a.get_json()["id"] for a in answers if a.status_code == 201]
+    refused = [a for a in answers if a.status_code != 201]
+    assert len(accepted) == 10 and all(a.status_code == 503 and a.get_json()["error"] == "queue_full"
+                                       for a in refused)
+    assert client.get("/stats").get_json()["queued"] == 1  # one run queued; nine share it
+    close(app)
+
+    app, client = node(tmp_path, max_queued=10)
+    stats = client.get("/stats").get_json()
+    assert stats["queued"] == 1 and stats["journal"]["recovered"]["queued"] == 10
+    assert client.put("/enqueue?iterations=3", data=b"same").status_code == 503  # still full
+    (leased,) = claim(client, AUTH, "w1", max_tasks=100)  # one run for the ten
+    assert complete(client, AUTH, "w1", [(leased["id"], sha512_result(b"same", 3))]) == 1
+    for task_id in accepted:
+        task = client.get(f"/status/{task_id}").get_json()
+        assert task["state"] == "completed" and task["result"] == sha512_result(b"same", 3)
+    assert client.get("/stats").get_json()["reused"] == 9
+    close(app)

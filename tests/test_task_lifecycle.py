@@ -110,12 +110,15 @@ def test_the_peers_kept_result_is_reused(store):
     assert done.reused_from == "e" * 32 and store.status(done.id).result == RESULT
 
 
-def test_shared_runs_take_no_queue_room(clock):
-    store = TaskStore(max_queued=1, monotonic=clock, wall=clock)
+def test_shared_runs_count_against_max_queued_but_hold_no_second_body(clock):
+    store = TaskStore(max_queued=2, max_queued_bytes=3, monotonic=clock, wall=clock)
     submit(store, b"one")
-    assert submit(store, b"one").reused_from is not None
+    assert submit(store, b"one").reused_from is not None  # within MAX_QUEUED_BYTES: no second copy
+    assert store.counts().body_bytes == 3
     with pytest.raises(QueueFull):
-        submit(store, b"two")
+        submit(store, b"one")  # a third waiting task: past MAX_QUEUED
+    run(store)
+    assert store.counts().reused == 1 and store.counts().queued == 0
 
 
 def test_cancelling_a_leader_hands_its_run_to_the_first_follower(store):

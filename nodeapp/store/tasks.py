@@ -233,7 +233,8 @@ class TaskStore:
                     how, source = _QUEUE, None
                 if how == _QUEUE:
                     leaders.setdefault((item.digest, item.iterations), task_id)
-                    queued, queued_bytes = queued + 1, queued_bytes + len(item.data)
+                    queued_bytes += len(item.data)
+                queued += how in (_QUEUE, _FOLLOW)  # a task that shares a run waits too: MAX_QUEUED counts it
                 steps.append((how, task_id, source))
             self._check_room(queued, queued_bytes)
             wall, tick = self._wall(), self._monotonic()
@@ -326,8 +327,8 @@ class TaskStore:
                                          f"{KEPT_BODIES_BYTES // 2**20} MiB of failed and cancelled bodies)")
             data, digest = kept
             how, source = self._match((digest, record.iterations), reuse)
-            if how == _QUEUE:
-                self._check_room(1, len(data))
+            if how in (_QUEUE, _FOLLOW):
+                self._check_room(1, len(data) if how == _QUEUE else 0)
             del self._failed[task_id]
             self._note(Trimmed(record.seq))  # its row goes; the task comes back under a new seq
             self._drop_body(task_id)
@@ -599,10 +600,10 @@ class TaskStore:
         for stored in recovered.queued:
             data = stored.body or b""
             waited = max(0.0, now - stored.enqueued_at)
-            self._admit(_Task(stored.id, stored.iterations, stored.enqueued_at, tick - waited, data, stored.seq,
-                              checkpoint=stored.checkpoint, digest=hashlib.sha512(data).digest(),
-                              priority=stored.priority, not_before=stored.not_before, deadline=stored.deadline,
-                              owner=stored.owner).schedule(now, tick), _QUEUE, None)
+            task = _Task(stored.id, stored.iterations, stored.enqueued_at, tick - waited, data, stored.seq,
+                         checkpoint=stored.checkpoint, digest=hashlib.sha512(data).digest(), priority=stored.priority,
+                         not_before=stored.not_before, deadline=stored.deadline, owner=stored.owner)
+            self._admit(task.schedule(now, tick), *self._restored_as(task))
         self._unwritten.clear()  # _admit noted them as accepted: they are in the journal already
         # Completions are numbered 1, 2, ... per epoch: the kept ones are the newest of them all.
         self.epoch = recovered.epoch or self.epoch
@@ -712,11 +713,13 @@ class TaskStore:
                            reused_from=task.leader and task.leader.id, checking=runner.id in self._checking)
 
     def _check_room(self, count: int, size: int) -> None:
-        """Raise ``QueueFull`` unless ``count`` more tasks of ``size`` bytes in all fit."""
-        if len(self._queue) + count > self.max_queued:
+        """Raise ``QueueFull`` unless ``count`` more waiting tasks (queued, or sharing the run of
+        another) of ``size`` bytes in all fit."""
+        waiting = len(self._active) - len(self._running)  # the queue and every task that shares a run
+        if waiting + count > self.max_queued:
             self._rejected_full += 1
             raise QueueFull(f"the queue holds MAX_QUEUED={self.max_queued} tasks" if count == 1 else
-                            f"the queue holds {len(self._queue)} tasks; {count} more would exceed "
+                            f"the queue holds {waiting} tasks; {count} more would exceed "
                             f"MAX_QUEUED={self.max_queued}")
         if self._body_bytes + size > self.max_queued_bytes:
             self._rejected_full += 1
@@ -725,17 +728,30 @@ class TaskStore:
 
     def _match(self, work: Work, reuse: bool, batch_leaders: Mapping[Work, str] | None = None,
                peer_results: Mapping[Work, tuple[str, str]] | None = None) -> tuple[str, object]:
-        """How a new task of ``work`` is admitted: (_DONE, kept id), (_DONE_PEER, (peer's id,
-        result)), (_FOLLOW, leader id) or (_QUEUE, None)."""
+        """How a new task of ``work`` is admitted: (_DONE, (id, result)) of a kept result,
+        (_DONE_PEER, (peer's id, result)), (_FOLLOW, leader id) or (_QUEUE, None). The kept result
+        is read now: admitting the tasks before this one may trim it (RESULTS_RETENTION)."""
         if reuse:
             done = self._reuse.done(work)
             if done is not None:
-                return _DONE, done
+                kept = self._completed[done]  # named after the task that ran, not after a copy of its result
+                return _DONE, (kept.reused_from or done, kept.result)
             if peer_results and work in peer_results:
                 return _DONE_PEER, peer_results[work]
             leader = (batch_leaders or {}).get(work) or self._reuse.leader(work)
             if leader is not None:
                 return _FOLLOW, leader
+        return _QUEUE, None
+
+    def _restored_as(self, task: _Task) -> tuple[str, str | None]:
+        """How a queued task read back from the journal is admitted: sharing the run of an older
+        identical one read back before it (as it did before the restart, when it was sent with
+        reuse), unless it has a checkpoint of its own to resume from."""
+        leader = self._reuse.leader((task.digest, task.iterations))
+        if leader is not None and task.checkpoint is None and self._may_follow(
+                Submission(task.data, task.iterations, task.digest, priority=task.priority,
+                           not_before=task.not_before, deadline=task.deadline), leader):
+            return _FOLLOW, leader
         return _QUEUE, None
 
     def _may_follow(self, item: Submission, leader_id: str) -> bool:
@@ -790,9 +806,6 @@ class TaskStore:
         self._note(Accepted(task.seq, task.id, task.iterations, b"" if how in (_DONE, _DONE_PEER) else task.data,
                             task.enqueued_at, task.priority, task.not_before, task.deadline, task.owner))
         if how in (_DONE, _DONE_PEER):
-            if how == _DONE:  # named after the task that ran, not after a copy of its result
-                kept = self._completed[source]
-                source = (kept.reused_from or source, kept.result)
             source_id, result = source
             self._reused += 1
             self._completed_now(task.record(state=COMPLETED, result=result, completed_at=self._wall(),
