@@ -77,6 +77,8 @@ def create_app(
         priority_aging=config.priority_aging,
         journal=journal,
         idempotency_seconds=config.idempotency_seconds,
+        idempotency_keys_bytes=config.idempotency_keys_bytes,
+        kept_bodies_bytes=config.kept_bodies_bytes,
     )
     if journal is not None:
         node.tasks.restore(journal.load())

@@ -40,6 +40,8 @@ NUMERIC = [
     ("IDEMPOTENCY_SECONDS", float, 1, 30 * 86400, "from 1 to 2.592e+06"),
     ("REUSE_PEER_MIN_ITERATIONS", int, 1, 10**12, "from 1 to 1000000000000"),
     ("PEER_TIMEOUT_SECONDS", float, 0.1, 30, "from 0.1 to 30"),
+    ("IDEMPOTENCY_KEYS_BYTES", int, 1024**2, 2**40, "from 1048576 to 1099511627776"),
+    ("KEPT_BODIES_BYTES", int, 0, 2**40, "from 0 to 1099511627776"),
     ("HASH_RATE", float, 1, 10**10, "from 1 to 1e+10"),
     ("CLAIM_SECONDS", float, 0.01, 60, "from 0.01 to 60"),
     ("LOG_SUMMARY_SECONDS", float, 0, 86400, "from 0 to 86400"),

@@ -215,6 +215,14 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             help="largest `PUT /enqueue_batch` request body, framing included"),
     Setting("idempotency_seconds", "IDEMPOTENCY_SECONDS", float, 86400.0, 1, 30 * 86400,
             "seconds a node remembers an `Idempotency-Key` (the same key then returns the same task id)"),
+    Setting("idempotency_keys_bytes", "IDEMPOTENCY_KEYS_BYTES", int, 64 * 1024**2, 1024**2, 2**40,
+            shown_default="67108864 (64 MiB)",
+            help="memory the remembered `Idempotency-Key`s may take (each counted as its length + 600 bytes: "
+                 "about 78,000 keys of 255 characters); past it the oldest are forgotten before "
+                 "`IDEMPOTENCY_SECONDS`"),
+    Setting("kept_bodies_bytes", "KEPT_BODIES_BYTES", int, 64 * 1024**2, 0, 2**40, shown_default="67108864 (64 MiB)",
+            help="bodies of failed and cancelled tasks kept for `retry` (the oldest dropped first; 0 = none: "
+                 "such a task cannot be retried)"),
     Setting("peer_timeout", "PEER_TIMEOUT_SECONDS", float, 1.8, 0.1, 30,
             "seconds a call to the peer node may take in all (a third of it, at most 0.5 s, to connect) before this "
             "node answers without the peer's part (`X-Peer-Unavailable`); the default keeps within SPEC.md's 2 s"),

@@ -2,7 +2,8 @@
 
 ``IdempotencyKeys`` has no lock of its own: ``TaskStore`` uses it under the store's lock, so
 checking a key and queueing its task are one step. A key is kept for ``seconds`` (on the
-monotonic clock) and at most ``max_keys`` keys are kept, the oldest dropped first.
+monotonic clock), and the keys kept take at most ``max_bytes`` (IDEMPOTENCY_KEYS_BYTES), each
+counted as its length plus ``KEY_OVERHEAD``; past either bound the oldest go first.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ from typing import NamedTuple
 
 from tmcommon.batchwire import KEY_PATTERN
 
-__all__ = ["IdempotencyKeys", "KeyEntry", "is_key"]
+__all__ = ["IdempotencyKeys", "KeyEntry", "KEY_OVERHEAD", "is_key"]
+
+#: Bytes of memory a kept key takes beyond its characters: the key's string object, its entry (a
+#: tuple of the task id string, iterations and the 64-byte digest), its expiry and its slot in
+#: the ordered dict (measured with tracemalloc on CPython 3.11: tests/test_bounds.py).
+KEY_OVERHEAD = 600
 
 
 def is_key(text: str) -> bool:
@@ -35,9 +41,11 @@ class KeyEntry(NamedTuple):
 class IdempotencyKeys:
     """Keys in the order they were first seen, each with its expiry."""
 
-    def __init__(self, seconds: float, monotonic: Callable[[], float], max_keys: int = 1_000_000) -> None:
+    def __init__(self, seconds: float, monotonic: Callable[[], float], max_bytes: int) -> None:
         self.seconds = seconds
-        self.max_keys = max_keys
+        self.max_bytes = max_bytes
+        self.bytes = 0  # what the kept keys count for (``KEY_OVERHEAD`` each, plus their length)
+        self.dropped = 0  # keys dropped before their time to stay within ``max_bytes``
         self._monotonic = monotonic
         self._keys: OrderedDict[str, tuple[KeyEntry, float]] = OrderedDict()
 
@@ -49,18 +57,25 @@ class IdempotencyKeys:
 
     def put(self, key: str, entry: KeyEntry) -> None:
         now = self._monotonic()
+        if key in self._keys:
+            self._drop(key)
         self._keys[key] = (entry, now + self.seconds)
-        self._keys.move_to_end(key)
+        self.bytes += len(key) + KEY_OVERHEAD
         while self._keys:
             oldest, (_, expires) = next(iter(self._keys.items()))
-            if expires > now and len(self._keys) <= self.max_keys:
+            if expires > now and self.bytes <= self.max_bytes:
                 break
-            del self._keys[oldest]
+            self.dropped += expires > now
+            self._drop(oldest)
+
+    def _drop(self, key: str) -> None:
+        del self._keys[key]
+        self.bytes -= len(key) + KEY_OVERHEAD
 
     def forget(self, gone: Callable[[KeyEntry], bool]) -> None:
         """Drop the keys whose entry is ``gone`` (their task was lost with a failed journal write)."""
         for key in [key for key, (entry, _) in self._keys.items() if gone(entry)]:
-            del self._keys[key]
+            self._drop(key)
 
     def __len__(self) -> int:
         return len(self._keys)

@@ -50,8 +50,6 @@ log = logging.getLogger(__name__)
 _REPLAY, _QUEUE, _FOLLOW, _DONE, _DONE_PEER = "replay", "queue", "follow", "done", "done-peer"
 #: The reason of a queued task failed at its deadline, and of tasks purged by the operator.
 EXPIRED, PURGED = "expired", "purged by the operator"
-#: Bodies of failed and cancelled tasks kept for ``retry`` (the oldest are dropped past it).
-KEPT_BODIES_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(slots=True, eq=False)
@@ -118,6 +116,8 @@ class TaskStore:
         results_ttl: seconds a completed or failed task is kept (0: no age limit), see ``trim_aged``.
         priority_aging: seconds of waiting worth one priority step (``nodeapp.taskqueue``).
         idempotency_seconds: how long an idempotency key is remembered.
+        idempotency_keys_bytes: memory the remembered keys may take (the oldest go first).
+        kept_bodies_bytes: bodies of failed and cancelled tasks kept for ``retry``.
         epoch: the id of this run of the store in ``completed_after`` cursors (random by default).
         monotonic: the clock of lease deadlines and queue age.
         wall: seconds since the epoch, for ``enqueued_at`` and ``completed_at``.
@@ -135,6 +135,8 @@ class TaskStore:
         results_ttl: float = 0.0,
         priority_aging: float = 60.0,
         idempotency_seconds: float = 86400.0,
+        idempotency_keys_bytes: int = 64 * 1024**2,
+        kept_bodies_bytes: int = 64 * 1024**2,
         epoch: str | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -152,7 +154,8 @@ class TaskStore:
         self.max_queued_bytes = max_queued_bytes
         self.results_retention = results_retention
         self.epoch = epoch or uuid.uuid4().hex[:16]
-        self._keys = IdempotencyKeys(idempotency_seconds, monotonic)
+        self.idempotency_keys_bytes, self.kept_bodies_bytes = idempotency_keys_bytes, kept_bodies_bytes
+        self._keys = IdempotencyKeys(idempotency_seconds, monotonic, idempotency_keys_bytes)
         self.results_ttl = results_ttl
         self._priority_aging = priority_aging
         self._empty()
@@ -324,7 +327,8 @@ class TaskStore:
             kept = self._kept_bodies.get(task_id)
             if kept is None:
                 raise WrongState(record, f"the body of task {task_id} is no longer kept (past "
-                                         f"{KEPT_BODIES_BYTES // 2**20} MiB of failed and cancelled bodies)")
+                                         f"KEPT_BODIES_BYTES={self.kept_bodies_bytes} of failed and cancelled "
+                                         "bodies)")
             data, digest = kept
             how, source = self._match((digest, record.iterations), reuse)
             if how in (_QUEUE, _FOLLOW):
@@ -868,12 +872,12 @@ class TaskStore:
         self._reuse.set_leader(work, first.id)
 
     def _end(self, record: TaskRecord, task: _Task) -> None:
-        """Keep a failed or cancelled record, and its body for ``retry`` (within KEPT_BODIES_BYTES)."""
+        """Keep a failed or cancelled record, and its body for ``retry`` (within ``kept_bodies_bytes``)."""
         self._note(Failed(task.seq, record.reason or "", record.completed_at, record.state == CANCELLED))
         self._keep(self._failed, record)
         self._kept_bodies[task.id] = (task.data, task.digest)
         self._kept_bytes += len(task.data)
-        while self._kept_bytes > KEPT_BODIES_BYTES:
+        while self._kept_bytes > self.kept_bodies_bytes:
             self._drop_body(next(iter(self._kept_bodies)))
 
     def _note(self, *records: Record) -> None:
