@@ -33,6 +33,10 @@ def start_background(app: Flask, node_url: str | None = None) -> BackgroundSched
             max_instances=1, coalesce=True, replace_existing=True,
         )
         scheduler.add_job(
+            ctx.follow_peer_runs, "interval", seconds=ctx.config.scale_interval, id="peer-runs",
+            max_instances=1, coalesce=True, replace_existing=True,
+        )
+        scheduler.add_job(
             ctx.sample_history, "interval", seconds=ctx.config.history_seconds, id="history",
             max_instances=1, coalesce=True, replace_existing=True,
         )

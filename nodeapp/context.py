@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ from provisioning.launchers import Launcher
 EXTENSION_KEY = "nodeapp"
 #: Long running tasks listed with their progress in ``/stats`` (and so on the dashboard).
 IN_PROGRESS_SHOWN = 10
+#: Runs of the peer's asked about per ``follow_peer_runs`` (one ``GET /status`` each).
+PEER_RUNS_ASKED = 100
+_RESULT = re.compile(r"[0-9a-f]{128}")
 
 
 @dataclass
@@ -104,6 +108,23 @@ class NodeContext:
         tasks, workers = self.node.tasks.counts(), self.node.workers.counts()
         self.history.add(Sample(self.history.slot(time.time()), tasks.queued, tasks.running, workers.live,
                                 workers.pending, tasks.completed, tasks.failed, peer_reachable))
+
+    def follow_peer_runs(self) -> int:
+        """Tasks that wait for an identical task's run on the peer (a scheduler job, every
+        SCALE_INTERVAL): each run that completed gives them its result; one that failed, was
+        cancelled, is unknown there, or a peer that cannot be asked, queues them here, so that
+        they run anyway. Returns how many tasks that settled."""
+        settled = 0
+        for peer_id in list(self.node.tasks.peer_runs())[:PEER_RUNS_ASKED]:
+            answered, task = self.peer.status(peer_id)
+            state = task.get("state") if isinstance(task, dict) and task.get("id") == peer_id else None
+            if answered and state in ("queued", "running"):
+                continue  # still going
+            result = task.get("result") if state == "completed" else None
+            if not (isinstance(result, str) and _RESULT.fullmatch(result)):
+                result = None
+            settled += self.node.tasks.peer_run_ended(peer_id, result)
+        return settled
 
     def close(self) -> None:
         """After the last request (gunicorn's worker_exit): stop the spot-checks, close the journal."""

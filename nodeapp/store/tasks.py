@@ -47,7 +47,7 @@ from nodeapp.store.verification import Check, RecentResults, Sampler, Unchecked,
 log = logging.getLogger(__name__)
 
 # How submit_many admits an item (see TaskStore._match).
-_REPLAY, _QUEUE, _FOLLOW, _DONE, _DONE_PEER = "replay", "queue", "follow", "done", "done-peer"
+_REPLAY, _QUEUE, _FOLLOW, _DONE, _DONE_PEER, _WAIT_PEER = "replay", "queue", "follow", "done", "done-peer", "wait-peer"
 #: The reason of a queued task failed at its deadline, and of tasks purged by the operator.
 EXPIRED, PURGED = "expired", "purged by the operator"
 
@@ -74,6 +74,7 @@ class _Task:
     digest: bytes = b""  # sha512(data)
     leader: _Task | None = None
     followers: list[_Task] = field(default_factory=list)
+    peer_run: str | None = None  # waits for the run of this identical task of the peer's (not in the queue)
     priority: int = PRIORITY_DEFAULT
     not_before: float | None = None  # wall clock
     deadline: float | None = None  # wall clock
@@ -198,14 +199,17 @@ class TaskStore:
 
     def submit_many(self, items: Sequence[Submission], *, reuse: bool = True,
                     peer_keys: Mapping[str, KeyEntry] | None = None,
-                    peer_results: Mapping[Work, tuple[str, str]] | None = None) -> list[Submitted]:
+                    peer_results: Mapping[Work, tuple[str, str]] | None = None,
+                    peer_runs: Mapping[Work, str] | None = None) -> list[Submitted]:
         """Queue every item, in order, or none; returns what became of each.
 
         An item whose idempotency key this store knows (or ``peer_keys``, the peer's answer, or
         an earlier item) is *replayed*: it gets the id its key first got and queues nothing.
         With ``reuse``, an item whose (digest, iterations) matches a kept result (here, or the
         peer's ``(id, result)`` in ``peer_results``) completes at once from it, and one that
-        matches a queued or running task (or an earlier item) shares that task's run.
+        matches a queued or running task (or an earlier item) shares that task's run; one that
+        matches the peer's queued or running task in ``peer_runs`` waits for that run
+        (``peer_runs``, ``peer_run_ended``).
 
         Raises:
             KeyMismatch: a known key with another body or iterations (nothing queued).
@@ -234,10 +238,13 @@ class TaskStore:
                 how, source = self._match((item.digest, item.iterations), reuse, leaders, peer_results)
                 if how == _FOLLOW and not self._may_follow(item, source):
                     how, source = _QUEUE, None
-                if how == _QUEUE:
+                if how == _QUEUE and reuse and peer_runs and (item.digest, item.iterations) in peer_runs \
+                        and item.not_before is None and item.deadline is None:
+                    how, source = _WAIT_PEER, peer_runs[(item.digest, item.iterations)]
+                if how in (_QUEUE, _WAIT_PEER):
                     leaders.setdefault((item.digest, item.iterations), task_id)
                     queued_bytes += len(item.data)
-                queued += how in (_QUEUE, _FOLLOW)  # a task that shares a run waits too: MAX_QUEUED counts it
+                queued += how in (_QUEUE, _FOLLOW, _WAIT_PEER)  # a task that shares a run waits too: MAX_QUEUED counts it
                 steps.append((how, task_id, source))
             self._check_room(queued, queued_bytes)
             wall, tick = self._wall(), self._monotonic()
@@ -258,6 +265,47 @@ class TaskStore:
             commit = self._flush()
         self._durable(commit)
         return out
+
+    def runs(self, works: Iterable[Work]) -> dict[Work, str]:
+        """The queued or running task (not itself waiting for the peer) that runs each of
+        ``works`` here, for the peer's ``submit_many`` (``peer_runs``)."""
+        with self._lock:
+            found = {}
+            for work in works:
+                leader = self._reuse.leader(work)
+                if leader is not None and leader in self._active and self._active[leader].peer_run is None:
+                    found[work] = leader
+            return found
+
+    def peer_runs(self) -> dict[str, list[str]]:
+        """The tasks that wait for a run of the peer's, by the peer's task id."""
+        with self._lock:
+            waiting: dict[str, list[str]] = {}
+            for task in self._active.values():
+                if task.peer_run is not None:
+                    waiting.setdefault(task.peer_run, []).append(task.id)
+            return waiting
+
+    def peer_run_ended(self, peer_id: str, result: str | None) -> int:
+        """The peer's task ``peer_id`` completed with ``result``: the tasks waiting for it complete
+        with it (``reused_from`` it). ``result`` None (it failed, was cancelled, is unknown or the
+        peer cannot be asked): they are queued here, so that they run anyway. Returns how many."""
+        with self._lock:
+            waiting = [t for t in self._active.values() if t.peer_run == peer_id]
+            now = self._monotonic()
+            for task in waiting:
+                task.peer_run = None
+                if result is None:
+                    self._queue.push(task, now)
+                    continue
+                del self._active[task.id]
+                self._body_bytes -= len(task.data)
+                self._reused += 1
+                self._completed_now(task.record(state=COMPLETED, result=result, completed_at=self._wall(),
+                                                reused_from=peer_id), task)
+            commit = self._flush()
+        self._durable(commit)
+        return len(waiting)
 
     def lookup(self, keys: Iterable[str], works: Iterable[Work]) -> tuple[dict[str, KeyEntry], dict[Work, tuple[str, str]]]:
         """What this store knows of ``keys`` (idempotency) and of ``works`` (kept results as
@@ -291,7 +339,9 @@ class TaskStore:
             if task.leader is not None:
                 task.leader.followers.remove(task)
             else:
-                if task.state == QUEUED:
+                if task.peer_run is not None:
+                    task.peer_run = None  # waited for the peer: in no queue
+                elif task.state == QUEUED:
                     self._queue.remove(task)
                 else:
                     del self._running[task_id]
@@ -821,7 +871,10 @@ class TaskStore:
             task.leader, task.data = leader, leader.data
             leader.followers.append(task)
             return leader.id
-        self._queue.push(task, self._monotonic())
+        if how == _WAIT_PEER:
+            task.peer_run = source
+        else:
+            self._queue.push(task, self._monotonic())
         self._body_bytes += len(task.data)
         if self._reuse.leader((task.digest, task.iterations)) is None:
             self._reuse.set_leader((task.digest, task.iterations), task.id)

@@ -54,6 +54,7 @@ def queue(ctx, items: list[Submission], reuse: bool, *, batch: bool = False) -> 
     headers: dict[str, str] = {}
     peer_keys: dict = {}
     peer_results: dict = {}
+    peer_runs: dict = {}
     keys = [item.key for item in items if item.key is not None]
     # Asking the peer costs a round trip on the enqueue path: worth it only for work that costs more.
     floor = ctx.config.reuse_peer_min_iterations
@@ -65,8 +66,10 @@ def queue(ctx, items: list[Submission], reuse: bool, *, batch: bool = False) -> 
             headers["X-Peer-Unavailable"] = "1"
         else:
             peer_keys, peer_results = _peer_answer(answer, keys)
+            peer_runs = _peer_runs(answer)
     try:
-        return ctx.node.tasks.submit_many(items, reuse=reuse, peer_keys=peer_keys, peer_results=peer_results), headers
+        return ctx.node.tasks.submit_many(items, reuse=reuse, peer_keys=peer_keys, peer_results=peer_results,
+                                          peer_runs=peer_runs), headers
     except KeyMismatch as exc:
         where = f"task {exc.index}: " if batch else ""
         raise ApiError(422, "idempotency_key_mismatch", f"{where}{exc}; nothing was queued") from None
@@ -78,12 +81,27 @@ def queue(ctx, items: list[Submission], reuse: bool, *, batch: bool = False) -> 
                        headers={"Retry-After": "1"}) from None
 
 
-def lookup_answer(known: dict[str, KeyEntry], results: dict) -> dict:
-    """``POST /lookup``'s answer (read back by ``_peer_answer``)."""
+def lookup_answer(known: dict[str, KeyEntry], results: dict, runs: dict | None = None) -> dict:
+    """``POST /lookup``'s answer (read back by ``_peer_answer`` and ``_peer_runs``): known keys,
+    kept results and the tasks queued or running here for the works asked about."""
     return {"keys": {key: {"id": e.task_id, "iterations": e.iterations, "digest": e.digest.hex()}
                      for key, e in known.items()},
             "results": [[digest.hex(), iterations, task_id, result]
-                        for (digest, iterations), (task_id, result) in results.items()]}
+                        for (digest, iterations), (task_id, result) in results.items()],
+            "runs": [[digest.hex(), iterations, task_id] for (digest, iterations), task_id in (runs or {}).items()]}
+
+
+def _peer_runs(answer: dict) -> dict:
+    """The peer's tasks queued or running for the works asked about, ``{(digest, iterations): id}``;
+    entries of the wrong form (or from a peer that does not say) are left out."""
+    runs = {}
+    for item in answer.get("runs") if isinstance(answer.get("runs"), list) else ():
+        if isinstance(item, list) and len(item) == 3:
+            digest, iterations, task_id = item
+            if (isinstance(digest, str) and _DIGEST.fullmatch(digest) and type(iterations) is int and iterations >= 1
+                    and isinstance(task_id, str) and is_task_id(task_id)):
+                runs[(bytes.fromhex(digest), iterations)] = task_id
+    return runs
 
 
 def _peer_answer(answer: dict, asked: list[str]) -> tuple[dict[str, KeyEntry], dict]:

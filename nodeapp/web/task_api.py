@@ -90,8 +90,10 @@ def lookup():
     if not all(isinstance(w, list) and len(w) == 2 and isinstance(w[0], str) and _WORK.fullmatch(w[0])
                and type(w[1]) is int and w[1] >= 1 for w in works):
         raise ApiError(400, "bad_request", "each work must be [sha512 hex digest, iterations >= 1]")
-    known, results = get_context().node.tasks.lookup(keys, [(bytes.fromhex(d), n) for d, n in works])
-    return jsonify(lookup_answer(known, results))
+    tasks = get_context().node.tasks
+    pairs = [(bytes.fromhex(d), n) for d, n in works]
+    known, results = tasks.lookup(keys, pairs)
+    return jsonify(lookup_answer(known, results, tasks.runs([w for w in pairs if w not in results])))
 
 
 # ------------------------------------------------------------------ cancel and retry
