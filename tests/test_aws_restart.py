@@ -35,6 +35,10 @@ ITERATIONS = 150_000
 
 @pytest.fixture
 def moto_server(monkeypatch):
+    try:
+        import flask_cors  # noqa: F401  (moto's server needs it; moto[ec2,...] does not bring it)
+    except ImportError:
+        pytest.fail("moto's ThreadedMotoServer needs flask-cors: .venv/bin/python -m pip install -e '.[test]'")
     from moto.server import ThreadedMotoServer
 
     for key, value in FAKE_ENV.items():
