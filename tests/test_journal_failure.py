@@ -6,6 +6,7 @@ writes again once the file is read back. Nodes through the Flask test client, as
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 
@@ -229,4 +230,41 @@ def test_a_stuck_commit_is_a_503_after_journal_wait_seconds(tmp_path, sync):
     close(app)
     app, client = node(tmp_path)
     assert counts(client)[0] == 4
+    close(app)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 256 KiB tmpfs (root only, where mounting is allowed): a disk that really fills up."""
+    path = tmp_path / "tiny"
+    path.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(path)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root and a mount permission)")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_a_really_full_disk_a_503_and_memory_agrees_with_the_file(tiny_disk):
+    app, client = node(tiny_disk)
+    accepted = {}
+    for _ in range(1000):  # 3 KiB bodies until the tmpfs is full
+        body = os.urandom(3000)
+        response = client.put("/enqueue?iterations=1", data=body)
+        if response.status_code != 201:
+            break
+        accepted[response.get_json()["id"]] = body
+    assert_error(response, 503, "journal_unavailable")
+    assert len(accepted) >= 2 and counts(client) == (len(accepted), 0, 0, len(accepted))
+    assert subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)]).returncode == 0  # room again
+    extra = enqueue(client, b"after")
+    accepted[extra] = b"after"
+    leased = claim(client, AUTH, "w", max_tasks=1000)
+    assert sorted(t["id"] for t in leased) == sorted(accepted)
+    assert complete(client, AUTH, "w", [(i, sha512_result(b, 1)) for i, b in accepted.items()]) == len(accepted)
+    close(app)
+    app, client = node(tiny_disk)
+    assert counts(client) == (0, 0, len(accepted), len(accepted))
+    for task_id, body in accepted.items():
+        assert client.get(f"/status/{task_id}").get_json()["result"] == sha512_result(body, 1)
     close(app)
