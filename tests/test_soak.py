@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -23,16 +24,24 @@ TASKS = int(os.environ.get("SOAK_TASKS", "20000"))
 
 def enqueue_all(urls: list[str], work: list[tuple[bytes, int]], **params: str) -> dict[str, int]:
     """Enqueue every ``(body, iterations)`` of ``work``, alternating nodes, from 8 threads with a
-    session each; returns task id -> index in ``work``."""
+    session each; returns task id -> index in ``work``. A call whose kept-alive connection the
+    node closed meanwhile (a busy machine) is sent again with its idempotency key: queued once."""
     sessions = threading.local()
+    run = uuid.uuid4().hex[:8]
 
     def enqueue(i: int) -> tuple[str, int]:
         session = getattr(sessions, "s", None) or requests.Session()
         sessions.s = session
         data, iterations = work[i]
-        response = session.put(f"{urls[i % 2]}/enqueue", params={"iterations": iterations, **params},
-                               data=data, timeout=30)
-        assert response.status_code == 201, response.text
+        for attempt in range(3):
+            try:
+                response = session.put(f"{urls[i % 2]}/enqueue", params={"iterations": iterations, **params},
+                                       data=data, headers={"Idempotency-Key": f"soak-{run}-{i}"}, timeout=30)
+                break
+            except requests.ConnectionError:
+                if attempt == 2:
+                    raise
+        assert response.status_code in (200, 201), response.text
         return response.json()["id"], i
 
     with ThreadPoolExecutor(8) as pool:

@@ -10,6 +10,7 @@ import pytest
 
 from nodeapp import create_app
 from nodeapp.node import Node
+from nodeapp.fleet.pool import Report
 from nodeapp.store.records import Submission
 from nodeapp.store.checker import Checker
 from nodeapp.store.verification import RecentResults, Sampler, Unchecked, plan, run
@@ -289,3 +290,19 @@ def test_a_held_task_can_be_cancelled_and_its_check_then_changes_nothing():
     release.append(1)
     wait_for(checker.idle, timeout=10, what="the check")
     assert node.tasks.status(task_id).state == "cancelled" and "w" not in node.quarantine
+
+
+def test_a_quarantined_worker_of_this_node_is_handed_to_the_launcher_to_stop():
+    node = make_node(budget=100)
+    node.launcher_kind = "ec2"
+    node.workers.add(["i-0bad"])  # launched by this node (an EC2 instance id in AWS mode)
+    node.claim("i-0bad", 10, None, Report(1000.0, "native", 2, "Some CPU", True))
+    task_id = node.tasks.submit(b"t", 10)
+    claim_all(node, "i-0bad")
+    node.complete("i-0bad", [(task_id, "00" * 64)])
+    wait_for(lambda: "i-0bad" in node.quarantine, timeout=10, what="the quarantine")
+    with node.workers.terminating() as departed:  # what the scaler's next run terminates
+        assert departed == ["i-0bad"]
+    [caught] = node.quarantine.newest()
+    assert (caught.launcher, caught.engine, caught.cpu, caught.lanes) == ("ec2 spot", "native", "Some CPU", 2)
+    assert node.workers.workers() == []
