@@ -17,9 +17,11 @@ from nodeapp.web import origin
 from nodeapp.web import errors
 from nodeapp.web import bodies
 from nodeapp.web.auth import peer_token
+from nodeapp.web.views import node_stats
 from nodeapp.store.apikeys import FILE_NAME as KEYS_FILE, KeyRing
 from nodeapp.config import NodeConfig
 from nodeapp.context import EXTENSION_KEY, NodeContext
+from nodeapp.metrics import Metrics
 from nodeapp.store.journal import open_journal
 from nodeapp.fleet.peer import PeerClient
 from nodeapp.fleet.scaling import Scaler
@@ -99,7 +101,9 @@ def create_app(
         silence_seconds=silence_seconds(config), max_lifetime=config.worker_max_lifetime,
     )
     keys = KeyRing(config.api_key, Path(config.data_dir) / KEYS_FILE if config.data_dir else None)
-    app.extensions[EXTENSION_KEY] = context = NodeContext(config, node, peer, launcher, scaler, keys)
+    # /metrics reads the figures of /stats at scrape time, from the context built just below.
+    metrics = Metrics(lambda: node_stats(context), config.node_name)
+    app.extensions[EXTENSION_KEY] = context = NodeContext(config, node, peer, launcher, scaler, metrics, keys)
     context.metrics.instrument(app)  # first: times the requests the next hooks refuse, too
     errors.init_app(app)
     origin.init_app(app)  # a browser changes state only from the node's own pages

@@ -20,12 +20,9 @@ from nodeapp.node import Node
 from nodeapp.fleet.peer import PeerClient
 from nodeapp.fleet.scaling import Scaler
 from nodeapp.store.results import EncodedSummaries
-from nodeapp.web.views import checks_json, stats_json, worker_json
 from provisioning.launchers import Launcher
 
 EXTENSION_KEY = "nodeapp"
-#: Long running tasks listed with their progress in ``/stats`` (and so on the dashboard).
-IN_PROGRESS_SHOWN = 10
 #: Runs of the peer's asked about per ``follow_peer_runs`` (one ``GET /status`` each).
 PEER_RUNS_ASKED = 100
 _RESULT = re.compile(r"[0-9a-f]{128}")
@@ -55,7 +52,7 @@ class NodeContext:
     peer: PeerClient
     launcher: Launcher
     scaler: Scaler
-    metrics: Metrics = field(init=False)
+    metrics: Metrics  # reads /stats at scrape time (``nodeapp.web.views.node_stats``)
     summaries: EncodedSummaries = field(init=False)
     history: History = field(init=False)
     keys: KeyRing = field(default_factory=KeyRing)
@@ -65,7 +62,6 @@ class NodeContext:
     background_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.metrics = Metrics(self.stats, self.config.node_name)
         self.node.tasks.timings = self.metrics.task_timings
         self.summaries = EncodedSummaries(self.config.results_retention)
         kept = os.path.join(self.config.data_dir, HISTORY_FILE) if self.config.data_dir else None
@@ -75,31 +71,6 @@ class NodeContext:
     def keys_refresh(self) -> bool:
         """Ask the peer for keys this node may not know yet; True if new ones came."""
         return self.key_sync.refresh()
-
-    def stats(self) -> dict:
-        stats = stats_json(self.node.stats())
-        stats["node"] = self.config.node_name
-        stats["peer"] = self.peer.info()
-        stats["intake"] = self.intake.to_json()
-        journal = self.node.tasks.journal
-        stats["journal"] = public_journal_info(journal.info()) if journal is not None else {"durable": False}
-        # no id: the id of a queued or running task is what it takes to cancel it
-        stats["in_progress"] = [{"done": r.done, "iterations": r.iterations}
-                                for r in self.node.tasks.in_progress(IN_PROGRESS_SHOWN)]
-        stats["workers"]["capacity"], stats["workers"]["capacity_why"] = self.scaler.capacity(stats["workers"]["max"])
-        stats["workers"]["each"] = [worker_json(w) for w in self.node.workers.workers()]
-        stats["checks"] = checks_json(self.node, self.config.verify_iterations)
-        stats["scaler"] = {
-            "running": self.scheduler is not None,
-            "launcher": self.launcher.kind,
-            # what holds launches back (EC2: an account limit, throttling, zones without capacity)
-            "launches": getattr(self.launcher, "status", dict)(),
-            "worker_rate": self.node.workers.worker_rate(self.config.hash_rate),
-            "decisions": self.scaler.decisions()[:20],
-            # consecutive boot failures (workers that never claimed) hold launches back, doubling
-            "boot_backoff": self.scaler.boot_backoff.status(),
-        }
-        return stats
 
     def sample_history(self) -> None:
         """One sample of the dashboard's chart (a scheduler job, every HISTORY_SECONDS). Asks the
@@ -139,15 +110,6 @@ class NodeContext:
             self.peer.url = peer_url
         if max_workers is not None:
             self.node.workers.set_base_max(max_workers)
-
-
-def public_journal_info(info: dict) -> dict:
-    """The journal's figures without the path of DATA_DIR, also where a failure message names it."""
-    data_dir = str(info.pop("data_dir", "") or "")
-    if not data_dir:
-        return info
-    return {key: value.replace(data_dir, "DATA_DIR") if isinstance(value, str) else value
-            for key, value in info.items()}
 
 
 def get_context() -> NodeContext:

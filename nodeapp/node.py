@@ -17,26 +17,12 @@ from nodeapp.store.checkpoints import Checkpoint
 from nodeapp.store.tasks import TaskStore
 from nodeapp.store.records import LeasedTask, TaskCounts
 from nodeapp.fleet.pool import PoolCounts, Report, WorkerPool
+from nodeapp.fleet.scaling import ScalingFigures
+from tmcommon.settings import default
 from nodeapp.store.checker import Checker
 from nodeapp.store.verification import Caught, Check, Quarantine, Sampler
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ScalingFigures:
-    """What the scaler decides from."""
-
-    queued: int
-    queued_iterations: int
-    oldest_wait: float
-    live: int
-    pending: int
-    max_workers: int
-    running: int
-    room: int | None = None  # workers the launcher can start now (None: no limit it knows of)
-    capacity: int | None = None  # workers this node can run at once: its quota, or less (the launcher's limit)
-    capacity_why: str = ""
 
 
 @dataclass(frozen=True)
@@ -106,10 +92,10 @@ class Node:
     def build(
         cls,
         *,
-        max_workers: int = 5,
+        max_workers: int = default("max_workers"),
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        loan_ttl: float = 6.0,
+        loan_ttl: float = default("loan_ttl"),
         recovering: bool = False,
         **task_settings,
     ) -> Node:

@@ -410,9 +410,11 @@ def test_erase_deletes_the_journal_unless_a_node_uses_it(tmp_path):  # erase doe
     with pytest.raises(DataDirInUse):
         erase(tmp_path)
     journal.close()
-    (tmp_path / "history.json").write_text("{}")  # the chart's samples go with it
-    assert erase(tmp_path) == {"queued": 1, "results": 0, "failed": 0}
+    (tmp_path / "history.json").write_text("{}")  # the chart's samples go with it, when named
+    (tmp_path / "other").write_text("{}")
+    assert erase(tmp_path, also=("history.json",)) == {"queued": 1, "results": 0, "failed": 0}
     assert not list(tmp_path.glob(f"{DB_NAME}*")) and not (tmp_path / "history.json").exists()
+    assert (tmp_path / "other").exists()
     assert erase(tmp_path) is None and erase(tmp_path / "missing") is None
     journal, recovered = opened(tmp_path)
     assert recovered.queued == []

@@ -68,7 +68,7 @@ def test_the_document_is_served_and_loads_as_openapi():
 
 
 def test_internal_endpoints_are_marked_as_needing_the_token():
-    from nodeapp.web.api import internal  # noqa: F401 - the decorator the marked views use
+    from nodeapp.web.params import internal  # noqa: F401 - the decorator the marked views use
 
     app = make_app()
     document = json.loads(DOCUMENT.read_text())

@@ -15,7 +15,8 @@ import pytest
 from nodeapp.fleet.loans import Grant, Renewal
 from nodeapp.fleet.peer import PeerClient
 from nodeapp.fleet.scaling import Scaler, decide
-from nodeapp.node import Node, ScalingFigures
+from nodeapp.fleet.scaling import ScalingFigures
+from nodeapp.node import Node
 from nodeapp.web.views import stats_json
 from provisioning.launchers import Limit
 from tests.helpers import Clock, FakeLauncher

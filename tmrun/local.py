@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.text import Text
 
 from nodeapp.config import NodeConfig
+from nodeapp.history import HISTORY_FILE
 from nodeapp.store.journal import DataDirInUse, check_free, erase
 from provisioning.local_cluster import LocalCluster
 from tmclient.client import Client, NodesUnreachable
@@ -58,7 +59,7 @@ def cluster_stats(client: Client) -> dict | None:
 def prepare_data_dir(args: argparse.Namespace, cluster: LocalCluster, data_dir: Path) -> str:
     """Check that no node uses the journals (emptying them first with ``--fresh``); returns the
     line that says where they are and what ``--fresh`` removed."""
-    held = [erase(data_dir / node.name) or {} for node in cluster.nodes] if args.fresh else []
+    held = [erase(data_dir / node.name, also=(HISTORY_FILE,)) or {} for node in cluster.nodes] if args.fresh else []
     for node in cluster.nodes:
         check_free(data_dir / node.name)
     where = f"journals in {data_dir}/node-a and node-b"

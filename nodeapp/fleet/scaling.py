@@ -7,21 +7,53 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol
 
 from nodeapp.fleet.backoff import BootBackoff
 from nodeapp.fleet.loans import KEEP
 from nodeapp.fleet.peer import PeerClient
-from nodeapp.node import Node, ScalingFigures
-from nodeapp.fleet.pool import LIVE, PENDING, Reservation
+from nodeapp.fleet.pool import LIVE, PENDING, Reservation, WorkerPool
+from nodeapp.store.checkpoints import Checkpoint
+from nodeapp.store.tasks import TaskStore
 from provisioning.launchers import Launcher
+from tmcommon.settings import default
 
 log = logging.getLogger(__name__)
 
 #: The scaler sizes the fleet to drain the backlog in about this many seconds (or SCALE_WAIT if longer).
 MIN_DRAIN_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class ScalingFigures:
+    """What the scaler decides from."""
+
+    queued: int
+    queued_iterations: int
+    oldest_wait: float
+    live: int
+    pending: int
+    max_workers: int
+    running: int
+    room: int | None = None  # workers the launcher can start now (None: no limit it knows of)
+    capacity: int | None = None  # workers this node can run at once: its quota, or less (the launcher's limit)
+    capacity_why: str = ""
+
+
+class ScaledNode(Protocol):
+    """What the scaler needs of the node (``nodeapp.node.Node``): its store, its pool, the
+    figures it decides from, and forgetting a worker with its tasks."""
+
+    tasks: TaskStore
+    workers: WorkerPool
+
+    def scaling_figures(self) -> ScalingFigures: ...
+
+    def worker_down(self, worker_id: str, returned: Iterable[str] = (), *, terminate: bool = True,
+                    checkpoints: Mapping[str, Checkpoint] | None = None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -85,7 +117,7 @@ class Scaler:
 
     def __init__(
         self,
-        node: Node,
+        node: ScaledNode,
         launcher: Launcher,
         peer: PeerClient,
         *,
@@ -99,7 +131,7 @@ class Scaler:
         history: int = 50,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        summary_seconds: float = 60.0,
+        summary_seconds: float = default("summary_seconds"),
     ) -> None:
         self.node = node
         self.launcher = launcher

@@ -45,10 +45,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from nodeapp.history import HISTORY_FILE
 from nodeapp.store import journal_repair
 from nodeapp.store.checkpoints import Checkpoint, is_digest
 
@@ -682,9 +681,9 @@ def open_journal(config) -> Journal | None:
                    wait_seconds=config.journal_wait_seconds)
 
 
-def erase(data_dir: str | os.PathLike) -> dict[str, int] | None:
-    """Delete the journal in ``data_dir`` and the chart's samples kept beside it (to start
-    empty); returns what the journal held, ``{"queued", "results", "failed"}`` (``failed``
+def erase(data_dir: str | os.PathLike, also: Iterable[str] = ()) -> dict[str, int] | None:
+    """Delete the journal in ``data_dir`` and the files named in ``also`` kept beside it (the
+    chart's samples), to start empty; returns what the journal held, ``{"queued", "results", "failed"}`` (``failed``
     counts cancelled tasks too), or None if there was no journal.
 
     Raises:
@@ -697,7 +696,7 @@ def erase(data_dir: str | os.PathLike) -> dict[str, int] | None:
     try:
         held = _held(data_dir / DB_NAME) if (data_dir / DB_NAME).is_file() else None
         found = [p for p in data_dir.glob(f"{DB_NAME}*") if p.is_file()]  # with the WAL that reading left
-        for path in found + [p for p in data_dir.glob(f"{HISTORY_FILE}*") if p.is_file()]:
+        for path in found + [p for name in also for p in data_dir.glob(f"{name}*") if p.is_file()]:
             path.unlink()
         return held
     finally:

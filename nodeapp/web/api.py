@@ -5,19 +5,18 @@ from __future__ import annotations
 import base64
 import logging
 import re
-from collections.abc import Callable
-from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from nodeapp.web.access import caller, check_intake, client_access
-from nodeapp.web.auth import OPERATOR, PEER, WORKER, requires
 from nodeapp.web.bodies import json_body, read_body
 from nodeapp.store.checkpoints import is_digest, parse_checkpoints
 from nodeapp.context import get_context
 from nodeapp.web.errors import ApiError
+from nodeapp.web.params import (
+    checked, from_peer, internal, json_field, operator_only, peer_only, peer_unavailable, positive_int,
+)
 from nodeapp.fleet.loans import MAX_LOANS, is_loan_id
-from nodeapp.fleet.peer import PEER_HEADER
 from nodeapp.store.results import merge_newest
 from nodeapp.web.enqueueing import REPLAYED_HEADER, queue, request_key, reuse_wanted, submission
 from nodeapp.web.task_options import task_options
@@ -27,44 +26,12 @@ from nodeapp.version import __version__
 from nodeapp.fleet.pool import Report
 from nodeapp.store.results import encode_json
 from nodeapp.web import peer_answers
-from nodeapp.web.peer_answers import BadPeerAnswer
-from nodeapp.web.views import task_json
+from nodeapp.web.views import node_stats, task_json
 
 bp = Blueprint("nodeapp", __name__)
 log = logging.getLogger(__name__)
 
-_DIGITS = re.compile(r"[0-9]{1,20}")
 _RESULT = re.compile(r"[0-9a-f]{128}")
-
-
-def _positive_int(name: str, code: str, high: int | None = None) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        raise ApiError(400, code, f"query parameter '{name}' is required")
-    if not _DIGITS.fullmatch(raw) or int(raw) < 1:
-        raise ApiError(400, code, f"'{name}' must be a positive integer, got {raw!r}")
-    value = int(raw)
-    if high is not None and value > high:
-        raise ApiError(400, code, f"'{name}' must be at most {high}, got {value}")
-    return value
-
-
-def _field(data: dict, name: str, kind: type | tuple[type, ...], required: bool = True, default: Any = None) -> Any:
-    if name not in data:
-        if required:
-            raise ApiError(400, "bad_request", f"field '{name}' is required")
-        return default
-    value = data[name]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise ApiError(400, "bad_request", f"field '{name}' must be of type {names}")
-    return value
-
-
-#: The internal endpoints by who may call them (nodeapp/web/auth.py): workers, the peer node, the operator.
-internal = requires(WORKER)
-peer_only = requires(PEER)
-operator_only = requires(OPERATOR)
 
 
 def _checkpoints(data: dict) -> dict:
@@ -92,38 +59,13 @@ def _marks(item: dict) -> list[str]:
     return marks
 
 
-def _from_peer() -> bool:
-    """A request forwarded by the peer is answered from local state only (no ping-pong)."""
-    return PEER_HEADER in request.headers
-
-
-def checked(ctx, answer: Any, read: Callable[..., Any], *args: Any) -> Any:
-    """``read(answer, *args)``, a reader of ``peer_answers``; None when the peer gave no answer or a
-    malformed one (then logged, and shown in ``/stats`` as the peer's ``problem``)."""
-    if answer is None:
-        return None
-    try:
-        return read(answer, *args)
-    except BadPeerAnswer as exc:
-        ctx.peer.bad_answer(str(exc))
-        return None
-
-
-def peer_unavailable(task_id: str, action: str = "") -> ApiError:
-    """A task this node does not have, while the peer, which may have it, could not be asked."""
-    late = f"; the {action} may still reach it" if action else ""
-    return ApiError(503, "peer_unavailable", f"task {task_id} is not on this node, and the other node could not be "
-                    f"asked (it may be there{late}); retry later",
-                    headers={"Retry-After": "2", "X-Peer-Unavailable": "1"})
-
-
 # ------------------------------------------------------------------ public
 @bp.put("/enqueue")
 @client_access
 def enqueue():
     ctx = get_context()
     check_intake()
-    iterations = _positive_int("iterations", "bad_iterations", ctx.config.max_iterations)
+    iterations = positive_int("iterations", "bad_iterations", ctx.config.max_iterations)
     key, reuse = request_key(), reuse_wanted()
     options = task_options(ctx.config.max_delay)
     data = read_body(ctx.config.max_body_bytes)
@@ -145,13 +87,13 @@ def _completed(ctx, task_id: str) -> bool:
 @client_access
 def pull_completed():
     ctx = get_context()
-    top = _positive_int("top", "bad_top")
+    top = positive_int("top", "bad_top")
     top = min(top, ctx.config.results_retention * 2)
     # Entries are (completed_at, id, JSON bytes): a local result is encoded once in its life.
     records = ctx.node.tasks.newest_completed(top)
     entries = [(r.completed_at, r.id, data) for r, data in zip(records, ctx.summaries.encode(records))]
     headers = {"Content-Type": "application/json"}
-    if not _from_peer() and ctx.peer.url:
+    if not from_peer() and ctx.peer.url:
         theirs = checked(ctx, ctx.peer.newest_results(top), peer_answers.results)
         if theirs is None:
             headers["X-Peer-Unavailable"] = "1"
@@ -169,7 +111,7 @@ def status(task_id: str):
         raise ApiError(404, "unknown_task", f"no task with id {task_id!r} on either node (not a task id)")
     record = ctx.node.tasks.status(task_id)
     task = task_json(record) if record is not None else None
-    if task is None and not _from_peer() and ctx.peer.url:
+    if task is None and not from_peer() and ctx.peer.url:
         answered, task = ctx.peer.status(task_id)
         if task is not None:
             task = checked(ctx, task, peer_answers.task, task_id, "/status")
@@ -200,7 +142,7 @@ def health():
 @bp.get("/stats")
 def stats():
     ctx = get_context()
-    return jsonify(ctx.stats())
+    return jsonify(node_stats(ctx))
 
 
 @bp.get("/metrics")
@@ -216,10 +158,10 @@ def metrics():
 def worker_down(instance_id: str):
     ctx = get_context()
     data = json_body()
-    named = _field(data, "instance_id", str, required=False, default=instance_id)
+    named = json_field(data, "instance_id", str, required=False, default=instance_id)
     if named != instance_id:
         raise ApiError(400, "bad_request", "instance_id in the body differs from the one in the path")
-    returned = _field(data, "returned", list, required=False, default=[])
+    returned = json_field(data, "returned", list, required=False, default=[])
     checkpoints = _checkpoints(data)
     gone = ctx.node.worker_down(instance_id, [r for r in returned if isinstance(r, str)], checkpoints=checkpoints)
     if gone.removed or gone.requeued:
@@ -242,7 +184,7 @@ def try_get_node_quota():
 @bp.post("/renew_quota")
 @peer_only
 def renew_quota():
-    loans = _field(json_body(), "loans", list)
+    loans = json_field(json_body(), "loans", list)
     if len(loans) > MAX_LOANS or not all(map(is_loan_id, loans)):
         raise ApiError(400, "bad_request", f"'loans' must be at most {MAX_LOANS} loan ids (1 to 64 of 0-9, a-f)")
     return jsonify(get_context().node.workers.renewal(loans).to_json())
@@ -251,7 +193,7 @@ def renew_quota():
 @bp.post("/return_quota")
 @peer_only
 def return_quota():
-    loan = _field(json_body(), "loan", str, required=False)
+    loan = json_field(json_body(), "loan", str, required=False)
     if loan is not None and not is_loan_id(loan):
         raise ApiError(400, "bad_request", "'loan' must be a loan id (1 to 64 of 0-9, a-f)")
     new_max = get_context().node.workers.loan_returned(loan)
@@ -264,9 +206,9 @@ def return_quota():
 def claim():
     ctx = get_context()
     data = json_body()
-    worker_id = _field(data, "worker_id", str)
-    max_tasks = _field(data, "max_tasks", int, required=False, default=1)
-    max_iterations = _field(data, "max_iterations", int, required=False, default=None)
+    worker_id = json_field(data, "worker_id", str)
+    max_tasks = json_field(data, "max_tasks", int, required=False, default=1)
+    max_iterations = json_field(data, "max_iterations", int, required=False, default=None)
     if not worker_id or max_tasks < 1 or (max_iterations is not None and max_iterations < 1):
         raise ApiError(400, "bad_request", "worker_id must be non-empty; max_tasks and max_iterations >= 1")
     _not_quarantined(worker_id)
@@ -290,8 +232,8 @@ def claim():
 def complete():
     ctx = get_context()
     data = json_body()
-    worker_id = _field(data, "worker_id", str)
-    results = _field(data, "results", list)
+    worker_id = json_field(data, "worker_id", str)
+    results = json_field(data, "results", list)
     pairs, marks = [], {}
     for item in results:
         if not (isinstance(item, dict) and isinstance(item.get("id"), str) and isinstance(item.get("result"), str)):
@@ -309,8 +251,8 @@ def complete():
 def heartbeat():
     ctx = get_context()
     data = json_body()
-    worker_id = _field(data, "worker_id", str)
-    task_ids = _field(data, "task_ids", list, required=False, default=[])
+    worker_id = json_field(data, "worker_id", str)
+    task_ids = json_field(data, "task_ids", list, required=False, default=[])
     checkpoints = _checkpoints(data)
     _not_quarantined(worker_id)
     task_ids = [t for t in task_ids if isinstance(t, str)]
@@ -328,8 +270,8 @@ def configure():
     unknown = set(data) - {"peer_url", "max_workers"}
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
-    peer_url = _field(data, "peer_url", str, required=False)
-    max_workers = _field(data, "max_workers", int, required=False)
+    peer_url = json_field(data, "peer_url", str, required=False)
+    max_workers = json_field(data, "max_workers", int, required=False)
     if peer_url is not None and peer_url and not peer_url.startswith(("http://", "https://")):
         raise ApiError(400, "bad_request", "peer_url must be an http:// or https:// URL (or empty)")
     if max_workers is not None and not 0 <= max_workers <= 1000:

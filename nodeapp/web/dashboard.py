@@ -20,6 +20,7 @@ from nodeapp.context import NodeContext, get_context
 from nodeapp.history import POINTS, SUMMED, merge
 from nodeapp.store.results import merge_newest, summary
 from nodeapp.web.listing import listing
+from nodeapp.web.views import node_stats
 from nodeapp.web import peer_answers
 from nodeapp.web.peer_answers import (TEXT_MAX, BadPeerAnswer, count, flag, mapping, number, objects,
                                       text)
@@ -184,7 +185,7 @@ def cluster_view() -> dict:
     """This node and its peer, their totals, newest results, failed tasks, workers and last
     scaling decisions. A peer's part that is malformed is left out, and its node says why."""
     ctx = get_context()
-    own = ctx.stats()
+    own = node_stats(ctx)
     nodes = [node_view(own, ctx.config.node_url or None)]
     decisions = [decision_view(d, nodes[0]["node"]) for d in own["scaler"]["decisions"]]
     in_progress = [progress_view(p, nodes[0]["node"]) for p in own.get("in_progress", [])]

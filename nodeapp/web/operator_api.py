@@ -8,7 +8,7 @@ import time
 
 from flask import Blueprint, jsonify
 
-from nodeapp.web.api import _field, operator_only, peer_only
+from nodeapp.web.params import json_field, operator_only, peer_only
 from nodeapp.store.apikeys import ApiKey, MAX_KEYS, TooManyKeys, is_key_id, is_name
 from nodeapp.web.bodies import json_body
 from nodeapp.context import get_context
@@ -34,7 +34,7 @@ def create_key():
     unknown = set(data) - {"name"}
     if unknown:
         raise ApiError(400, "bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
-    name = _field(data, "name", str, required=False, default="")
+    name = json_field(data, "name", str, required=False, default="")
     if not is_name(name):
         raise ApiError(400, "bad_request", "'name' must be at most 100 printable ASCII characters")
     try:
@@ -63,7 +63,7 @@ def revoke_key(key_id: str):
 def sync_keys():
     """The peer sends its keys and gets this node's (both merge: a revocation wins)."""
     ctx = get_context()
-    items = _field(json_body(), "keys", list)
+    items = json_field(json_body(), "keys", list)
     if len(items) > MAX_KEYS:
         raise ApiError(400, "bad_request", f"at most {MAX_KEYS} keys")
     entries = [ApiKey.from_json(item) for item in items]

@@ -11,7 +11,7 @@ from flask import Blueprint, jsonify, request
 from nodeapp.web.access import caller, check_intake, check_owner, client_access, forwarded_headers
 from nodeapp.store.results import decode_cursor, encode_cursor
 from nodeapp.web import peer_answers
-from nodeapp.web.api import _field, _from_peer, _positive_int, checked, peer_only, peer_unavailable
+from nodeapp.web.params import checked, from_peer, json_field, peer_only, peer_unavailable, positive_int
 from nodeapp.web.auth import requires_if_set
 from nodeapp.web.bodies import json_body, read_body
 from nodeapp.context import get_context
@@ -81,8 +81,8 @@ def enqueue_batch():
 def lookup():
     """The peer asks, before queueing, what this node knows of keys and (digest, iterations) pairs."""
     data = json_body()
-    keys = _field(data, "keys", list, required=False, default=[])
-    works = _field(data, "works", list, required=False, default=[])
+    keys = json_field(data, "keys", list, required=False, default=[])
+    works = json_field(data, "works", list, required=False, default=[])
     if len(keys) > LOOKUP_MAX or len(works) > LOOKUP_MAX:
         raise ApiError(400, "bad_request", f"at most {LOOKUP_MAX} keys and {LOOKUP_MAX} works")
     if not all(isinstance(k, str) and is_key(k) for k in keys):
@@ -132,7 +132,7 @@ def _act(task_id: str, verb: str, action, refusal: str):
                        headers={"Retry-After": "1"}) from None
     if record is not None:
         return jsonify(task_json(record))
-    if not _from_peer() and ctx.peer.url:
+    if not from_peer() and ctx.peer.url:
         answer = ctx.peer.forward("POST", f"/{verb}/{task_id}", params=request.args, headers=forwarded_headers())
         if answer is not None:
             status, body = answer
@@ -153,7 +153,7 @@ def _act(task_id: str, verb: str, action, refusal: str):
 @client_access
 def results():
     ctx = get_context()
-    limit = (_positive_int("limit", "bad_limit", RESULTS_PAGE_MAX) if "limit" in request.args
+    limit = (positive_int("limit", "bad_limit", RESULTS_PAGE_MAX) if "limit" in request.args
              else RESULTS_PAGE_DEFAULT)
     raw = request.args.get("after", "")
     try:
@@ -163,7 +163,7 @@ def results():
     tasks = ctx.node.tasks
     pairs, missed = tasks.completed_after(positions.get(tasks.epoch, 0), limit)
     ours = [(record.completed_at, tasks.epoch, seq, _result_json(record)) for seq, record in pairs]
-    if _from_peer():  # the peer merges: give it the numbers too
+    if from_peer():  # the peer merges: give it the numbers too
         return jsonify(epoch=tasks.epoch, results=[e[3] for e in ours], seqs=[e[2] for e in ours], missed=missed)
     headers = {}
     next_positions = {tasks.epoch: positions.get(tasks.epoch, 0)}

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from nodeapp.context import NodeContext
 from nodeapp.node import NodeStats
 from nodeapp.store.records import COMPLETED, RUNNING, TaskRecord
 from nodeapp.fleet.pool import Worker
+
+#: Long running tasks listed with their progress in ``/stats`` (and so on the dashboard).
+IN_PROGRESS_SHOWN = 10
 
 
 def task_json(record: TaskRecord) -> dict:
@@ -95,3 +99,39 @@ def stats_json(stats: NodeStats) -> dict:
         "quota": {"lent": w.lent, "borrowed": w.borrowed, "owed": w.owed, "recovering": w.recovering},
         "draining": t.draining,
     }
+
+
+def node_stats(ctx: NodeContext) -> dict:
+    """``GET /stats``: the node's figures, peer link, intake, journal, progress, workers and scaler."""
+    stats = stats_json(ctx.node.stats())
+    stats["node"] = ctx.config.node_name
+    stats["peer"] = ctx.peer.info()
+    stats["intake"] = ctx.intake.to_json()
+    journal = ctx.node.tasks.journal
+    stats["journal"] = public_journal_info(journal.info()) if journal is not None else {"durable": False}
+    # no id: the id of a queued or running task is what it takes to cancel it
+    stats["in_progress"] = [{"done": r.done, "iterations": r.iterations}
+                            for r in ctx.node.tasks.in_progress(IN_PROGRESS_SHOWN)]
+    stats["workers"]["capacity"], stats["workers"]["capacity_why"] = ctx.scaler.capacity(stats["workers"]["max"])
+    stats["workers"]["each"] = [worker_json(w) for w in ctx.node.workers.workers()]
+    stats["checks"] = checks_json(ctx.node, ctx.config.verify_iterations)
+    stats["scaler"] = {
+        "running": ctx.scheduler is not None,
+        "launcher": ctx.launcher.kind,
+        # what holds launches back (EC2: an account limit, throttling, zones without capacity)
+        "launches": getattr(ctx.launcher, "status", dict)(),
+        "worker_rate": ctx.node.workers.worker_rate(ctx.config.hash_rate),
+        "decisions": ctx.scaler.decisions()[:20],
+        # consecutive boot failures (workers that never claimed) hold launches back, doubling
+        "boot_backoff": ctx.scaler.boot_backoff.status(),
+    }
+    return stats
+
+
+def public_journal_info(info: dict) -> dict:
+    """The journal's figures without the path of DATA_DIR, also where a failure message names it."""
+    data_dir = str(info.pop("data_dir", "") or "")
+    if not data_dir:
+        return info
+    return {key: value.replace(data_dir, "DATA_DIR") if isinstance(value, str) else value
+            for key, value in info.items()}
