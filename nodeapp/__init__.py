@@ -1,4 +1,12 @@
-"""The node server: a Flask app that queues tasks in memory and scales workers.
+"""The node server: a Flask app that queues tasks (in memory, journaled to ``DATA_DIR``) and
+scales workers. This module is the composition root: ``create_app`` wires the parts together.
+
+- ``nodeapp.store``: the tasks, kept results and the journal (no HTTP, no workers, no peer);
+- ``nodeapp.fleet``: the worker pool and quota, loans, the peer client and the scaler;
+- ``nodeapp.web``: every endpoint, the dashboard, views and error bodies;
+- top level: ``config`` (settings), ``node`` (store + pool), ``context`` (what one app owns),
+  ``history`` (the chart), ``metrics``, ``background`` (the scheduler), ``serving`` and
+  ``gunicorn_conf`` (how gunicorn must run it). ``tests/test_layering.py`` keeps imports downward.
 
 ``create_app`` builds the app and its state and starts nothing: the scaler thread is started
 by ``nodeapp.background.start_background``, which gunicorn calls once in its worker process.
