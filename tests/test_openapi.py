@@ -39,8 +39,10 @@ VOLATILE = {"peer", "scaler", "journal"}
 
 
 def make_app():
-    return create_app({"cluster_token": TOKEN, "node_name": "fuzzed", "node_url": "http://127.0.0.1:1"},
-                      environ={}, launcher=FakeLauncher())
+    # Loans the fuzzer is granted must not expire between a case's two snapshots of /stats (a
+    # loaded machine can take LOAN_TTL_SECONDS' default between them): they last the whole run.
+    return create_app({"cluster_token": TOKEN, "node_name": "fuzzed", "node_url": "http://127.0.0.1:1",
+                       "loan_ttl": 86400.0}, environ={}, launcher=FakeLauncher())
 
 
 # ================================================================== the document and the routes
