@@ -270,6 +270,12 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
 )}
 
 
+def default(name: str) -> Any:
+    """The schema's default of setting ``name`` (its attribute name): constructors take their
+    defaults from here, so that a default is written once."""
+    return SETTINGS[name].default
+
+
 def read_by(component: str) -> dict[str, Setting]:
     """The settings that ``component`` (NODE or WORKER) reads."""
     return {name: s for name, s in SETTINGS.items() if s.read_by in (component, BOTH)}

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from nodeapp.fleet.loans import Grant, LoanBook, Renewal
+from tmcommon.settings import default
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +151,9 @@ class WorkerPool:
         recovering: start recovering (``nodeapp/fleet/loans.py``): the node has a peer.
     """
 
-    def __init__(self, *, max_workers: int = 5, monotonic: Callable[[], float] = time.monotonic,
-                 rates_kept: int = 32, loan_ttl: float = 6.0, recovering: bool = False) -> None:
+    def __init__(self, *, max_workers: int = default("max_workers"),
+                 monotonic: Callable[[], float] = time.monotonic, rates_kept: int = 32,
+                 loan_ttl: float = default("loan_ttl"), recovering: bool = False) -> None:
         self._lock = threading.Lock()
         self._monotonic = monotonic
         self._workers: dict[str, Worker] = {}

@@ -41,6 +41,7 @@ from nodeapp.store.records import (
     Submitted, TaskCounts, TaskRecord, WrongState,
 )
 from nodeapp.store.reuse import ReuseIndex, Work
+from tmcommon.settings import default
 from nodeapp.store.queue import HEAD, PRIORITY_DEFAULT, READY, TaskQueue
 from nodeapp.store.verification import Check, RecentResults, Sampler, Unchecked, plan
 
@@ -128,16 +129,16 @@ class TaskStore:
     def __init__(
         self,
         *,
-        lease_seconds: float = 30.0,
-        max_attempts: int = 5,
-        max_queued: int = 100_000,
-        max_queued_bytes: int = 256 * 1024**2,
-        results_retention: int = 100_000,
-        results_ttl: float = 0.0,
-        priority_aging: float = 60.0,
-        idempotency_seconds: float = 86400.0,
-        idempotency_keys_bytes: int = 64 * 1024**2,
-        kept_bodies_bytes: int = 64 * 1024**2,
+        lease_seconds: float = default("lease_seconds"),
+        max_attempts: int = default("max_attempts"),
+        max_queued: int = default("max_queued"),
+        max_queued_bytes: int = default("max_queued_bytes"),
+        results_retention: int = default("results_retention"),
+        results_ttl: float = default("results_ttl"),
+        priority_aging: float = default("priority_aging"),
+        idempotency_seconds: float = default("idempotency_seconds"),
+        idempotency_keys_bytes: int = default("idempotency_keys_bytes"),
+        kept_bodies_bytes: int = default("kept_bodies_bytes"),
         epoch: str | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
