@@ -53,7 +53,7 @@ def test_a_second_run_finds_the_tasks_and_fresh_starts_empty(tmp_path):
 
     proc, _, err = run(tmp_path, ports, "--fresh")
     try:
-        err.wait("emptied")
+        err.wait("--fresh removed 1 tasks")
         assert requests.get(f"{a}/status/{task_id}", timeout=10).status_code == 404
     finally:
         stop(proc)

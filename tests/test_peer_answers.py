@@ -183,3 +183,14 @@ def test_a_malformed_lookup_answer_replays_nothing_and_reuses_nothing(node, peer
     assert answer.status_code == 201 and "Idempotent-Replayed" not in answer.headers
     task = client.get(f"/status/{answer.get_json()['id']}").get_json()
     assert task["state"] == "queued" and "reused_from" not in task
+
+
+def test_pull_completed_reads_as_many_of_the_peers_results_as_it_asked_for():
+    """A peer's pullCompleted is read up to the ``top`` asked (not cut at ITEMS_MAX): the merged
+    view of a cluster with more results than that misses none of the peer's."""
+    from nodeapp.web import peer_answers
+
+    many = [{"id": f"{i:032x}", "result": "a" * 128, "iterations": 1, "completed_at": 1.0 + i}
+            for i in range(peer_answers.ITEMS_MAX + 500)]
+    assert len(peer_answers.results(many, len(many))) == len(many)
+    assert len(peer_answers.results(many)) == peer_answers.ITEMS_MAX

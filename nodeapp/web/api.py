@@ -94,7 +94,7 @@ def pull_completed():
     entries = [(r.completed_at, r.id, data) for r, data in zip(records, ctx.summaries.encode(records))]
     headers = {"Content-Type": "application/json"}
     if not from_peer() and ctx.peer.url:
-        theirs = checked(ctx, ctx.peer.newest_results(top), peer_answers.results)
+        theirs = checked(ctx, ctx.peer.newest_results(top), peer_answers.results, top)
         if theirs is None:
             headers["X-Peer-Unavailable"] = "1"
         else:

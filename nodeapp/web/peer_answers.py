@@ -19,7 +19,8 @@ _RESULT = re.compile(r"[0-9a-f]{128}")
 _STATES = frozenset({"queued", "running", "completed", "failed", "cancelled"})
 #: Longest text of a peer's shown as is (a name, a reason); longer is cut.
 TEXT_MAX = 500
-#: Most items of one list read from a peer's answer (its own lists are far shorter).
+#: Most items of one list read from a peer's answer (its own lists are far shorter), unless the
+#: request asked for more (``pullCompleted?top=N`` reads N).
 ITEMS_MAX = 1000
 
 
@@ -72,13 +73,13 @@ def mapping(value: Any, path: str, name: str) -> dict:
     return value
 
 
-def objects(value: Any, path: str, name: str) -> list[dict]:
-    """A list of objects (a missing one is empty), at most ``ITEMS_MAX`` of them read."""
+def objects(value: Any, path: str, name: str, limit: int = ITEMS_MAX) -> list[dict]:
+    """A list of objects (a missing one is empty), at most ``limit`` of them read."""
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value[:ITEMS_MAX]):
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value[:limit]):
         raise BadPeerAnswer(path, f"has {name} that is not a list of objects")
-    return value[:ITEMS_MAX]
+    return value[:limit]
 
 
 def task_id(value: Any, path: str, name: str = "id") -> str:
@@ -108,11 +109,11 @@ def failed_task(item: dict, path: str) -> dict:
             "reason": text(item.get("reason"), path, "reason")}
 
 
-def results(answer: Any, path: str = "/pullCompleted") -> list[dict]:
-    """The peer's ``pullCompleted``: a list of results."""
+def results(answer: Any, top: int = ITEMS_MAX, path: str = "/pullCompleted") -> list[dict]:
+    """The peer's ``pullCompleted?top=top``: a list of results, at most the ``top`` asked for."""
     if not isinstance(answer, list):
         raise BadPeerAnswer(path, "is not a list")
-    return [result(item, path) for item in objects(answer, path, "results")]
+    return [result(item, path) for item in objects(answer, path, "results", top)]
 
 
 def results_page(answer: Any) -> tuple[str, list[tuple[float, str, int, dict]], int]:
