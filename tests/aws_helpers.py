@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers import once_per_run, shared_dir
+
 REGION = "us-east-1"
 
 
@@ -35,12 +37,19 @@ def service_models():
 
 
 @pytest.fixture(scope="session")
-def artifacts(tmp_path_factory):
-    """The code AWS mode delivers (``provisioning.artifacts``), built once per test session: pip
-    builds the wheel of this checkout and downloads the bundles' wheels from PyPI when first asked."""
-    from provisioning.artifacts import Artifacts
+def artifacts(tmp_path_factory, wheelhouse):
+    """The code AWS mode delivers (``provisioning.artifacts``), built once per test run for every
+    xdist worker: pip builds the wheel of this checkout and downloads the x86_64 bundles' wheels,
+    both from the ``wheelhouse`` made of this venv (``PIP_FIND_LINKS``, no index), not from PyPI."""
+    from provisioning.artifacts import ROLES, Artifacts
 
-    return Artifacts(tmp_path_factory.mktemp("artifacts"))
+    def build() -> Artifacts:
+        made = Artifacts(shared_dir(tmp_path_factory) / "artifacts")
+        for role in ROLES:  # what the tests ask for, made now: the workers share these files
+            made.bundle(role, "x86_64")
+        return made
+
+    return once_per_run(shared_dir(tmp_path_factory) / "artifacts.pickle", build)
 
 
 @pytest.fixture

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class FakeLauncher:
@@ -78,6 +84,26 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: floa
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what or condition}"
                          + (f" (last error: {last_error!r})" if last_error else ""))
+
+
+def shared_dir(tmp_path_factory) -> Path:
+    """This run's directory, the same for each of its xdist worker processes (not shared with
+    other runs, as the parent of a run's own directory would be without xdist)."""
+    basetemp = tmp_path_factory.getbasetemp()
+    return basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+
+
+def once_per_run(path: Path, make: Callable[[], T]) -> T:
+    """``make()``, once per test run although each xdist worker process asks: the first to get
+    here runs it under a lock and pickles its value to ``path``; the others wait and read that."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return pickle.loads(path.read_bytes())
+        value = make()
+        path.write_bytes(pickle.dumps(value))
+        return value
 
 
 #: Short intervals for a local cluster under test.

@@ -1,9 +1,11 @@
 """The code AWS mode delivers, built exactly as AWS mode builds it (``provisioning.artifacts``), then
 installed and run as the instances do: offline, from the bundles, each role in a fresh venv.
 
-The wheel comes from ``pip wheel`` of this checkout (setup.cfg), the dependency wheels from PyPI
-for the instances' platform (CPython 3.11, manylinux); here only the x86_64 bundles can be
-installed, the arm64 one is checked for its platform tags.
+The wheel comes from ``pip wheel`` of this checkout (setup.cfg), the dependency wheels from
+``pip download`` for the instances' platform (CPython 3.11, manylinux); here pip has no index but
+the local ``wheelhouse`` (tests/wheelhouse.py: this venv's own distributions, each platform wheel
+also retagged aarch64), so nothing is fetched. Only the x86_64 bundles can be installed, the arm64
+one is checked for its platform tags.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from provisioning.artifacts import BUILD_IGNORE, PROJECT_ROOT, build_bundle, bui
 from provisioning.local_cluster import free_port
 from tests.aws_helpers import artifacts  # noqa: F401
 from tests.helpers import wait_for
+from tests.netguard import sitecustomize as netguard
 
 TOKEN = "artifact-test-token"
 NODE_ONLY = ("flask", "gunicorn", "boto3", "botocore", "apscheduler", "prometheus_client", "rich")
@@ -82,9 +85,10 @@ def venv_with(bundle, where: Path) -> Path:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """No PYTHONPATH, nothing of the checkout: only what the venv holds is importable."""
-    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
-    return {**keep, "PYTHONDONTWRITEBYTECODE": "1", **extra}
+    """Nothing of the checkout: only what the venv holds is importable (the PYTHONPATH holds only
+    the loopback guard, tests/netguard)."""
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", netguard.LOG_ENV)}
+    return {**keep, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": netguard.DIRECTORY, **extra}
 
 
 @pytest.mark.integration

@@ -1,8 +1,9 @@
 """Smoke runs of every benchmark at tiny sizes: the scripts keep working and write sane JSON.
 
 No timing is asserted (the machine is shared); only that each script ran, checked its results
-and reported figures of the right shape. The RQ/Celery part runs only where bench/.venv-peers
-and redis-server exist (bench/setup_peers.sh), since they are not dependencies of the project.
+and reported figures of the right shape. The RQ/Celery part (mark ``peers``, left out of the
+default run) needs bench/.venv-peers and redis-server (bench/setup_peers.sh), which are not
+dependencies of the project: ``pytest -m peers`` after that script.
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ def test_e2e_cluster_smoke(tmp_path):
     assert positive(data["runs"][0]["hash_rate"])
 
 
-@pytest.mark.skipif(not PEERS_PYTHON.exists() or shutil.which("redis-server") is None,
-                    reason="needs bench/.venv-peers and redis-server (bench/setup_peers.sh)")
+@pytest.mark.peers
 def test_e2e_peers_smoke(tmp_path):
+    assert PEERS_PYTHON.exists() and shutil.which("redis-server"), "run bench/setup_peers.sh first"
     data = run_bench("e2e", tmp_path, "--runs", "1", "--systems", "rq-simple,celery", "--scale", "0.01",
                      "--workloads", "small")
     for system in ("rq-simple", "celery"):

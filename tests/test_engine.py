@@ -258,8 +258,9 @@ def test_worker_without_the_extension_uses_python_and_says_so_once(cluster, tmp_
 
 
 @pytest.mark.integration
-def test_install_without_a_compiler_succeeds_without_the_extension(tmp_path):
-    """``pip wheel`` with a C compiler that always fails: the build still succeeds, pure Python."""
+def test_install_without_a_compiler_succeeds_without_the_extension(tmp_path, wheelhouse):
+    """``pip wheel`` with a C compiler that always fails: the build still succeeds, pure Python
+    (its build environment from the local ``wheelhouse``)."""
     src = tmp_path / "src"
     src.mkdir()
     for name in ("setup.py", "setup.cfg", "README.md", "wsgi.py", "run_program.py"):

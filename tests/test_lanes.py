@@ -181,7 +181,7 @@ def test_local_launcher_cap_defaults_to_the_cpus_and_can_be_set(monkeypatch):
 
 # ------------------------------------------------------- delivery to EC2
 @pytest.mark.integration
-def test_the_delivered_wheel_compiles_its_engine_where_it_is_installed(tmp_path):
+def test_the_delivered_wheel_compiles_its_engine_where_it_is_installed(tmp_path, wheelhouse):
     """What a worker's user-data does: the pure wheel carries the C source, native_build compiles it."""
     wheel = build_wheel(tmp_path / "dist")
     site = tmp_path / "site"

@@ -45,6 +45,9 @@ def test_quickstart_commands_are_the_ci_commands():
     ci = (ROOT / ".ci" / "run").read_text()
     test_command = "./init_setup.sh && .venv/bin/python -m pytest"
     assert test_command in README and test_command in ci
+    # CI's exit status is pytest's: any failure, and 5 (no test collected), fails it
+    assert "\nset -euo pipefail\n" in ci and ci.strip().splitlines()[-1] == test_command
+    assert "export REQUIRE_NO_SKIP=1" in ci
     assert "./init_setup.sh && .venv/bin/python run_program.py --local" in README
 
 
