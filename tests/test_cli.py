@@ -217,7 +217,7 @@ def test_stats_watch_redraws_until_ctrl_c(nodes):
     try:
         wait_for(lambda: seen.count(b"node-b") >= 3, timeout=30, what="three redraws of the stats table")
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=60) == 0  # a clean exit is the point, not its speed on a loaded machine
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -28,8 +28,9 @@ TTL = 3.0
 BASE = (1, 2)
 ENV = {"SCALE_INTERVAL": "0.2", "SCALE_WAIT": "0.2", "WORKER_IDLE_SECONDS": "30", "LOAN_TTL_SECONDS": str(TTL),
        "TM_LOCAL_MAX_WORKERS": "3"}
-#: SPEC: without its peer a node answers within 2 s; the rest is headroom for a loaded machine.
-PEER_GIVES_UP = 2.0 + 2.5
+#: SPEC: without its peer a node answers within 2 s; the rest is headroom for a loaded 2-core
+#: machine (a node that waited on the black-holed peer would not answer within the client's 20 s).
+PEER_GIVES_UP = 2.0 + 5.0
 ITERATIONS = 1_000_000
 UNKNOWN_ID = "0" * 32
 
@@ -63,8 +64,8 @@ def timed(call) -> tuple[float, requests.Response]:
 
 def peer_calls_give_up(a: str) -> list[float]:
     """Calls on A that ask B: each answers from A alone, within the SPEC's 2 s (+ headroom)."""
-    took_pull, pull = timed(lambda: requests.post(f"{a}/pullCompleted", params={"top": 5}, timeout=10))
-    took_status, status = timed(lambda: requests.get(f"{a}/status/{UNKNOWN_ID}", timeout=10))
+    took_pull, pull = timed(lambda: requests.post(f"{a}/pullCompleted", params={"top": 5}, timeout=20))
+    took_status, status = timed(lambda: requests.get(f"{a}/status/{UNKNOWN_ID}", timeout=20))
     assert pull.status_code == 200 and pull.headers.get("X-Peer-Unavailable") == "1"
     assert status.status_code == 503 and status.headers.get("X-Peer-Unavailable") == "1"
     assert took_pull < PEER_GIVES_UP and took_status < PEER_GIVES_UP, (took_pull, took_status)

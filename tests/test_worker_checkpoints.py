@@ -66,10 +66,13 @@ def test_heartbeats_carry_correct_growing_checkpoints():
     assert node.results == {"own/0": reference(data, iterations)}
     sent = [c["own/0"] for c in node.checkpoints]
     assert sent, "no heartbeat carried a checkpoint"
-    assert [done for done, _ in sent] == sorted({done for done, _ in sent})  # strictly growing
+    # Growing: never back. A heartbeat due before the next slice ended (a machine short of CPU)
+    # sends the same checkpoint again.
+    assert [done for done, _ in sent] == sorted(done for done, _ in sent) and len({d for d, _ in sent}) > 1
     previous = None
     for done, digest in sent:  # each checked from the one before: one pass over the chain
-        assert 0 < done < iterations and digest == chain(data, done, previous)
+        assert 0 < done < iterations
+        assert digest == (previous[1] if previous and previous[0] == done else chain(data, done, previous))
         previous = (done, digest)
 
 
