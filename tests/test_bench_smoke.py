@@ -23,7 +23,8 @@ PEERS_PYTHON = ROOT / "bench" / ".venv-peers" / "bin" / "python"
 pytestmark = pytest.mark.integration
 
 
-def run_bench(module: str, tmp_path: Path, *args: str, timeout: float = 60) -> dict:
+def run_bench(module: str, tmp_path: Path, *args: str, timeout: float = 300) -> dict:
+    """Run ``bench.<module>``; ``timeout`` only catches a hang (a busy machine is slow, not wrong)."""
     out = tmp_path / f"{module}.json"
     proc = subprocess.run([sys.executable, "-m", f"bench.{module}", *args, "--json", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
@@ -90,7 +91,7 @@ def test_store_smoke(tmp_path):
 
 def test_journal_smoke(tmp_path):
     data = run_bench("journal", tmp_path, "--runs", "1", "--duration", "1", "--slices", "1", "--connections", "4",
-                     "--tool", "python", "--size-tasks", "300", "--retention", "100", timeout=180)
+                     "--tool", "python", "--size-tasks", "300", "--retention", "100")
     run = data["runs"][0]
     for config in ("no journal", "off", "batch", "always"):
         assert run[config]["requests"] > 0 and run[config]["errors"] == 0 and positive(run[config]["rps"])
@@ -100,7 +101,7 @@ def test_journal_smoke(tmp_path):
 
 
 def test_batch_smoke(tmp_path):
-    data = run_bench("batch", tmp_path, "--runs", "1", "--tasks", "20", "--reuse-iterations", "2000", timeout=300)
+    data = run_bench("batch", tmp_path, "--runs", "1", "--tasks", "20", "--reuse-iterations", "2000")
     summary = data["summary"]
     assert summary["verified"] and set(summary["wall_s"]) == {"batch", "single", "single x8", "plain"}
     assert all(positive(s["median"]) for s in summary["wall_s"].values())
