@@ -179,7 +179,7 @@ def test_many_threads_lose_and_duplicate_nothing(make_node):
     counts = node.tasks.counts()
     assert (counts.queued, counts.running, counts.completed, counts.failed) == (0, 0, total, 0)
     assert counts.queued_iterations == 0
-    results = [summary(r) for r in node.tasks.newest_completed(total + 10)]
+    results = [summary(r) for r in node.tasks.results.newest_completed(total + 10)]
     assert len(results) == total and {r["id"] for r in results} == set(all_submitted)
     for ids in submitted:  # each result is the body of its own task
         for i, task_id in enumerate(ids[:5]):

@@ -144,7 +144,7 @@ def test_results_are_dropped_by_age_as_well_as_by_count(clock):
     clock.now += 60
     assert store.upkeep() == (0, 2)
     assert store.status(second) is None and store.status(cancelled) is None
-    assert store.counts().results_kept == 0 and store.completed_after(0, 10) == ([], 2)
+    assert store.counts().results_kept == 0 and store.results.completed_after(0, 10) == ([], 2)
 
 
 # ------------------------------------------------------------------ operator

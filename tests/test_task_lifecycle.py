@@ -95,7 +95,7 @@ def test_a_duplicate_of_a_queued_task_shares_its_run(store):
     store.complete("w1", [(leader, RESULT)])
     record = store.status(follower.id)
     assert (record.state, record.result, record.reused_from) == (COMPLETED, RESULT, leader)
-    assert [r.id for r in store.newest_completed(5)] == [follower.id, leader]
+    assert [r.id for r in store.results.newest_completed(5)] == [follower.id, leader]
 
 
 def test_duplicates_inside_one_batch_share_one_run(store):
@@ -160,7 +160,7 @@ def test_cancel_a_running_task_stops_its_worker_and_ignores_its_result(store):
     store.cancel(task_id)
     assert store.stopped("w1", [task_id]) == [task_id]
     assert store.complete("w1", [(task_id, RESULT)]) == 0
-    assert store.status(task_id).state == CANCELLED and store.newest_completed(5) == []
+    assert store.status(task_id).state == CANCELLED and store.results.newest_completed(5) == []
     assert store.counts().running == 0 and store.counts().body_bytes == 0
 
 
@@ -214,18 +214,18 @@ def test_retry_reuses_an_identical_result(store):
 def test_completions_are_numbered_in_order_and_read_after_a_number(store):
     ids = [submit(store, b"%d" % i).id for i in range(5)]
     run(store)
-    first, missed = store.completed_after(0, 2)
+    first, missed = store.results.completed_after(0, 2)
     assert [(n, r.id) for n, r in first] == [(1, ids[0]), (2, ids[1])] and missed == 0
-    rest, _ = store.completed_after(2, 10)
+    rest, _ = store.results.completed_after(2, 10)
     assert [r.id for _, r in rest] == ids[2:]
-    assert store.completed_after(5, 10) == ([], 0)
+    assert store.results.completed_after(5, 10) == ([], 0)
 
 
 def test_completions_dropped_past_retention_are_counted_as_missed(clock):
     store = TaskStore(results_retention=3, monotonic=clock, wall=clock)
     ids = [store.submit(b"%d" % i, 1) for i in range(5)]
     run(store)
-    kept, missed = store.completed_after(0, 10)
+    kept, missed = store.results.completed_after(0, 10)
     assert [r.id for _, r in kept] == ids[2:] and missed == 2
 
 
@@ -253,18 +253,18 @@ def test_a_cursor_goes_on_across_a_restart_on_the_same_journal(tmp_path, clock):
     for i in range(5):
         store.submit(b"%d" % i, 1)
     run(store)
-    page, missed = store.completed_after(0, 10)
+    page, missed = store.results.completed_after(0, 10)
     assert [n for n, _ in page] == [3, 4, 5] and missed == 2  # RESULTS_RETENTION=3 kept the newest
     epoch = store.epoch
     journal.close()
 
     store, journal = reopen()
     assert store.epoch == epoch
-    assert store.completed_after(5, 10) == ([], 0)  # nothing twice
-    assert [r.id for _, r in store.completed_after(4, 10)[0]] == [page[-1][1].id]
+    assert store.results.completed_after(5, 10) == ([], 0)  # nothing twice
+    assert [r.id for _, r in store.results.completed_after(4, 10)[0]] == [page[-1][1].id]
     new = [store.submit(b"new %d" % i, 1) for i in range(2)]
     run(store)
-    after, missed = store.completed_after(5, 10)
+    after, missed = store.results.completed_after(5, 10)
     assert [r.id for _, r in after] == new and missed == 0  # nothing missed
     journal.close()
 

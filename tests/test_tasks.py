@@ -39,7 +39,7 @@ def claim_ids(store: TaskStore, worker: str, count: int) -> list[str]:
 
 
 def newest(store: TaskStore, top: int) -> list[dict]:
-    return [summary(r) for r in store.newest_completed(top)]
+    return [summary(r) for r in store.results.newest_completed(top)]
 
 
 # ------------------------------------------------------------------ queue order
@@ -99,7 +99,7 @@ def test_what_leaves_the_store_is_an_immutable_snapshot(make_store, clock):
     clock.now += 1
     store.complete("w1", [(task_id, "r")])
     assert (running.state, running.result) == (RUNNING, None)  # the earlier snapshot did not move
-    [record] = store.newest_completed(1)
+    [record] = store.results.newest_completed(1)
     assert (record.state, record.result, record.completed_at) == (COMPLETED, "r", clock.now)
     with pytest.raises(dataclasses.FrozenInstanceError):
         record.result = "forged"
@@ -292,8 +292,8 @@ def _work_of(call) -> tuple[int, int]:
 def test_newest_completed_costs_o_top_not_o_all(make_store, clock):
     small = _filled(make_store, clock, 50)
     big = _filled(make_store, clock, 20_000)
-    small_lines, _ = _work_of(lambda: small.newest_completed(5))
-    big_lines, big_peak = _work_of(lambda: big.newest_completed(5))
+    small_lines, _ = _work_of(lambda: small.results.newest_completed(5))
+    big_lines, big_peak = _work_of(lambda: big.results.newest_completed(5))
     assert big_lines == small_lines  # the same Python steps whether 50 or 20,000 results are kept
     assert big_peak < 20_000  # bytes: no copy of the 20,000 results (a list of them is 160 kB)
-    assert len(big.newest_completed(5)) == 5
+    assert len(big.results.newest_completed(5)) == 5

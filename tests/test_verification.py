@@ -218,7 +218,7 @@ def test_a_wrong_result_is_never_accepted_and_its_worker_is_quarantined_with_its
     # the wrong short result went back to the queue; the unchecked ones (and the copy) were taken back
     for task_id in [short, *long_ids, reused.id]:
         assert node.tasks.status(task_id).state == "queued", task_id
-    assert node.tasks.newest_completed(100) == [] and node.tasks.completed_after(0, 100)[0] == []
+    assert node.tasks.results.newest_completed(100) == [] and node.tasks.results.completed_after(0, 100)[0] == []
     [caught] = node.quarantine.newest()
     assert caught.worker_id == "bad" and caught.rerun == 4 and caught.task_id == short
     # another worker computes them all again, correctly, marks included

@@ -16,9 +16,11 @@ import base64
 import binascii
 import bisect
 import heapq
+import itertools
 import json
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -155,3 +157,121 @@ def decode_cursor(text: str) -> dict[str, int]:
             isinstance(k, str) and EPOCH.fullmatch(k) and type(v) is int and v >= 0 for k, v in positions.items()):
         raise ValueError("the cursor is not one this API gave out (pass the 'next' of an earlier answer)")
     return positions
+
+
+# ------------------------------------------------------------ the kept results
+class KeptResults:
+    """The completed tasks and, apart, the failed and cancelled ones, each up to ``retention``
+    (and ``ttl`` seconds, when set), oldest dropped first; the completions numbered for the
+    cursor; and the bodies of failed and cancelled tasks, up to ``bodies_bytes`` in all, for
+    ``retry``.
+
+    It shares the store's ``lock``: its readers (``newest_*``, ``completed_after``) take it; the
+    store calls every other method with the lock held. ``on_drop(record)`` is called, lock held,
+    for each record that leaves (past retention or age, or taken back): the store journals it
+    and forgets it for reuse.
+    """
+
+    def __init__(self, lock: threading.Lock, retention: int, bodies_bytes: int,
+                 on_drop: Callable[[TaskRecord], None]) -> None:
+        self._lock = lock
+        self.retention = retention
+        self.bodies_bytes = bodies_bytes
+        self._on_drop = on_drop
+        self._completed: OrderedDict[str, TaskRecord] = OrderedDict()  # oldest first
+        self._failed: OrderedDict[str, TaskRecord] = OrderedDict()
+        self.log: CompletionLog[TaskRecord] = CompletionLog()
+        self._bodies: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()  # failed/cancelled: data, digest
+        self._bodies_size = 0
+
+    # --------------------------------------------------- readers (take the lock)
+    def newest_completed(self, top: int) -> list[TaskRecord]:
+        """The ``top`` newest completed tasks, newest first. O(top)."""
+        with self._lock:
+            return list(itertools.islice(reversed(self._completed.values()), top))
+
+    def newest_failed(self, top: int) -> list[TaskRecord]:
+        """The ``top`` newest failed or cancelled tasks, newest first (the dashboard's list). O(top)."""
+        with self._lock:
+            return list(itertools.islice(reversed(self._failed.values()), top))
+
+    def completed_after(self, seq: int, limit: int) -> tuple[list[tuple[int, TaskRecord]], int]:
+        """Up to ``limit`` (number, record) completed after number ``seq``, oldest first, and how
+        many completions after ``seq`` were already dropped (retention)."""
+        with self._lock:
+            return self.log.after(seq, limit)
+
+    # --------------------------------------------------- the store's, lock held
+    def completed(self, task_id: str) -> TaskRecord | None:
+        return self._completed.get(task_id)
+
+    def failed(self, task_id: str) -> TaskRecord | None:
+        return self._failed.get(task_id)
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        return self._completed.get(task_id) or self._failed.get(task_id)
+
+    def completed_records(self) -> Iterable[TaskRecord]:
+        """Every kept completed record, oldest first (a view: do not change the results meanwhile)."""
+        return self._completed.values()
+
+    def completed_count(self) -> int:
+        return len(self._completed)
+
+    def add_completed(self, record: TaskRecord) -> None:
+        """Keep a completed record, numbered in the completion log."""
+        self._keep(self._completed, record)
+        self.log.append(record)
+        self.log.keep_newest(len(self._completed))
+
+    def add_failed(self, record: TaskRecord, body: tuple[bytes, bytes] | None = None) -> None:
+        """Keep a failed or cancelled record, and its ``(data, digest)`` for ``retry`` if given."""
+        self._keep(self._failed, record)
+        if body is not None:
+            self._bodies[record.id] = body
+            self._bodies_size += len(body[0])
+            while self._bodies_size > self.bodies_bytes:
+                self._drop_body(next(iter(self._bodies)))
+
+    def body(self, task_id: str) -> tuple[bytes, bytes] | None:
+        """The ``(data, digest)`` kept for retrying a failed or cancelled task."""
+        return self._bodies.get(task_id)
+
+    def forget_failed(self, task_id: str) -> TaskRecord:
+        """Drop a failed record and its body (the task is queued again)."""
+        self._drop_body(task_id)
+        return self._failed.pop(task_id)
+
+    def take_back(self, task_id: str) -> TaskRecord:
+        """A kept completed result taken back (its task is computed again)."""
+        record = self._completed.pop(task_id)
+        self._on_drop(record)
+        return record
+
+    def drop_older_than(self, limit: float) -> int:
+        """Drop the completed and failed records completed at or before wall time ``limit``
+        (RESULTS_TTL_SECONDS); returns how many."""
+        dropped = 0
+        for kept in (self._completed, self._failed):
+            while kept:
+                record = next(iter(kept.values()))
+                if (record.completed_at or 0.0) > limit:
+                    break
+                del kept[record.id]
+                self._on_drop(record)
+                self._drop_body(record.id)
+                dropped += 1
+        self.log.keep_newest(len(self._completed))
+        return dropped
+
+    def _keep(self, kept: OrderedDict[str, TaskRecord], record: TaskRecord) -> None:
+        kept[record.id] = record
+        while len(kept) > self.retention:
+            _, dropped = kept.popitem(last=False)
+            self._on_drop(dropped)
+            self._drop_body(dropped.id)
+
+    def _drop_body(self, task_id: str) -> None:
+        kept = self._bodies.pop(task_id, None)
+        if kept is not None:
+            self._bodies_size -= len(kept[0])

@@ -19,13 +19,11 @@ not journaled.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import math
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +32,7 @@ from nodeapp.store.checkpoints import Checkpoint
 from nodeapp.store.journal import (
     Accepted, Checkpointed, Commit, Completed, Counters, Failed, Journal, JournalError, Recovered, Record, Trimmed,
 )
-from nodeapp.store.results import CompletionLog
+from nodeapp.store.results import KeptResults
 from nodeapp.store.idempotency import IdempotencyKeys, KeyEntry
 from nodeapp.store.records import (
     CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Draining, KeyMismatch, LeasedTask, QueueFull, Submission,
@@ -170,17 +168,14 @@ class TaskStore:
         self._queue = TaskQueue(self._priority_aging)
         self._running: dict[str, _Task] = {}
         self._active: dict[str, _Task] = {}  # queued or running, by id
-        self._completed: OrderedDict[str, TaskRecord] = OrderedDict()  # oldest first
-        self._failed: OrderedDict[str, TaskRecord] = OrderedDict()
+        #: Completed, failed and cancelled tasks, and the bodies kept for retry; read them here.
+        self.results = KeptResults(self._lock, self.results_retention, self.kept_bodies_bytes, self._dropped)
         self._draining = False
         self._seq = 0
         self._enqueued = self._completed_total = self._failed_total = 0
         self._rejected_full = self._leases_expired = 0
         self._checkpoints_accepted = self._checkpoints_refused = 0
         self._reuse = ReuseIndex()
-        self._log: CompletionLog[TaskRecord] = CompletionLog()
-        self._kept_bodies: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()  # failed/cancelled: data, digest
-        self._kept_bytes = 0
         self._reused = self._cancelled = self._retried = self._replayed = self._expired = 0
         # Spot-checks (nodeapp/store/verification.py), when ``enable_checks`` was called
         self.sampler: Sampler | None = None
@@ -317,7 +312,7 @@ class TaskStore:
             for work in works:
                 done = self._reuse.done(work)
                 if done is not None and work not in results:
-                    record = self._completed[done]
+                    record = self.results.completed(done)
                     results[work] = (record.reused_from or done, record.result)
             return known, results
 
@@ -332,7 +327,7 @@ class TaskStore:
         with self._lock:
             task = self._active.get(task_id)
             if task is None:
-                record = self._completed.get(task_id) or self._failed.get(task_id)
+                record = self.results.get(task_id)
                 if record is not None and record.state != CANCELLED:
                     raise WrongState(record, f"task {task_id} is {record.state}: only a queued or running task "
                                              "can be cancelled")
@@ -368,14 +363,14 @@ class TaskStore:
         with self._lock:
             if self._draining:
                 raise Draining()
-            record = self._failed.get(task_id)
+            record = self.results.failed(task_id)
             if record is None:
                 current = self._status(task_id)
                 if current is None:
                     return None
                 raise WrongState(current, f"task {task_id} is {current.state}: only a failed or cancelled task "
                                           "can be retried")
-            kept = self._kept_bodies.get(task_id)
+            kept = self.results.body(task_id)
             if kept is None:
                 raise WrongState(record, f"the body of task {task_id} is no longer kept (past "
                                          f"KEPT_BODIES_BYTES={self.kept_bodies_bytes} of failed and cancelled "
@@ -384,9 +379,8 @@ class TaskStore:
             how, source = self._match((digest, record.iterations), reuse)
             if how in (_QUEUE, _FOLLOW):
                 self._check_room(1, len(data) if how == _QUEUE else 0)
-            del self._failed[task_id]
+            self.results.forget_failed(task_id)
             self._note(Trimmed(record.seq))  # its row goes; the task comes back under a new seq
-            self._drop_body(task_id)
             self._seq += 1
             wall, tick = self._wall(), self._monotonic()
             self._admit(_Task(task_id, record.iterations, wall, tick, data, self._seq, digest=digest,
@@ -402,12 +396,6 @@ class TaskStore:
         lost lease): its result for them would be ignored, so it should stop computing them."""
         with self._lock:
             return [i for i in task_ids if (t := self._running.get(i)) is None or t.worker_id != worker_id]
-
-    def completed_after(self, seq: int, limit: int) -> tuple[list[tuple[int, TaskRecord]], int]:
-        """Up to ``limit`` (number, record) completed after number ``seq`` of this ``epoch``,
-        oldest first, and how many completions after ``seq`` were already dropped (retention)."""
-        with self._lock:
-            return self._log.after(seq, limit)
 
     def claim(self, worker_id: str, max_tasks: int = 1, max_iterations: int | None = None) -> list[LeasedTask]:
         """Lease up to ``max_tasks`` tasks from the head of the queue to ``worker_id``.
@@ -502,24 +490,24 @@ class TaskStore:
         with self._lock:
             wall, tick = self._wall(), self._monotonic()
             items = [i for i in self._recent.take(worker_id, tick)
-                     if (r := self._completed.get(i.task_id)) is not None and r.spot_checked is False]
+                     if (r := self.results.completed(i.task_id)) is not None and r.spot_checked is False]
             ids = {i.task_id for i in items}
-            copies = [r for r in self._completed.values() if r.reused_from in ids]
+            copies = [r for r in self.results.completed_records() if r.reused_from in ids]
             for item in items:
-                record = self._retract(self._completed[item.task_id])
+                record = self.results.take_back(item.task_id)
                 self._seq += 1
                 self._admit(_Task(item.task_id, item.iterations, item.enqueued_at, tick, item.data, self._seq,
                                   digest=item.digest, priority=record.priority, owner=record.owner
                                   ).schedule(wall, tick), _QUEUE, None)
             for record in copies:
-                self._retract(record)
+                self.results.take_back(record.id)
                 leader = self._active[record.reused_from]
                 self._seq += 1
                 self._admit(_Task(record.id, record.iterations, record.enqueued_at, tick, leader.data, self._seq,
                                   digest=leader.digest, priority=record.priority, owner=record.owner
                                   ).schedule(wall, tick), _FOLLOW, leader.id)
             taken = ids | {r.id for r in copies}
-            self._log.discard(lambda record: record.id in taken)
+            self.results.log.discard(lambda record: record.id in taken)
             commit = self._flush()
         self._durable(commit)
         return sorted(taken)
@@ -621,16 +609,6 @@ class TaskStore:
         self._durable(commit)
         return expired, dropped
 
-    def newest_completed(self, top: int) -> list[TaskRecord]:
-        """The ``top`` newest completed tasks, newest first. O(top)."""
-        with self._lock:
-            return list(itertools.islice(reversed(self._completed.values()), top))
-
-    def newest_failed(self, top: int) -> list[TaskRecord]:
-        """The ``top`` newest failed or cancelled tasks, newest first (the dashboard's list). O(top)."""
-        with self._lock:
-            return list(itertools.islice(reversed(self._failed.values()), top))
-
     def start_draining(self) -> None:
         """From now on ``submit`` raises ``Draining``."""
         with self._lock:
@@ -662,19 +640,17 @@ class TaskStore:
         self._unwritten.clear()  # _admit noted them as accepted: they are in the journal already
         # Completions are numbered 1, 2, ... per epoch: the kept ones are the newest of them all.
         self.epoch = recovered.epoch or self.epoch
-        self._log.last_seq = max(0, recovered.counters.get("completed", 0) - len(recovered.completed))
+        self.results.log.last_seq = max(0, recovered.counters.get("completed", 0) - len(recovered.completed))
         for stored in recovered.completed:
             record = TaskRecord(stored.id, COMPLETED, stored.iterations, stored.enqueued_at,
                                 result=stored.result, completed_at=stored.done_at, seq=stored.seq,
                                 priority=stored.priority, owner=stored.owner)
-            self._keep(self._completed, record)
-            self._log.append(record)
-        self._log.keep_newest(len(self._completed))
+            self.results.add_completed(record)
         for stored in recovered.failed:
-            self._keep(self._failed, TaskRecord(stored.id, CANCELLED if stored.cancelled else FAILED,
-                                                stored.iterations, stored.enqueued_at, reason=stored.reason,
-                                                completed_at=stored.done_at, seq=stored.seq,
-                                                priority=stored.priority, owner=stored.owner))
+            self.results.add_failed(TaskRecord(stored.id, CANCELLED if stored.cancelled else FAILED,
+                                               stored.iterations, stored.enqueued_at, reason=stored.reason,
+                                               completed_at=stored.done_at, seq=stored.seq,
+                                               priority=stored.priority, owner=stored.owner))
         for name, attribute in _JOURNALED_COUNTERS.items():
             setattr(self, attribute, recovered.counters.get(name, 0))
         self._written_counts = dict(recovered.counters)
@@ -694,7 +670,7 @@ class TaskStore:
                 body_bytes=self._body_bytes,
                 oldest_wait=queue.oldest_wait(now),
                 running=len(self._running),
-                results_kept=len(self._completed),
+                results_kept=self.results.completed_count(),
                 enqueued=self._enqueued,
                 completed=self._completed_total,
                 failed=self._failed_total,
@@ -730,13 +706,6 @@ class TaskStore:
         self._completed_now(task.record(state=COMPLETED, result=result, completed_at=now,
                                         resumed_from=task.claimed_from or None, spot_checked=spot_checked), task)
 
-    def _retract(self, record: TaskRecord) -> TaskRecord:
-        """A kept result is taken back (``rerun``): it leaves the kept results and the journal."""
-        del self._completed[record.id]
-        self._note(Trimmed(record.seq))
-        self._reuse.forget_done(record.id)
-        return record
-
     def _take_checkpoints(self, worker_id: str, checkpoints: Mapping[str, Checkpoint] | None) -> None:
         """Keep each checkpoint from the task's lease holder that moves it forward, short of the end."""
         for task_id, checkpoint in (checkpoints or {}).items():
@@ -751,18 +720,16 @@ class TaskStore:
             self._checkpoints_accepted += 1
             self._note(Checkpointed(task.seq, checkpoint.done, checkpoint.digest))
 
-    def _keep(self, kept: OrderedDict[str, TaskRecord], record: TaskRecord) -> None:
-        kept[record.id] = record
-        while len(kept) > self.results_retention:
-            _, dropped = kept.popitem(last=False)
-            self._note(Trimmed(dropped.seq))
-            self._reuse.forget_done(dropped.id)
-            self._drop_body(dropped.id)
+    def _dropped(self, record: TaskRecord) -> None:
+        """A kept record leaves (past RESULTS_RETENTION or RESULTS_TTL_SECONDS, or taken back):
+        ``KeptResults``' callback."""
+        self._note(Trimmed(record.seq))
+        self._reuse.forget_done(record.id)
 
     def _status(self, task_id: str) -> TaskRecord | None:
         task = self._active.get(task_id)
         if task is None:
-            return self._completed.get(task_id) or self._failed.get(task_id)
+            return self.results.get(task_id)
         runner = task.leader or task
         return task.record(state=runner.state, done=runner.checkpoint.done if runner.checkpoint else 0,
                            reused_from=task.leader and task.leader.id, checking=runner.id in self._checking)
@@ -789,7 +756,7 @@ class TaskStore:
         if reuse:
             done = self._reuse.done(work)
             if done is not None:
-                kept = self._completed[done]  # named after the task that ran, not after a copy of its result
+                kept = self.results.completed(done)  # named after the task that ran, not after a copy of its result
                 return _DONE, (kept.reused_from or done, kept.result)
             if peer_results and work in peer_results:
                 return _DONE_PEER, peer_results[work]
@@ -843,17 +810,7 @@ class TaskStore:
             return 0
         limit = self._wall() - self.results_ttl
         dropped = 0
-        for kept in (self._completed, self._failed):
-            while kept:
-                record = next(iter(kept.values()))
-                if (record.completed_at or 0.0) > limit:
-                    break
-                del kept[record.id]
-                self._note(Trimmed(record.seq))
-                self._reuse.forget_done(record.id)
-                self._drop_body(record.id)
-                dropped += 1
-        self._log.keep_newest(len(self._completed))
+        dropped = self.results.drop_older_than(limit)
         return dropped
 
     def _admit(self, task: _Task, how: str, source) -> str | None:
@@ -885,9 +842,7 @@ class TaskStore:
         """Keep a completed record, numbered in the completion log; the tasks that shared its run
         complete with it."""
         self._note(Completed(task.seq, record.result, record.completed_at))
-        self._keep(self._completed, record)
-        self._log.append(record)
-        self._log.keep_newest(len(self._completed))
+        self.results.add_completed(record)
         self._completed_total += 1
         work = (task.digest, task.iterations)
         self._reuse.drop_leader(work, task.id)
@@ -928,11 +883,7 @@ class TaskStore:
     def _end(self, record: TaskRecord, task: _Task) -> None:
         """Keep a failed or cancelled record, and its body for ``retry`` (within ``kept_bodies_bytes``)."""
         self._note(Failed(task.seq, record.reason or "", record.completed_at, record.state == CANCELLED))
-        self._keep(self._failed, record)
-        self._kept_bodies[task.id] = (task.data, task.digest)
-        self._kept_bytes += len(task.data)
-        while self._kept_bytes > self.kept_bodies_bytes:
-            self._drop_body(next(iter(self._kept_bodies)))
+        self.results.add_failed(record, (task.data, task.digest))
 
     def _note(self, *records: Record) -> None:
         if self.journal is not None:
@@ -983,14 +934,14 @@ class TaskStore:
         if recovered is None:
             return
         leases = list(self._running.values())
-        draining, last_number = self._draining, self._log.last_seq
+        draining, last_number = self._draining, self.results.log.last_seq
         checkpoints = self._checkpoints_accepted, self._checkpoints_refused
         self._empty()
         self._restore(recovered)
         self._draining = draining
         self._checkpoints_accepted, self._checkpoints_refused = checkpoints
         # Completions are numbered on from the highest number a client may have seen: none is missed.
-        self._log.last_seq = max(self._log.last_seq, last_number)
+        self.results.log.last_seq = max(self.results.log.last_seq, last_number)
         held = {old.id: old for old in leases if (task := self._active.get(old.id)) is not None and task.leader is None}
         if held:
             for old in held.values():
@@ -1001,13 +952,7 @@ class TaskStore:
                 if old.checkpoint and (not task.checkpoint or task.checkpoint.done < old.checkpoint.done):
                     task.checkpoint = old.checkpoint
                 self._running[task.id] = task
-        self._keys.forget(lambda entry: entry.task_id not in self._active and entry.task_id not in self._completed
-                          and entry.task_id not in self._failed)
-
-    def _drop_body(self, task_id: str) -> None:
-        kept = self._kept_bodies.pop(task_id, None)
-        if kept is not None:
-            self._kept_bytes -= len(kept[0])
+        self._keys.forget(lambda entry: entry.task_id not in self._active and self.results.get(entry.task_id) is None)
 
     def _lose_leases(self, tasks: list[_Task], why: str, free: set[str] = frozenset()) -> tuple[int, int]:
         """Requeue leased tasks at the head (oldest first) or fail them after max_attempts.

@@ -90,7 +90,7 @@ def pull_completed():
     top = positive_int("top", "bad_top")
     top = min(top, ctx.config.results_retention * 2)
     # Entries are (completed_at, id, JSON bytes): a local result is encoded once in its life.
-    records = ctx.node.tasks.newest_completed(top)
+    records = ctx.node.tasks.results.newest_completed(top)
     entries = [(r.completed_at, r.id, data) for r, data in zip(records, ctx.summaries.encode(records))]
     headers = {"Content-Type": "application/json"}
     if not from_peer() and ctx.peer.url:

@@ -117,7 +117,7 @@ def own_part(ctx: NodeContext) -> dict:
     """This node's workers and newest failed or cancelled tasks (``GET /dashboard/node``)."""
     now = time.monotonic()  # the clock of Worker.last_seen
     failed = [{"id": r.id, "state": r.state, "iterations": r.iterations, "at": r.completed_at, "reason": r.reason}
-              for r in ctx.node.tasks.newest_failed(FAILED_SHOWN)]
+              for r in ctx.node.tasks.results.newest_failed(FAILED_SHOWN)]
     return {"node": ctx.config.node_name,
             "workers": [worker_view(w, now) for w in ctx.node.workers.workers()[:WORKERS_SHOWN]],
             "failed": failed}
@@ -189,7 +189,7 @@ def cluster_view() -> dict:
     nodes = [node_view(own, ctx.config.node_url or None)]
     decisions = [decision_view(d, nodes[0]["node"]) for d in own["scaler"]["decisions"]]
     in_progress = [progress_view(p, nodes[0]["node"]) for p in own.get("in_progress", [])]
-    results = [summary(r) for r in ctx.node.tasks.newest_completed(NEWEST)]
+    results = [summary(r) for r in ctx.node.tasks.results.newest_completed(NEWEST)]
     part = own_part(ctx)
     workers = [worker_row(w, nodes[0]["node"]) for w in part["workers"]]
     failed = [failed_row(f, nodes[0]["node"]) for f in part["failed"]]

@@ -50,8 +50,8 @@ def asked() -> tuple[str, str, int, int, bool]:
 def own_items(ctx: NodeContext, kind: str, query: str, count: int) -> list[dict]:
     """This node's newest ``count`` matching items, newest first."""
     tasks = ctx.node.tasks
-    records = tasks.newest_completed(ctx.config.results_retention) if kind == "results" else \
-        tasks.newest_failed(ctx.config.results_retention)
+    records = tasks.results.newest_completed(ctx.config.results_retention) if kind == "results" else \
+        tasks.results.newest_failed(ctx.config.results_retention)
     items = []
     for record in records:
         item = {"id": record.id, "iterations": record.iterations, "completed_at": record.completed_at,

@@ -161,7 +161,7 @@ def results():
     except ValueError as exc:
         raise ApiError(400, "bad_cursor", str(exc)) from None
     tasks = ctx.node.tasks
-    pairs, missed = tasks.completed_after(positions.get(tasks.epoch, 0), limit)
+    pairs, missed = tasks.results.completed_after(positions.get(tasks.epoch, 0), limit)
     ours = [(record.completed_at, tasks.epoch, seq, _result_json(record)) for seq, record in pairs]
     if from_peer():  # the peer merges: give it the numbers too
         return jsonify(epoch=tasks.epoch, results=[e[3] for e in ours], seqs=[e[2] for e in ours], missed=missed)
