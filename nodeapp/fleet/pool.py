@@ -144,6 +144,12 @@ class Debt:
 class WorkerPool:
     """Registry of launched workers and the quota. Thread-safe: each public method holds the lock.
 
+    Why registry and quota are one class: the invariant the quota tests check (live + pending +
+    reserved workers never above base max - lent + borrowed, and a borrowed slot returned when its
+    worker goes) spans both, and is kept by taking one lock. The loan bookkeeping itself is its
+    own object (``loans.LoanBook``); the verbs here are the registry's (add, seen, remove,
+    adopt, overdue, silent, ...) and the quota's (reserve, lend, renewal, renewed, repaying, ...).
+
     Args:
         max_workers: this node's own worker quota (MAX_NUM_OF_WORKERS).
         monotonic: the clock of launch times, boot deadlines and loans.
