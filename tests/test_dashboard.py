@@ -385,7 +385,6 @@ def test_the_chart_draws_the_last_hour_with_scaling_decisions(page):
     wait_for(lambda: count(page, "#chart-load g.marker") >= 1, timeout=20, what="a scaling decision marked")
     assert "launched" in page.text_content("#chart-load g.marker title")
     assert page.is_hidden("#chart-empty")
-    assert count(page, "#chart-load rect.band") == 0  # no outage yet
 
 
 @pytest.mark.integration
@@ -437,12 +436,14 @@ def test_a_stale_warning_shows_while_updates_stop(page):
 
 @pytest.mark.integration
 def test_shows_when_the_peer_goes_away(page, cluster):
+    # a loaded machine can make a ping time out before (a band already): this outage adds one
+    before = count(page, "#chart-load rect.band")
     cluster.stop_node(1, grace=5)
     wait_for(lambda: figure(page, "peer") == "unreachable", timeout=20, what="the peer shown unreachable")
     assert "unreachable" in table_text(page, "nodes")
     assert figure(page, "total-workers").endswith("/ 2")  # only node-a's figures count now
-    wait_for(lambda: count(page, "#chart-load rect.band") >= 1, timeout=30, what="the outage marked in the chart")
-    assert "peer unreachable" in page.text_content("#chart-load rect.band title")
+    wait_for(lambda: count(page, "#chart-load rect.band") > before, timeout=30, what="the outage marked in the chart")
+    assert "peer unreachable" in page.locator("#chart-load rect.band title").last.text_content()
 
 
 def test_data_shows_each_nodes_capacity_and_why():
