@@ -96,6 +96,8 @@ def test_pull_completed_merges_both_nodes_newest_first(nodes):
             assert node.complete(worker, [(task["id"], sha512_chain(bodies[task["id"]], 2))]) == 1
             order.append(task["id"])
     newest_first = order[::-1]
+    # a short result is held until the node's spot-check of it ends (one thread, in order)
+    wait_for(lambda: set(bodies) <= {r["id"] for r in a.pull(1000).json()}, timeout=30, what="every result checked")
     for node in nodes:
         response = node.pull(1000)
         assert response.status_code == 200
@@ -126,8 +128,11 @@ def test_status_answers_for_the_other_nodes_tasks(nodes):
     assert task["id"] == on_b
     assert a.status(on_b).json()["state"] == "running"
     b.complete("worker-b", [(on_b, sha512_chain(b"from b", 3))])
-    done = a.status(on_b).json()
+    # a short result is held (still running, "checking") until the node's spot-check of it ends
+    done = wait_for(lambda: (d := a.status(on_b).json())["state"] != "running" and d, timeout=30,
+                    what="the result checked and completed")
     assert done["state"] == "completed" and done["result"] == sha512_chain(b"from b", 3)
+    assert done["spot_checked"] is True
     assert b.status(on_a).json()["state"] == "queued"
     for node in nodes:
         missing = node.status(UNKNOWN_ID)
