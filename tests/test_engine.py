@@ -139,6 +139,21 @@ def test_auto_picks_native_when_built(native, caplog):
     assert (chosen.compute_many is not None) == bool(native.SIMD)
 
 
+def test_a_native_build_that_raises_falls_back_to_the_hashlib_loop(native, monkeypatch, caplog):
+    """A stale build (a ``chain`` of another signature, as after an upgrade without a rebuild)
+    makes the self-check raise: the worker falls back to the hashlib loop instead of crashing."""
+    def stale_chain(*args):
+        raise TypeError(f"chain() takes exactly 2 arguments ({len(args)} given)")
+
+    monkeypatch.setattr(native, "chain", stale_chain)
+    with caplog.at_level(logging.WARNING, logger="workerapp.engine"):
+        chosen = engine.select_engine({})
+    assert chosen.name == "python"
+    assert "TypeError: chain() takes exactly 2 arguments" in caplog.text
+    with pytest.raises(engine.EngineUnavailable, match="self-check"):
+        engine.select_engine({engine.ENV: "native"})
+
+
 @pytest.mark.parametrize("kernel", engine.KERNELS)
 def test_env_forces_a_kernel_or_refuses_one_this_cpu_lacks(native, kernel, caplog):
     if kernel not in native.KERNELS:

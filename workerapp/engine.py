@@ -99,11 +99,14 @@ def _native_problem(kernel: str | None = None) -> str | None:
         return f"this CPU (or this build of workerapp._native) has no {kernel} kernel"
     data, iterations = CHECK_VECTOR
     expected = compute(data, iterations)
-    if compute_native(data, iterations, kernel) != expected:
-        return "workerapp._native failed its self-check (its digest differs from hashlib's)"
     jobs = [(data + bytes([i]), iterations + i) for i in range(9)]  # fills 8 lanes, then the scalar tail
-    if compute_many_native(jobs, kernel) != [compute(d, n) for d, n in jobs]:
-        return "workerapp._native failed its self-check (several chains at once)"
+    try:
+        if compute_native(data, iterations, kernel) != expected:
+            return "workerapp._native failed its self-check (its digest differs from hashlib's)"
+        if compute_many_native(jobs, kernel) != [compute(d, n) for d, n in jobs]:
+            return "workerapp._native failed its self-check (several chains at once)"
+    except Exception as exc:  # e.g. a build older than this code (another signature): not usable
+        return f"workerapp._native failed its self-check ({type(exc).__name__}: {exc})"
     return None
 
 
