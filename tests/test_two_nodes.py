@@ -231,8 +231,10 @@ def test_concurrent_clients_and_workers_on_both_nodes_lose_nothing(nodes):
     assert len(merged) == len(set(merged))
     assert set(submitted) <= set(merged)
     for node, running in zip(nodes, running_before):
-        stats = node.stats()
-        assert (stats["queued"], stats["running"]) == (0, running)
+        # nothing of this test is left queued or running; a result an earlier test left held for its
+        # spot-check may settle meanwhile (running counts held results), so fewer is fine
+        wait_for(lambda: (s := node.stats())["queued"] == 0 and s["running"] <= running, timeout=30,
+                 what="nothing left queued or running on " + node.url)
 
 
 # gunicorn >= 26 (gthread) fails this: after a response that leaves > 64 KiB of request body unread,
