@@ -175,8 +175,12 @@ def test_unreadable_file_queues_nothing(capsys, nodes, cluster, tmp_path):
 
 
 @pytest.mark.integration
-def test_wait_timeout_exits_3(capsys, nodes):
-    code, out, err = run(capsys, "enqueue", os.devnull, "-n", "300000")
+def test_wait_timeout_exits_3(capsys, nodes, tmp_path):
+    # a body no earlier task had (no reuse) and the most iterations: not done within 0.05 s, even in
+    # a worker's vector lanes
+    body = tmp_path / "long.bin"
+    body.write_bytes(os.urandom(16))
+    code, out, err = run(capsys, "enqueue", str(body), "-n", "10000000")
     task_id = out.strip()
     code, out, err = run(capsys, "wait", task_id, "--timeout", "0.05")
     assert code == 3
