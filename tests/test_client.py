@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 
 import pytest
@@ -130,13 +131,14 @@ def test_stats_covers_both_nodes_and_adds_them_up(cluster, client):
 @pytest.mark.integration
 def test_wait_times_out_then_finishes(client):
     progress: list[tuple[int, int]] = []
-    slow = client.enqueue(b"slow", 300_000)
+    slow_body = os.urandom(16)  # new (no reuse), and the most iterations: not done within 0.05 s in any lanes
+    slow = client.enqueue(slow_body, 10_000_000)
     quick = client.enqueue(b"quick", 1)
     with pytest.raises(WaitTimeout) as timed_out:
         client.wait([slow], timeout=0.05, poll=0.1)
     assert timed_out.value.pending == [slow]
     done = client.wait([slow, quick], timeout=60, poll=0.1, on_progress=lambda d, t: progress.append((d, t)))
-    assert done[slow]["result"] == compute(b"slow", 300_000)
+    assert done[slow]["result"] == compute(slow_body, 10_000_000)
     assert progress[-1] == (2, 2) and all(total == 2 for _, total in progress)
 
 
