@@ -143,6 +143,11 @@ def _read_data(data: bytes | bytearray | str | os.PathLike | BinaryIO) -> bytes:
 class Client:
     """The task manager as one service, whichever node answers.
 
+    Why one class with 19 public methods: it is the Python face of the API, one method per
+    endpoint or command of ``tm`` (enqueue, status, wait, cancel, retry, results, stats, keys,
+    pause, purge, active, ...), each a few lines over the shared request, fail-over and error
+    handling; splitting it would make users import several objects for one service.
+
     Args:
         node_urls: the nodes' base URLs, a list or a comma-separated string; by default the
             ``TM_NODES`` environment variable, as for ``tm``.

@@ -80,7 +80,15 @@ class _Holding:
 
 
 class Worker:
-    """Args:
+    """The worker loop: claim, compute in rounds, heartbeat, post, hand back, say goodbye.
+
+    Why one class of this size (4 public methods, long private ones): every step reads and
+    changes what this worker holds (leases, checkpoints, the sources' back-off), under one lock
+    shared with the heartbeat thread. The parts that do not are their own modules: the rounds
+    of the vector lanes (``rounds.py``), lanes and rate (``lanes.py``), the HTTP calls
+    (``client.py``), the engine (``engine.py``), marks, faults and spot notices.
+
+    Args:
         nodes: own node first, then the peer.
         idle_seconds: exit after this long without a task from any node.
         claim_seconds: how much work (at the measured rate) to claim at once.

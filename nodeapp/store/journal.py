@@ -216,6 +216,11 @@ class Commit:
 class Journal:
     """The journal of one node in ``data_dir``. Not usable by two processes at once.
 
+    Why one class of this size (10 public methods): the group commit, the failure state that
+    refuses writes until ``reload`` and the writer thread share one condition variable and one
+    SQLite connection; the schema and its upgrades (``SCHEMA``), the read-back (``load``) and
+    the repair of a damaged file (``journal_repair``) are apart already.
+
     Use: ``journal = Journal(dir)`` (takes the lock), ``recovered = journal.load()``, then
     ``journal.write([...]).wait()`` (the first write starts the writer thread); ``close()``.
 
