@@ -7,7 +7,9 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-stamp=.venv/.installed-$(cat setup.cfg setup.py 2>/dev/null | sha256sum | cut -c1-16)
+# The C engine is built in place by pip: a changed source must rebuild it, or workers would
+# fall back to the slower hashlib loop (they log why).
+stamp=.venv/.installed-$(cat setup.cfg setup.py workerapp/_sha512chain.c 2>/dev/null | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet -e '.[test]'
