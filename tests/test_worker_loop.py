@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections import deque
 
 import pytest
@@ -135,6 +136,51 @@ def test_exits_after_idle_seconds_without_a_task(clock):
     assert 3.0 <= clock.now < 3.5  # on the fake clock: the first poll at or past idle_seconds
     assert own.calls.count("claim") == peer.calls.count("claim") > 3
     assert own.downs == [[]]
+
+
+def test_an_idle_worker_asks_for_work_at_least_every_tenth_of_a_second(clock):
+    """The start of an idle worker is what the wall time of a burst of long tasks varies by."""
+    node = FakeNode("own")
+    times = []
+    real_claim = node.claim
+    node.claim = lambda k, n: times.append(clock.now) or real_claim(k, n)
+    worker = make_worker([node], clock, idle_seconds=3.0)
+    assert worker.run() == exitcodes.OK
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(times) > 25 and max(gaps) == pytest.approx(0.1)
+
+
+def test_a_lane_that_finds_work_wakes_the_idle_lanes():
+    """Real waits (no fake clock): lane 1 is in a wait of 6.4 s or more when the work comes."""
+    node = FakeNode("own")
+    claims = []  # (lane thread, tasks claimed)
+    real_claim = node.claim
+
+    def claim(k, n):
+        tasks, lease = real_claim(k, n)
+        claims.append((threading.current_thread().name, len(tasks)))
+        return tasks, lease
+
+    node.claim = claim
+    worker = Worker([node], idle_seconds=600, hash_rate=1_000_000, lanes=2, max_batch=1, min_poll=0.05,
+                    max_poll=0.05, max_poll_others=60)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30  # lane 1's 8th empty claim: then it waits 0.05 x 2^7 s
+        while [name for name, _ in claims].count("lane-1") < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        node.queue.extend(ClaimedTask(f"own/{i}", 2_000_000, b"w%d" % i) for i in range(2))  # ~1 s each
+        deadline = time.monotonic() + 30
+        while sum(n for _, n in claims) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        working = [name for name, n in claims if n]
+        assert len(working) == 2 and len(set(working)) == 2, claims  # each lane took one, lane 1 woken
+        assert len(node.results) < 2  # ... while the first was still being computed
+    finally:
+        worker.request_stop()
+        thread.join(30)
+    assert not thread.is_alive()
 
 
 def test_backoff_doubles_up_to_its_cap_and_resets_when_the_node_answers(clock):

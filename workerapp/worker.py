@@ -116,7 +116,8 @@ class Worker:
         max_batch: int = 256,
         hash_rate: float | None = None,
         min_poll: float = 0.02,
-        max_poll: float = 0.5,
+        max_poll: float = 0.1,
+        max_poll_others: float = 0.5,
         max_backoff: float = 5.0,
         compute_fn: Callable[[bytes, int], str] = compute,
         slice_seconds: float = 0.25,
@@ -136,6 +137,7 @@ class Worker:
         self.max_batch = max_batch
         self.hash_rate = hash_rate
         self.min_poll, self.max_poll, self.max_backoff = min_poll, max_poll, max_backoff
+        self.max_poll_others = max(max_poll, max_poll_others)
         self.compute_fn = compute_fn
         self.slice_seconds = slice_seconds
         self._clock, self._sleep = clock, sleep
@@ -151,6 +153,7 @@ class Worker:
         self.rejection: NodeRejected | None = None
         self.failure: BaseException | None = None  # the unexpected error that stopped a lane
         self._stop = threading.Event()
+        self._work_seen = threading.Event()  # a lane claimed work: the idle ones ask at once (see _loop)
         self._finished = threading.Event()  # the heartbeat thread runs until run() ends, past a stop
         self._holdings = {lane: _Holding() for lane in range(lanes)}
         self._holding_lock = threading.Lock()  # holdings, counters, hand-backs
@@ -161,14 +164,18 @@ class Worker:
     # ------------------------------------------------------------- control
     def request_stop(self) -> None:
         """Finish the task in hand, give the rest back, call worker_down, exit (SIGTERM)."""
+        self._halt()
+
+    def _halt(self) -> None:
         self._stop.set()
+        self._work_seen.set()  # the idle lanes wait on it
 
     def evacuate(self, notice: object = None) -> None:
         """The machine goes away (spot interruption): stop computing at the next slice, hand
         every task held back at once with its checkpoint, call worker_down, exit."""
         log.warning("evacuating (%s): handing back every task held", notice)
         self._evacuate.set()
-        self._stop.set()
+        self._halt()
 
     @property
     def stopping(self) -> bool:
@@ -224,15 +231,20 @@ class Worker:
         except NodeRejected as exc:
             with self._holding_lock:
                 self.rejection = self.rejection or exc
-            self._stop.set()
+            self._halt()
         except Exception as exc:
             log.exception("lane %d failed: %s; handing back its tasks and stopping", lane, exc)
             with self._holding_lock:
                 self.failure = self.failure or exc
-            self._stop.set()
+            self._halt()
 
     def _loop(self, lane: int = 0) -> None:
+        """Claim and compute until stopped or idle. An idle lane asks again after a wait that
+        doubles from ``min_poll``: up to ``max_poll`` for lane 0, so that new work waits little
+        for an idle worker (its start is what the wall time of a burst of long tasks varies by),
+        and up to ``max_poll_others`` for the other lanes, which a lane that finds work wakes."""
         poll = self.min_poll
+        ceiling = self.max_poll if lane == 0 else self.max_poll_others
         while not self._stop.is_set():
             if self._work_once(lane):
                 self._last_task, poll = self._clock(), self.min_poll
@@ -241,8 +253,12 @@ class Worker:
                 if lane == 0:
                     log.info("idle for %.1fs: exiting", self.idle_seconds)
                 return
-            self._wait(poll, until_stop=True)
-            poll = min(poll * 2, self.max_poll)
+            if lane == 0 or self._sleep is not None:
+                self._wait(poll, until_stop=True)
+            else:
+                self._work_seen.clear()  # none left for this lane: wait for the next find
+                self._work_seen.wait(poll)
+            poll = min(poll * 2, ceiling)
 
     def _busy(self) -> bool:
         """Some lane holds tasks (the worker is not idle while one lane still computes)."""
@@ -292,6 +308,8 @@ class Worker:
             self._recovered(source)
             self._claimed(lane, tasks)
             if tasks:
+                if self.lanes > 1:
+                    self._work_seen.set()  # there may be more: the idle lanes ask now
                 self._process(source, tasks, lease, lane)
                 return True
         return False
