@@ -89,6 +89,7 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 #: Statuses a label may name (those of ``http.HTTPStatus``); any other (a peer's) is ``other``.
 STATUSES = frozenset(str(s.value) for s in HTTPStatus)
+_STATUS_LABELS = {s.value: str(s.value) for s in HTTPStatus}
 
 
 class TaskTimings:
@@ -118,6 +119,9 @@ class Metrics:
                                    "Seconds to answer an HTTP request, by route (Flask's URL rule), method "
                                    "(other for an unknown one) and status", ["node", "endpoint", "method", "status"], registry=self.registry,
                                    buckets=REQUEST_BUCKETS)
+        # Each label set's histogram, found once (``labels()`` takes a lock and builds the key
+        # each time); keyed by the labels themselves, so bounded as the series are.
+        self._observers: dict[tuple[str, str, str], Callable[[float], None]] = {}
 
     def instrument(self, app: Flask) -> None:
         """Time every request of ``app``; call before other ``before_request`` hooks are added,
@@ -132,11 +136,14 @@ class Metrics:
     def _answered(self, response):
         started = g.pop("metrics_started", None)
         if started is not None:
-            rule = request.url_rule.rule if request.url_rule is not None else "(no route)"
-            method = request.method if request.method in METHODS else "other"
-            status = str(response.status_code) if str(response.status_code) in STATUSES else "other"
-            self._requests.labels(self._node, rule, method, status).observe(
-                time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            url_rule, method = request.url_rule, request.method
+            labels = (url_rule.rule if url_rule is not None else "(no route)", method if method in METHODS else "other",
+                      _STATUS_LABELS.get(response.status_code, "other"))
+            observe = self._observers.get(labels)
+            if observe is None:
+                observe = self._observers.setdefault(labels, self._requests.labels(self._node, *labels).observe)
+            observe(seconds)
         return response
 
     def render(self) -> tuple[bytes, str]:

@@ -269,6 +269,7 @@ class Journal:
         self.on_lost: Callable[[], None] | None = None
         self.commits = 0
         self.records_written = 0
+        self._highest_seq = 0  # the highest seq in the file, or deleted from it (meta 'last_seq')
         self.skipped: list[str] = []
         self.recovered: dict[str, int] = {}
 
@@ -346,6 +347,7 @@ class Journal:
             found.last_seq = max(found.last_seq, int(value))
         for (value,) in self._conn.execute("SELECT value FROM meta WHERE name = 'epoch'"):
             found.epoch = f"{int(value):016x}"
+        self._highest_seq = found.last_seq
         return found
 
     def _rebuild(self, error: sqlite3.DatabaseError) -> list[str]:
@@ -570,7 +572,7 @@ class Journal:
         """Write ``records`` in one transaction; the error if it failed (rolled back), else None."""
         conn = self._conn
         try:
-            self._apply(conn, records)
+            highest = self._apply(conn, records, self._highest_seq)
         except Exception as exc:  # SQLite's (disk full, I/O) or any other: the commit failed
             try:
                 if conn.in_transaction:
@@ -581,10 +583,16 @@ class Journal:
             return exc
         self.commits += 1
         self.records_written += len(records)
+        self._highest_seq = highest
         return None
 
     @staticmethod
-    def _apply(conn: sqlite3.Connection, records: list[Record]) -> None:
+    def _apply(conn: sqlite3.Connection, records: list[Record], highest_seq: int) -> int:
+        """Write ``records`` in one transaction; returns the highest seq the file has held.
+
+        The highest seq given out is the highest row's, read back at start; it is written to
+        ``meta`` only by a commit that deletes rows (one of them may be that row), so that an
+        enqueue's commit is one statement and its transaction."""
         accepted, checkpointed, completed, failed, trimmed = [], [], [], [], []
         counters: dict[str, int] = {}
         last_seq = 0
@@ -610,8 +618,6 @@ class Journal:
         if accepted:
             conn.executemany("INSERT INTO tasks (seq, id, iterations, body, enqueued_at, priority, not_before, "
                              "deadline, owner) VALUES (?,?,?,?,?,nullif(?, 0),?,?,?)", accepted)
-            conn.execute("INSERT INTO meta VALUES ('last_seq', ?) ON CONFLICT(name) DO UPDATE "
-                         "SET value = max(value, excluded.value)", (last_seq,))
         if checkpointed:
             conn.executemany(f"UPDATE tasks SET ckpt_done = ?, ckpt_digest = ? WHERE seq = ? AND state = {QUEUED} "
                              "AND coalesce(ckpt_done, 0) < ?", checkpointed)
@@ -621,12 +627,16 @@ class Journal:
         if failed:
             conn.executemany("UPDATE tasks SET state = ?, reason = ?, done_at = ?, body = NULL, ckpt_done = NULL, "
                              "ckpt_digest = NULL WHERE seq = ?", failed)
+        highest_seq = max(highest_seq, last_seq)
         if trimmed:
             conn.executemany("DELETE FROM tasks WHERE seq = ?", trimmed)
+            conn.execute("INSERT INTO meta VALUES ('last_seq', ?) ON CONFLICT(name) DO UPDATE "
+                         "SET value = max(value, excluded.value)", (highest_seq,))
         if counters:
             conn.executemany("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
                              "SET value = excluded.value", counters.items())
         conn.execute("COMMIT")
+        return highest_seq
 
     def _give_back_space(self) -> None:
         """Return free pages beyond VACUUM_FREE_PAGES to the file system (after a burst)."""

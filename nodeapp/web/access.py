@@ -111,8 +111,8 @@ def forwarded_headers() -> dict:
     return {HEADER: key} if key else {}
 
 
-def check_intake() -> None:
+def check_intake(ctx=None) -> None:
     """503 ``paused`` while the operator has paused intake on this node (``POST /pause``)."""
-    if get_context().intake.paused:
+    if (ctx or get_context()).intake.paused:
         raise ApiError(503, "paused", "intake is paused by the operator (tm pause): nothing was queued; retry "
                                       "later, or ask the operator to run `tm resume`", headers={"Retry-After": "5"})

@@ -6,7 +6,7 @@ import base64
 import logging
 import re
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
 from nodeapp.web.access import caller, check_intake, client_access
 from nodeapp.web.bodies import json_body, read_body
@@ -64,18 +64,20 @@ def _marks(item: dict) -> list[str]:
 @client_access
 def enqueue():
     ctx = get_context()
-    check_intake()
-    iterations = positive_int("iterations", "bad_iterations", ctx.config.max_iterations)
-    key, reuse = request_key(), reuse_wanted()
-    options = task_options(ctx.config.max_delay)
+    check_intake(ctx)
+    args = request.args
+    iterations = positive_int("iterations", "bad_iterations", ctx.config.max_iterations, args)
+    key, reuse = request_key(), reuse_wanted(args)
+    options = task_options(ctx.config.max_delay, args=args)
     data = read_body(ctx.config.max_body_bytes)
     [done], headers = queue(ctx, [submission(data, iterations, key, options, caller().owner)], reuse)
-    answer = {"id": done.id}
     if done.reused_from and _completed(ctx, done.id):  # a run still going is its owner's to know of
-        answer["reused_from"] = done.reused_from
+        answer = jsonify(id=done.id, reused_from=done.reused_from)
+    else:  # the common answer, written directly: a tenth of the view's time through jsonify
+        answer = Response(b'{"id":"%s"}\n' % done.id.encode(), mimetype="application/json")
     if done.replayed:
-        return jsonify(answer), 200, {**headers, REPLAYED_HEADER: "true"}
-    return jsonify(answer), 201, headers
+        return answer, 200, {**headers, REPLAYED_HEADER: "true"}
+    return answer, 201, headers
 
 
 def _completed(ctx, task_id: str) -> bool:

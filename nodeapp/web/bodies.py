@@ -34,9 +34,16 @@ def read_body(limit: int, setting: str = "MAX_BODY_BYTES") -> bytes:
     before its declared length (400 ``incomplete_body``) or whose chunked framing is broken
     (400 ``bad_chunked_body``) is refused too: nothing of it is used.
     """
+    environ = request.environ
     declared = request.content_length
     if declared is not None and declared > limit:
         raise ApiError(413, "body_too_large", f"body is {declared} bytes; the limit is {limit} ({setting})")
+    if declared is not None and environ.get("gunicorn.socket") is not None:
+        # gunicorn's own body reader stops at Content-Length: read it directly, without
+        # werkzeug's LimitedStream around it (a fifth of an enqueue's time in the node's code).
+        data = _read_declared(environ["wsgi.input"], declared)
+        g.body_read = True
+        return data
     stream = request.stream
     parts, size = [], 0
     try:
@@ -61,6 +68,24 @@ def read_body(limit: int, setting: str = "MAX_BODY_BYTES") -> bytes:
     return b"".join(parts)
 
 
+def _read_declared(stream, declared: int) -> bytes:
+    """Exactly ``declared`` bytes of gunicorn's body reader, or a 400 when the body ends first."""
+    parts, size = [], 0
+    try:
+        while size < declared:
+            part = stream.read(min(READ_CHUNK, declared - size))
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+    except OSError:  # the connection ended (gunicorn's NoMoreData is an IOError)
+        pass
+    if size != declared:
+        raise ApiError(400, "incomplete_body",
+                       f"Content-Length is {declared} but the body ended after {size} bytes; nothing was done")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def json_body() -> dict[str, Any]:
     """The request body as a JSON object; an empty body is ``{}``."""
     body = read_body(MAX_JSON_BYTES)
@@ -78,7 +103,9 @@ def json_body() -> dict[str, Any]:
 
 
 def _has_body() -> bool:
-    return bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    environ = request.environ  # not request.headers: a header it lacks costs an exception there
+    return environ.get("CONTENT_LENGTH", "") not in ("", "0") or "chunked" in environ.get(
+        "HTTP_TRANSFER_ENCODING", "").lower()
 
 
 def init_app(app: Flask) -> None:

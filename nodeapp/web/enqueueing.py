@@ -25,9 +25,10 @@ _RESULT = _DIGEST = re.compile(r"[0-9a-f]{128}")  # a SHA-512 digest, as a resul
 _FLAGS = {"1": True, "true": True, "0": False, "false": False}
 
 
-def reuse_wanted() -> bool:
-    """The ``reuse`` query parameter: on unless ``0`` or ``false``."""
-    raw = request.args["reuse"] if "reuse" in request.args else "1"
+def reuse_wanted(args=None) -> bool:
+    """The ``reuse`` query parameter (of ``args``, by default the request's): on unless ``0`` or ``false``."""
+    args = request.args if args is None else args
+    raw = args["reuse"] if "reuse" in args else "1"
     if raw.lower() not in _FLAGS:
         raise ApiError(400, "bad_reuse", f"'reuse' must be 1 or 0 (true or false), got {raw!r}")
     return _FLAGS[raw.lower()]

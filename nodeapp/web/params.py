@@ -23,8 +23,10 @@ peer_only = requires(PEER)
 operator_only = requires(OPERATOR)
 
 
-def positive_int(name: str, code: str, high: int | None = None) -> int:
-    raw = request.args.get(name)
+def positive_int(name: str, code: str, high: int | None = None, args=None) -> int:
+    """The query parameter ``name`` (of ``args``, by default the request's) as an integer >= 1."""
+    args = request.args if args is None else args
+    raw = args[name] if name in args else None  # ``get`` of a missing one raises and catches inside
     if raw is None:
         raise ApiError(400, code, f"query parameter '{name}' is required")
     if not _DIGITS.fullmatch(raw) or int(raw) < 1:

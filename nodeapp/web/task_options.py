@@ -27,14 +27,20 @@ class TaskOptions:
     deadline: float | None = None  # wall clock; None: none
 
 
-def _arg(name: str) -> str | None:
+DEFAULT = TaskOptions()
+
+
+#: The query parameters ``task_options`` reads: a request with none of them gets ``DEFAULT``.
+NAMES = ("priority", "not_before", "countdown", "deadline", "expires_in")
+
+
+def _arg(args, name: str) -> str | None:
     """A query parameter, or None (``args.get`` of a missing one costs an exception inside)."""
-    args = request.args
     return args[name] if name in args else None
 
 
-def _number(name: str, code: str) -> float | None:
-    raw = _arg(name)
+def _number(args, name: str, code: str) -> float | None:
+    raw = _arg(args, name)
     if raw is None:
         return None
     if not _DECIMAL.fullmatch(raw):
@@ -42,29 +48,33 @@ def _number(name: str, code: str) -> float | None:
     return float(raw)
 
 
-def _one_of(absolute: str, relative: str, code: str, now: float) -> float | None:
-    at, after = _number(absolute, code), _number(relative, code)
+def _one_of(args, absolute: str, relative: str, code: str, now: float) -> float | None:
+    at, after = _number(args, absolute, code), _number(args, relative, code)
     if at is not None and after is not None:
         raise ApiError(400, code, f"give '{absolute}' or '{relative}', not both")
     return at if after is None else now + after
 
 
-def task_options(max_delay: float, now: float | None = None) -> TaskOptions:
-    """The request's options, validated: ``not_before`` and ``deadline`` at most ``max_delay``
-    (MAX_DELAY_SECONDS) ahead, a ``deadline`` in the future and after ``not_before``."""
+def task_options(max_delay: float, now: float | None = None, args=None) -> TaskOptions:
+    """The request's options (of ``args``, by default the request's query), validated:
+    ``not_before`` and ``deadline`` at most ``max_delay`` (MAX_DELAY_SECONDS) ahead, a
+    ``deadline`` in the future and after ``not_before``."""
+    args = request.args if args is None else args
+    if not any(name in args for name in NAMES):
+        return DEFAULT
     now = time.time() if now is None else now
-    raw = _arg("priority")
+    raw = _arg(args, "priority")
     priority = PRIORITY_DEFAULT
     if raw is not None:
         if not re.fullmatch(r"[0-9]{1,2}", raw) or not PRIORITY_MIN <= int(raw) <= PRIORITY_MAX:
             raise ApiError(400, "bad_priority", f"'priority' must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX} "
                                                 f"(higher is served first), got {raw!r}")
         priority = int(raw)
-    not_before = _one_of("not_before", "countdown", "bad_not_before", now)
+    not_before = _one_of(args, "not_before", "countdown", "bad_not_before", now)
     if not_before is not None and not_before > now + max_delay:
         raise ApiError(400, "bad_not_before", f"not_before is {not_before - now:.0f} s ahead; at most {max_delay:g} s "
                                               "(MAX_DELAY_SECONDS)")
-    deadline = _one_of("deadline", "expires_in", "bad_deadline", now)
+    deadline = _one_of(args, "deadline", "expires_in", "bad_deadline", now)
     if deadline is not None:
         if deadline <= now:
             raise ApiError(400, "bad_deadline", "the deadline has already passed")
