@@ -41,7 +41,8 @@ from nodeapp.store.records import (
 from nodeapp.store.reuse import ReuseIndex, Work
 from tmcommon.settings import default
 from nodeapp.store.queue import HEAD, PRIORITY_DEFAULT, READY, TaskQueue
-from nodeapp.store.verification import Check, RecentResults, Sampler, Unchecked, plan
+from nodeapp.store.spotchecks import SpotChecks
+from nodeapp.store.verification import Check, Sampler
 
 log = logging.getLogger(__name__)
 
@@ -177,16 +178,13 @@ class TaskStore:
         self._checkpoints_accepted = self._checkpoints_refused = 0
         self._reuse = ReuseIndex()
         self._reused = self._cancelled = self._retried = self._replayed = self._expired = 0
-        # Spot-checks (nodeapp/store/verification.py), when ``enable_checks`` was called
-        self.sampler: Sampler | None = None
-        self.checker = None  # nodeapp.store.checker.Checker
-        self._checking: dict[str, Check] = {}  # held results, by task id
-        self._recent = RecentResults(0)
+        #: Results held for a spot-check and unchecked ones kept for ``rerun`` (``enable_checks``).
+        self.checks = SpotChecks()
 
     def enable_checks(self, sampler: Sampler, checker, rerun_seconds: float) -> None:
         """Spot-check results from now on: ``sampler`` picks them, ``checker`` (its ``admit`` and
         ``submit``) runs them and calls ``settle``; unchecked ones are kept ``rerun_seconds``."""
-        self.sampler, self.checker, self._recent = sampler, checker, RecentResults(rerun_seconds)
+        self.checks.enable(sampler, checker, rerun_seconds)
 
     def submit(self, data: bytes, iterations: int, *, reuse: bool = False) -> str:
         """Queue one task at the tail and return its id (``submit_many`` of one, by default
@@ -341,7 +339,7 @@ class TaskStore:
                     self._queue.remove(task)
                 else:
                     del self._running[task_id]
-                    self._checking.pop(task_id, None)
+                    self.checks.drop(task_id)
                 self._body_bytes -= len(task.data)
                 self._hand_over(task)
             del self._active[task_id]
@@ -448,19 +446,15 @@ class TaskStore:
                     self.timings.ran(tick - task.claimed_tick)
                     self.timings.finished(tick - task.enqueued_tick)
                 accepted += 1
-                check = self._pick_check(worker_id, task, result, (marks or {}).get(task_id, []))
+                check = self.checks.hold(worker_id, task, result, (marks or {}).get(task_id, []))
                 if check is not None:
                     task.worker_id, task.lease_deadline = None, math.inf
-                    self._checking[task_id] = check
                     held.append(check)
                     continue
-                if self.sampler is not None:
-                    self._recent.add(Unchecked(tick, worker_id, task.id, task.data, task.digest, task.iterations,
-                                               task.enqueued_at))
-                self._finish(task, result, now, spot_checked=False if self.sampler is not None else None)
+                self.checks.keep_unchecked(tick, worker_id, task)
+                self._finish(task, result, now, spot_checked=False if self.checks.enabled else None)
             commit = self._flush()
-        if held:
-            self.checker.submit(held)
+        self.checks.submit(held)
         self._durable(commit)
         return accepted
 
@@ -469,9 +463,8 @@ class TaskStore:
         head of the queue (no attempt counted), from the checkpoint it was claimed with. Returns
         False if the task was no longer held (cancelled meanwhile)."""
         with self._lock:
-            if self._checking.get(check.task_id) is not check:
+            if not self.checks.settle(check):
                 return False
-            del self._checking[check.task_id]
             task = self._running[check.task_id]
             if passed:
                 self._finish(task, check.result, self._wall(), spot_checked=True)
@@ -489,10 +482,8 @@ class TaskStore:
         be computed by another worker. Returns their ids."""
         with self._lock:
             wall, tick = self._wall(), self._monotonic()
-            items = [i for i in self._recent.take(worker_id, tick)
-                     if (r := self.results.completed(i.task_id)) is not None and r.spot_checked is False]
+            items, copies = self.checks.to_rerun(worker_id, tick, self.results)
             ids = {i.task_id for i in items}
-            copies = [r for r in self.results.completed_records() if r.reused_from in ids]
             for item in items:
                 record = self.results.take_back(item.task_id)
                 self._seq += 1
@@ -576,7 +567,7 @@ class TaskStore:
         with self._lock:
             wall, tick = self._wall(), self._monotonic()
             return [(t.worker_id, t.record(done=t.checkpoint.done if t.checkpoint else 0), wall - (tick - t.claimed_tick))
-                    for t in self._running.values() if t.id not in self._checking]
+                    for t in self._running.values() if t.id not in self.checks]
 
     def purge(self) -> int:
         """Cancel every queued task (scheduled ones and those sharing their runs too); running
@@ -689,15 +680,6 @@ class TaskStore:
             )
 
     # --------------------------------------------------- private, lock held
-    def _pick_check(self, worker_id: str, task: _Task, result: str, marks: list[str]) -> Check | None:
-        """The check of this result if the sampler picks it and the checker has room, else None."""
-        if self.sampler is None or not self.sampler.wanted(worker_id, task.iterations - task.claimed_from):
-            return None
-        start = task.claimed_point
-        check = plan(task.id, worker_id, task.data, task.iterations, start and (start.done, start.digest), result,
-                     marks, self.sampler.rng)
-        return check if self.checker.admit(check) else None
-
     def _finish(self, task: _Task, result: str, now: float, spot_checked: bool | None) -> None:
         """A running task completes with ``result``."""
         del self._running[task.id]
@@ -732,7 +714,7 @@ class TaskStore:
             return self.results.get(task_id)
         runner = task.leader or task
         return task.record(state=runner.state, done=runner.checkpoint.done if runner.checkpoint else 0,
-                           reused_from=task.leader and task.leader.id, checking=runner.id in self._checking)
+                           reused_from=task.leader and task.leader.id, checking=runner.id in self.checks)
 
     def _check_room(self, count: int, size: int) -> None:
         """Raise ``QueueFull`` unless ``count`` more waiting tasks (queued, or sharing the run of
