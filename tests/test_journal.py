@@ -89,6 +89,24 @@ def test_last_seq_survives_trimming_of_the_newest_task(tmp_path):
     journal.close()
 
 
+def test_last_seq_survives_trimming_of_the_newest_task_in_a_later_commit_and_run(tmp_path):
+    """An enqueue's commit writes no ``last_seq``: the trim that deletes the newest row does,
+    from what the journal read back at start and wrote since."""
+    journal, _ = opened(tmp_path)
+    journal.write([accepted(1), accepted(2)]).wait()
+    journal.close()
+    journal, recovered = opened(tmp_path)
+    assert recovered.last_seq == 2
+    journal.write([accepted(3)]).wait()
+    journal.write([Completed(2, "r", 1.0), Completed(3, "r", 1.0)]).wait()
+    journal.write([Trimmed(3), Trimmed(2)]).wait()
+    journal.close()
+    journal, recovered = opened(tmp_path)
+    assert [t.seq for t in recovered.queued] == [1] and recovered.completed == []
+    assert recovered.last_seq == 3
+    journal.close()
+
+
 def test_the_newest_checkpoint_of_a_queued_task_comes_back_and_ends_with_the_task(tmp_path):
     journal, _ = opened(tmp_path)
     journal.write([Accepted(seq, f"task-{seq}", 1000, b"body", 1.0) for seq in (1, 2, 3, 4)]).wait()
