@@ -60,12 +60,14 @@ class Node:
         self.checker = Checker(self.settle, max_pending)
         self.tasks.enable_checks(Sampler(budget, probation, rng), self.checker, rerun_seconds)
 
-    def settle(self, check: Check, passed: bool | None) -> None:
-        """A check has run (the checker's thread): its result is accepted or taken back, and a
-        worker caught with a wrong result is quarantined."""
-        if self.tasks.settle(check, passed) and passed is False:
-            self.quarantine_worker(check.worker_id, check.task_id, "a spot-checked segment did not match"
-                                   if check.segments else "its marks did not fit the chain")
+    def settle(self, outcomes: list[tuple[Check, bool | None]]) -> None:
+        """Checks have run (the checker's thread): their results are accepted or taken back (one
+        journal commit), and a worker caught with a wrong result is quarantined."""
+        settled = self.tasks.settle(outcomes)
+        for (check, passed), held in zip(outcomes, settled, strict=True):
+            if held and passed is False:
+                self.quarantine_worker(check.worker_id, check.task_id, "a spot-checked segment did not match"
+                                       if check.segments else "its marks did not fit the chain")
 
     def quarantine_worker(self, worker_id: str, task_id: str, reason: str) -> Caught | None:
         """No more claims from ``worker_id``; ours is stopped (the scaler's next run terminates it),

@@ -458,23 +458,28 @@ class TaskStore:
         self._durable(commit)
         return accepted
 
-    def settle(self, check: Check, passed: bool | None) -> bool:
-        """The end of a held result's check: accepted if ``passed``, else its task goes back to the
-        head of the queue (no attempt counted), from the checkpoint it was claimed with. Returns
-        False if the task was no longer held (cancelled meanwhile)."""
+    def settle(self, outcomes: Sequence[tuple[Check, bool | None]]) -> list[bool]:
+        """The end of held results' checks, in one step and one journal commit: each result is
+        accepted if its check passed, else its task goes back to the head of the queue (no attempt
+        counted), from the checkpoint it was claimed with. Returns, for each, False if the task
+        was no longer held (cancelled meanwhile)."""
+        held = []
         with self._lock:
-            if not self.checks.settle(check):
-                return False
-            task = self._running[check.task_id]
-            if passed:
-                self._finish(task, check.result, self._wall(), spot_checked=True)
-            else:
-                del self._running[task.id]
-                task.state, task.checkpoint = QUEUED, task.claimed_point
-                self._queue.push_head(task)
+            wall = self._wall()
+            for check, passed in outcomes:
+                held.append(self.checks.settle(check))
+                if not held[-1]:
+                    continue
+                task = self._running[check.task_id]
+                if passed:
+                    self._finish(task, check.result, wall, spot_checked=True)
+                else:
+                    del self._running[task.id]
+                    task.state, task.checkpoint = QUEUED, task.claimed_point
+                    self._queue.push_head(task)
             commit = self._flush()
         self._durable(commit)
-        return True
+        return held
 
     def rerun(self, worker_id: str) -> list[str]:
         """Take back the unchecked results ``worker_id`` posted in the last VERIFY_RERUN_SECONDS
