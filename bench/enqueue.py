@@ -8,7 +8,10 @@ peer: only the enqueue path is measured), the same node without DATA_DIR, and th
 loads them one after the other, the order rotating from run to run: the journaled node and the
 bare app with a distinct 64-byte body per request (``reuse=0``), then the journaled node with
 one identical body (default ``reuse``: each such task shares the run of the first). Ratios are
-to the bare app of the same run. Prints a table, writes JSON to bench/results/.
+to the bare app of the same run. Then ``GET /health`` on the journaled node and on the bare app:
+the node's cost per request before any enqueue work (its request hooks: metrics, the origin
+check, the body guard). For each load, the server process's CPU per request (from /proc).
+Prints a table, writes JSON to bench/results/.
 """
 
 from __future__ import annotations
@@ -19,16 +22,18 @@ from pathlib import Path
 
 import requests
 
-from bench.common import fmt_spread, loadavg, machine, print_table, spread, write_json
+from bench.common import cpu_seconds, fmt_spread, loadavg, machine, print_table, spread, write_json
 from bench.loadgen import have_wrk, run_load
 from bench.servers import start_bare, start_node
 
-#: What is loaded: (server, query, distinct bodies).
+#: What is loaded: (server, path and query, distinct bodies).
 LOADS = {
-    "node": ("node", "iterations=1&reuse=0", True),
-    "node identical": ("node-identical", "iterations=1", False),
-    "node no journal": ("node-nojournal", "iterations=1&reuse=0", True),
-    "bare": ("bare", "iterations=1", True),
+    "node": ("node", "/enqueue?iterations=1&reuse=0", True),
+    "node identical": ("node-identical", "/enqueue?iterations=1", False),
+    "node no journal": ("node-nojournal", "/enqueue?iterations=1&reuse=0", True),
+    "bare": ("bare", "/enqueue?iterations=1", True),
+    "node GET /health": ("node", "/health", False),
+    "bare GET /health": ("bare", "/health", False),
 }
 
 
@@ -44,18 +49,22 @@ def one_run(index: int, args: argparse.Namespace, log_dir: Path) -> dict:
         order = names[index % len(names):] + names[:index % len(names)]
         out = {"loadavg": loadavg(), "order": order}
         for name in order:
-            server, query, distinct = LOADS[name]
-            url = f"{servers[server].url}/enqueue?{query}"
+            server, path, distinct = LOADS[name]
+            url = f"{servers[server].url}{path}"
+            method = "GET" if path == "/health" else "PUT"
             warm = run_load(url, tool=args.tool, connections=args.connections, duration=min(1.0, args.duration),
-                            distinct=distinct)
+                            distinct=distinct, method=method)
+            pid = servers[server].worker_pid()
+            cpu = cpu_seconds(pid)
             out[name] = run_load(url, tool=args.tool, connections=args.connections, duration=args.duration,
-                                 distinct=distinct)
-            if server != "bare":  # every 201 is a task the node holds (a request cut off at the end may count too)
+                                 distinct=distinct, method=method)
+            out[name]["cpu_us_per_request"] = (cpu_seconds(pid) - cpu) / max(1, out[name]["requests"]) * 1e6
+            if server != "bare" and method == "PUT":  # every 201 is a task the node holds (a request cut off at the end may count too)
                 held = requests.get(servers[server].url + "/stats", timeout=30).json()["enqueued"]
                 sent = warm["requests"] - warm["errors"] + out[name]["requests"] - out[name]["errors"]
                 out[name]["verified"] = sent <= held <= sent + 2 * args.connections
         for name in names:
-            out[name]["ratio"] = out[name]["rps"] / out["bare"]["rps"]
+            out[name]["ratio"] = out[name]["rps"] / out["bare GET /health" if "/health" in name else "bare"]["rps"]
         out["identical / distinct"] = out["node identical"]["rps"] / out["node"]["rps"]
         return out
     finally:
@@ -81,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run {index + 1}: " + ", ".join(f"{name} {r[name]['rps']:.0f} req/s ({r[name]['ratio']:.2f})"
                                                    for name in LOADS) + f" (load {r['loadavg']})", flush=True)
     summary = {name: {"rps": spread(r[name]["rps"] for r in runs), "ratio": spread(r[name]["ratio"] for r in runs),
-                      "p50_ms": spread(r[name]["p50_ms"] for r in runs), "p99_ms": spread(r[name]["p99_ms"] for r in runs)}
+                      "p50_ms": spread(r[name]["p50_ms"] for r in runs), "p99_ms": spread(r[name]["p99_ms"] for r in runs),
+                      "cpu_us": spread(r[name]["cpu_us_per_request"] for r in runs)}
                for name in LOADS}
     summary["identical / distinct"] = spread(r["identical / distinct"] for r in runs)
     summary["errors"] = sum(r[name]["errors"] for r in runs for name in LOADS)
@@ -89,10 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     summary["target_ratio"] = 0.85
     print_table(
         f"Enqueue, {args.connections} connections, {tool}, {args.runs} runs: median [min-max]",
-        ["server", "req/s", "/ bare (same run)", "p50 ms", "p99 ms"],
+        ["server", "req/s", "/ bare (same run)", "p50 ms", "p99 ms", "server CPU us/request"],
         [[name, fmt_spread(summary[name]["rps"]), fmt_spread(summary[name]["ratio"]), fmt_spread(summary[name]["p50_ms"]),
-          fmt_spread(summary[name]["p99_ms"])] for name in LOADS]
-        + [["identical / distinct", "", fmt_spread(summary["identical / distinct"]), "", ""]],
+          fmt_spread(summary[name]["p99_ms"]), fmt_spread(summary[name]["cpu_us"])] for name in LOADS]
+        + [["identical / distinct", "", fmt_spread(summary["identical / distinct"]), "", "", ""]],
     )
     print(f"target: node / bare >= 0.85, identical / distinct >= 1; errors (non-201 or socket): {summary['errors']}; "
           f"every node holds each task it answered 201 for: {'yes' if summary['verified'] else 'NO'}")

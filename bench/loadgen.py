@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from bench.common import percentile
 
 WRK_SCRIPT = """
-wrk.method = "PUT"
+wrk.method = "%(method)s"
 wrk.body = string.rep("x", %(body)d)
 wrk.headers["Content-Type"] = "application/octet-stream"
 local threads = 0
@@ -52,11 +52,14 @@ def have_wrk() -> bool:
 
 
 def run_wrk(url: str, *, connections: int = 16, threads: int = 2, duration: float = 10.0, body: int = 64,
-            distinct: bool = True) -> dict:
+            distinct: bool = True, method: str = "PUT") -> dict:
     """``wrk`` against ``url`` (a full ``.../enqueue?iterations=1`` URL); ``distinct``: every
-    request's body differs (else all are the same ``body`` bytes)."""
+    request's body differs (else all are the same ``body`` bytes); ``method`` GET sends none."""
+    if method == "GET":
+        body, distinct = 0, False
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT % {"body": body, "distinct": "true" if distinct else "false", "tag": os.urandom(6).hex()})
+        script.write(WRK_SCRIPT % {"body": body, "distinct": "true" if distinct else "false", "tag": os.urandom(6).hex(),
+                                   "method": method})
     try:
         out = subprocess.run(
             ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration:g}s", "--timeout", "5s",
@@ -96,9 +99,12 @@ class _Conn:
 
 
 def run_python(url: str, *, connections: int = 16, duration: float = 10.0, body: int = 64,
-               count: int | None = None, distinct: bool = True) -> dict:
+               count: int | None = None, distinct: bool = True, method: str = "PUT") -> dict:
     """The same load from Python threads (GIL-bound: a lower ceiling than wrk). Stops after
-    ``duration`` seconds, or after ``count`` requests in total when given."""
+    ``duration`` seconds, or after ``count`` requests in total when given. A ``GET`` sends no
+    body and expects 200 (a ``PUT`` expects 201)."""
+    if method == "GET":
+        body, distinct = 0, False
     parts = urlsplit(url)
     path = parts.path + ("?" + parts.query if parts.query else "")
     tag = os.urandom(6).hex()
@@ -120,12 +126,12 @@ def run_python(url: str, *, connections: int = 16, duration: float = 10.0, body:
             payload = b"x" * (body - len(tail)) + tail
             start = time.perf_counter()
             try:
-                status, _ = conn.request("PUT", path, payload, {"Content-Type": "application/octet-stream"})
+                status, _ = conn.request(method, path, payload, {"Content-Type": "application/octet-stream"})
             except (OSError, http.client.HTTPException):
                 errors[i] += 1
                 continue
             latencies[i].append(time.perf_counter() - start)
-            if status != 201:
+            if status != (200 if method == "GET" else 201):
                 errors[i] += 1
 
     threads = [threading.Thread(target=load, args=(i,)) for i in range(connections)]

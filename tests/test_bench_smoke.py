@@ -43,9 +43,10 @@ def test_enqueue_smoke(tmp_path):
     data = run_bench("enqueue", tmp_path, "--runs", "1", "--duration", "0.5", "--connections", "4",
                      "--tool", "python")
     run = data["runs"][0]
-    for load in ("node", "node identical", "node no journal", "bare"):
+    for load in ("node", "node identical", "node no journal", "bare", "node GET /health", "bare GET /health"):
         assert run[load]["requests"] > 0 and run[load]["errors"] == 0
         assert positive(run[load]["rps"]) and run[load]["p99_ms"] >= run[load]["p50_ms"] > 0
+        assert positive(run[load]["cpu_us_per_request"])
         assert run[load].get("verified", True) is True  # the nodes hold each task they answered 201 for
     assert positive(data["summary"]["node"]["ratio"]["median"]) and data["summary"]["verified"] is True
 
