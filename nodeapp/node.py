@@ -58,7 +58,7 @@ class Node:
         if budget <= 0:
             return
         self.checker = Checker(self.settle, max_pending)
-        self.tasks.enable_checks(Sampler(budget, probation, rng), self.checker, rerun_seconds)
+        self.tasks.checks.enable(Sampler(budget, probation, rng), self.checker, rerun_seconds)
 
     def settle(self, outcomes: list[tuple[Check, bool | None]]) -> None:
         """Checks have run (the checker's thread): their results are accepted or taken back (one

@@ -282,7 +282,7 @@ def test_a_held_task_can_be_cancelled_and_its_check_then_changes_nothing():
     node = Node.build()
     checker = Checker(node.settle, 10**9, run_check=lambda check: wait_for(lambda: release, timeout=10) and False)
     node.checker = checker
-    node.tasks.enable_checks(Sampler(10_000, 0, random.Random(1)), checker, 600)
+    node.tasks.checks.enable(Sampler(10_000, 0, random.Random(1)), checker, 600)
     task_id = node.tasks.submit(b"c", 10)
     claim_all(node, "w")
     node.complete("w", [(task_id, "00" * 64)])

@@ -29,7 +29,9 @@ class SpotChecks:
         self._recent = RecentResults(0)
 
     def enable(self, sampler: Sampler, checker, rerun_seconds: float) -> None:
-        """See ``TaskStore.enable_checks``."""
+        """Spot-check results from now on: ``sampler`` picks them, ``checker`` (its ``admit`` and
+        ``submit``) runs them and calls ``TaskStore.settle``; unchecked ones are kept
+        ``rerun_seconds``. Called once, before the store serves."""
         self.sampler, self.checker, self._recent = sampler, checker, RecentResults(rerun_seconds)
 
     @property

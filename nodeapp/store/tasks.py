@@ -42,7 +42,7 @@ from nodeapp.store.reuse import ReuseIndex, Work
 from tmcommon.settings import default
 from nodeapp.store.queue import HEAD, PRIORITY_DEFAULT, READY, TaskQueue
 from nodeapp.store.spotchecks import SpotChecks
-from nodeapp.store.verification import Check, Sampler
+from nodeapp.store.verification import Check
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,18 @@ _JOURNALED_COUNTERS = {
 
 class TaskStore:
     """Queue, leases and kept results. Thread-safe: each public method holds the store's lock.
+
+    Why one class of this size: each verb moves a task between the queue, the leases, the tasks
+    that share its run and the kept results, and the invariants that span them (a task is in
+    exactly one place; MAX_QUEUED counts every waiting task and MAX_QUEUED_BYTES every body
+    held; a change reaches the journal in the order it was made) hold because one lock covers
+    the whole move. The parts that keep state of their own are objects the store owns and calls
+    under that lock, with no lock of their own: ``results`` (``KeptResults``), ``checks``
+    (``SpotChecks``: results held for a spot-check, unchecked ones kept for ``rerun``), the
+    queue's order (``TaskQueue``), the index of identical work (``ReuseIndex``) and the
+    idempotency keys. Waiting for the peer's runs (``runs``, ``peer_runs``, ``peer_run_ended``)
+    stays here: its only state is a task's ``peer_run``, and each of its steps reads or moves
+    tasks of ``_active``, the queue and the reuse index, or completes them as a shared run does.
 
     Args:
         lease_seconds: how long a claimed task stays leased without a heartbeat.
@@ -178,13 +190,9 @@ class TaskStore:
         self._checkpoints_accepted = self._checkpoints_refused = 0
         self._reuse = ReuseIndex()
         self._reused = self._cancelled = self._retried = self._replayed = self._expired = 0
-        #: Results held for a spot-check and unchecked ones kept for ``rerun`` (``enable_checks``).
+        #: Results held for a spot-check and unchecked ones kept for ``rerun``; ``checks.enable``
+        #: starts the checks.
         self.checks = SpotChecks()
-
-    def enable_checks(self, sampler: Sampler, checker, rerun_seconds: float) -> None:
-        """Spot-check results from now on: ``sampler`` picks them, ``checker`` (its ``admit`` and
-        ``submit``) runs them and calls ``settle``; unchecked ones are kept ``rerun_seconds``."""
-        self.checks.enable(sampler, checker, rerun_seconds)
 
     def submit(self, data: bytes, iterations: int, *, reuse: bool = False) -> str:
         """Queue one task at the tail and return its id (``submit_many`` of one, by default
@@ -260,6 +268,7 @@ class TaskStore:
         self._durable(commit)
         return out
 
+    # --------------------------------------------------- the peer's runs (submit_many's peer_runs)
     def runs(self, works: Iterable[Work]) -> dict[Work, str]:
         """The queued or running task (not itself waiting for the peer) that runs each of
         ``works`` here, for the peer's ``submit_many`` (``peer_runs``)."""
@@ -301,6 +310,7 @@ class TaskStore:
         self._durable(commit)
         return len(waiting)
 
+    # --------------------------------------------------- the other verbs
     def lookup(self, keys: Iterable[str], works: Iterable[Work]) -> tuple[dict[str, KeyEntry], dict[Work, tuple[str, str]]]:
         """What this store knows of ``keys`` (idempotency) and of ``works`` (kept results as
         ``(id, result)``), for the peer's ``submit_many``."""
