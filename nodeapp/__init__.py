@@ -47,6 +47,23 @@ def silence_seconds(config: NodeConfig) -> float:
     return max(config.worker_silence * config.lease_seconds, 2 * config.max_iterations / config.hash_rate)
 
 
+def _request_hooks(app: Flask, metrics: Metrics) -> None:
+    """What runs around every request: one hook before and one after (Flask pays a call and a
+    check per hook). Before: the timer starts (first, so a request refused next is timed too),
+    and a browser's write from another site is refused (``web/origin.py``). After: a connection
+    whose body was left unread is closed (``web/bodies.py``), and the time is recorded."""
+
+    @app.before_request
+    def before() -> None:
+        metrics.started()
+        origin.refuse_foreign_writes()
+
+    @app.after_request
+    def after(response):
+        bodies.close_if_body_left()
+        return metrics.answered(response)
+
+
 def create_app(
     settings: Mapping[str, Any] | None = None,
     *,
@@ -112,10 +129,8 @@ def create_app(
     # /metrics reads the figures of /stats at scrape time, from the context built just below.
     metrics = Metrics(lambda: node_stats(context), config.node_name)
     app.extensions[EXTENSION_KEY] = context = NodeContext(config, node, peer, launcher, scaler, metrics, keys)
-    context.metrics.instrument(app)  # first: times the requests the next hooks refuse, too
+    _request_hooks(app, context.metrics)
     errors.init_app(app)
-    origin.init_app(app)  # a browser changes state only from the node's own pages
-    bodies.init_app(app)
     from nodeapp.web.api import bp
 
     app.register_blueprint(bp)

@@ -7,7 +7,7 @@ import time
 from http import HTTPStatus
 from collections.abc import Callable
 
-from flask import Flask, g, request
+from flask import g, request
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -88,8 +88,7 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 #: not here is ``other``, a path no route matches is ``(no route)``.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 #: Statuses a label may name (those of ``http.HTTPStatus``); any other (a peer's) is ``other``.
-STATUSES = frozenset(str(s.value) for s in HTTPStatus)
-_STATUS_LABELS = {s.value: str(s.value) for s in HTTPStatus}
+STATUS_LABELS = {s.value: str(s.value) for s in HTTPStatus}
 
 
 class TaskTimings:
@@ -123,23 +122,19 @@ class Metrics:
         # each time); keyed by the labels themselves, so bounded as the series are.
         self._observers: dict[tuple[str, str, str], Callable[[float], None]] = {}
 
-    def instrument(self, app: Flask) -> None:
-        """Time every request of ``app``; call before other ``before_request`` hooks are added,
-        so that a request one of them refuses is timed too."""
-        app.before_request(self._started)
-        app.after_request(self._answered)
-
     @staticmethod
-    def _started() -> None:
+    def started() -> None:
+        """A request starts (the app's first ``before_request`` hook)."""
         g.metrics_started = time.perf_counter()
 
-    def _answered(self, response):
+    def answered(self, response):
+        """A request is answered (its last ``after_request`` hook): its time goes to the histogram."""
         started = g.pop("metrics_started", None)
         if started is not None:
             seconds = time.perf_counter() - started
             url_rule, method = request.url_rule, request.method
             labels = (url_rule.rule if url_rule is not None else "(no route)", method if method in METHODS else "other",
-                      _STATUS_LABELS.get(response.status_code, "other"))
+                      STATUS_LABELS.get(response.status_code, "other"))
             observe = self._observers.get(labels)
             if observe is None:
                 observe = self._observers.setdefault(labels, self._requests.labels(self._node, *labels).observe)

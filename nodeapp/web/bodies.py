@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, current_app, g, request
+from flask import current_app, g, request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected
 
@@ -108,11 +108,9 @@ def _has_body() -> bool:
         "HTTP_TRANSFER_ENCODING", "").lower()
 
 
-def init_app(app: Flask) -> None:
-    @app.after_request
-    def _close_if_body_left(response):
-        if _has_body() and not g.get("body_read"):
-            close = getattr(request.environ.get("wsgi.input"), CLOSE_HOOK, None)
-            if close is not None:
-                close()
-        return response
+def close_if_body_left() -> None:
+    """After the answer: ask gunicorn to close the connection if the body was not read to its end."""
+    if _has_body() and not g.get("body_read"):
+        close = getattr(request.environ.get("wsgi.input"), CLOSE_HOOK, None)
+        if close is not None:
+            close()

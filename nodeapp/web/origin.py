@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from flask import Flask, request
+from flask import request
 
 from nodeapp.context import get_context
 from nodeapp.web.errors import ApiError
@@ -66,6 +66,3 @@ def refuse_foreign_writes() -> None:
         raise ApiError(403, "cross_origin", f"a browser sent this {request.method} from another site ({why}); "
                        "only the node's own pages may change state from a browser")
 
-
-def init_app(app: Flask) -> None:
-    app.before_request(refuse_foreign_writes)
