@@ -30,6 +30,30 @@ def close(app) -> None:
     app.extensions["nodeapp"].close()
 
 
+def test_enqueued_counts_every_task_accepted_though_an_enqueue_writes_no_counters(tmp_path):
+    """An enqueue's commit is its row alone: the rows newer than the last counters written are
+    counted at start, before and after counters are written again, and over several restarts."""
+    app, client = node(tmp_path, lease_seconds=60)
+    ids = [enqueue(client, f"first {i}".encode()) for i in range(5)]
+    stored = sqlite3.connect(tmp_path / DB_NAME).execute("SELECT value FROM counters WHERE name = 'enqueued'")
+    assert stored.fetchone()[0] == 1  # written with the first enqueue (every counter was new), not since
+    close(app)
+    app, client = node(tmp_path, lease_seconds=60)
+    assert client.get("/stats").get_json()["enqueued"] == 5
+    ids += [enqueue(client, f"second {i}".encode()) for i in range(3)]
+    [task] = claim(client, AUTH, "w1", max_tasks=1)
+    assert complete(client, AUTH, "w1", [(task["id"], RESULT)]) == 1  # writes the counters, enqueued 8
+    ids += [enqueue(client, f"third {i}".encode()) for i in range(2)]
+    close(app)
+    app, client = node(tmp_path, lease_seconds=60)
+    stats = client.get("/stats").get_json()
+    assert (stats["enqueued"], stats["completed"], stats["queued"]) == (10, 1, 9)
+    close(app)
+    app, client = node(tmp_path, lease_seconds=60)  # and again: nothing counted twice
+    assert client.get("/stats").get_json()["enqueued"] == 10 and len(set(ids)) == 10
+    close(app)
+
+
 def test_queue_results_failures_and_counters_come_back(tmp_path):
     app, client = node(tmp_path, max_attempts=1, lease_seconds=60)
     ids = [enqueue(client, f"body {i}".encode(), i + 1) for i in range(6)]

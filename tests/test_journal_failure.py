@@ -94,13 +94,14 @@ def test_disk_full_a_503_and_memory_agrees_with_the_file(tmp_path):
 
 
 class FailingCommit:
-    """The journal's connection, whose next ``COMMIT`` raises ``error`` (once)."""
+    """The journal's connection, whose next commit raises ``error`` (once): a ``COMMIT``, or the
+    one statement that is an enqueue's whole transaction."""
 
     def __init__(self, conn, error: BaseException) -> None:
         self._conn, self.error = conn, error
 
     def execute(self, sql, *args):
-        if sql == "COMMIT" and self.error is not None:
+        if (sql == "COMMIT" or sql.startswith("INSERT INTO tasks")) and self.error is not None:
             error, self.error = self.error, None
             raise error
         return self._conn.execute(sql, *args)

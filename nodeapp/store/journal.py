@@ -141,9 +141,15 @@ class Trimmed(NamedTuple):
 
 
 class Counters(NamedTuple):
-    """Counters of /stats at one moment, those that changed (the newest value written wins)."""
+    """Counters of /stats at one moment, those that changed (the newest value written wins).
+
+    ``seq``: the highest seq given out when they were read. A commit of accepted tasks alone
+    writes no counters (its one statement is what an enqueue waits for): ``load`` counts the
+    rows of a higher seq than the newest counters' (``Recovered.accepted_since_counters``), one
+    task enqueued each."""
 
     values: dict[str, int]
+    seq: int | None = None
 
 
 Record = Accepted | Checkpointed | Completed | Failed | Trimmed | Counters
@@ -176,6 +182,7 @@ class Recovered:
     failed: list[StoredTask] = field(default_factory=list)  # failed or cancelled, oldest first
     counters: dict[str, int] = field(default_factory=dict)
     last_seq: int = 0
+    accepted_since_counters: int = 0  # rows of a higher seq than the newest counters' (see Counters)
     skipped: list[str] = field(default_factory=list)  # what could not be recovered, for the log
     epoch: str = ""  # the store's epoch in GET /results cursors: the same while this file lasts
 
@@ -347,6 +354,12 @@ class Journal:
             found.last_seq = max(found.last_seq, int(value))
         for (value,) in self._conn.execute("SELECT value FROM meta WHERE name = 'epoch'"):
             found.epoch = f"{int(value):016x}"
+        counted = self._conn.execute("SELECT value FROM meta WHERE name = 'counters_seq'").fetchone()
+        if counted is None:  # a new file; or one written before commits could leave the counters out
+            self._conn.execute("INSERT INTO meta VALUES ('counters_seq', ?)", (found.last_seq,))
+        else:
+            found.accepted_since_counters = self._conn.execute(
+                "SELECT COUNT(*) FROM tasks WHERE seq > ?", (int(counted[0]),)).fetchone()[0]
         self._highest_seq = found.last_seq
         return found
 
@@ -595,6 +608,7 @@ class Journal:
         enqueue's commit is one statement and its transaction."""
         accepted, checkpointed, completed, failed, trimmed = [], [], [], [], []
         counters: dict[str, int] = {}
+        counters_seq = None
         last_seq = 0
         for record in records:
             kind = type(record)
@@ -611,6 +625,15 @@ class Journal:
                 trimmed.append(record)
             else:
                 counters.update(record.values)
+                counters_seq = record.seq if record.seq is not None else counters_seq
+        if len(accepted) == len(records) and len(accepted) <= 64:
+            # Accepted tasks alone (an enqueue): one statement, its own transaction. Each
+            # statement lets the GIL go and take it back; under load that costs a request more
+            # than SQLite's work does.
+            conn.execute("INSERT INTO tasks (seq, id, iterations, body, enqueued_at, priority, not_before, deadline, "
+                         "owner) VALUES " + ",".join(["(?,?,?,?,?,nullif(?, 0),?,?,?)"] * len(accepted)),
+                         [value for record in accepted for value in record])
+            return max(highest_seq, last_seq)
         conn.execute("BEGIN")
         # For one task the order is always accepted -> checkpoints -> completed or failed ->
         # trimmed, so applying the kinds in that order is the same as applying the records one
@@ -635,6 +658,9 @@ class Journal:
         if counters:
             conn.executemany("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
                              "SET value = excluded.value", counters.items())
+        if counters_seq is not None:
+            conn.execute("INSERT INTO meta VALUES ('counters_seq', ?) ON CONFLICT(name) DO UPDATE "
+                         "SET value = excluded.value", (counters_seq,))
         conn.execute("COMMIT")
         return highest_seq
 

@@ -659,6 +659,7 @@ class TaskStore:
                                                priority=stored.priority, owner=stored.owner))
         for name, attribute in _JOURNALED_COUNTERS.items():
             setattr(self, attribute, recovered.counters.get(name, 0))
+        self._enqueued += recovered.accepted_since_counters  # see journal.Counters
         self._written_counts = dict(recovered.counters)
         self._seq = max(self._seq, recovered.last_seq)
         self._trim_aged()
@@ -888,13 +889,14 @@ class TaskStore:
 
     def _flush(self, waited: bool = True) -> Commit | None:
         """Hand the records noted so far, and the counters now, to the journal (lock held);
-        ``waited``: the caller will ``_durable`` the commit."""
+        ``waited``: the caller will ``_durable`` the commit. Tasks accepted and nothing else (an
+        enqueue) go without the counters: their rows count as enqueued (``journal.Counters``)."""
         if not self._unwritten:
             return None
         counters = {name: value for name, attribute in _JOURNALED_COUNTERS.items()
                     if self._written_counts.get(name) != (value := getattr(self, attribute))}
-        if counters:
-            self._unwritten.append(Counters(counters))
+        if counters and not (counters.keys() == {"enqueued"} and all(type(r) is Accepted for r in self._unwritten)):
+            self._unwritten.append(Counters(counters, self._seq))
             self._written_counts.update(counters)
         records, self._unwritten = self._unwritten, []
         try:
