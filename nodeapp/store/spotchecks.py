@@ -9,6 +9,7 @@ leases and the kept results.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import TYPE_CHECKING
 
 from nodeapp.store.records import TaskRecord
@@ -29,9 +30,10 @@ class SpotChecks:
         self._recent = RecentResults(0)
 
     def enable(self, sampler: Sampler, checker, rerun_seconds: float) -> None:
-        """Spot-check results from now on: ``sampler`` picks them, ``checker`` (its ``admit`` and
-        ``submit``) runs them and calls ``TaskStore.settle``; unchecked ones are kept
-        ``rerun_seconds``. Called once, before the store serves."""
+        """Spot-check results from now on: ``sampler`` picks them, ``checker`` (its ``admit``, and
+        its ``submit``, which ``TaskStore.complete`` calls after the lock) runs them and calls
+        ``TaskStore.settle``; unchecked ones are kept ``rerun_seconds``. Called once, before the
+        store serves; a ``_resync`` of the store keeps it."""
         self.sampler, self.checker, self._recent = sampler, checker, RecentResults(rerun_seconds)
 
     @property
@@ -55,10 +57,11 @@ class SpotChecks:
         self._checking[task.id] = check
         return check
 
-    def submit(self, held: list[Check]) -> None:
-        """Hand the checks ``hold`` gave to the checker (after the store's lock is released)."""
-        if held:
-            self.checker.submit(held)
+    def forget_gone(self, running: Container[str]) -> None:
+        """After the store's ``_resync``: the results held for tasks no longer ``running`` are held
+        no more (their checks, when they end, settle nothing)."""
+        for task_id in [i for i in self._checking if i not in running]:
+            del self._checking[task_id]
 
     def settle(self, check: Check) -> bool:
         """``check`` has run: its result is no longer held. False if it was not (cancelled meanwhile)."""
@@ -80,9 +83,12 @@ class SpotChecks:
     def to_rerun(self, worker_id: str, tick: float,
                  results: KeptResults) -> tuple[list[Unchecked], list[TaskRecord]]:
         """The unchecked results ``worker_id`` posted in the last VERIFY_RERUN_SECONDS that are
-        still kept (no longer remembered after this), and the kept results copied from them."""
+        still kept (no longer remembered after this), and the kept results copied from them. A
+        result read back by ``_resync`` no longer says it was unchecked (``spot_checked`` None):
+        it is still taken back, unless it is a copy (it shares a run since)."""
         items = [i for i in self._recent.take(worker_id, tick)
-                 if (r := results.completed(i.task_id)) is not None and r.spot_checked is False]
+                 if (r := results.completed(i.task_id)) is not None and r.spot_checked is not True
+                 and r.reused_from is None]
         ids = {i.task_id for i in items}
         copies = [r for r in results.completed_records() if r.reused_from in ids]
         return items, copies

@@ -171,6 +171,9 @@ class TaskStore:
         self._keys = IdempotencyKeys(idempotency_seconds, monotonic, idempotency_keys_bytes)
         self.results_ttl = results_ttl
         self._priority_aging = priority_aging
+        #: Results held for a spot-check and unchecked ones kept for ``rerun``; ``checks.enable``
+        #: starts the checks. Created once: it outlives ``_resync`` (its held results with it).
+        self.checks = SpotChecks()
         self._empty()
 
     def _empty(self) -> None:
@@ -190,9 +193,6 @@ class TaskStore:
         self._checkpoints_accepted = self._checkpoints_refused = 0
         self._reuse = ReuseIndex()
         self._reused = self._cancelled = self._retried = self._replayed = self._expired = 0
-        #: Results held for a spot-check and unchecked ones kept for ``rerun``; ``checks.enable``
-        #: starts the checks.
-        self.checks = SpotChecks()
 
     def submit(self, data: bytes, iterations: int, *, reuse: bool = False) -> str:
         """Queue one task at the tail and return its id (``submit_many`` of one, by default
@@ -442,29 +442,34 @@ class TaskStore:
         A result counts only for a task currently leased to ``worker_id``: a result for an
         unknown, requeued, re-leased or already completed task is ignored. With checks enabled,
         a result the sampler picks (with the digests at its ``marks``) is held, its task still
-        running, until ``settle``; the others complete at once.
+        running, until ``settle``; the others complete at once. Held results go to the checker
+        even when the journal refuses the write (``_resync`` keeps them held).
         """
         accepted = 0
         held: list[Check] = []
-        with self._lock:
-            now, tick = self._wall(), self._monotonic()
-            for task_id, result in results:
-                task = self._running.get(task_id)
-                if task is None or task.worker_id != worker_id:
-                    continue
-                if self.timings is not None:
-                    self.timings.ran(tick - task.claimed_tick)
-                    self.timings.finished(tick - task.enqueued_tick)
-                accepted += 1
-                check = self.checks.hold(worker_id, task, result, (marks or {}).get(task_id, []))
-                if check is not None:
-                    task.worker_id, task.lease_deadline = None, math.inf
-                    held.append(check)
-                    continue
-                self.checks.keep_unchecked(tick, worker_id, task)
-                self._finish(task, result, now, spot_checked=False if self.checks.enabled else None)
-            commit = self._flush()
-        self.checks.submit(held)
+        try:
+            with self._lock:
+                checker = self.checks.checker  # captured: the hand-over below reads nothing of the store's
+                now, tick = self._wall(), self._monotonic()
+                for task_id, result in results:
+                    task = self._running.get(task_id)
+                    if task is None or task.worker_id != worker_id:
+                        continue
+                    if self.timings is not None:
+                        self.timings.ran(tick - task.claimed_tick)
+                        self.timings.finished(tick - task.enqueued_tick)
+                    accepted += 1
+                    check = self.checks.hold(worker_id, task, result, (marks or {}).get(task_id, []))
+                    if check is not None:
+                        task.worker_id, task.lease_deadline = None, math.inf
+                        held.append(check)
+                        continue
+                    self.checks.keep_unchecked(tick, worker_id, task)
+                    self._finish(task, result, now, spot_checked=False if self.checks.enabled else None)
+                commit = self._flush()
+        finally:
+            if held:  # also when the flush failed: ``_resync`` kept them held, so they must be settled
+                checker.submit(held)
         self._durable(commit)
         return accepted
 
@@ -924,7 +929,8 @@ class TaskStore:
     def _resync(self) -> None:
         """After a failed journal write: the memory goes back to what the journal holds, as if
         the node had restarted at that moment, except that a task still in the journal stays
-        leased to the worker holding it. No-op unless the journal failed.
+        leased to the worker holding it, and one whose result is held for a spot-check stays
+        held (``checks``, kept as it is, settles it). No-op unless the journal failed.
 
         Raises:
             JournalError: the journal cannot be read back (writes stay refused).
@@ -948,9 +954,11 @@ class TaskStore:
                 self._queue.remove(task)
                 task.state, task.worker_id, task.lease_deadline = RUNNING, old.worker_id, old.lease_deadline
                 task.attempts, task.claimed_from, task.claimed_tick = old.attempts, old.claimed_from, old.claimed_tick
+                task.claimed_point = old.claimed_point  # where its result's check starts
                 if old.checkpoint and (not task.checkpoint or task.checkpoint.done < old.checkpoint.done):
                     task.checkpoint = old.checkpoint
                 self._running[task.id] = task
+        self.checks.forget_gone(self._running)  # the journal never had the task, or it shares a run now
         self._keys.forget(lambda entry: entry.task_id not in self._active and self.results.get(entry.task_id) is None)
 
     def _lose_leases(self, tasks: list[_Task], why: str, free: set[str] = frozenset()) -> tuple[int, int]:
