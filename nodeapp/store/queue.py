@@ -36,7 +36,7 @@ _SLACK = 64
 
 
 class Queueable(Protocol):
-    """What a queued task must have (``nodeapp.tasks._Task``)."""
+    """What a queued task must have (``nodeapp.store.tasks._Task``)."""
 
     seq: int
     iterations: int

@@ -79,7 +79,7 @@ class _Task:
     not_before: float | None = None  # wall clock
     deadline: float | None = None  # wall clock
     owner: str | None = None
-    ready_tick: float = 0.0  # monotonic: when it may be claimed (the queue's order, nodeapp/taskqueue.py)
+    ready_tick: float = 0.0  # monotonic: when it may be claimed (the queue's order, nodeapp/store/queue.py)
     deadline_tick: float = math.inf  # monotonic
     place: tuple | None = None  # the queue's bookkeeping
 
@@ -126,8 +126,8 @@ class TaskStore:
         max_queued_bytes: bytes of bodies held (queued and running tasks) that ``submit``
             refuses to exceed (``QueueFull``).
         results_retention: completed (and, separately, failed) tasks kept.
-        results_ttl: seconds a completed or failed task is kept (0: no age limit), see ``trim_aged``.
-        priority_aging: seconds of waiting worth one priority step (``nodeapp.taskqueue``).
+        results_ttl: seconds a completed or failed task is kept (0: no age limit), see ``upkeep``.
+        priority_aging: seconds of waiting worth one priority step (``nodeapp.store.queue``).
         idempotency_seconds: how long an idempotency key is remembered.
         idempotency_keys_bytes: memory the remembered keys may take (the oldest go first).
         kept_bodies_bytes: bodies of failed and cancelled tasks kept for ``retry``.
