@@ -20,6 +20,7 @@ from nodeapp.fleet.pool import PoolCounts, Report, WorkerPool
 from nodeapp.fleet.scaling import ScalingFigures
 from tmcommon.settings import default
 from nodeapp.store.checker import Checker
+from nodeapp.store.journal import JournalError
 from nodeapp.store.verification import Caught, Check, Quarantine, Sampler
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,16 @@ class Node:
     def settle(self, outcomes: list[tuple[Check, bool | None]]) -> None:
         """Checks have run (the checker's thread): their results are accepted or taken back (one
         journal commit), and a worker caught with a wrong result is quarantined."""
-        settled = self.tasks.settle(outcomes)
+        try:
+            settled, failure = self.tasks.settle(outcomes), None
+        except JournalError as exc:  # the memory is back to the file; a wrong result is still its worker's
+            settled, failure = [True] * len(outcomes), exc
         for (check, passed), held in zip(outcomes, settled, strict=True):
             if held and passed is False:
                 self.quarantine_worker(check.worker_id, check.task_id, "a spot-checked segment did not match"
                                        if check.segments else "its marks did not fit the chain")
+        if failure is not None:
+            raise failure
 
     def quarantine_worker(self, worker_id: str, task_id: str, reason: str) -> Caught | None:
         """No more claims from ``worker_id``; ours is stopped (the scaler's next run terminates it),

@@ -187,3 +187,27 @@ def test_a_worker_caught_after_a_failure_has_its_unchecked_results_from_before_i
     assert status(client, unchecked)["state"] == "queued" and status(client, wrong)["state"] == "queued"
     assert completed_with(client, checked, b"checked", 1000)  # recomputed before it was accepted: it stays
     close(app)
+
+
+def test_a_wrong_result_quarantines_its_worker_though_the_commit_of_its_batch_fails(tmp_path):
+    """One worker posts a right and a wrong result together: their checks are settled together,
+    and the commit of the right one fails. The memory goes back to the file, and the worker is
+    quarantined all the same (its check stands); both tasks are then computed by another."""
+    app, client, gate = checked_node(tmp_path)
+    the_node = app.extensions["nodeapp"].node
+    right, wrong = enqueue(client, b"right", 1000), enqueue(client, b"wrong", 1000)
+    claim(client, AUTH, "w1", max_tasks=2)
+    assert complete(client, AUTH, "w1", [(right, sha512_result(b"right", 1000)), (wrong, "00" * 64)]) == 2
+    journal = journal_of(app)
+    journal._conn = FailingCommit(journal._conn, sqlite3.OperationalError("injected: disk I/O error"))
+    gate.set()
+    wait_for(lambda: the_node.checker.idle() and journal.failures >= 1, timeout=20, what="the checks and their commit")
+    assert "w1" in the_node.quarantine
+    wait_for(lambda: {status(client, i)["state"] for i in (right, wrong)} == {"queued"}, timeout=20,
+             what="both tasks queued again")
+    assert sorted(t["id"] for t in claim(client, AUTH, "w2", max_tasks=2)) == sorted([right, wrong])
+    assert complete(client, AUTH, "w2", [(right, sha512_result(b"right", 1000)),
+                                          (wrong, sha512_result(b"wrong", 1000))]) == 2
+    wait_for(lambda: completed_with(client, right, b"right", 1000) and completed_with(client, wrong, b"wrong", 1000),
+             timeout=20, what="both right results")
+    close(app)
