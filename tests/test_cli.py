@@ -17,6 +17,7 @@ from provisioning.local_cluster import ROOT, free_port
 from tests.helpers import QUICK_ENV, running_cluster, wait_for
 from tmclient.bench import percentile
 from tmclient.cli import main
+from tmclient.client import Client
 from workerapp.compute import compute
 
 TASK_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -206,10 +207,11 @@ def test_stats_table_and_json(capsys, nodes, cluster):
 
 
 @pytest.mark.integration
-def test_stats_watch_redraws_until_ctrl_c(nodes):
+def test_stats_watch_redraws_until_ctrl_c(nodes, tmp_path):
     env = {**os.environ, "TTY_COMPATIBLE": "1", "COLUMNS": "200"}  # rich draws as on a terminal
-    proc = subprocess.Popen([sys.executable, "-m", "tmclient", "stats", "--watch", "--interval", "0.2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env)
+    with open(tmp_path / "stderr", "wb") as stderr:  # a file: a pipe nobody reads could fill and block the CLI
+        proc = subprocess.Popen([sys.executable, "-m", "tmclient", "stats", "--watch", "--interval", "0.2"],
+                                stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT, env=env)
     seen = bytearray()
 
     def read():
@@ -219,15 +221,51 @@ def test_stats_watch_redraws_until_ctrl_c(nodes):
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        wait_for(lambda: seen.count(b"node-b") >= 3, timeout=30, what="three redraws of the stats table")
+        # each frame has one title line (node-b is in a frame more than once)
+        wait_for(lambda: seen.count(b"cluster at") >= 3, timeout=30, what="three redraws of the stats table")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0  # a clean exit is the point, not its speed on a loaded machine
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
-    reader.join(timeout=5)
-    assert b"node-a" in seen and b"total" in seen
+            proc.wait(timeout=10)
+    reader.join(timeout=10)
+    assert not reader.is_alive()
+    assert b"node-a" in seen and b"node-b" in seen and b"total" in seen
+    assert (tmp_path / "stderr").read_bytes() == b""  # no traceback, no "Exception ignored" either
+
+
+@pytest.mark.integration
+def test_stats_watch_ctrl_c_during_a_request_stops_after_it(capsys, nodes, monkeypatch):
+    """Ctrl-C while ``tm stats --watch`` asks the nodes ends the watch once the answer is drawn:
+    a KeyboardInterrupt raised inside the request could be swallowed by a finalizer (the watch
+    went on) or leave urllib3's pool lock held (a hang at the next request or at exit)."""
+    asks, real = [], Client.stats
+
+    def stats(self, ctrl_c: int = 1):
+        if len(asks) >= 10:
+            raise AssertionError(f"the watch went on after Ctrl-C: {asks}")
+        asks.append("asked")
+        if asks.count("asked") == 2:
+            for _ in range(ctrl_c):
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the second request
+        answer = real(self)
+        asks.append("answered")
+        return answer
+
+    handler = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(Client, "stats", stats)
+    code, out, err = run(capsys, "stats", "--watch", "--interval", "0.01")
+    assert (code, err) == (0, "")
+    assert asks == ["asked", "answered", "asked", "answered"]  # no third request, the second finished
+    assert "cluster at" in out and "node-b" in out  # the last frame (not a terminal: drawn at the end)
+    assert signal.getsignal(signal.SIGINT) is handler  # the CLI's own handler is gone again
+
+    asks.clear()  # a second Ctrl-C does not wait for the request
+    monkeypatch.setattr(Client, "stats", lambda self: stats(self, ctrl_c=2))
+    code, out, err = run(capsys, "stats", "--watch", "--interval", "0.01")
+    assert (code, err) == (0, "") and asks == ["asked", "answered", "asked"]
+    assert signal.getsignal(signal.SIGINT) is handler
 
 
 @pytest.mark.integration

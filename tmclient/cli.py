@@ -31,6 +31,7 @@ from tmclient.client import (
     TaskManagerError,
     WaitTimeout,
 )
+from tmclient.ctrl_c import CtrlC
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT, EXIT_FAILED, EXIT_PEER_UNAVAILABLE = 0, 1, 2, 3, 4, 5
 #: States of a task that ended without a result.
@@ -436,12 +437,14 @@ def cmd_stats(client: Client, args: argparse.Namespace) -> int:
             return Text(f"{render.when(time.time())} {exc}", style="red")
 
     try:
-        with Live(view(), console=render.console(), auto_refresh=False) as live:
-            while True:
-                time.sleep(args.interval)
-                live.update(view(), refresh=True)
-    except KeyboardInterrupt:
-        return EXIT_OK
+        with CtrlC() as ctrl_c, Live(view(), console=render.console(), auto_refresh=False) as live:
+            while not ctrl_c.pressed:
+                ctrl_c.sleep(args.interval)
+                if not ctrl_c.pressed:
+                    live.update(view(), refresh=True)
+    except KeyboardInterrupt:  # Ctrl-C in the sleep, or a second one
+        pass
+    return EXIT_OK
 
 
 def cmd_bench(client: Client, args: argparse.Namespace) -> int:
