@@ -41,6 +41,7 @@ def claim(client, auth, **fields):
     {"rate": "fast"}, {"rate": 0}, {"rate": -5.0}, {"rate": True}, {"rate": 1e13}, {"rate": None},
     {"rate": 1e6, "engine": "Native!"}, {"rate": 1e6, "engine": ""}, {"rate": 1e6, "engine": 7},
     {"rate": 1e6, "lanes": 0}, {"rate": 1e6, "lanes": 1.5}, {"rate": 1e6, "lanes": 10_000},
+    {"rate": 1e6, "kernel": "AVX2"}, {"rate": 1e6, "kernel": ""}, {"rate": 1e6, "kernel": ["avx2"]},
 ])
 def test_a_malformed_report_is_refused_and_claims_nothing(app, client, auth, fields):
     client.put("/enqueue?iterations=1", data=b"x")
@@ -57,11 +58,15 @@ def test_reported_rate_sizes_the_claim_and_shows_in_stats(app, client, auth):
         client.put("/enqueue?iterations=400000", data=b"x%d" % i)
     # HASH_RATE (500,000/s) x CLAIM_SECONDS (1) allows one such task; the reported rate allows more.
     assert len(claim(client, auth).get_json()["tasks"]) == 1
-    body = claim(client, auth, rate=1_000_000, engine="native", lanes=2).get_json()
+    body = claim(client, auth, rate=1_000_000, engine="native", kernel="avx2", lanes=2).get_json()
     assert len(body["tasks"]) == 2
     stats = client.get("/stats").get_json()
     assert stats["workers"]["each"] == [{"id": "w1", "state": "live", "borrowed": False, "engine": "native",
-                                         "lanes": 2, "rate": 1_000_000.0}]
+                                         "kernel": "avx2", "lanes": 2, "rate": 1_000_000.0}]
+    (shown,) = client.get("/dashboard/data").get_json()["workers"]
+    assert (shown["id"], shown["engine"], shown["kernel"]) == ("w1", "native", "avx2")
+    claim(client, auth, rate=1_000_000, engine="python")  # the hashlib loop has no kernel
+    assert client.get("/stats").get_json()["workers"]["each"][0]["kernel"] is None
     assert stats["scaler"]["worker_rate"] == 1_000_000.0
 
 
@@ -150,8 +155,10 @@ def test_a_launched_worker_shows_its_engine_and_rate_in_stats(tmp_path):
         requests.put(f"{url}/enqueue", params={"iterations": 10}, data=b"x", timeout=5)
         each = wait_for(lambda: [w for w in requests.get(f"{url}/stats", timeout=5).json()["workers"]["each"]
                                  if w["rate"]], 60, what="a live worker with its report")
-        expected_engine = "native" if importlib.util.find_spec("workerapp._native") else "python"
-        assert each[0]["engine"] == expected_engine and each[0]["lanes"] == 1 and each[0]["rate"] > 1000
+        expected = engine.select_engine(os.environ)  # what the launched worker picks (it gets this environment)
+        assert (each[0]["engine"], each[0]["kernel"]) == (expected.name, expected.kernel or None)
+        assert each[0]["lanes"] == 1 and each[0]["rate"] > 1000
+        assert expected.name == ("native" if importlib.util.find_spec("workerapp._native") else "python")
 
 
 # -------------------------------------------------------- local launcher cap

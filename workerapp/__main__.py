@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         compute_fn, compute_many = fault.wrap(compute_fn), fault.wrap_many(compute_many)
     worker = Worker(clients, idle_seconds=args.worker_idle_seconds, claim_seconds=args.claim_seconds,
                     max_batch=args.max_batch, compute_fn=compute_fn, lanes=args.lanes, hash_rate=hash_rate,
-                    engine=engine.name, compute_many=compute_many, width=engine.width, spot=args.spot)
+                    engine=engine.name, kernel=engine.kernel, compute_many=compute_many, width=engine.width, spot=args.spot)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.request_stop())
     lifetime = _lifetime_limit(worker, args.worker_max_lifetime)

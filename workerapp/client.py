@@ -69,7 +69,7 @@ class NodeClient:
         # every call was a quarter of a worker's Python time (bench/README.md).
         self.session.trust_env = False
         self.session.headers["X-Cluster-Token"] = token
-        self.report: dict | None = None  # {"rate", "engine", "lanes", "cpu"}, sent with each claim
+        self.report: dict | None = None  # {"rate", "engine", "kernel", "lanes", "cpu", "spot"}, sent with each claim
 
     def _post(self, path: str, body: dict, parse: Callable[[Any], T]) -> T:
         """``parse`` of the node's JSON answer; an answer it cannot parse is ``NodeUnavailable``."""

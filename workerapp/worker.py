@@ -97,6 +97,8 @@ class Worker:
         lanes: chains computed at once, each in its own thread (``compute_fn`` must let them run
             in parallel: ``lanes.lane_compute``).
         engine: the engine's name, reported to the nodes.
+        kernel: the engine's kernel (``Engine.kernel``: avx512, avx2, ...), reported to the nodes;
+            "" for none (the hashlib loop).
         compute_many: computes several chains at once (the native engine's vector lanes).
         width: how many chains ``compute_many`` runs at once; ``hash_rate`` is then the rate of
             all of them together.
@@ -125,6 +127,7 @@ class Worker:
         sleep: Callable[[float], object] | None = None,
         lanes: int = 1,
         engine: str = "python",
+        kernel: str = "",
         compute_many: Callable[[list[tuple[bytes, int]]], list[str]] | None = None,
         width: int = 1,
         spot: bool = False,
@@ -141,7 +144,7 @@ class Worker:
         self.compute_fn = compute_fn
         self.slice_seconds = slice_seconds
         self._clock, self._sleep = clock, sleep
-        self.lanes, self.engine = lanes, engine
+        self.lanes, self.engine, self.kernel = lanes, engine, kernel
         self.compute_many, self.width = (compute_many, width) if compute_many and width > 1 else (None, 1)
         self._wide_claims = dict.fromkeys(range(lanes), False)  # see _claim_size
         self.spot = spot
@@ -192,11 +195,14 @@ class Worker:
         for source in self.sources:
             source.client.report = {"rate": round(self.total_rate), "engine": self.engine, "lanes": self.lanes,
                                     "cpu": cpu_model(), "spot": self.spot}
+            if self.kernel:
+                source.client.report["kernel"] = self.kernel
         heartbeats = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeats.start()
         own = self.sources[0].client
-        log.info("worker %s started: nodes %s, %d lane(s), %s engine, %.0f iterations/s", own.worker_id,
-                 ", ".join(s.client.url for s in self.sources), self.lanes, self.engine, self.total_rate)
+        log.info("worker %s started: nodes %s, %d lane(s), %s engine%s, %.0f iterations/s", own.worker_id,
+                 ", ".join(s.client.url for s in self.sources), self.lanes, self.engine,
+                 f" ({self.kernel} kernel)" if self.kernel else "", self.total_rate)
         self._last_task = self._clock()
         if self.lanes == 1:
             self._lane(0)

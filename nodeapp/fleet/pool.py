@@ -40,17 +40,19 @@ _CPU = re.compile(r"[ -~]{1,80}")
 @dataclass(frozen=True, slots=True)
 class Report:
     """What a worker says of itself when it claims: iterations/s of all its lanes, engine, lanes,
-    CPU model, and whether it runs on a spot instance."""
+    CPU model, whether it runs on a spot instance, and the engine's kernel ("" for none)."""
 
     rate: float
     engine: str
     lanes: int
     cpu: str = "unknown"
     spot: bool = False
+    kernel: str = ""
 
     @classmethod
     def from_claim(cls, body: dict) -> Report | None:
-        """The optional ``rate`` (with ``engine`` and ``lanes``) of a claim's body; None without ``rate``.
+        """The optional ``rate`` (with ``engine``, ``kernel``, ``lanes``, ``cpu``, ``spot``) of a
+        claim's body; None without ``rate``.
 
         Raises:
             ValueError: with a message for the caller, if one of them is malformed.
@@ -58,18 +60,20 @@ class Report:
         if "rate" not in body:
             return None
         rate, engine, lanes = body["rate"], body.get("engine", "unknown"), body.get("lanes", 1)
-        cpu, spot = body.get("cpu", "unknown"), body.get("spot", False)
+        cpu, spot, kernel = body.get("cpu", "unknown"), body.get("spot", False), body.get("kernel")
         if type(rate) not in (int, float) or not 0 < rate <= MAX_REPORTED_RATE:
             raise ValueError(f"'rate' must be a number of iterations/s above 0 and at most {MAX_REPORTED_RATE:g}")
         if not isinstance(engine, str) or not _ENGINE.fullmatch(engine):
             raise ValueError("'engine' must be 1 to 32 characters of a-z, 0-9, '_', '.', '-'")
+        if kernel is not None and not (isinstance(kernel, str) and _ENGINE.fullmatch(kernel)):
+            raise ValueError("'kernel' must be 1 to 32 characters of a-z, 0-9, '_', '.', '-'")
         if type(lanes) is not int or not 1 <= lanes <= MAX_LANES:
             raise ValueError(f"'lanes' must be an integer from 1 to {MAX_LANES}")
         if not isinstance(cpu, str) or not _CPU.fullmatch(cpu):
             raise ValueError("'cpu' must be 1 to 80 printable ASCII characters")
         if not isinstance(spot, bool):
             raise ValueError("'spot' must be true or false")
-        return cls(float(rate), engine, lanes, cpu, spot)
+        return cls(float(rate), engine, lanes, cpu, spot, kernel or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +197,8 @@ class WorkerPool:
             now = self._monotonic()
             if worker.state == PENDING:
                 log.info("worker seen: %s, %.1fs after launch%s", worker_id, now - worker.launched_at,
-                         f", {report.engine} engine, {report.lanes} lane(s), {report.rate:.0f} iterations/s"
-                         if report else "")
+                         f", {' '.join(filter(None, (report.engine, report.kernel)))} engine, {report.lanes} lane(s), "
+                         f"{report.rate:.0f} iterations/s" if report else "")
             self._workers[worker_id] = replace(worker, state=LIVE, last_seen=now, report=report or worker.report)
 
     def worker_rate(self, default: float) -> float:

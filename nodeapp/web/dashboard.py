@@ -109,7 +109,7 @@ def progress_view(item: dict, node: str, path: str = "/stats") -> dict:
 def worker_view(worker, now: float) -> dict:
     report = getattr(worker, "report", None)  # what the worker said of itself in its first claim
     return {"id": worker.id, "state": worker.state, "borrowed": worker.borrowed,
-            "engine": getattr(report, "engine", None),
+            "engine": getattr(report, "engine", None), "kernel": getattr(report, "kernel", None) or None,
             "last_seen_ago": round(now - worker.last_seen, 1) if worker.last_seen is not None else None}
 
 
@@ -131,7 +131,7 @@ def when(at) -> float:
 def worker_row(item: dict, node: str, path: str = "/dashboard/node") -> dict:
     return {"node": node, "id": text(item.get("id"), path, "id", optional=False), "state": text(item.get("state"), path,
             "state"), "borrowed": bool(flag(item.get("borrowed"), path, "borrowed")),
-            "engine": text(item.get("engine"), path, "engine"),
+            "engine": text(item.get("engine"), path, "engine"), "kernel": text(item.get("kernel"), path, "kernel"),
             "last_seen_ago": number(item.get("last_seen_ago"), path, "last_seen_ago")}
 
 

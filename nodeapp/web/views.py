@@ -44,10 +44,12 @@ def task_json(record: TaskRecord) -> dict:
 
 
 def worker_json(worker: Worker) -> dict:
-    """One worker in ``/stats``: its engine, lanes and rate are null until its first claim says them."""
+    """One worker in ``/stats``: its engine, kernel, lanes and rate are null until its first claim
+    says them (the kernel also with an engine that has none)."""
     report = worker.report
     return {"id": worker.id, "state": worker.state, "borrowed": worker.borrowed,
-            "engine": report and report.engine, "lanes": report and report.lanes, "rate": report and report.rate}
+            "engine": report and report.engine, "kernel": report and report.kernel or None,
+            "lanes": report and report.lanes, "rate": report and report.rate}
 
 
 def checks_json(node, budget: int) -> dict:

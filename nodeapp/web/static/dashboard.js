@@ -173,7 +173,7 @@
       cell(tr, w.node);
       cell(tr, w.id, "mono");
       cell(tr, w.state, w.state === "live" ? "ok" : "");
-      cell(tr, w.engine || "–");
+      cell(tr, w.engine ? w.engine + (w.kernel ? " " + w.kernel : "") : "–");
       cell(tr, w.borrowed ? "borrowed" : "own");
       cell(tr, ago(w.last_seen_ago), "num");
     });
