@@ -51,6 +51,25 @@ def test_a_node_takes_both_bounds_from_its_settings():
     assert tasks.kept_bodies_bytes == 10 and tasks.idempotency_keys_bytes == 2 * 1024 * 1024
 
 
+def test_stats_show_what_the_keys_take_against_the_setting():
+    limit = 1024 * 1024
+    app = create_app({"cluster_token": TOKEN, "node_name": "n", "idempotency_keys_bytes": limit},
+                     launcher=FakeLauncher())
+    tasks, client = app.extensions["nodeapp"].node.tasks, app.test_client()
+    assert client.get("/stats").get_json()["idempotency_keys"] == {"kept": 0, "bytes": 0, "max_bytes": limit,
+                                                                  "dropped": 0}
+    cost = 255 + KEY_OVERHEAD
+    fit = limit // cost
+    for n in range(fit + 5):  # 5 more than fit: the 5 oldest are dropped before their time
+        body = b"%d" % n
+        tasks.submit_many([Submission(body, 1, hashlib.sha512(body).digest(), key=f"{n:0255d}")])
+        if n == 9:
+            assert client.get("/stats").get_json()["idempotency_keys"] == {
+                "kept": 10, "bytes": 10 * cost, "max_bytes": limit, "dropped": 0}
+    assert client.get("/stats").get_json()["idempotency_keys"] == {"kept": fit, "bytes": fit * cost,
+                                                                  "max_bytes": limit, "dropped": 5}
+
+
 def test_kept_bodies_are_bounded_by_the_setting():
     clock = Clock()
     store = TaskStore(kept_bodies_bytes=10, monotonic=clock, wall=clock)

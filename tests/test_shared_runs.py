@@ -50,20 +50,24 @@ def test_a_duplicate_on_the_other_node_waits_for_the_first_run(cluster):
     duplicate = put(b, b"shared across nodes", 2000)
     assert status(b, duplicate)["state"] == "queued"
     assert stats(b)["queued"] == before["queued"]  # waiting for a's run, not for a worker of b's
+    assert stats(b)["waiting_on_peer"] == before["waiting_on_peer"] + 1 and stats(a)["waiting_on_peer"] == 0
     assert work(cluster, b, "w-b") == 0  # nothing for b's workers to compute
     assert work(cluster, a, "w-a") == 1
     done = wait_for(lambda: (s := status(b, duplicate))["state"] == "completed" and s, timeout=20,
                     what="the duplicate to take the first run's result")
     assert done["result"] == sha512_chain(b"shared across nodes", 2000) and done["reused_from"] == first
-    assert stats(b)["reused"] >= 1
+    assert stats(b)["reused"] >= 1 and stats(b)["waiting_on_peer"] == before["waiting_on_peer"]
 
 
 def test_a_duplicate_runs_itself_when_the_first_run_ends_without_a_result(cluster):
     a, b = cluster.urls
     first = put(a, b"cancelled over there", 3000)
     duplicate = put(b, b"cancelled over there", 3000)
+    waiting = stats(b)["waiting_on_peer"]
+    assert waiting >= 1
     assert requests.post(f"{a}/cancel/{first}", timeout=5).json()["state"] == "cancelled"
     wait_for(lambda: stats(b)["queued"] >= 1, timeout=20, what="the duplicate queued on its own node")
+    assert stats(b)["waiting_on_peer"] == waiting - 1  # it waits for b's workers now, not for a's run
     assert work(cluster, b, "w-b2") == 1
     assert status(b, duplicate)["result"] == sha512_chain(b"cancelled over there", 3000)
     assert "reused_from" not in status(b, duplicate)

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
 
+from nodeapp.store.records import KeysUsage
 from tmcommon.batchwire import KEY_PATTERN
 
 __all__ = ["IdempotencyKeys", "KeyEntry", "KEY_OVERHEAD", "is_key"]
@@ -79,3 +80,6 @@ class IdempotencyKeys:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def usage(self) -> KeysUsage:
+        return KeysUsage(len(self._keys), self.bytes, self.max_bytes, self.dropped)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from nodeapp.store.checkpoints import Checkpoint
 
@@ -107,6 +108,16 @@ class TaskRecord:
     checking: bool = False  # running: its result is posted and being spot-checked
 
 
+class KeysUsage(NamedTuple):
+    """The idempotency keys kept: how many, the bytes they count for against ``max_bytes``
+    (IDEMPOTENCY_KEYS_BYTES), and how many were dropped before their time to stay within it."""
+
+    kept: int = 0
+    bytes: int = 0
+    max_bytes: int = 0
+    dropped: int = 0
+
+
 @dataclass(frozen=True)
 class TaskCounts:
     """The store's figures, read in one consistent snapshot."""
@@ -132,3 +143,5 @@ class TaskCounts:
     scheduled: int = 0  # queued with a not_before still ahead
     expired: int = 0  # queued tasks failed at their deadline
     queued_by_priority: dict = field(default_factory=dict)  # ready tasks per priority
+    waiting_on_peer: int = 0  # identical to a task the peer runs: wait for its result, in no queue
+    idempotency_keys: KeysUsage = KeysUsage()

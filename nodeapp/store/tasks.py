@@ -698,6 +698,8 @@ class TaskStore:
                 scheduled=queue.scheduled,
                 expired=self._expired,
                 queued_by_priority=queue.by_priority(),
+                waiting_on_peer=sum(task.peer_run is not None for task in self._active.values()),
+                idempotency_keys=self._keys.usage(),
             )
 
     # --------------------------------------------------- private, lock held

@@ -89,6 +89,8 @@ def stats_json(stats: NodeStats) -> dict:
         "expired": t.expired,
         "retried": t.retried,
         "idempotent_replays": t.replayed,
+        "idempotency_keys": t.idempotency_keys._asdict(),
+        "waiting_on_peer": t.waiting_on_peer,
         "workers": {
             "live": w.live,
             "pending": w.pending,
