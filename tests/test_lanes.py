@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import zipfile
+from concurrent.futures.process import BrokenProcessPool
 from types import SimpleNamespace
 
 import pytest
@@ -137,6 +138,42 @@ def test_process_compute_gives_the_same_digests():
     finally:
         compute.close()
     assert lanes.lane_compute(engine.PYTHON, 1) is engine.PYTHON.compute
+
+
+def test_process_compute_close_waits_for_its_processes_bounded():
+    compute = lanes.lane_compute(engine.PYTHON, 2)
+    processes = list(compute._pool._processes.values())
+    assert len(processes) == 2 and all(p.is_alive() for p in processes)
+    compute.close()  # nothing in progress: the processes end at once
+    assert not any(p.is_alive() for p in processes)
+
+    compute = lanes.lane_compute(engine.PYTHON, 2)
+    processes = list(compute._pool._processes.values())
+    outcome = []
+
+    def endless():  # ~10^10 hashes: hours in the hashlib loop
+        try:
+            outcome.append(compute(b"long", 10**10))
+        except Exception as exc:
+            outcome.append(exc)
+
+    before = {p.pid: cpu_seconds(p.pid) for p in processes}  # their start-up is done (lane_compute warms them)
+    lane = threading.Thread(target=endless)
+    lane.start()
+    wait_for(lambda: any(cpu_seconds(p.pid) - before[p.pid] > 0.2 for p in processes), 30,
+             what="the long call to run in a process")
+    started = time.monotonic()
+    compute.close(timeout=1)  # the call in progress gets 1 s, then its process is killed
+    assert time.monotonic() - started < 30  # bounded (1 s plus the pool's teardown, on a loaded machine)
+    assert not any(p.is_alive() for p in processes)
+    lane.join(timeout=30)
+    assert not lane.is_alive() and isinstance(outcome[0], BrokenProcessPool)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (/proc/PID/stat)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_lanes_option():

@@ -43,8 +43,19 @@ class ProcessCompute:
     def __call__(self, data: bytes, iterations: int) -> str:
         return self._pool.submit(self._compute, data, iterations).result()
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def close(self, timeout: float = 5.0) -> None:
+        """Cancel the calls not started, give those in progress ``timeout`` seconds, then kill
+        the processes still busy; return once every process and the pool's thread have ended
+        (not waiting, the worker exited while they and the pool's thread still used the pipes
+        between them: an occasional "Bad file descriptor" at exit)."""
+        processes = list((self._pool._processes or {}).values())  # the executor has no public handle
+        killer = threading.Timer(timeout, lambda: [p.kill() for p in processes if p.is_alive()])
+        killer.daemon = True
+        killer.start()
+        try:
+            self._pool.shutdown(wait=True, cancel_futures=True)  # a killed process breaks the pool: it ends
+        finally:
+            killer.cancel()
 
 
 def lane_compute(engine: Engine, lanes: int) -> ComputeFn:
