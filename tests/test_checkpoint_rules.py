@@ -31,11 +31,13 @@ def leased(store, worker="w1", iterations=1000):
 def test_the_holders_checkpoints_move_forward_only_and_never_reach_the_end(store):
     task_id, task = leased(store)
     assert task.checkpoint is None and store.status(task_id).done == 0
-    for done, kept in [(300, 300), (200, 300), (300, 300), (999, 999), (1000, 999), (0, 999)]:
+    for done, kept in [(300, 300), (200, 300), (300, 300), (999, 999), (1000, 999), (0, 999), (999, 999)]:
         store.heartbeat("w1", [task_id], {task_id: Checkpoint(done, f"{done:0128x}")})
         assert store.status(task_id).done == kept
     counts = store.counts()
-    assert (counts.checkpoints_accepted, counts.checkpoints_refused) == (2, 4)
+    # refused: backwards (200, 0) and at the end (1000); the holder's repeats of the kept one
+    # (300, 999: a heartbeat carries it again while the chain has not moved) are no refusal
+    assert (counts.checkpoints_accepted, counts.checkpoints_refused) == (2, 3)
 
 
 def test_a_checkpoint_from_anyone_but_the_lease_holder_is_ignored(store, clock):

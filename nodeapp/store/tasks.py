@@ -712,10 +712,14 @@ class TaskStore:
                                         resumed_from=task.claimed_from or None, spot_checked=spot_checked), task)
 
     def _take_checkpoints(self, worker_id: str, checkpoints: Mapping[str, Checkpoint] | None) -> None:
-        """Keep each checkpoint from the task's lease holder that moves it forward, short of the end."""
+        """Keep each checkpoint from the task's lease holder that moves it forward, short of the end.
+        The holder's repeat of the one kept is no refusal: a heartbeat carries the newest checkpoint
+        of each task held, and a chain starved of CPU may not have moved since the last one."""
         for task_id, checkpoint in (checkpoints or {}).items():
             task = self._running.get(task_id)
             current = task.checkpoint.done if task is not None and task.checkpoint else 0
+            if task is not None and task.worker_id == worker_id and checkpoint.done == current:
+                continue
             if task is None or task.worker_id != worker_id or not current < checkpoint.done < task.iterations:
                 self._checkpoints_refused += 1
                 log.info("checkpoint refused: task %s at %d from %s (holder %s, at %d of %s)", task_id,
