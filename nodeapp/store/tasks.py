@@ -116,8 +116,9 @@ class TaskStore:
     (``SpotChecks``: results held for a spot-check, unchecked ones kept for ``rerun``), the
     queue's order (``TaskQueue``), the index of identical work (``ReuseIndex``) and the
     idempotency keys. Waiting for the peer's runs (``runs``, ``peer_runs``, ``peer_run_ended``)
-    stays here: its only state is a task's ``peer_run``, and each of its steps reads or moves
-    tasks of ``_active``, the queue and the reuse index, or completes them as a shared run does.
+    stays here: its state is a task's ``peer_run`` and their index by the peer's task id, and
+    each of its steps reads or moves tasks of ``_active``, the queue and the reuse index, or
+    completes them as a shared run does.
 
     Args:
         lease_seconds: how long a claimed task stays leased without a heartbeat.
@@ -193,6 +194,9 @@ class TaskStore:
         self._checkpoints_accepted = self._checkpoints_refused = 0
         self._reuse = ReuseIndex()
         self._reused = self._cancelled = self._retried = self._replayed = self._expired = 0
+        #: The tasks waiting for a run of the peer's, by the peer's task id, and how many in all.
+        self._peer_waits: dict[str, dict[str, _Task]] = {}
+        self._waiting_on_peer = 0
 
     def submit(self, data: bytes, iterations: int, *, reuse: bool = False) -> str:
         """Queue one task at the tail and return its id (``submit_many`` of one, by default
@@ -283,21 +287,17 @@ class TaskStore:
     def peer_runs(self) -> dict[str, list[str]]:
         """The tasks that wait for a run of the peer's, by the peer's task id."""
         with self._lock:
-            waiting: dict[str, list[str]] = {}
-            for task in self._active.values():
-                if task.peer_run is not None:
-                    waiting.setdefault(task.peer_run, []).append(task.id)
-            return waiting
+            return {peer_id: list(tasks) for peer_id, tasks in self._peer_waits.items()}
 
     def peer_run_ended(self, peer_id: str, result: str | None) -> int:
         """The peer's task ``peer_id`` completed with ``result``: the tasks waiting for it complete
         with it (``reused_from`` it). ``result`` None (it failed, was cancelled, is unknown or the
         peer cannot be asked): they are queued here, so that they run anyway. Returns how many."""
         with self._lock:
-            waiting = [t for t in self._active.values() if t.peer_run == peer_id]
+            waiting = list(self._peer_waits.get(peer_id, {}).values())
             now = self._monotonic()
             for task in waiting:
-                task.peer_run = None
+                self._stop_waiting(task)
                 if result is None:
                     self._queue.push(task, now)
                     continue
@@ -344,7 +344,7 @@ class TaskStore:
                 task.leader.followers.remove(task)
             else:
                 if task.peer_run is not None:
-                    task.peer_run = None  # waited for the peer: in no queue
+                    self._stop_waiting(task)  # waited for the peer: in no queue
                 elif task.state == QUEUED:
                     self._queue.remove(task)
                 else:
@@ -698,7 +698,7 @@ class TaskStore:
                 scheduled=queue.scheduled,
                 expired=self._expired,
                 queued_by_priority=queue.by_priority(),
-                waiting_on_peer=sum(task.peer_run is not None for task in self._active.values()),
+                waiting_on_peer=self._waiting_on_peer,
                 idempotency_keys=self._keys.usage(),
             )
 
@@ -840,12 +840,23 @@ class TaskStore:
             return leader.id
         if how == _WAIT_PEER:
             task.peer_run = source
+            self._peer_waits.setdefault(source, {})[task.id] = task
+            self._waiting_on_peer += 1
         else:
             self._queue.push(task, self._monotonic())
         self._body_bytes += len(task.data)
         if self._reuse.leader((task.digest, task.iterations)) is None:
             self._reuse.set_leader((task.digest, task.iterations), task.id)
         return None
+
+    def _stop_waiting(self, task: _Task) -> None:
+        """``task`` no longer waits for the peer's run (it ended, or the task was cancelled)."""
+        waits = self._peer_waits[task.peer_run]
+        del waits[task.id]
+        if not waits:
+            del self._peer_waits[task.peer_run]
+        task.peer_run = None
+        self._waiting_on_peer -= 1
 
     def _completed_now(self, record: TaskRecord, task: _Task) -> None:
         """Keep a completed record, numbered in the completion log; the tasks that shared its run
