@@ -297,3 +297,28 @@ def test_newest_completed_costs_o_top_not_o_all(make_store, clock):
     assert big_lines == small_lines  # the same Python steps whether 50 or 20,000 results are kept
     assert big_peak < 20_000  # bytes: no copy of the 20,000 results (a list of them is 160 kB)
     assert len(big.results.newest_completed(5)) == 5
+
+
+def test_tasks_waiting_on_the_peers_runs_are_counted_and_leave_the_count_each_way():
+    """The waits are indexed by the peer's task id: the count and ``peer_runs`` follow a wait
+    that ends with the peer's result, one that ends without it (queued here), and a cancel."""
+    import hashlib
+
+    from nodeapp.store.records import Submission
+
+    store = TaskStore()
+
+    def waiting(body: bytes, peer_id: str) -> str:
+        digest = hashlib.sha512(body).digest()
+        [done] = store.submit_many([Submission(body, 5, digest)], peer_runs={(digest, 5): peer_id})
+        return done.id
+
+    a, b, c = waiting(b"a", "p1"), waiting(b"b", "p2"), waiting(b"c", "p2")
+    assert store.counts().waiting_on_peer == 3 and store.peer_runs() == {"p1": [a], "p2": [b, c]}
+    assert store.counts().queued == 0  # they wait in no queue
+    assert store.peer_run_ended("p1", "ab" * 64) == 1 and store.status(a).state == COMPLETED
+    assert store.counts().waiting_on_peer == 2 and store.peer_runs() == {"p2": [b, c]}
+    assert store.cancel(b).state == "cancelled"
+    assert store.counts().waiting_on_peer == 1 and store.peer_runs() == {"p2": [c]}
+    assert store.peer_run_ended("p2", None) == 1 and store.status(c).state == QUEUED
+    assert store.counts().waiting_on_peer == 0 and store.peer_runs() == {} and store.counts().queued == 1
