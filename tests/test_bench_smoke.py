@@ -51,6 +51,13 @@ def test_enqueue_smoke(tmp_path):
     assert positive(data["summary"]["node"]["ratio"]["median"]) and data["summary"]["verified"] is True
 
 
+def test_inprocess_smoke(tmp_path):
+    data = run_bench("inprocess", tmp_path, "--rounds", "2", "--requests", "50", "--profile", "node-journal")
+    for kind in ("bare", "node", "node-journal"):
+        result = data["results"][kind]
+        assert positive(result["min_us"]) and result["min_us"] <= result["median_us"] and len(result["rounds_us"]) == 2
+
+
 def test_e2e_cluster_smoke(tmp_path):
     data = run_bench("e2e", tmp_path, "--runs", "1", "--systems", "cluster", "--scale", "0.01",
                      "--set", "SCALE_INTERVAL=0.5", "--set", "SCALE_WAIT=0.5")
