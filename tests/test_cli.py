@@ -269,6 +269,73 @@ def test_stats_watch_ctrl_c_during_a_request_stops_after_it(capsys, nodes, monke
 
 
 @pytest.mark.integration
+def test_results_follow_ctrl_c_during_a_request_ends_after_the_page_with_its_cursor_kept(capsys, nodes, tmp_path,
+                                                                                         monkeypatch):
+    """Ctrl-C while ``tm results --follow`` asks the nodes: that page is printed and its cursor
+    kept, then it ends; a second Ctrl-C ends at once, also in the middle of writing the cursor
+    file, which keeps the cursor it had (a KeyboardInterrupt raised inside the request was lost
+    or hung, as in ``tm stats --watch``; one raised in the write left the file empty)."""
+    client = Client(nodes.split(","), timeout=10)
+    start = client.results_page(limit=1000)
+    while start["results"]:
+        start = client.results_page(start["next"], 1000)
+    body = os.urandom(16)
+    task_id = client.enqueue(body, 3)
+    client.wait([task_id], timeout=60)
+    kept = tmp_path / "cursor"
+    asks, real_page, real_open = [], Client.results_page, open
+
+    def results_page(self, after=None, limit=100, ctrl_c=1):
+        if len(asks) >= 10:
+            raise AssertionError(f"the follow went on after Ctrl-C: {asks}")
+        asks.append("asked")
+        for _ in range(ctrl_c if asks.count("asked") == 1 else 0):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the first request
+        page = real_page(self, after, limit)
+        asks.append("answered")
+        return page
+
+    def follow(ctrl_c: int, opener=None) -> tuple[dict, str]:
+        asks.clear()
+        kept.write_text(start["next"] + "\n")
+        for name in ("builtins.open", "io.open") if opener else ():
+            monkeypatch.setattr(name, opener)
+        monkeypatch.setattr(Client, "results_page", lambda self, after=None, limit=100:
+                            results_page(self, after, limit, ctrl_c))
+        handler = signal.getsignal(signal.SIGINT)
+        code, out, err = run(capsys, "--json", "results", "--cursor-file", str(kept), "--follow", "--poll", "0.01")
+        assert code == 0 and signal.getsignal(signal.SIGINT) is handler  # the CLI's own handler is gone again
+        assert err.startswith("next: ") and err.count("\n") == 1, err
+        return {r["id"]: r["result"] for r in map(json.loads, out.splitlines())}, err.split()[1]
+
+    listed, printed = follow(ctrl_c=1)
+    assert asks == ["asked", "answered"]  # the first request finished, no second one
+    assert listed[task_id] == compute(body, 3)
+    assert kept.read_text() == printed + "\n" and printed != start["next"]
+    code, out, _ = run(capsys, "--json", "results", "--cursor-file", str(kept))
+    assert code == 0 and task_id not in out  # the cursor kept is after the page printed
+
+    listed, printed = follow(ctrl_c=2)  # a second Ctrl-C does not wait for the request
+    assert asks == ["asked"] and listed == {} and printed == start["next"]
+    assert kept.read_text() == start["next"] + "\n"
+
+    writes = []
+
+    def interrupted_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if Path(file).parent == tmp_path and "w" in mode:
+            writes.append(Path(file).name)
+            os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, the file opened and nothing written
+        return handle
+
+    listed, printed = follow(ctrl_c=1, opener=interrupted_open)
+    monkeypatch.undo()
+    assert writes and asks == ["asked", "answered"] and listed[task_id] == compute(body, 3)
+    assert kept.read_text() == start["next"] + "\n"  # the cursor it had, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cursor"]  # nothing left beside it
+
+
+@pytest.mark.integration
 def test_bench_reports_throughput_and_percentiles(capsys, nodes):
     code, out, err = run(capsys, "bench", "--tasks", "30", "-n", "100", "--json", "--timeout", "60")
     assert code == 0, err

@@ -376,34 +376,49 @@ def act_on_each(args: argparse.Namespace, action) -> int:
 
 def cmd_results(client: Client, args: argparse.Namespace) -> int:
     """Print each result once, oldest first; the cursor to go on from goes to stderr at the end
-    (and to ``--cursor-file`` after each page)."""
+    (and to ``--cursor-file`` after each page). Ctrl-C as in ``tm stats --watch`` (see
+    ``CtrlC``): the first ends after the page being read, printed and its cursor kept."""
     cursor = args.after
     kept = Path(args.cursor_file) if args.cursor_file else None
     if kept is not None and not cursor and kept.exists():
         cursor = kept.read_text().strip()
     as_json = getattr(args, "json", False)
     try:
-        while True:
-            page = client.results_page(cursor, 1000)
-            if as_json:
-                sys.stdout.write("".join(json.dumps(r) + "\n" for r in page["results"]))
-                sys.stdout.flush()
-            elif page["results"]:
-                render.show(render.results_table(page["results"]))
-            if page.get("missed"):
-                print(f"tm: {page['missed']} results were dropped (RESULTS_RETENTION) before they could be read",
-                      file=sys.stderr)
-            cursor = page["next"]
-            if kept is not None:
-                kept.write_text(cursor + "\n")
-            if len(page["results"]) < 1000:
-                if not args.follow:
+        with CtrlC() as ctrl_c:
+            while True:
+                page = client.results_page(cursor, 1000)
+                if as_json:
+                    sys.stdout.write("".join(json.dumps(r) + "\n" for r in page["results"]))
+                    sys.stdout.flush()
+                elif page["results"]:
+                    render.show(render.results_table(page["results"]))
+                if page.get("missed"):
+                    print(f"tm: {page['missed']} results were dropped (RESULTS_RETENTION) before they could be read",
+                          file=sys.stderr)
+                cursor = page["next"]
+                if kept is not None:
+                    keep_cursor(kept, cursor)
+                if ctrl_c.pressed or (len(page["results"]) < 1000 and not args.follow):
                     break
-                time.sleep(args.poll)
-    except KeyboardInterrupt:
+                if len(page["results"]) < 1000:
+                    ctrl_c.sleep(args.poll)
+    except KeyboardInterrupt:  # Ctrl-C in the sleep, or a second one
         pass
     print(f"next: {cursor}   (go on with: tm results --after {cursor})", file=sys.stderr)
     return EXIT_OK
+
+
+def keep_cursor(path: Path, cursor: str) -> None:
+    """Write ``cursor`` to a file beside ``path``, then rename it over ``path``: interrupted, the
+    file keeps its previous cursor whole (never empty or cut short)."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w") as handle:
+            handle.write(cursor + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def cmd_pull(client: Client, args: argparse.Namespace) -> int:

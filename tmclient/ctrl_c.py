@@ -1,4 +1,4 @@
-"""Ctrl-C for loops that ask the nodes and sleep (``tm stats --watch``).
+"""Ctrl-C for loops that ask the nodes and sleep (``tm stats --watch``, ``tm results``).
 
 Python raises KeyboardInterrupt wherever the main thread happens to be. Raised inside a request,
 it can be swallowed by a finalizer that runs there (the loop goes on, Ctrl-C is lost) or strike
