@@ -59,6 +59,14 @@ class StatsCollector:
         yield counter("tasks_retried", "Failed or cancelled tasks queued again by a client", s["retried"])
         yield counter("idempotent_replays", "Enqueued tasks whose Idempotency-Key was known: nothing queued",
                       s["idempotent_replays"])
+        keys = s["idempotency_keys"]
+        yield gauge("idempotency_keys_kept", "Idempotency-Keys remembered", keys["kept"])
+        yield gauge("idempotency_keys_bytes", "Bytes the remembered Idempotency-Keys count for", keys["bytes"])
+        yield gauge("idempotency_keys_max_bytes", "IDEMPOTENCY_KEYS_BYTES", keys["max_bytes"])
+        yield counter("idempotency_keys_dropped", "Idempotency-Keys forgotten early to stay within "
+                      "IDEMPOTENCY_KEYS_BYTES", keys["dropped"])
+        yield gauge("tasks_waiting_on_peer", "Tasks waiting for an identical task's run on the peer, in no queue",
+                    s["waiting_on_peer"])
         w = s["workers"]
         yield gauge("workers_live", "Workers that have claimed at least once", w["live"])
         yield gauge("workers_pending", "Workers launched but not yet seen", w["pending"])

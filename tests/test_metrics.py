@@ -1,11 +1,18 @@
-"""/metrics histograms: task wait, run and end-to-end times, and request latency by route."""
+"""/metrics histograms: task wait, run and end-to-end times, and request latency by route; figures
+of /stats added to it."""
 
 from __future__ import annotations
 
+import hashlib
+
 from prometheus_client.parser import text_string_to_metric_families
 
+from nodeapp import create_app
+from nodeapp.store.idempotency import KEY_OVERHEAD
+from nodeapp.store.records import Submission
 from nodeapp.store.tasks import TaskStore
-from tests.helpers import Clock
+from tests.conftest import TOKEN
+from tests.helpers import Clock, FakeLauncher
 
 
 class Recorded:
@@ -109,3 +116,27 @@ def test_queue_by_priority_scheduled_expired_and_a_paused_intake_are_exported(cl
     assert samples[("taskmanager_scheduled_tasks", None)] == 1
     assert samples[("taskmanager_tasks_expired_total", None)] == 0
     assert samples[("taskmanager_intake_paused", None)] == 1
+
+
+def test_tasks_waiting_on_the_peer_and_the_idempotency_keys_are_exported():
+    """The /stats figures ``waiting_on_peer`` and ``idempotency_keys`` after a known state: two
+    tasks wait for the peer's runs, and two keys more than ``IDEMPOTENCY_KEYS_BYTES`` holds."""
+    limit = 1024 * 1024
+    app = create_app({"cluster_token": TOKEN, "node_name": "test-node", "idempotency_keys_bytes": limit},
+                     launcher=FakeLauncher())
+    tasks, client = app.extensions["nodeapp"].node.tasks, app.test_client()
+    cost = 255 + KEY_OVERHEAD
+    fit = limit // cost
+    bodies = [b"%d" % n for n in range(fit + 2)]
+    tasks.submit_many([Submission(body, 1, hashlib.sha512(body).digest(), key=f"{n:0255d}")
+                       for n, body in enumerate(bodies)])
+    for body, peer_id in ((b"peer 1", "p1"), (b"peer 2", "p2")):
+        digest = hashlib.sha512(body).digest()
+        tasks.submit_many([Submission(body, 5, digest)], peer_runs={(digest, 5): peer_id})
+    found = samples(client)
+    assert value(found, "taskmanager_tasks_waiting_on_peer") == 2
+    assert value(found, "taskmanager_idempotency_keys_kept") == fit
+    assert value(found, "taskmanager_idempotency_keys_bytes") == fit * cost
+    assert value(found, "taskmanager_idempotency_keys_max_bytes") == limit
+    assert value(found, "taskmanager_idempotency_keys_dropped_total") == 2
+    assert client.get("/stats").get_json()["waiting_on_peer"] == 2  # the figures /stats shows
