@@ -280,6 +280,26 @@ def filled(path: Path, count: int) -> None:
     journal.close()  # checkpointed: everything is in the main file
 
 
+def test_a_repaired_file_keeps_each_tasks_priority_times_and_owner(tmp_path):
+    """The rows copied out of a damaged file keep every column a task came back with, not only
+    the first version's: a queued task keeps its priority, not_before, deadline and owner."""
+    journal, _ = opened(tmp_path)
+    for start in range(1, 3001, 500):
+        journal.write([Accepted(seq, f"task-{seq}", 1, os.urandom(200), 1000.0 + seq, seq % 10, 5000.0 + seq,
+                                9000.0 + seq, f"key{seq % 3}") for seq in range(start, start + 500)]).wait()
+    journal.close()
+    db = tmp_path / DB_NAME
+    with open(db, "r+b") as f:
+        f.seek(db.stat().st_size // 2 // 4096 * 4096)
+        f.write(b"\xff" * 4096)
+    journal, recovered = opened(tmp_path)
+    assert 2000 < len(recovered.queued) < 3000 and any("could not be read" in n for n in recovered.skipped)
+    for task in recovered.queued:
+        assert (task.priority, task.not_before, task.deadline, task.owner) == (
+            task.seq % 10, 5000.0 + task.seq, 9000.0 + task.seq, f"key{task.seq % 3}"), task
+    journal.close()
+
+
 def test_damaged_page_skips_its_rows_and_keeps_the_rest(tmp_path, caplog):
     filled(tmp_path, 3000)
     db = tmp_path / DB_NAME

@@ -366,11 +366,15 @@ class Journal:
     def _rebuild(self, error: sqlite3.DatabaseError) -> list[str]:
         """The file cannot be read: move it aside and copy what is still readable into a new one."""
         aside = journal_repair.move_aside(self.path)
-        salvage = journal_repair.salvage(aside)
+        # Checkpoints are not copied (a damaged file's tasks start from 0); the rest of a row is.
+        kept = tuple(name for name in ADDED_COLUMNS if not name.startswith("ckpt_"))
+        salvage = journal_repair.salvage(aside, tuple(TASK_COLUMNS.split(", ")), kept)
         conn = self._connect()
         try:
             conn.execute("BEGIN")
-            conn.executemany(f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", salvage.rows)
+            if salvage.rows:
+                conn.executemany(f"INSERT INTO tasks ({', '.join(salvage.columns)}) "
+                                 f"VALUES ({', '.join('?' * len(salvage.columns))})", salvage.rows)
             conn.executemany("INSERT INTO counters VALUES (?, ?)", salvage.counters.items())
             conn.execute("INSERT INTO meta VALUES ('last_seq', ?)", (salvage.last_seq,))
             conn.execute("COMMIT")

@@ -76,15 +76,17 @@ def move_aside(path: Path) -> Path:
 
 @dataclass
 class Salvage:
+    columns: tuple[str, ...] = ()  # of each row
     rows: list[tuple] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     last_seq: int = 0
     notes: list[str] = field(default_factory=list)
 
 
-def salvage(path: Path, columns: str = "seq, id, iterations, enqueued_at, body, state, result, done_at, reason"
-            ) -> Salvage:
-    """Every row of ``tasks`` (and ``counters``) still readable in the file at ``path``."""
+def salvage(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> Salvage:
+    """Every row of ``tasks`` (and ``counters``) still readable in the file at ``path``: its
+    ``columns`` (the first one the seq), and those of ``optional`` the file has (an older
+    version's lacks some)."""
     found = Salvage()
     try:
         conn = sqlite3.connect(path, isolation_level=None)
@@ -94,7 +96,9 @@ def salvage(path: Path, columns: str = "seq, id, iterations, enqueued_at, body, 
         found.notes.append(f"nothing could be read ({exc})")
         return found
     try:
-        found.rows, lost = _readable_rows(conn, columns)
+        present = {row[1] for row in _try(conn, "PRAGMA table_info(tasks)", ()) or ()}
+        found.columns = (*columns, *(name for name in optional if name in present))
+        found.rows, lost = _readable_rows(conn, ", ".join(found.columns))
         for first, last in lost:
             found.notes.append(f"skipped unreadable task rows, seq {first} to {last if last is not None else 'end'}")
         found.last_seq = max([row[0] for row in found.rows] + [last or first for first, last in lost] + [0])
