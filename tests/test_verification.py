@@ -277,6 +277,22 @@ def test_a_full_backlog_accepts_results_unchecked_and_counts_them_skipped():
     assert node.checker.counts().skipped == 2
 
 
+def test_results_checked_together_complete_in_the_order_posted_each_at_a_time_of_its_own():
+    """Checks queued together are settled in one step: on a wall clock that stands still, their
+    tasks still complete in the order posted, at distinct times (pullCompleted's order)."""
+    node = Node.build(wall=lambda: 1000.0)
+    checker = Checker(node.settle, 10**9)
+    node.checker = checker
+    node.tasks.checks.enable(Sampler(10_000, 0, random.Random(1)), checker, 600)
+    ids = [node.tasks.submit(b"t%d" % i, 10) for i in range(5)]
+    claim_all(node, "w")
+    assert node.complete("w", [(i, sha512_chain(b"t%d" % n, 10)) for n, i in enumerate(ids)]) == 5
+    wait_for(checker.idle, timeout=10, what="the checks")
+    times = [node.tasks.status(i).completed_at for i in ids]
+    assert all(node.tasks.status(i).spot_checked is True for i in ids)
+    assert times == sorted(times) and len(set(times)) == 5 and times[0] == 1000.0
+
+
 def test_a_held_task_can_be_cancelled_and_its_check_then_changes_nothing():
     release = []
     node = Node.build()

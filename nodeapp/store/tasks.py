@@ -480,14 +480,15 @@ class TaskStore:
         was no longer held (cancelled meanwhile)."""
         held = []
         with self._lock:
-            wall = self._wall()
+            last = -math.inf
             for check, passed in outcomes:
                 held.append(self.checks.settle(check))
                 if not held[-1]:
                     continue
                 task = self._running[check.task_id]
-                if passed:
-                    self._finish(task, check.result, wall, spot_checked=True)
+                if passed:  # completed in the order checked, each at a time of its own
+                    last = max(self._wall(), math.nextafter(last, math.inf))
+                    self._finish(task, check.result, last, spot_checked=True)
                 else:
                     del self._running[task.id]
                     task.state, task.checkpoint = QUEUED, task.claimed_point
