@@ -87,6 +87,10 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
 TASK_COLUMNS = "seq, id, iterations, enqueued_at, body, state, result, done_at, reason"
+#: An accepted task's row, from an ``Accepted`` record (its fields in this order).
+_INSERT_ACCEPTED = ("INSERT INTO tasks (seq, id, iterations, body, enqueued_at, priority, not_before, deadline, owner) "
+                    "VALUES ")
+_ACCEPTED_VALUES = "(?,?,?,?,?,nullif(?, 0),?,?,?)"
 #: Columns added after the first version: added to an older file when it is opened.
 ADDED_COLUMNS = {"ckpt_done": "INTEGER", "ckpt_digest": "TEXT", "priority": "INTEGER", "not_before": "REAL",
                  "deadline": "REAL", "owner": "TEXT"}
@@ -634,8 +638,7 @@ class Journal:
             # Accepted tasks alone (an enqueue): one statement, its own transaction. Each
             # statement lets the GIL go and take it back; under load that costs a request more
             # than SQLite's work does.
-            conn.execute("INSERT INTO tasks (seq, id, iterations, body, enqueued_at, priority, not_before, deadline, "
-                         "owner) VALUES " + ",".join(["(?,?,?,?,?,nullif(?, 0),?,?,?)"] * len(accepted)),
+            conn.execute(_INSERT_ACCEPTED + ",".join([_ACCEPTED_VALUES] * len(accepted)),
                          [value for record in accepted for value in record])
             return max(highest_seq, last_seq)
         conn.execute("BEGIN")
@@ -643,8 +646,7 @@ class Journal:
         # trimmed, so applying the kinds in that order is the same as applying the records one
         # by one (a checkpoint only ever moves forward, and only while the task is queued).
         if accepted:
-            conn.executemany("INSERT INTO tasks (seq, id, iterations, body, enqueued_at, priority, not_before, "
-                             "deadline, owner) VALUES (?,?,?,?,?,nullif(?, 0),?,?,?)", accepted)
+            conn.executemany(_INSERT_ACCEPTED + _ACCEPTED_VALUES, accepted)
         if checkpointed:
             conn.executemany(f"UPDATE tasks SET ckpt_done = ?, ckpt_digest = ? WHERE seq = ? AND state = {QUEUED} "
                              "AND coalesce(ckpt_done, 0) < ?", checkpointed)

@@ -38,13 +38,14 @@ def read_body(limit: int, setting: str = "MAX_BODY_BYTES") -> bytes:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise ApiError(413, "body_too_large", f"body is {declared} bytes; the limit is {limit} ({setting})")
-    if declared is not None and environ.get("gunicorn.socket") is not None:
-        # gunicorn's own body reader stops at Content-Length: read it directly, without
+    if declared is not None:
+        # gunicorn's own body reader stops at Content-Length: read from it directly, without
         # werkzeug's LimitedStream around it (a fifth of an enqueue's time in the node's code).
-        data = _read_declared(environ["wsgi.input"], declared)
+        gunicorn = environ.get("gunicorn.socket") is not None
+        data = _read_declared(environ["wsgi.input"] if gunicorn else request.stream, declared)
         g.body_read = True
         return data
-    stream = request.stream
+    stream = request.stream  # chunked: read to its end, refused once past the limit
     parts, size = [], 0
     try:
         while True:
@@ -55,21 +56,16 @@ def read_body(limit: int, setting: str = "MAX_BODY_BYTES") -> bytes:
             size += len(part)
             if size > limit:
                 raise ApiError(413, "body_too_large", f"body exceeds the limit of {limit} bytes ({setting})")
-    except ClientDisconnected:  # werkzeug's own stream (not gunicorn's) saw the body end early
-        raise ApiError(400, "incomplete_body", f"the body ended before its Content-Length of {declared}") from None
     except OSError:  # the connection ended inside a chunk (gunicorn's NoMoreData is an IOError)
         raise ApiError(400, "incomplete_body", "the connection ended before the chunked body did") from None
     except ParseException as exc:
         raise ApiError(400, "bad_chunked_body", f"malformed chunked request body ({exc.__class__.__name__})") from None
-    if declared is not None and size != declared:
-        raise ApiError(400, "incomplete_body",
-                       f"Content-Length is {declared} but the body ended after {size} bytes; nothing was done")
     g.body_read = True
     return b"".join(parts)
 
 
 def _read_declared(stream, declared: int) -> bytes:
-    """Exactly ``declared`` bytes of gunicorn's body reader, or a 400 when the body ends first."""
+    """Exactly ``declared`` bytes of ``stream``, never more; a 400 when the body ends first."""
     parts, size = [], 0
     try:
         while size < declared:
@@ -78,8 +74,8 @@ def _read_declared(stream, declared: int) -> bytes:
                 break
             parts.append(part)
             size += len(part)
-    except OSError:  # the connection ended (gunicorn's NoMoreData is an IOError)
-        pass
+    except (OSError, ClientDisconnected):  # the connection ended (gunicorn's NoMoreData is an IOError;
+        pass  # werkzeug's own stream, not gunicorn's, raises ClientDisconnected)
     if size != declared:
         raise ApiError(400, "incomplete_body",
                        f"Content-Length is {declared} but the body ended after {size} bytes; nothing was done")
