@@ -223,6 +223,9 @@ class TaskStore:
             Draining: the node is shutting down.
         """
         peer_keys, peer_results = peer_keys or {}, peer_results or {}
+        # The ids are drawn before the lock: os.urandom lets the GIL go, and a thread that lets it
+        # go holding the lock makes every other request queue up behind it.
+        ids = [uuid.uuid4().hex for _ in items]
         with self._lock:
             if self._draining:
                 raise Draining()
@@ -238,7 +241,7 @@ class TaskStore:
                             raise KeyMismatch(index, item.key, known.task_id)
                         steps.append((_REPLAY, known.task_id, None))
                         continue
-                task_id = uuid.uuid4().hex
+                task_id = ids[index]
                 if item.key is not None:
                     new_keys[item.key] = KeyEntry(task_id, item.iterations, item.digest)
                 how, source = self._match((item.digest, item.iterations), reuse, leaders, peer_results)
