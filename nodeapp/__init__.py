@@ -19,7 +19,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
 
 from nodeapp.web import origin
 from nodeapp.web import errors
@@ -51,17 +51,20 @@ def _request_hooks(app: Flask, metrics: Metrics) -> None:
     """What runs around every request: one hook before and one after (Flask pays a call and a
     check per hook). Before: the timer starts (first, so a request refused next is timed too),
     and a browser's write from another site is refused (``web/origin.py``). After: a connection
-    whose body was left unread is closed (``web/bodies.py``), and the time is recorded."""
+    whose body was left unread is closed (``web/bodies.py``), and the time is recorded. Each hook
+    takes the request out of the ``flask.request`` proxy once: every access through it is a lookup."""
 
     @app.before_request
     def before() -> None:
-        metrics.started()
-        origin.refuse_foreign_writes()
+        req = request._get_current_object()
+        metrics.started(req.environ)
+        origin.refuse_foreign_writes(req)
 
     @app.after_request
     def after(response):
-        bodies.close_if_body_left()
-        return metrics.answered(response)
+        req = request._get_current_object()
+        bodies.close_if_body_left(req.environ)
+        return metrics.answered(response, req)
 
 
 def create_app(

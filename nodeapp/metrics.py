@@ -7,7 +7,6 @@ import time
 from http import HTTPStatus
 from collections.abc import Callable
 
-from flask import g, request
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -97,6 +96,8 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 #: Statuses a label may name (those of ``http.HTTPStatus``); any other (a peer's) is ``other``.
 STATUS_LABELS = {s.value: str(s.value) for s in HTTPStatus}
+#: The environ key of a request's start time (``perf_counter``).
+STARTED = "nodeapp.started"
 
 
 class TaskTimings:
@@ -131,13 +132,14 @@ class Metrics:
         self._observers: dict[tuple[str, str, str], Callable[[float], None]] = {}
 
     @staticmethod
-    def started() -> None:
-        """A request starts (the app's first ``before_request`` hook)."""
-        g.metrics_started = time.perf_counter()
+    def started(environ: dict) -> None:
+        """A request starts (the app's first ``before_request`` hook, given the request's environ)."""
+        environ[STARTED] = time.perf_counter()
 
-    def answered(self, response):
-        """A request is answered (its last ``after_request`` hook): its time goes to the histogram."""
-        started = g.pop("metrics_started", None)
+    def answered(self, response, request):
+        """A request is answered (its last ``after_request`` hook, given the request, not the proxy
+        ``flask.request``, whose every attribute costs a lookup): its time goes to the histogram."""
+        started = request.environ.pop(STARTED, None)
         if started is not None:
             seconds = time.perf_counter() - started
             url_rule, method = request.url_rule, request.method

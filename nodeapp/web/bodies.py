@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, g, request
+from flask import current_app, request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected
+from werkzeug.wsgi import get_content_length
 
 from nodeapp.web.errors import ApiError
 
@@ -24,6 +25,9 @@ MAX_JSON_BYTES = 4 * 1024 * 1024
 #: The attribute of ``wsgi.input`` that ``gunicorn_conf.pre_request`` sets to the request's
 #: ``force_close``: called, gunicorn answers with ``Connection: close`` and closes the connection.
 CLOSE_HOOK = "tm_close_connection"
+#: The environ key set once the body is read to its end (the environ lives as long as the
+#: request, and is reached without the ``g`` proxy).
+BODY_READ = "nodeapp.body_read"
 
 
 def read_body(limit: int, setting: str = "MAX_BODY_BYTES") -> bytes:
@@ -35,7 +39,7 @@ def read_body(limit: int, setting: str = "MAX_BODY_BYTES") -> bytes:
     (400 ``bad_chunked_body``) is refused too: nothing of it is used.
     """
     environ = request.environ
-    declared = request.content_length
+    declared = get_content_length(environ)  # request.content_length's own reading, without building request.headers
     if declared is not None and declared > limit:
         raise ApiError(413, "body_too_large", f"body is {declared} bytes; the limit is {limit} ({setting})")
     if declared is not None:
@@ -43,7 +47,7 @@ def read_body(limit: int, setting: str = "MAX_BODY_BYTES") -> bytes:
         # werkzeug's LimitedStream around it (a fifth of an enqueue's time in the node's code).
         gunicorn = environ.get("gunicorn.socket") is not None
         data = _read_declared(environ["wsgi.input"] if gunicorn else request.stream, declared)
-        g.body_read = True
+        environ[BODY_READ] = True
         return data
     stream = request.stream  # chunked: read to its end, refused once past the limit
     parts, size = [], 0
@@ -60,7 +64,7 @@ def read_body(limit: int, setting: str = "MAX_BODY_BYTES") -> bytes:
         raise ApiError(400, "incomplete_body", "the connection ended before the chunked body did") from None
     except ParseException as exc:
         raise ApiError(400, "bad_chunked_body", f"malformed chunked request body ({exc.__class__.__name__})") from None
-    g.body_read = True
+    environ[BODY_READ] = True
     return b"".join(parts)
 
 
@@ -98,15 +102,15 @@ def json_body() -> dict[str, Any]:
     return data
 
 
-def _has_body() -> bool:
-    environ = request.environ  # not request.headers: a header it lacks costs an exception there
+def _has_body(environ) -> bool:
+    # not request.headers: a header it lacks costs an exception there
     return environ.get("CONTENT_LENGTH", "") not in ("", "0") or "chunked" in environ.get(
         "HTTP_TRANSFER_ENCODING", "").lower()
 
 
-def close_if_body_left() -> None:
+def close_if_body_left(environ) -> None:
     """After the answer: ask gunicorn to close the connection if the body was not read to its end."""
-    if _has_body() and not g.get("body_read"):
-        close = getattr(request.environ.get("wsgi.input"), CLOSE_HOOK, None)
+    if BODY_READ not in environ and _has_body(environ):
+        close = getattr(environ.get("wsgi.input"), CLOSE_HOOK, None)
         if close is not None:
             close()

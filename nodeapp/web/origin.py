@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from flask import request
+from flask import Request
 
 from nodeapp.context import get_context
 from nodeapp.web.errors import ApiError
@@ -44,8 +44,8 @@ def trusted_host(host: str, node_url: str) -> bool:
     return True
 
 
-def foreign_origin() -> str | None:
-    """Why the current request comes from another origin, or None if it does not (or no browser)."""
+def foreign_origin(request: Request) -> str | None:
+    """Why ``request`` comes from another origin, or None if it does not (or no browser)."""
     environ = request.environ  # not request.headers: a header it lacks costs an exception there
     site = environ.get("HTTP_SEC_FETCH_SITE", "")
     if site in ("cross-site", "same-site"):
@@ -58,10 +58,12 @@ def foreign_origin() -> str | None:
     return None
 
 
-def refuse_foreign_writes() -> None:
+def refuse_foreign_writes(request: Request) -> None:
+    """403 ``cross_origin`` for a browser's write from another site (``request``: the request itself,
+    not the ``flask.request`` proxy, whose every attribute costs a lookup)."""
     if request.method in SAFE_METHODS:
         return
-    why = foreign_origin()
+    why = foreign_origin(request)
     if why is not None:
         raise ApiError(403, "cross_origin", f"a browser sent this {request.method} from another site ({why}); "
                        "only the node's own pages may change state from a browser")
