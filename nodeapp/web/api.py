@@ -14,7 +14,7 @@ from nodeapp.store.checkpoints import is_digest, parse_checkpoints
 from nodeapp.context import get_context
 from nodeapp.web.errors import ApiError
 from nodeapp.web.params import (
-    checked, from_peer, internal, json_field, operator_only, peer_only, peer_unavailable, positive_int,
+    checked, from_peer, internal, json_field, operator_only, peer_only, peer_unavailable, positive_int, query_args,
 )
 from nodeapp.fleet.loans import MAX_LOANS, is_loan_id
 from nodeapp.store.results import merge_newest
@@ -65,9 +65,10 @@ def _marks(item: dict) -> list[str]:
 def enqueue():
     ctx = get_context()
     check_intake(ctx)
-    args = request.args
+    req = request._get_current_object()  # out of the proxy once: each request.x through it is a lookup
+    args = query_args(req)
     iterations = positive_int("iterations", "bad_iterations", ctx.config.max_iterations, args)
-    key, reuse = request_key(), reuse_wanted(args)
+    key, reuse = request_key(req.environ), reuse_wanted(args)
     options = task_options(ctx.config.max_delay, args=args)
     data = read_body(ctx.config.max_body_bytes)
     [done], headers = queue(ctx, [submission(data, iterations, key, options, caller().owner)], reuse)

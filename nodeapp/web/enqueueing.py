@@ -14,6 +14,7 @@ import re
 from flask import request
 
 from nodeapp.web.errors import ApiError
+from nodeapp.web.params import query_args
 from nodeapp.store.idempotency import KeyEntry, is_key
 from nodeapp.store.records import Draining, KeyMismatch, QueueFull, Submission, Submitted, is_task_id
 from nodeapp.web.task_options import TaskOptions
@@ -27,16 +28,17 @@ _FLAGS = {"1": True, "true": True, "0": False, "false": False}
 
 def reuse_wanted(args=None) -> bool:
     """The ``reuse`` query parameter (of ``args``, by default the request's): on unless ``0`` or ``false``."""
-    args = request.args if args is None else args
-    raw = args["reuse"] if "reuse" in args else "1"
-    if raw.lower() not in _FLAGS:
+    raw = (query_args() if args is None else args).get("reuse", "1")
+    wanted = _FLAGS.get(raw.lower())
+    if wanted is None:
         raise ApiError(400, "bad_reuse", f"'reuse' must be 1 or 0 (true or false), got {raw!r}")
-    return _FLAGS[raw.lower()]
+    return wanted
 
 
-def request_key() -> str | None:
-    """The request's ``Idempotency-Key`` header, if any."""
-    key = request.environ.get("HTTP_IDEMPOTENCY_KEY")  # KEY_HEADER, without request.headers' exception
+def request_key(environ=None) -> str | None:
+    """The request's ``Idempotency-Key`` header, if any (of ``environ``, by default the request's)."""
+    environ = request.environ if environ is None else environ
+    key = environ.get("HTTP_IDEMPOTENCY_KEY")  # KEY_HEADER, without request.headers' exception
     if key is None:
         return None
     if not is_key(key):

@@ -23,10 +23,28 @@ peer_only = requires(PEER)
 operator_only = requires(OPERATOR)
 
 
+def query_args(request=request) -> dict[str, str]:
+    """The query parameters of ``request`` (by default the current one), each name's first value:
+    ``request.args.to_dict()``.
+
+    A query string of ASCII without escapes (``%``, ``+``), as clients send, is split here:
+    parse_qsl would do the same (unquoting nothing) and request.args builds a MultiDict on top,
+    a tenth of an enqueue's time in the node's code. Any other is left to werkzeug.
+    """
+    query = request.environ.get("QUERY_STRING", "")
+    if not query.isascii() or "%" in query or "+" in query:
+        return request.args.to_dict()
+    args: dict[str, str] = {}
+    for part in query.split("&"):
+        if part:  # parse_qsl skips empty parts ("a=1&&b=2"); a name without "=" has the value ""
+            name, _, value = part.partition("=")
+            args.setdefault(name, value)
+    return args
+
+
 def positive_int(name: str, code: str, high: int | None = None, args=None) -> int:
     """The query parameter ``name`` (of ``args``, by default the request's) as an integer >= 1."""
-    args = request.args if args is None else args
-    raw = args[name] if name in args else None  # ``get`` of a missing one raises and catches inside
+    raw = (query_args() if args is None else args).get(name)
     if raw is None:
         raise ApiError(400, code, f"query parameter '{name}' is required")
     if not _DIGITS.fullmatch(raw) or int(raw) < 1:

@@ -12,9 +12,8 @@ import re
 import time
 from dataclasses import dataclass
 
-from flask import request
-
 from nodeapp.web.errors import ApiError
+from nodeapp.web.params import query_args
 from nodeapp.store.queue import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN
 
 _DECIMAL = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
@@ -31,16 +30,11 @@ DEFAULT = TaskOptions()
 
 
 #: The query parameters ``task_options`` reads: a request with none of them gets ``DEFAULT``.
-NAMES = ("priority", "not_before", "countdown", "deadline", "expires_in")
-
-
-def _arg(args, name: str) -> str | None:
-    """A query parameter, or None (``args.get`` of a missing one costs an exception inside)."""
-    return args[name] if name in args else None
+NAMES = frozenset({"priority", "not_before", "countdown", "deadline", "expires_in"})
 
 
 def _number(args, name: str, code: str) -> float | None:
-    raw = _arg(args, name)
+    raw = args.get(name)
     if raw is None:
         return None
     if not _DECIMAL.fullmatch(raw):
@@ -59,11 +53,11 @@ def task_options(max_delay: float, now: float | None = None, args=None) -> TaskO
     """The request's options (of ``args``, by default the request's query), validated:
     ``not_before`` and ``deadline`` at most ``max_delay`` (MAX_DELAY_SECONDS) ahead, a
     ``deadline`` in the future and after ``not_before``."""
-    args = request.args if args is None else args
-    if not any(name in args for name in NAMES):
+    args = query_args() if args is None else args
+    if NAMES.isdisjoint(args):
         return DEFAULT
     now = time.time() if now is None else now
-    raw = _arg(args, "priority")
+    raw = args.get("priority")
     priority = PRIORITY_DEFAULT
     if raw is not None:
         if not re.fullmatch(r"[0-9]{1,2}", raw) or not PRIORITY_MIN <= int(raw) <= PRIORITY_MAX:
