@@ -51,6 +51,15 @@ def free_disk(journal) -> None:
         journal._conn.execute("PRAGMA max_page_count = 1073741823")
 
 
+def intake_full(journal) -> None:
+    """Appends to the intake fail from now on, as on a full disk (its file descriptor now writes
+    to /dev/full: ENOSPC), so that an enqueue waits for SQLite's commit, as with
+    JOURNAL_SYNC=always. A read-back after a failure starts a new intake file."""
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, journal._intake._current.fd)
+    os.close(full)
+
+
 def counts(client) -> tuple[int, int, int, int]:
     stats = client.get("/stats").get_json()
     return stats["queued"], stats["running"], stats["completed"], stats["enqueued"]
@@ -115,6 +124,7 @@ def test_an_error_not_from_sqlite_is_a_503_and_the_writer_goes_on(tmp_path):
     first = enqueue(client)
     journal = journal_of(app)
     journal._conn = FailingCommit(journal._conn, RuntimeError("injected: not an SQLite error"))
+    intake_full(journal)
     started = time.monotonic()
     response = in_thread(lambda: client.put("/enqueue?iterations=1", data=b"lost"), 20)
     assert_error(response, 503, "journal_unavailable")
@@ -154,6 +164,8 @@ def test_a_dead_writer_is_seen_answered_503_and_restarted(tmp_path, sync):
     journal = journal_of(app)
     writer, real_commit = journal._thread, journal._commit
     journal._commit = dying = DyingCommit()
+    if sync == "off":
+        intake_full(journal)
     journal.write([Counters({})])  # the writer thread takes it (nobody waits for it) and holds on
     assert dying.entered.wait(10)
     answer: list = []
@@ -200,6 +212,8 @@ def test_a_stuck_commit_is_a_503_after_journal_wait_seconds(tmp_path, sync):
     app, client = node(tmp_path, journal_sync=sync, journal_wait_seconds=0.5)
     enqueue(client)
     journal = journal_of(app)
+    if sync == "off":
+        intake_full(journal)
     release, entered = threading.Event(), threading.Event()
     real_commit = journal._commit
 

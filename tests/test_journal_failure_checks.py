@@ -13,7 +13,7 @@ from nodeapp.store.journal import Counters
 from tests.helpers import wait_for
 from tests.test_api import assert_error, claim, complete, enqueue, sha512_result
 from tests.test_durable import AUTH, close, node
-from tests.test_journal_failure import DyingCommit, FailingCommit, WriterKilled, in_thread, journal_of
+from tests.test_journal_failure import DyingCommit, FailingCommit, WriterKilled, in_thread, intake_full, journal_of
 from tests.test_verification import chain_with_marks
 from tmcommon.marks import positions
 
@@ -38,10 +38,11 @@ def completed_with(client, task_id: str, body: bytes, iterations: int) -> bool:
 
 
 def fail_next_commit(app, client) -> None:
-    """The next commit fails (an I/O error); the enqueue that made it is answered 503."""
+    """The next commit fails (an I/O error; the intake's appends too); the enqueue that made it is answered 503."""
     journal = journal_of(app)
     failures = journal.failures
     journal._conn = FailingCommit(journal._conn, sqlite3.OperationalError("injected: disk I/O error"))
+    intake_full(journal)
     assert_error(in_thread(lambda: client.put("/enqueue?iterations=1", data=b"lost"), 20), 503,
                  "journal_unavailable")
     assert journal.failures == failures + 1
@@ -118,6 +119,7 @@ def test_a_result_held_for_a_task_the_journal_never_had_is_dropped_and_its_batch
     journal._commit = dying = DyingCommit()
     journal.write([Counters({})])  # the writer takes it and holds on
     assert dying.entered.wait(10)
+    intake_full(journal)  # the acceptance waits for SQLite's commit
     answer: list = []
     waiting = threading.Thread(target=lambda: answer.append(client.put("/enqueue?iterations=1000", data=b"gone")))
     waiting.start()

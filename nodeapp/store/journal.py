@@ -11,7 +11,9 @@ until they are durable as JOURNAL_SYNC promises:
     synchronous=NORMAL: a commit is written to the OS before the caller goes on, not fsynced
     (the WAL is fsynced at checkpoints, and the kernel writes it back within ~30 s). Survives
     ``kill -9`` or any crash of the node; a power cut or OS crash may lose the last commits
-    (SQLite keeps the file consistent, it never corrupts it).
+    (SQLite keeps the file consistent, it never corrupts it). Accepted tasks alone (an
+    enqueue) are appended to an intake file by the caller's thread instead of waiting for a
+    commit, and committed within ``INTAKE_DELAY`` (``nodeapp.store.intake``).
 ``always``
     synchronous=FULL: each commit is fsynced before its callers go on. Also survives a power cut
     or OS crash; each answer waits for an fsync.
@@ -28,7 +30,8 @@ the log says what was skipped. A lock file stops a second process from using the
 
 A commit that fails (disk full, any exception in the writer, the writer thread gone) fails every
 record waiting behind it too, and the journal refuses writes until its owner has read the file
-back with ``reload()`` (and put its memory back to it); ``wait`` gives up after ``wait_seconds``.
+back with ``reload()`` (and put its memory back to it: the tasks beyond SQLite in the intake
+files included); ``wait`` gives up after ``wait_seconds``.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from pathlib import Path
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from nodeapp.store import journal_repair
+from nodeapp.store import intake, journal_repair
 from nodeapp.store.checkpoints import Checkpoint, is_digest
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,10 @@ WAL_SIZE_LIMIT = 8 * 1024 * 1024
 LOCK_WAIT = 5.0
 #: Free pages (4 KiB) beyond which the writer gives space back to the file system.
 VACUUM_FREE_PAGES = 2048
+#: ``off``: tasks acknowledged from the intake files reach SQLite within this many seconds (or
+#: once INTAKE_BATCH records wait), in one commit for all of them.
+INTAKE_DELAY = 0.01
+INTAKE_BATCH = 512
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -224,6 +231,15 @@ class Commit:
         self._latch.release()
 
 
+class Appended(NamedTuple):
+    """Accepted tasks ``write`` handed to the intake: ``wait`` appends them to ``file`` (or,
+    if that fails, waits for ``commit``, the SQLite commit they also ride in)."""
+
+    commit: Commit
+    file: intake.IntakeFile
+    records: list
+
+
 class Journal:
     """The journal of one node in ``data_dir``. Not usable by two processes at once.
 
@@ -274,6 +290,11 @@ class Journal:
         #: A request thread makes the commit it waits for when none is in progress (no hand-off to
         #: the writer thread and back); not with ``batch``'s minimum spacing.
         self._inline = self.batch_seconds == 0
+        #: ``off``: accepted tasks are durable once appended to an intake file (``intake``).
+        self._intake = intake.Intake(self.data_dir)  # read at start whatever the policy
+        self._appending = sync == "off"
+        self._intake_seq = 0  # the highest seq handed to the intake
+        self._due: float | None = None  # when the records waiting must be committed (None: none wait)
         self.failures = 0
         #: Called when the file cannot be read back after a failure (the serving process stops
         #: itself then, so that a new one starts from the file).
@@ -304,6 +325,12 @@ class Journal:
             value = secrets.randbits(63)
             self._conn.execute("INSERT INTO meta VALUES ('epoch', ?)", (value,))
             recovered.epoch = f"{value:016x}"
+        replayed = self._recover_intake(recovered)
+        self._intake.open(recovered.last_seq, appending=self._appending)
+        self._intake.drop_applied(self._highest_seq)
+        if replayed:  # into SQLite with the first commit
+            self._queue_replayed(replayed)
+            self._start()
         recovered.skipped = notes + recovered.skipped
         for note in recovered.skipped:
             log.warning("journal %s: %s", self.path, note)
@@ -367,6 +394,30 @@ class Journal:
         self._highest_seq = found.last_seq
         return found
 
+    def _recover_intake(self, found: Recovered) -> list[Accepted]:
+        """The intake's tasks beyond SQLite's highest seq (``found.last_seq``), added to ``found``
+        as queued tasks enqueued since the counters; returned for the next commit."""
+        records, notes = self._intake.read(Accepted)
+        beyond = {r.seq: r for r in records if r.seq > found.last_seq}
+        replayed = [beyond[seq] for seq in sorted(beyond)]
+        for r in replayed:
+            found.queued.append(StoredTask(r.seq, r.id, r.iterations, r.enqueued_at, r.body,
+                                           priority=r.priority if 0 <= r.priority <= 9 else 0,
+                                           not_before=r.not_before, deadline=r.deadline, owner=r.owner))
+        if replayed:
+            found.last_seq = replayed[-1].seq
+            found.accepted_since_counters += len(replayed)
+            log.info("journal %s: %d accepted task(s) read back from the intake files", self.path, len(replayed))
+        found.skipped += notes
+        return replayed
+
+    def _queue_replayed(self, replayed: list[Accepted]) -> None:
+        """(``_cond`` held, or no other thread yet) Commit ``replayed`` to SQLite as soon as possible."""
+        self._current.records.extend(replayed)
+        self._pending += len(replayed)
+        self._due = 0.0
+        self._intake_seq = max(self._intake_seq, replayed[-1].seq)
+
     def _rebuild(self, error: sqlite3.DatabaseError) -> list[str]:
         """The file cannot be read: move it aside and copy what is still readable into a new one."""
         aside = journal_repair.move_aside(self.path)
@@ -400,13 +451,15 @@ class Journal:
             self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
             self._thread.start()
 
-    def write(self, records: list[Record], *, waited: bool = False) -> Commit:
+    def write(self, records: list[Record], *, waited: bool = False) -> Commit | Appended:
         """Queue ``records`` for the next commit, in order, and return that commit.
 
         Does not wait for durability (call ``wait()`` on the result), so it may be called under
         the caller's own lock to keep records in the order the changes happened. Blocks only
         while ``max_pending`` records wait for the writer. ``waited``: the caller will call
-        ``wait(commit)``, which may make the commit itself (else the writer thread makes it).
+        ``wait(commit)``, which may make the commit itself (else the writer thread makes it);
+        with ``off``, accepted tasks alone are returned as ``Appended``: ``wait`` appends them to
+        an intake file, and the writer commits them to SQLite within ``INTAKE_DELAY``.
 
         Raises:
             JournalError: the journal is closed, or failed and not ``reload``-ed since.
@@ -428,6 +481,15 @@ class Journal:
             commit = self._current
             commit.records.extend(records)
             self._pending += len(records)
+            if waited and self._appending and records and all(type(r) is Accepted for r in records):
+                self._intake_seq = records[-1].seq  # records come in seq order
+                if self._due is None:
+                    self._due = time.monotonic() + INTAKE_DELAY
+                    self._cond.notify_all()  # the writer's timer starts
+                elif self._pending >= INTAKE_BATCH:
+                    self._cond.notify_all()
+                return Appended(commit, self._intake.pick(), records)
+            self._due = 0.0
             if not (waited and self._inline and self._inflight is None):
                 self._cond.notify_all()  # the writer's turn; else the caller's ``wait`` commits it itself
             return commit
@@ -439,8 +501,8 @@ class Journal:
             raise JournalError(f"the journal refuses writes since a failure ({self._failure}) until the node "
                                "has read it back")
 
-    def wait(self, commit: Commit | None) -> None:
-        """Wait until ``commit`` is durable, for at most ``wait_seconds``.
+    def wait(self, commit: Commit | Appended | None) -> None:
+        """Wait until ``commit`` (what ``write`` returned) is durable, for at most ``wait_seconds``.
 
         Raises:
             JournalError: the commit failed; or it is not done in time (the writer is stuck, or
@@ -448,6 +510,16 @@ class Journal:
         """
         if commit is None:
             return
+        if type(commit) is Appended:
+            appended = self._intake.append(commit.file, intake.encode(commit.records))
+            self._intake.release(commit.file)
+            if appended:
+                return
+            with self._cond:  # not written (disk full?): durable once SQLite has it, then
+                self._due = 0.0
+                if not (self._inline and self._inflight is None):
+                    self._cond.notify_all()  # else this thread makes the commit, just below
+            commit = commit.commit
         if self._inline and not commit.done:
             with self._cond:  # no commit in progress: make this one here, without the writer thread
                 mine = self._take() if (self._inflight is None and commit is self._current
@@ -496,20 +568,27 @@ class Journal:
         if ending and self._thread is not None:  # it failed a commit on its way out: let it go first
             self._thread.join(self.wait_seconds)
         with self._io:  # the writer is idle: it failed everything pending and refuses new records
+            if not self._intake.drain(self.wait_seconds):  # the tasks acknowledged so far are all in the files
+                raise JournalError("an append to the intake did not end; the journal is read back later")
             try:
                 if self._conn.in_transaction:
                     self._conn.rollback()
                 recovered = self._read()
+                replayed = self._recover_intake(recovered)
+                self._intake.reset(recovered.last_seq, appending=self._appending)
             except Exception as exc:
                 log.critical("journal %s: could not be read back after a failure: %s", self.path, exc)
                 if self.on_lost is not None:
                     self.on_lost()
                 raise JournalError(f"the journal could not be read back after a failure: {exc}") from exc
         with self._cond:
-            log.warning("journal %s: read back after a failure (%s): %d queued, %d completed, %d failed", self.path,
-                        self._failure, len(recovered.queued), len(recovered.completed), len(recovered.failed))
+            log.warning("journal %s: read back after a failure (%s): %d queued (%d from the intake), %d completed, "
+                        "%d failed", self.path, self._failure, len(recovered.queued), len(replayed),
+                        len(recovered.completed), len(recovered.failed))
             self._failure = None
             self._writer_ending = False
+            if replayed:  # acknowledged, not yet in SQLite: committed first
+                self._queue_replayed(replayed)
             self._start()
         return recovered
 
@@ -522,6 +601,7 @@ class Journal:
             log.error("journal %s: refusing writes until the node reads it back: %s", self.path, reason)
         waiting, self._current = self._current, Commit()
         self._pending = 0
+        self._due = None
         self._cond.notify_all()
         error = error or JournalError(reason)
         for commit in (failed, waiting):
@@ -541,7 +621,16 @@ class Journal:
         last_start = 0.0
         while True:
             with self._cond:
-                while (not self._pending and not self._closing) or self._inflight is not None:
+                while not self._closing:
+                    if self._pending and self._inflight is None:
+                        due = self._due if self._due is not None and self._pending < INTAKE_BATCH else 0.0
+                        left = due - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)  # accepted tasks in the intake: a few more may come
+                    else:
+                        self._cond.wait()
+                while self._closing and self._inflight is not None:
                     self._cond.wait()
                 if not self._pending and self._inflight is None:
                     return
@@ -562,6 +651,7 @@ class Journal:
         commit = self._inflight = self._current
         self._current = Commit()
         self._pending = 0
+        self._due = None
         self._commit_started = time.monotonic()
         if self._blocked:
             self._cond.notify_all()
@@ -572,8 +662,11 @@ class Journal:
         try:
             with self._io:
                 error = self._commit(commit.records)
-                if error is None and self.commits % 256 == 0:
-                    self._give_back_space()
+                if error is None:
+                    self._intake.drop_applied(self._highest_seq)
+                    self._intake.rotate_if_large(self._cond, lambda: self._intake_seq)
+                    if self.commits % 256 == 0:
+                        self._give_back_space()
         except BaseException as exc:  # not even a failed commit: a defect, or the thread is ending
             with self._cond:
                 self._commit_started = self._inflight = None
@@ -688,7 +781,7 @@ class Journal:
                 total += os.stat(f"{self.path}{suffix}").st_size
             except FileNotFoundError:
                 pass
-        return total
+        return total + self._intake.size_bytes()
 
     def info(self) -> dict:
         """What /stats shows about the journal."""
@@ -715,6 +808,7 @@ class Journal:
                 log.warning("journal %s: checkpoint at close failed: %s", self.path, exc)
             self._conn.close()
             self._conn = None
+        self._intake.close(all_applied=self._failure is None and not self._pending)
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
@@ -743,6 +837,7 @@ def erase(data_dir: str | os.PathLike, also: Iterable[str] = ()) -> dict[str, in
     try:
         held = _held(data_dir / DB_NAME) if (data_dir / DB_NAME).is_file() else None
         found = [p for p in data_dir.glob(f"{DB_NAME}*") if p.is_file()]  # with the WAL that reading left
+        found += intake.Intake(data_dir).paths()
         for path in found + [p for name in also for p in data_dir.glob(f"{name}*") if p.is_file()]:
             path.unlink()
         return held

@@ -1,0 +1,231 @@
+"""The journal's intake files (``nodeapp/store/intake.py``, JOURNAL_SYNC=off): a task acknowledged
+from them survives a kill -9 before SQLite has it, comes back once (never twice), a torn or damaged
+write loses only itself (a whole batch, never part of one), the files are rotated and deleted as
+SQLite catches up, and a commit that fails while the intake holds the tasks loses none of them."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from nodeapp.store import intake
+from nodeapp.store import journal as journal_module
+from nodeapp.store.journal import DB_NAME, Accepted, Appended, Completed, Journal, JournalError
+from tests.helpers import wait_for
+from tests.test_api import claim, complete, enqueue, sha512_result
+from tests.test_durable import AUTH, close, node
+from tests.test_journal_failure import FailingCommit, counts, journal_of
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def task(seq: int, body: bytes = b"body", **fields) -> Accepted:
+    return Accepted(seq, f"{seq:032x}", seq % 5 + 1, body, 1000.0 + seq, **fields)
+
+
+def sqlite_seqs(data_dir: Path) -> set[int]:
+    """The tasks SQLite holds in ``data_dir`` (read-only: nothing is recovered or written)."""
+    with sqlite3.connect(f"file:{data_dir / DB_NAME}?mode=ro", uri=True) as conn:
+        return {seq for (seq,) in conn.execute("SELECT seq FROM tasks")}
+
+
+def intake_files(data_dir: Path) -> list[str]:
+    return sorted(p.name for p in data_dir.glob("intake-*.log"))
+
+
+# ------------------------------------------------------------------------------------ the frames
+def test_a_frame_gives_back_every_field_of_every_task():
+    records = [task(1), task(2, b"", priority=9, not_before=5.5, deadline=7.25, owner="key-\u00e9"),
+               task(3, bytes(range(256)) * 40, priority=0, owner=None)]
+    found, skipped = intake.decode(intake.encode(records) + intake.encode([task(4)]), Accepted)
+    assert found == records + [task(4)] and skipped == 0
+
+
+def test_a_torn_frame_is_dropped_whole_and_the_frames_before_it_kept():
+    first, batch = intake.encode([task(1)]), intake.encode([task(2), task(3), task(4)])
+    for cut in range(1, len(batch)):  # a write cut anywhere: none of its tasks, all of the one before
+        found, skipped = intake.decode(first + batch[:cut], Accepted)
+        assert found == [task(1)] and skipped == cut
+
+
+def test_a_damaged_frame_is_skipped_and_the_frames_after_it_read():
+    frames = [intake.encode([task(seq, b"x" * 50)]) for seq in (1, 2, 3)]
+    for offset in range(len(frames[1])):  # any byte of the middle frame changed
+        damaged = bytearray(frames[1])
+        damaged[offset] ^= 0x5A
+        found, skipped = intake.decode(frames[0] + bytes(damaged) + frames[2], Accepted)
+        assert found == [task(1, b"x" * 50), task(3, b"x" * 50)] and skipped > 0, offset
+
+
+def test_a_body_holding_the_magic_bytes_does_not_confuse_the_reader():
+    body = intake.MAGIC * 20
+    frames = intake.encode([task(1, body)]) + intake.encode([task(2, body)])
+    assert intake.decode(frames, Accepted) == ([task(1, body), task(2, body)], 0)
+    assert intake.decode(b"junk" + frames[5:], Accepted)[0] == [task(2, body)]  # the first torn at its head
+
+
+# -------------------------------------------------------------------------- the journal with it
+@pytest.fixture
+def slow_sqlite(monkeypatch):
+    """SQLite is brought up to date an hour after an acknowledged enqueue (unless something else
+    commits): what it holds when the node dies is what was there before."""
+    monkeypatch.setattr(journal_module, "INTAKE_DELAY", 3600.0)
+
+
+def opened(path: Path) -> tuple[Journal, object]:
+    journal = Journal(path)
+    recovered = journal.load()
+    journal.start()
+    return journal, recovered
+
+
+def acknowledge(journal: Journal, records: list[Accepted]) -> None:
+    """As an enqueue does: queue the records, then wait until they are durable."""
+    appended = journal.write(records, waited=True)
+    assert type(appended) is Appended  # the intake's way, not SQLite's
+    journal.wait(appended)
+
+
+KILLED = """
+import os, signal, sys
+from nodeapp.store import journal as journal_module
+from nodeapp.store.journal import Accepted, Completed, Journal
+journal_module.INTAKE_DELAY = 3600.0  # SQLite is not brought up to date before the kill
+journal = Journal(sys.argv[1])
+journal.load()
+journal.start()
+for seq in range(1, 51):
+    journal.wait(journal.write([Accepted(seq, f"t{seq}", seq, b"b%d" % seq, float(seq))], waited=True))
+journal.wait(journal.write([Accepted(seq, f"t{seq}", 1, b"", 0.0) for seq in range(51, 61)], waited=True))  # a batch
+journal.write([Completed(2, "r2", 2.0)], waited=True).wait()  # a completion is SQLite's: it carries 1-50 in
+for seq in range(61, 71):
+    journal.wait(journal.write([Accepted(seq, f"t{seq}", 1, b"late", float(seq))], waited=True))
+print("durable", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_kill_9_keeps_every_task_acknowledged_from_the_intake_once(tmp_path):
+    run = subprocess.run([sys.executable, "-c", KILLED, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == -9 and run.stdout.strip() == "durable", run.stderr
+    assert sqlite_seqs(tmp_path) == set(range(1, 61))  # 61-70 were only in the intake when it died
+    journal, recovered = opened(tmp_path)
+    assert [t.seq for t in recovered.queued] == [seq for seq in range(1, 71) if seq != 2]
+    late = recovered.queued[-1]
+    assert (late.id, late.iterations, late.body, late.enqueued_at) == ("t70", 1, b"late", 70.0)
+    assert recovered.accepted_since_counters == 70 and recovered.last_seq == 70
+    wait_for(lambda: sqlite_seqs(tmp_path) == set(range(1, 71)), what="the replayed tasks in SQLite")
+    journal.close()
+    assert intake_files(tmp_path) == []  # SQLite holds everything: the files are gone
+    journal, recovered = opened(tmp_path)  # once, not twice
+    assert [t.seq for t in recovered.queued] == [seq for seq in range(1, 71) if seq != 2]
+    assert [t.result for t in recovered.completed] == ["r2"]
+    journal.close()
+
+
+def test_tasks_sqlite_already_holds_are_not_read_back_twice(tmp_path, slow_sqlite):
+    journal, _ = opened(tmp_path)
+    acknowledge(journal, [task(1), task(2)])
+    journal.write([Completed(1, "r1", 5.0)], waited=True).wait()  # SQLite now has 1 and 2; the intake too
+    acknowledge(journal, [task(3)])
+    assert sqlite_seqs(tmp_path) == {1, 2} and len(intake_files(tmp_path)) == 1
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in tmp_path.iterdir():  # the files as a kill -9 leaves them
+        if path.is_file() and path.name != "node.lock":
+            (copy / path.name).write_bytes(path.read_bytes())
+    journal.close()
+    crashed, recovered = opened(copy)
+    assert [t.seq for t in recovered.queued] == [2, 3] and [t.seq for t in recovered.completed] == [1]
+    assert recovered.accepted_since_counters == 3  # as many as were accepted: none counted twice
+    crashed.close()
+
+
+def test_the_files_are_rotated_and_deleted_as_sqlite_catches_up(tmp_path):
+    journal, _ = opened(tmp_path)
+    journal._intake.rotate_bytes = 4096
+    seen: set[str] = set()
+    threads, per_thread = 4, 150
+
+    def client(k: int) -> None:
+        for i in range(per_thread):
+            with lock:  # seqs in order, as the store's lock keeps them
+                seq = next(counter)
+                appended = journal.write([task(seq, os.urandom(100))], waited=True)
+            journal.wait(appended)
+            seen.update(intake_files(tmp_path))
+            assert len(intake_files(tmp_path)) <= 2  # the current file and at most one going
+
+    lock, counter = threading.Lock(), iter(range(1, threads * per_thread + 1))
+    workers = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert len(seen) >= 3  # 600 x ~160 bytes through files of 4 KiB: rotated (once SQLite caught up)
+    wait_for(lambda: len(sqlite_seqs(tmp_path)) == threads * per_thread, what="SQLite up to date")
+    journal.close()
+    journal, recovered = opened(tmp_path)
+    assert [t.seq for t in recovered.queued] == list(range(1, threads * per_thread + 1))
+    journal.close()
+
+
+def test_an_append_that_fails_waits_for_sqlite_instead(tmp_path, slow_sqlite):
+    journal, _ = opened(tmp_path)
+    full = os.open("/dev/full", os.O_WRONLY)  # the disk is full for the intake: ENOSPC
+    os.dup2(full, journal._intake._current.fd)
+    os.close(full)
+    acknowledge(journal, [task(1)])  # returns only once SQLite has it, an hour early
+    assert sqlite_seqs(tmp_path) == {1} and journal._intake.failed_appends == 1
+    journal.close()
+
+
+def test_the_intake_is_read_back_whatever_the_policy_now(tmp_path, slow_sqlite):
+    """A node restarted with JOURNAL_SYNC=always finds what it acknowledged with off."""
+    journal, _ = opened(tmp_path)
+    acknowledge(journal, [task(1), task(2)])
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in tmp_path.iterdir():
+        if path.is_file() and path.name != "node.lock":
+            (copy / path.name).write_bytes(path.read_bytes())
+    journal.close()
+    always = Journal(copy, sync="always")
+    assert [t.seq for t in always.load().queued] == [1, 2]
+    always.start()
+    assert type(always.write([task(3)], waited=True)) is not Appended  # it appends to no intake itself
+    always.close()
+    assert intake_files(copy) == [] and sqlite_seqs(copy) == {1, 2, 3}
+
+
+# ----------------------------------------------------------------------------- through a node
+def test_a_failed_commit_loses_no_task_acknowledged_from_the_intake(tmp_path, slow_sqlite):
+    """SQLite fails (an I/O error) with tasks only the intake holds: they stay queued through the
+    read-back and reach SQLite with the next commit; after a restart they are there once."""
+    app, client = node(tmp_path, lease_seconds=60)
+    journal = journal_of(app)
+    bodies = {enqueue(client, f"acknowledged {i}".encode()): f"acknowledged {i}".encode() for i in range(5)}
+    assert len(sqlite_seqs(tmp_path)) == 1  # the first enqueue took the new counters to SQLite; not the others
+    journal._conn = FailingCommit(journal._conn, sqlite3.OperationalError("injected: disk I/O error"))
+    with pytest.raises(JournalError):
+        journal.write([Completed(999, "r", 1.0)], waited=True).wait()  # the commit carrying them fails
+    assert journal.state() == "failed"
+    answer = client.put("/enqueue?iterations=1", data=b"after")  # reads the file back first: a 503 for it
+    assert answer.status_code == 503 and journal.state() == "ok"
+    assert counts(client)[0] == 5 and sorted(t["id"] for t in claim(client, AUTH, "w1", max_tasks=10)) == sorted(bodies)
+    assert complete(client, AUTH, "w1", [(i, sha512_result(b, 1)) for i, b in bodies.items()]) == 5
+    close(app)
+    app, client = node(tmp_path)
+    assert counts(client) == (0, 0, 5, 5)
+    for task_id, body in bodies.items():
+        assert client.get(f"/status/{task_id}").get_json()["result"] == sha512_result(body, 1)
+    close(app)
+    assert intake_files(tmp_path) == []
+
