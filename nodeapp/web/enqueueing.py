@@ -58,16 +58,16 @@ def queue(ctx, items: list[Submission], reuse: bool, *, batch: bool = False) -> 
     peer_keys: dict = {}
     peer_results: dict = {}
     peer_runs: dict = {}
-    keys = [item.key for item in items if item.key is not None]
-    # Asking the peer costs a round trip on the enqueue path: worth it only for work that costs more.
-    floor = ctx.config.reuse_peer_min_iterations
-    works = list(dict.fromkeys((item.digest.hex(), item.iterations) for item in items
-                               if item.iterations >= floor)) if reuse else []
-    if ctx.peer.url and (keys or works):
-        answer = ctx.peer.lookup(keys, works)
+    if ctx.peer.url:  # what to ask is worked out only when there is a peer to ask
+        keys = [item.key for item in items if item.key is not None]
+        # Asking the peer costs a round trip on the enqueue path: worth it only for work that costs more.
+        floor = ctx.config.reuse_peer_min_iterations
+        works = list(dict.fromkeys((item.digest.hex(), item.iterations) for item in items
+                                   if item.iterations >= floor)) if reuse else []
+        answer = ctx.peer.lookup(keys, works) if keys or works else {}
         if answer is None:
             headers["X-Peer-Unavailable"] = "1"
-        else:
+        elif answer:
             peer_keys, peer_results = _peer_answer(answer, keys)
             peer_runs = _peer_runs(answer)
     try:
