@@ -53,12 +53,18 @@ class Caller:
         return self.key_id is not None and self.key_id == owner
 
 
+#: A caller with no key and no token (a frozen value: one serves every such request).
+ANYONE = Caller()
+
+
 def identify() -> Caller:
     """The caller of this request; with API_KEYS=required, a 401 for nobody."""
     ctx = get_context()
     config = ctx.config
     required = config.api_keys == "required"
-    environ = request.environ  # not request.headers: a header it lacks costs an exception there
+    # The environ, not request.headers (a header it lacks costs an exception there), read from
+    # the request itself, not through the proxy (whose every attribute read is a lookup).
+    environ = request._get_current_object().environ
     key = environ.get(_KEY_ENVIRON)
     token = environ.get(_TOKEN_ENVIRON, "")
     operator = bool(token) and holds(config, OPERATOR, token)
@@ -79,7 +85,7 @@ def identify() -> Caller:
         raise ApiError(401, "api_key_required", f"this cluster takes a client key: send it in {HEADER} (tm and "
                                                 "tmclient read TM_API_KEY); the operator makes one with "
                                                 "`tm keys create`")
-    return Caller(None, operator, peer)
+    return Caller(None, operator, peer) if operator or peer else ANYONE
 
 
 def client_access(view):
@@ -87,14 +93,14 @@ def client_access(view):
 
     @wraps(view)
     def checked(*args, **kwargs):
-        g.caller = identify()
+        g._get_current_object().caller = identify()  # set on g itself: through the proxy it is a lookup more
         return view(*args, **kwargs)
 
     return checked
 
 
 def caller() -> Caller:
-    return getattr(g, "caller", None) or Caller()
+    return getattr(g._get_current_object(), "caller", None) or ANYONE
 
 
 def check_owner(owner: str | None, task_id: str, verb: str) -> None:

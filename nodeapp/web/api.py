@@ -70,7 +70,7 @@ def enqueue():
     iterations = positive_int("iterations", "bad_iterations", ctx.config.max_iterations, args)
     key, reuse = request_key(req.environ), reuse_wanted(args)
     options = task_options(ctx.config.max_delay, args=args)
-    data = read_body(ctx.config.max_body_bytes)
+    data = read_body(ctx.config.max_body_bytes, request=req)
     [done], headers = queue(ctx, [submission(data, iterations, key, options, caller().owner)], reuse)
     if done.reused_from and _completed(ctx, done.id):  # a run still going is its owner's to know of
         answer = jsonify(id=done.id, reused_from=done.reused_from)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, request
+from flask import Request, current_app, request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wsgi import get_content_length
@@ -30,8 +30,10 @@ CLOSE_HOOK = "tm_close_connection"
 BODY_READ = "nodeapp.body_read"
 
 
-def read_body(limit: int, setting: str = "MAX_BODY_BYTES") -> bytes:
-    """The whole request body, or an ApiError.
+def read_body(limit: int, setting: str = "MAX_BODY_BYTES", request: Request = request) -> bytes:
+    """The whole body of ``request`` (by default the current one: a view that holds the request
+    itself passes it, as each attribute read through the ``flask.request`` proxy is a lookup), or
+    an ApiError.
 
     A declared Content-Length over ``limit`` is refused before anything is read (413); a chunked
     body is read piece by piece and refused once it crosses the limit (413). A body that ends
