@@ -15,6 +15,7 @@ import signal
 import threading
 
 from nodeapp.serving import problems as _problems
+from nodeapp.web.bodies import CLOSE_HOOK as _CLOSE_HOOK
 
 # ------------------------------------------------------------------ process model
 workers = 1  # a literal on purpose: never from WEB_CONCURRENCY (see module docstring)
@@ -82,12 +83,11 @@ def on_starting(server):
 
 
 def pre_request(worker, req):
-    """Let the app close this connection after its answer (see ``nodeapp.web.bodies``)."""
-    from nodeapp.web.bodies import CLOSE_HOOK
-
+    """Let the app close this connection after its answer (see ``nodeapp.web.bodies``). Runs on
+    every request: the name is imported once, above (an import statement here costs ~0.7 us)."""
     worker.log.debug("%s %s", req.method, req.path)
     if req.body is not None:
-        setattr(req.body, CLOSE_HOOK, req.force_close)
+        setattr(req.body, _CLOSE_HOOK, req.force_close)
 
 
 def _node_url_from_bind(cfg) -> str:
