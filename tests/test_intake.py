@@ -103,7 +103,7 @@ journal.start()
 for seq in range(1, 51):
     journal.wait(journal.write([Accepted(seq, f"t{seq}", seq, b"b%d" % seq, float(seq))], waited=True))
 journal.wait(journal.write([Accepted(seq, f"t{seq}", 1, b"", 0.0) for seq in range(51, 61)], waited=True))  # a batch
-journal.write([Completed(2, "r2", 2.0)], waited=True).wait()  # a completion is SQLite's: it carries 1-50 in
+journal.wait(journal.write([Completed(2, "r2", 2.0)], waited=True))  # a completion is SQLite's: it carries 1-50 in
 for seq in range(61, 71):
     journal.wait(journal.write([Accepted(seq, f"t{seq}", 1, b"late", float(seq))], waited=True))
 print("durable", flush=True)
@@ -133,7 +133,7 @@ def test_kill_9_keeps_every_task_acknowledged_from_the_intake_once(tmp_path):
 def test_tasks_sqlite_already_holds_are_not_read_back_twice(tmp_path, slow_sqlite):
     journal, _ = opened(tmp_path)
     acknowledge(journal, [task(1), task(2)])
-    journal.write([Completed(1, "r1", 5.0)], waited=True).wait()  # SQLite now has 1 and 2; the intake too
+    journal.wait(journal.write([Completed(1, "r1", 5.0)], waited=True))  # SQLite now has 1 and 2; the intake too
     acknowledge(journal, [task(3)])
     assert sqlite_seqs(tmp_path) == {1, 2} and len(intake_files(tmp_path)) == 1
     copy = tmp_path / "copy"
@@ -148,7 +148,8 @@ def test_tasks_sqlite_already_holds_are_not_read_back_twice(tmp_path, slow_sqlit
     crashed.close()
 
 
-def test_the_files_are_rotated_and_deleted_as_sqlite_catches_up(tmp_path):
+def test_the_files_are_rotated_and_deleted_as_sqlite_catches_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal_module, "INTAKE_DELAY", 0.0)  # a commit (and a look at the file) per append or so
     journal, _ = opened(tmp_path)
     journal._intake.rotate_bytes = 4096
     seen: set[str] = set()
@@ -215,7 +216,7 @@ def test_a_failed_commit_loses_no_task_acknowledged_from_the_intake(tmp_path, sl
     assert len(sqlite_seqs(tmp_path)) == 1  # the first enqueue took the new counters to SQLite; not the others
     journal._conn = FailingCommit(journal._conn, sqlite3.OperationalError("injected: disk I/O error"))
     with pytest.raises(JournalError):
-        journal.write([Completed(999, "r", 1.0)], waited=True).wait()  # the commit carrying them fails
+        journal.wait(journal.write([Completed(999, "r", 1.0)], waited=True))  # the commit carrying them fails
     assert journal.state() == "failed"
     answer = client.put("/enqueue?iterations=1", data=b"after")  # reads the file back first: a 503 for it
     assert answer.status_code == 503 and journal.state() == "ok"
