@@ -34,6 +34,7 @@ from nodeapp.store.journal import (
 )
 from nodeapp.store.results import KeptResults
 from nodeapp.store.idempotency import IdempotencyKeys, KeyEntry
+from nodeapp.store.ids import TaskIds
 from nodeapp.store.records import (
     CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Draining, KeyMismatch, LeasedTask, QueueFull, Submission,
     Submitted, TaskCounts, TaskRecord, WrongState,
@@ -157,6 +158,7 @@ class TaskStore:
         journal: Journal | None = None,
     ) -> None:
         self._lock = threading.Lock()
+        self._ids = TaskIds()
         #: Observes wait, run and end-to-end seconds (``nodeapp.metrics.TaskTimings``); set by the app.
         self.timings = None
         self.journal = journal
@@ -223,9 +225,7 @@ class TaskStore:
             Draining: the node is shutting down.
         """
         peer_keys, peer_results = peer_keys or {}, peer_results or {}
-        # The ids are drawn before the lock: os.urandom lets the GIL go, and a thread that lets it
-        # go holding the lock makes every other request queue up behind it.
-        ids = [uuid.uuid4().hex for _ in items]
+        ids = [self._ids.take() for _ in items]  # before the lock: a batch drawn from the OS lets the GIL go
         with self._lock:
             if self._draining:
                 raise Draining()
