@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, request
+from flask.sessions import SecureCookieSessionInterface
 
 from nodeapp.web import origin
 from nodeapp.web import errors
@@ -45,6 +46,18 @@ def silence_seconds(config: NodeConfig) -> float:
     and never less than twice the longest task (MAX_ITERATIONS at HASH_RATE) that a worker may be
     computing for the peer node, which this node does not hear about."""
     return max(config.worker_silence * config.lease_seconds, 2 * config.max_iterations / config.hash_rate)
+
+
+class _NoSessions(SecureCookieSessionInterface):
+    """The node keeps no sessions (it sets no SECRET_KEY), so Flask gives each request its read-only
+    empty NullSession. This gives every request one and the same (a write to it raises, as to
+    any), sparing Flask's look for a key and a new NullSession per request (~2 us of an enqueue)."""
+
+    def __init__(self) -> None:
+        self._null = self.make_null_session(None)  # type: ignore[arg-type]  # it takes no part of the app
+
+    def open_session(self, app, request):
+        return self._null
 
 
 def _request_hooks(app: Flask, metrics: Metrics) -> None:
@@ -92,6 +105,7 @@ def create_app(
         logging.getLogger(__name__).warning(
             "CLUSTER_TOKEN is not set: internal endpoints answer 401, so no worker or peer can talk to this node")
     app = Flask(__name__, static_folder=None)  # the dashboard blueprint serves its own files
+    app.session_interface = _NoSessions()
     app.json.sort_keys = False
     journal = open_journal(config)
     node = Node.build(
