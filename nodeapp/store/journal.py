@@ -71,6 +71,8 @@ VACUUM_FREE_PAGES = 2048
 #: once INTAKE_BATCH records wait), in one commit for all of them.
 INTAKE_DELAY = 0.01
 INTAKE_BATCH = 512
+#: Accepted tasks per INSERT statement (9 values each, well within SQLite's 32,766 variables).
+ROWS_PER_INSERT = 64
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -727,19 +729,18 @@ class Journal:
             else:
                 counters.update(record.values)
                 counters_seq = record.seq if record.seq is not None else counters_seq
-        if len(accepted) == len(records) and len(accepted) <= 64:
+        if len(accepted) == len(records) and len(accepted) <= ROWS_PER_INSERT:
             # Accepted tasks alone (an enqueue): one statement, its own transaction. Each
             # statement lets the GIL go and take it back; under load that costs a request more
             # than SQLite's work does.
-            conn.execute(_INSERT_ACCEPTED + ",".join([_ACCEPTED_VALUES] * len(accepted)),
-                         [value for record in accepted for value in record])
+            _insert_accepted(conn, accepted)
             return max(highest_seq, last_seq)
         conn.execute("BEGIN")
         # For one task the order is always accepted -> checkpoints -> completed or failed ->
         # trimmed, so applying the kinds in that order is the same as applying the records one
         # by one (a checkpoint only ever moves forward, and only while the task is queued).
-        if accepted:
-            conn.executemany(_INSERT_ACCEPTED + _ACCEPTED_VALUES, accepted)
+        for start in range(0, len(accepted), ROWS_PER_INSERT):  # not executemany: a GIL hand-off per row
+            _insert_accepted(conn, accepted[start:start + ROWS_PER_INSERT])
         if checkpointed:
             conn.executemany(f"UPDATE tasks SET ckpt_done = ?, ckpt_digest = ? WHERE seq = ? AND state = {QUEUED} "
                              "AND coalesce(ckpt_done, 0) < ?", checkpointed)
@@ -812,6 +813,12 @@ class Journal:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
+
+
+def _insert_accepted(conn: sqlite3.Connection, accepted: list[Accepted]) -> None:
+    """The rows of ``accepted`` (at most ROWS_PER_INSERT) in one INSERT statement."""
+    conn.execute(_INSERT_ACCEPTED + ",".join([_ACCEPTED_VALUES] * len(accepted)),
+                 [value for record in accepted for value in record])
 
 
 def open_journal(config) -> Journal | None:
