@@ -52,12 +52,13 @@ def free_disk(journal) -> None:
 
 
 def intake_full(journal) -> None:
-    """Appends to the intake fail from now on, as on a full disk (its file descriptor now writes
-    to /dev/full: ENOSPC), so that an enqueue waits for SQLite's commit, as with
-    JOURNAL_SYNC=always. A read-back after a failure starts a new intake file."""
-    full = os.open("/dev/full", os.O_WRONLY)
-    os.dup2(full, journal._intake._current.fd)
-    os.close(full)
+    """The intake takes no more tasks, as when no intake file can be made on a full disk: its
+    current file is used up and new ones would be made where none can be (the OSError a full disk
+    gives), so an enqueue waits for SQLite's commit, as with JOURNAL_SYNC=always."""
+    intake = journal._intake
+    intake._current.end = intake.file_bytes
+    intake._spare = None
+    intake.data_dir = journal.data_dir / "no-such-directory"
 
 
 def counts(client) -> tuple[int, int, int, int]:

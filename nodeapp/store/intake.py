@@ -1,28 +1,34 @@
-"""The journal's intake files: an accepted task made durable by one ``write()`` of its own.
+"""The journal's intake files: an accepted task made durable by a copy into a mapped file.
 
-With ``JOURNAL_SYNC=off`` an enqueue is answered once its tasks are appended to the current
-``DATA_DIR/intake-<n>.log`` by the request's own thread: one system call into the OS's cache,
-which a ``kill -9`` of the node does not undo. No other thread is woken and none is waited for.
-The journal's writer brings SQLite up to date from memory a few milliseconds later, in batches,
-in the order the changes happened. So SQLite holds every accepted task of a seq up to its
-highest, and the intake files matter only for the tasks beyond it: at start (``Journal.load``)
-and after a failed commit (``Journal.reload``) those are read back from here.
+With ``JOURNAL_SYNC=off`` an enqueue is answered once its request's own thread has copied its
+tasks into the current ``DATA_DIR/intake-<n>.log``, a file mapped into memory (``mmap``, shared):
+the copy lands in the OS's page cache, which a ``kill -9`` of the node does not undo, as it does
+not undo a ``write()``. Unlike a ``write()`` it is no system call: the thread keeps the GIL (under
+load, each thread that lets the GIL go waits to get it back), wakes no other thread and waits
+for none. The journal's writer brings SQLite up to date from memory a few milliseconds later, in
+batches, in the order the changes happened. So SQLite holds every accepted task of a seq up to
+its highest, and the intake files matter only for the tasks beyond it: at start
+(``Journal.load``) and after a failed commit (``Journal.reload``) those are read back from here.
 
-A file is one frame per write: ``MAGIC``, the payload's length and CRC-32, then the payload,
-the tasks of one request (all of a batch or none: a torn frame fails its CRC and is skipped
-whole; the reader then looks for the next ``MAGIC``). The writer rotates the current file when it
-passes ``rotate_bytes`` and deletes a file once SQLite holds every task that can be in it and no
-request is still writing to it, so the files stay small.
+A file is ``FILE_BYTES`` long, its blocks allocated when it is made (``posix_fallocate``: a copy
+into the map never meets a full disk, which would be a SIGBUS). It holds one frame per request:
+``MAGIC``, the payload's length and CRC-32, then the payload, the tasks of the request (all of a
+batch or none: a torn frame fails its CRC and is skipped whole; the reader then looks for the next
+``MAGIC``). Space is reserved under the journal's lock, in submission order, and copied into
+after it; zeros are space reserved and never written to (a request that did not get its answer).
+When a frame does not fit, the next file is taken (made ahead by the writer); a file is deleted
+once SQLite holds every task that can be in it and no request is still copying into it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import mmap
 import os
 import struct
 import threading
-import logging
 import zlib
 from pathlib import Path
 
@@ -36,8 +42,14 @@ _COUNT = struct.Struct("<I")
 #: seq, iterations, enqueued_at, priority, not_before, deadline (NaN: none), id, owner, body lengths
 _TASK = struct.Struct("<qqdqddHHI")
 _NONE = math.nan
-#: The current file is rotated once it is this large.
-ROTATE_BYTES = 4 * 1024 * 1024
+#: Each intake file's size (allocated when it is made).
+FILE_BYTES = 2 * 1024 * 1024
+
+
+def frame_size(records) -> int:
+    """The length of ``encode(records)``, without encoding them."""
+    return (_FRAME.size + _COUNT.size
+            + sum(_TASK.size + len(r.id.encode()) + len((r.owner or "").encode()) + len(r.body) for r in records))
 
 
 def encode(records) -> bytes:
@@ -57,17 +69,17 @@ def encode(records) -> bytes:
 def decode(data: bytes, make) -> tuple[list, int]:
     """Every record of the whole frames in ``data``, made by ``make(seq, id, iterations, body,
     enqueued_at, priority, not_before, deadline, owner)``; and the count of bytes skipped (torn or
-    damaged frames)."""
+    damaged frames; zeros are space never written to, not counted)."""
     records, skipped, pos, end = [], 0, 0, len(data)
     while pos < end:
         start = data.find(MAGIC, pos)
         if start < 0:
-            skipped += end - pos
+            skipped += _written(data, pos, end)
             break
-        skipped += start - pos
+        skipped += _written(data, pos, start)
         pos = start
         if pos + _FRAME.size > end:
-            skipped += end - pos
+            skipped += _written(data, pos, end)
             break
         _, length, crc = _FRAME.unpack_from(data, pos)
         payload = data[pos + _FRAME.size:pos + _FRAME.size + length]
@@ -79,6 +91,11 @@ def decode(data: bytes, make) -> tuple[list, int]:
         records += frame
         pos += _FRAME.size + length
     return records, skipped
+
+
+def _written(data: bytes, start: int, end: int) -> int:
+    """Bytes of ``data[start:end]`` that are not zeros."""
+    return end - start - data.count(0, start, end)
 
 
 def _frame_records(payload: bytes, make) -> list | None:
@@ -103,32 +120,50 @@ def _frame_records(payload: bytes, make) -> list | None:
 
 
 class IntakeFile:
-    """One intake file, open for appending; ``users``: requests between ``pick`` and ``release``."""
+    """One intake file: mapped when it is made here (``size``); else one found at start, to be
+    read and deleted. ``end``: its space reserved so far; ``users``: requests copying into it."""
 
-    __slots__ = ("path", "fd", "users", "sealed_at")
+    __slots__ = ("path", "fd", "map", "end", "users", "sealed_at")
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self.users = 0
-        self.sealed_at: int | None = None  # rotated out: the highest seq queued when it was
+    def __init__(self, path: Path, size: int = 0) -> None:
+        self.path, self.fd, self.map, self.end, self.users = path, None, None, 0, 0
+        self.sealed_at: int | None = None  # no longer current: the highest seq it may hold
+        if size:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                os.posix_fallocate(fd, 0, size)
+                self.map = mmap.mmap(fd, size)
+            except BaseException:
+                os.close(fd)
+                path.unlink(missing_ok=True)
+                raise
+            self.fd = fd
+
+    def close(self) -> None:
+        if self.map is not None:
+            self.map.close()
+        if self.fd is not None:
+            os.close(self.fd)
+        self.map = self.fd = None
 
 
 class Intake:
     """The intake files of one journal (see the module docstring).
 
-    ``pick`` is called under the journal's lock, in the same step that queues the records for
-    the writer; ``append`` and ``release`` without it. Files are closed only when no request
-    holds them (a closed descriptor's number could be reused by another file meanwhile).
+    ``reserve`` is called under the journal's lock, in the same step that queues the records for
+    the writer; ``append`` and ``release`` without it. A file is closed only when no request
+    holds it (a copy into a closed map fails: that request waits for SQLite instead).
     """
 
-    def __init__(self, data_dir: Path, rotate_bytes: int = ROTATE_BYTES) -> None:
+    def __init__(self, data_dir: Path, file_bytes: int = FILE_BYTES) -> None:
         self.data_dir = data_dir
-        self.rotate_bytes = rotate_bytes
-        self._lock = threading.Condition(threading.Lock())  # users, and ``drain``'s wait for them
+        self.file_bytes = file_bytes
+        self._lock = threading.Condition(threading.Lock())  # users, file numbers; ``drain``'s wait
         self._current: IntakeFile | None = None
+        self._spare: IntakeFile | None = None  # the next current one, made ahead by the writer
         self._sealed: list[IntakeFile] = []
         self._next = 0
+        self._failing = False  # a file could not be made (logged once until one can)
         self.appends = 0
         self.failed_appends = 0
 
@@ -136,7 +171,7 @@ class Intake:
         return sorted(self.data_dir.glob(f"{PREFIX}*{SUFFIX}"), key=_number)
 
     def read(self, make) -> tuple[list, list[str]]:
-        """Every record in the files now (for ``load`` and ``reload``: no request is appending);
+        """Every record in the files now (for ``load`` and ``reload``: no request is copying);
         and notes on what was skipped."""
         records, notes = [], []
         for path in self.paths():
@@ -160,32 +195,54 @@ class Intake:
             sealed.sealed_at = holds_up_to
             self._sealed.append(sealed)
         if appending:
-            self._current = self._new()
+            self._current = self._made()
 
-    def _new(self) -> IntakeFile:
-        made = IntakeFile(self.data_dir / f"{PREFIX}{self._next}{SUFFIX}")
-        self._next += 1
+    def _made(self) -> IntakeFile | None:
+        """A new file, or None if it cannot be made (a full disk: the requests wait for SQLite)."""
+        with self._lock:
+            number, self._next = self._next, self._next + 1
+        try:
+            made = IntakeFile(self.data_dir / f"{PREFIX}{number}{SUFFIX}", self.file_bytes)
+        except OSError as exc:
+            if not self._failing:
+                log.warning("intake: could not make a file (%s); enqueues wait for SQLite until one can be made", exc)
+            self._failing = True
+            return None
+        self._failing = False
         return made
 
-    def pick(self) -> IntakeFile:
-        """(the journal's lock held) The file a request appends to; ``release`` it after."""
+    def reserve(self, size: int, queued_up_to: int) -> tuple[IntakeFile, int] | None:
+        """(the journal's lock held) Room for a frame of ``size`` bytes: the file and offset to
+        copy it to (then ``release`` the file); None if there is none (a frame larger than a
+        quarter of a file, or no file can be made). ``queued_up_to``: the highest seq reserved
+        for so far, which a file left behind here may hold."""
         current = self._current
+        if current is None or size > self.file_bytes // 4:
+            return None
+        if current.end + size > self.file_bytes:
+            spare, self._spare = self._spare, None
+            new = spare or self._made()
+            if new is None:
+                return None
+            current.sealed_at = queued_up_to
+            with self._lock:
+                self._sealed.append(current)
+            self._current = current = new
+        offset = current.end
+        current.end += size
         with self._lock:
             current.users += 1
-        return current
+        return current, offset
 
-    def append(self, file: IntakeFile, frame: bytes) -> bool:
-        """Write ``frame`` in one system call; False if it is not all written (the caller waits
-        for SQLite instead)."""
+    def append(self, file: IntakeFile, offset: int, frame: bytes) -> bool:
+        """Copy ``frame`` to its reserved place; False if that failed (the caller waits for SQLite)."""
         try:
-            ok = os.write(file.fd, frame) == len(frame)
-        except OSError:
-            ok = False
-        if ok:
-            self.appends += 1
-        else:
+            file.map[offset:offset + len(frame)] = frame
+        except (TypeError, ValueError, IndexError):  # a map closed meanwhile (a reset, a close)
             self.failed_appends += 1
-        return ok
+            return False
+        self.appends += 1
+        return True
 
     def release(self, file: IntakeFile) -> None:
         with self._lock:
@@ -193,50 +250,39 @@ class Intake:
             if not file.users:
                 self._lock.notify_all()
 
-    def rotate_if_large(self, swap_lock, queued_up_to) -> None:
-        """If the current file is past ``rotate_bytes`` and none waits to be deleted, start a new
-        one; the old one is sealed at ``queued_up_to()`` (the highest seq handed to requests that
-        ``pick``), read under ``swap_lock`` (the lock ``pick`` is called under)."""
-        if self._current is None or self._sealed:
-            return
-        try:
-            if os.fstat(self._current.fd).st_size < self.rotate_bytes:
-                return
-            new = self._new()
-        except OSError as exc:  # the current file goes on growing until a new one can be made
-            log.warning("intake: could not start a new file: %s", exc)
-            return
-        with swap_lock:
-            sealed, self._current = self._current, new
-            sealed.sealed_at = queued_up_to()
-        with self._lock:
-            self._sealed.append(sealed)
+    def prepare(self) -> None:
+        """(the writer, after a commit) Make the next file once the current one is half full, so
+        that a request seldom makes one itself."""
+        current = self._current
+        if self._spare is None and current is not None and current.end > self.file_bytes // 2:
+            self._spare = self._made()
 
     def drop_applied(self, applied_up_to: int) -> None:
         """Delete the sealed files whose every task SQLite holds (``applied_up_to``, its highest
-        seq) and that no request still writes to."""
+        seq) and that no request still copies into."""
         with self._lock:
             done = [f for f in self._sealed if f.sealed_at <= applied_up_to and not f.users]
             self._sealed = [f for f in self._sealed if f not in done]
         for file in done:
-            os.close(file.fd)
+            file.close()
             with contextlib.suppress(OSError):
                 file.path.unlink()
 
     def drain(self, timeout: float) -> bool:
-        """Wait until no request is between ``pick`` and ``release``; False on timeout."""
+        """Wait until no request is between ``reserve`` and ``release``; False on timeout."""
         with self._lock:
             files = [f for f in (self._current, *self._sealed) if f is not None]
             return self._lock.wait_for(lambda: not any(f.users for f in files), timeout)
 
     def reset(self, holds_up_to: int, appending: bool = True) -> None:
         """After ``read``, for ``reload``: the files there now are sealed at ``holds_up_to`` and,
-        with ``appending``, a new current one started (no request appends meanwhile)."""
+        with ``appending``, a new current one started (no request copies meanwhile)."""
         with self._lock:
-            files, self._sealed, self._current = [self._current, *self._sealed], [], None
+            files = [self._current, self._spare, *self._sealed]
+            self._sealed, self._current, self._spare = [], None, None
         for file in files:
             if file is not None:
-                os.close(file.fd)
+                file.close()
         self.open(holds_up_to, appending)
 
     def size_bytes(self) -> int:
@@ -249,12 +295,12 @@ class Intake:
     def close(self, all_applied: bool) -> None:
         """Close the files; delete them if ``all_applied`` (SQLite holds every task) and no request holds one."""
         with self._lock:
-            files = [f for f in (self._current, *self._sealed) if f is not None]
+            files = [f for f in (self._current, self._spare, *self._sealed) if f is not None]
             if any(f.users for f in files):
                 return
-            self._current, self._sealed = None, []
+            self._current, self._spare, self._sealed = None, None, []
         for file in files:
-            os.close(file.fd)
+            file.close()
             if all_applied:
                 with contextlib.suppress(OSError):
                     file.path.unlink()

@@ -12,7 +12,7 @@ until they are durable as JOURNAL_SYNC promises:
     (the WAL is fsynced at checkpoints, and the kernel writes it back within ~30 s). Survives
     ``kill -9`` or any crash of the node; a power cut or OS crash may lose the last commits
     (SQLite keeps the file consistent, it never corrupts it). Accepted tasks alone (an
-    enqueue) are appended to an intake file by the caller's thread instead of waiting for a
+    enqueue) are copied to a mapped intake file by the caller's thread instead of waiting for a
     commit, and committed within ``INTAKE_DELAY`` (``nodeapp.store.intake``).
 ``always``
     synchronous=FULL: each commit is fsynced before its callers go on. Also survives a power cut
@@ -234,11 +234,12 @@ class Commit:
 
 
 class Appended(NamedTuple):
-    """Accepted tasks ``write`` handed to the intake: ``wait`` appends them to ``file`` (or,
-    if that fails, waits for ``commit``, the SQLite commit they also ride in)."""
+    """Accepted tasks ``write`` handed to the intake: ``wait`` copies them to ``file`` at
+    ``offset`` (or, if that fails, waits for ``commit``, the SQLite commit they also ride in)."""
 
     commit: Commit
     file: intake.IntakeFile
+    offset: int
     records: list
 
 
@@ -460,7 +461,7 @@ class Journal:
         the caller's own lock to keep records in the order the changes happened. Blocks only
         while ``max_pending`` records wait for the writer. ``waited``: the caller will call
         ``wait(commit)``, which may make the commit itself (else the writer thread makes it);
-        with ``off``, accepted tasks alone are returned as ``Appended``: ``wait`` appends them to
+        with ``off``, accepted tasks alone are returned as ``Appended``: ``wait`` copies them to
         an intake file, and the writer commits them to SQLite within ``INTAKE_DELAY``.
 
         Raises:
@@ -483,14 +484,16 @@ class Journal:
             commit = self._current
             commit.records.extend(records)
             self._pending += len(records)
-            if waited and self._appending and records and all(type(r) is Accepted for r in records):
+            room = (self._intake.reserve(intake.frame_size(records), self._intake_seq)
+                    if waited and self._appending and records and all(type(r) is Accepted for r in records) else None)
+            if room is not None:
                 self._intake_seq = records[-1].seq  # records come in seq order
                 if self._due is None:
                     self._due = time.monotonic() + INTAKE_DELAY
                     self._cond.notify_all()  # the writer's timer starts
                 elif self._pending >= INTAKE_BATCH:
                     self._cond.notify_all()
-                return Appended(commit, self._intake.pick(), records)
+                return Appended(commit, *room, records)
             self._due = 0.0
             if not (waited and self._inline and self._inflight is None):
                 self._cond.notify_all()  # the writer's turn; else the caller's ``wait`` commits it itself
@@ -513,7 +516,7 @@ class Journal:
         if commit is None:
             return
         if type(commit) is Appended:
-            appended = self._intake.append(commit.file, intake.encode(commit.records))
+            appended = self._intake.append(commit.file, commit.offset, intake.encode(commit.records))
             self._intake.release(commit.file)
             if appended:
                 return
@@ -666,7 +669,7 @@ class Journal:
                 error = self._commit(commit.records)
                 if error is None:
                     self._intake.drop_applied(self._highest_seq)
-                    self._intake.rotate_if_large(self._cond, lambda: self._intake_seq)
+                    self._intake.prepare()
                     if self.commits % 256 == 0:
                         self._give_back_space()
         except BaseException as exc:  # not even a failed commit: a defect, or the thread is ending
