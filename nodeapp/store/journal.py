@@ -69,8 +69,8 @@ LOCK_WAIT = 5.0
 VACUUM_FREE_PAGES = 2048
 #: ``off``: tasks acknowledged from the intake files reach SQLite within this many seconds (or
 #: once INTAKE_BATCH records wait), in one commit for all of them.
-INTAKE_DELAY = 0.01
-INTAKE_BATCH = 512
+INTAKE_DELAY = 0.1
+INTAKE_BATCH = 1024
 #: Accepted tasks per INSERT statement (9 values each, well within SQLite's 32,766 variables).
 ROWS_PER_INSERT = 64
 
