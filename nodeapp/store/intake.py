@@ -5,8 +5,8 @@ tasks into the current ``DATA_DIR/intake-<n>.log``, a file mapped into memory (`
 the copy lands in the OS's page cache, which a ``kill -9`` of the node does not undo, as it does
 not undo a ``write()``. Unlike a ``write()`` it is no system call: the thread keeps the GIL (under
 load, each thread that lets the GIL go waits to get it back), wakes no other thread and waits
-for none. The journal's writer brings SQLite up to date from memory a few milliseconds later, in
-batches, in the order the changes happened. So SQLite holds every accepted task of a seq up to
+for none. The journal's writer brings SQLite up to date from memory within ``INTAKE_DELAY``
+(100 ms), in batches, in the order the changes happened. So SQLite holds every accepted task of a seq up to
 its highest, and the intake files matter only for the tasks beyond it: at start
 (``Journal.load``) and after a failed commit (``Journal.reload``) those are read back from here.
 
