@@ -134,6 +134,9 @@ def test_cheap_work_is_matched_on_the_receiving_node_only(nodes):
     again = b.put(body, 20)  # but a duplicate on the same node shares the queued run
     assert "reused_from" not in again.json()  # which is not this client's to know of while it waits
     b.run_all("w-cheap")
+    # A result is held for its spot-check a moment (the checker settles it): wait for the completion.
+    wait_for(lambda: b.get(f"/status/{again.json()['id']}").json()["state"] == "completed", 20,
+             what="the shared run's result to settle")
     assert b.get(f"/status/{again.json()['id']}").json()["reused_from"] == answer.json()["id"]
 
 

@@ -293,7 +293,7 @@ class Journal:
         #: A request thread makes the commit it waits for when none is in progress (no hand-off to
         #: the writer thread and back); not with ``batch``'s minimum spacing.
         self._inline = self.batch_seconds == 0
-        #: ``off``: accepted tasks are durable once appended to an intake file (``intake``).
+        #: ``off``: accepted tasks are durable once copied into an intake file (``intake``).
         self._intake = intake.Intake(self.data_dir)  # read at start whatever the policy
         self._appending = sync == "off"
         self._intake_seq = 0  # the highest seq handed to the intake
@@ -778,7 +778,7 @@ class Journal:
 
     # ---------------------------------------------------------------- admin
     def size_bytes(self) -> int:
-        """The file and its WAL on disk."""
+        """The file, its WAL and the intake files on disk."""
         total = 0
         for suffix in ("", "-wal"):
             try:
