@@ -202,12 +202,23 @@ def test_with_no_room_in_the_intake_an_enqueue_waits_for_sqlite_instead(tmp_path
     journal.close()
 
 
+def test_stats_count_the_enqueues_made_durable_in_the_intake_and_those_that_waited_for_sqlite(tmp_path):
+    app, client = node(tmp_path)
+    for i in range(3):
+        enqueue(client, f"body {i}".encode())  # the first carries the new counters to SQLite
+    assert client.get("/stats").get_json()["journal"]["intake"] == {"appends": 2, "fallbacks": 0}
+    intake_full(journal_of(app))
+    enqueue(client, b"no room")
+    assert client.get("/stats").get_json()["journal"]["intake"] == {"appends": 2, "fallbacks": 1}
+    close(app)
+
+
 def test_a_copy_into_a_file_closed_meanwhile_waits_for_sqlite_instead(tmp_path, slow_sqlite):
     journal, _ = opened(tmp_path)
     appended = journal.write([task(1)], waited=True)
     appended.file.map.close()  # as a reset after a failure would, between the reservation and the copy
     journal.wait(appended)
-    assert sqlite_seqs(tmp_path) == {1} and journal._intake.failed_appends == 1
+    assert sqlite_seqs(tmp_path) == {1} and journal._intake.fallbacks == 1
     journal.close()
 
 

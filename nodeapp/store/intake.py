@@ -164,8 +164,8 @@ class Intake:
         self._sealed: list[IntakeFile] = []
         self._next = 0
         self._failing = False  # a file could not be made (logged once until one can)
-        self.appends = 0
-        self.failed_appends = 0
+        self.appends = 0  # frames copied (the figures are approximate: counted without a lock)
+        self.fallbacks = 0  # requests that found no room, or whose copy failed: they waited for SQLite
 
     def paths(self) -> list[Path]:
         return sorted(self.data_dir.glob(f"{PREFIX}*{SUFFIX}"), key=_number)
@@ -217,12 +217,16 @@ class Intake:
         quarter of a file, or no file can be made). ``queued_up_to``: the highest seq reserved
         for so far, which a file left behind here may hold."""
         current = self._current
-        if current is None or size > self.file_bytes // 4:
+        if current is None:
+            return None
+        if size > self.file_bytes // 4:
+            self.fallbacks += 1
             return None
         if current.end + size > self.file_bytes:
             spare, self._spare = self._spare, None
             new = spare or self._made()
             if new is None:
+                self.fallbacks += 1
                 return None
             current.sealed_at = queued_up_to
             with self._lock:
@@ -239,7 +243,7 @@ class Intake:
         try:
             file.map[offset:offset + len(frame)] = frame
         except (TypeError, ValueError, IndexError):  # a map closed meanwhile (a reset, a close)
-            self.failed_appends += 1
+            self.fallbacks += 1
             return False
         self.appends += 1
         return True

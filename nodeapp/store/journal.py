@@ -792,7 +792,8 @@ class Journal:
         return {"durable": True, "data_dir": str(self.data_dir), "sync": self.sync,
                 "batch_ms": self.batch_seconds * 1000, "bytes": self.size_bytes(), "commits": self.commits,
                 "records": self.records_written, "recovered": self.recovered, "skipped_at_start": len(self.skipped),
-                "state": self.state(), "failure": self._failure, "failures": self.failures}
+                "state": self.state(), "failure": self._failure, "failures": self.failures,
+                "intake": {"appends": self._intake.appends, "fallbacks": self._intake.fallbacks}}
 
     def close(self) -> None:
         """Commit what waits, checkpoint, close the file and release the lock. Idempotent."""
