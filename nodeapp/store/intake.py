@@ -168,7 +168,7 @@ class Intake:
         self.fallbacks = 0  # requests that found no room, or whose copy failed: they waited for SQLite
 
     def paths(self) -> list[Path]:
-        return sorted(self.data_dir.glob(f"{PREFIX}*{SUFFIX}"), key=_number)
+        return paths(self.data_dir)
 
     def read(self, make) -> tuple[list, list[str]]:
         """Every record in the files now (for ``load`` and ``reload``: no request is copying);
@@ -308,6 +308,11 @@ class Intake:
             if all_applied:
                 with contextlib.suppress(OSError):
                     file.path.unlink()
+
+
+def paths(data_dir: Path) -> list[Path]:
+    """The intake files in ``data_dir``, oldest first."""
+    return sorted(Path(data_dir).glob(f"{PREFIX}*{SUFFIX}"), key=_number)
 
 
 def _number(path: Path) -> int:

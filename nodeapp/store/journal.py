@@ -248,11 +248,13 @@ class Journal:
 
     Why one class of this size (10 public methods): the group commit, the failure state that
     refuses writes until ``reload`` and the writer thread share one condition variable and one
-    SQLite connection; the schema and its upgrades (``SCHEMA``), the read-back (``load``) and
-    the repair of a damaged file (``journal_repair``) are apart already.
+    SQLite connection; the schema and its upgrades (``SCHEMA``), the repair of a damaged file
+    (``journal_repair``) and the intake files with their frames (``intake``) are apart already.
 
     Use: ``journal = Journal(dir)`` (takes the lock), ``recovered = journal.load()``, then
-    ``journal.write([...]).wait()`` (the first write starts the writer thread); ``close()``.
+    ``journal.wait(journal.write([...], waited=True))`` (a request: the commit may be made by its
+    own thread, or the intake used), or ``journal.write([...]).wait()`` (the writer thread makes
+    it); the first write starts the writer thread; ``close()``.
 
     Args:
         data_dir: created if missing.
@@ -848,7 +850,7 @@ def erase(data_dir: str | os.PathLike, also: Iterable[str] = ()) -> dict[str, in
     try:
         held = _held(data_dir / DB_NAME) if (data_dir / DB_NAME).is_file() else None
         found = [p for p in data_dir.glob(f"{DB_NAME}*") if p.is_file()]  # with the WAL that reading left
-        found += intake.Intake(data_dir).paths()
+        found += intake.paths(data_dir)
         for path in found + [p for name in also for p in data_dir.glob(f"{name}*") if p.is_file()]:
             path.unlink()
         return held
