@@ -58,10 +58,27 @@ def test_a_claimed_checkpoint_is_resumed_and_only_the_rest_is_computed():
     assert engine.iterations == worker.iterations_computed == iterations - done
 
 
+class WaitingForHeartbeats:
+    """The engine, whose 2nd and 3rd calls wait until the node has seen 1 and 2 different
+    checkpoints: a chain that would end before two heartbeats (the C engine does 600,000
+    iterations in ~30 ms) still sends two, whatever the machine's speed."""
+
+    def __init__(self, node, task_id: str) -> None:
+        self.node, self.task_id, self.calls = node, task_id, 0
+
+    def __call__(self, data: bytes, n: int) -> str:
+        self.calls += 1
+        if self.calls in (2, 3):
+            wait_for(lambda: len({c[self.task_id][0] for c in list(self.node.checkpoints)}) >= self.calls - 1, 20,
+                     what=f"a heartbeat with checkpoint {self.calls - 1}")
+        return compute(data, n)
+
+
 def test_heartbeats_carry_correct_growing_checkpoints():
     data, iterations = b"long", 600_000
     node = FakeNode("own", [(data, iterations)], lease=0.3)  # a heartbeat at each 0.2 s tick
-    worker = Worker([node], idle_seconds=0.05, hash_rate=1_000_000, slice_seconds=0.02)
+    worker = Worker([node], idle_seconds=0.05, hash_rate=1_000_000, slice_seconds=0.02,
+                    compute_fn=WaitingForHeartbeats(node, "own/0"))
     assert worker.run() == 0
     assert node.results == {"own/0": reference(data, iterations)}
     sent = [c["own/0"] for c in node.checkpoints]
