@@ -101,7 +101,12 @@ def _close_idle_connections(worker) -> None:
     """On SIGTERM, let gthread (gunicorn 25) close its idle connections at once: their keep-alive
     time is made past, on its own loop's thread, so that its graceful wait is for requests in
     flight only (an idle node then stops in well under a second). A request arriving on such a
-    connection before it is closed is still answered (with ``Connection: close``)."""
+    connection before it is closed is still answered (with ``Connection: close``).
+
+    Only the deadlines are changed here: gthread closes the connections itself, in the sweep it
+    runs after each round of events. Closing them from this callback, in the middle of a round,
+    crashed the worker when the same round also held one of them as readable (its socket, closed,
+    could no longer be unregistered: "Invalid file descriptor: -1")."""
     queue = getattr(worker, "method_queue", None)
     if queue is None:  # older gthread: its graceful wait is for requests in flight only
         return
@@ -110,8 +115,6 @@ def _close_idle_connections(worker) -> None:
         for name in ("keepalived_conns", "pending_conns"):
             for conn in getattr(worker, name, ()):
                 conn.timeout = 0.0
-        getattr(worker, "murder_keepalived", lambda: None)()
-        getattr(worker, "murder_pending", lambda: None)()
 
     queue.defer(expire)
 
