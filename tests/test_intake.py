@@ -16,7 +16,7 @@ import pytest
 
 from nodeapp.store import intake
 from nodeapp.store import journal as journal_module
-from nodeapp.store.journal import DB_NAME, Accepted, Appended, Completed, Journal, JournalError
+from nodeapp.store.journal import DB_NAME, Accepted, Appended, Completed, Journal, JournalError, erase
 from tests.helpers import wait_for
 from tests.test_api import claim, complete, enqueue, sha512_result
 from tests.test_durable import AUTH, close, node
@@ -264,3 +264,51 @@ def test_a_failed_commit_loses_no_task_acknowledged_from_the_intake(tmp_path, sl
     close(app)
     assert intake_files(tmp_path) == []
 
+
+
+def crash_copy(data_dir: Path) -> Path:
+    """The files of ``data_dir`` as a kill -9 leaves them, in a new directory."""
+    copy = data_dir / "copy"
+    copy.mkdir()
+    for path in data_dir.iterdir():
+        if path.is_file() and path.name != "node.lock":
+            (copy / path.name).write_bytes(path.read_bytes())
+    return copy
+
+
+def test_a_repaired_file_takes_back_from_the_intake_the_tasks_its_damage_lost(tmp_path, monkeypatch):
+    """SQLite held every task and a damaged page loses some of them below its highest seq; the
+    intake file still holds them (it goes only once sealed), so all come back, in order, once."""
+    monkeypatch.setattr(journal_module, "INTAKE_DELAY", 0.0)
+    journal, _ = opened(tmp_path)
+    for start in range(1, 3001, 500):
+        acknowledge(journal, [task(seq, os.urandom(200)) for seq in range(start, start + 500)])
+    wait_for(lambda: len(sqlite_seqs(tmp_path)) == 3000, what="SQLite caught up")
+    journal._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every row in the main file
+    copy = crash_copy(tmp_path)
+    journal.close()
+    assert len(intake_files(copy)) == 1
+    db = copy / DB_NAME
+    with open(db, "r+b") as f:
+        f.seek(db.stat().st_size // 2 // 4096 * 4096)
+        f.write(b"\xff" * 4096)  # a page in the middle of the table
+    crashed, recovered = opened(copy)
+    assert any("could not be read" in note for note in recovered.skipped)
+    assert [t.seq for t in recovered.queued] == list(range(1, 3001))
+    wait_for(lambda: sqlite_seqs(copy) == set(range(1, 3001)), what="the lost rows back in SQLite")
+    crashed.close()
+    assert intake_files(copy) == []
+    again, recovered = opened(copy)
+    assert [t.seq for t in recovered.queued] == list(range(1, 3001))
+    again.close()
+
+
+def test_erase_counts_the_tasks_only_the_intake_holds(tmp_path, slow_sqlite):
+    journal, _ = opened(tmp_path)
+    acknowledge(journal, [task(1), task(2)])
+    journal.wait(journal.write([Completed(1, "r1", 5.0)], waited=True))  # SQLite: 1 completed, 2 queued
+    acknowledge(journal, [task(3), task(4)])  # the intake only
+    copy = crash_copy(tmp_path)
+    journal.close()
+    assert erase(copy) == {"queued": 3, "results": 1, "failed": 0}
+    assert list(copy.iterdir()) == [copy / "node.lock"]

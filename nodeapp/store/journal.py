@@ -315,6 +315,7 @@ class Journal:
         """Open the file and read back everything in it. Call once, before ``start``."""
         tail = journal_repair.inspect_wal(self.path)
         notes: list[str] = []
+        rebuilt = False
         try:
             self._conn = self._connect()
             recovered = self._read()
@@ -322,6 +323,7 @@ class Journal:
             if self._conn is not None:
                 self._conn.close()
             notes += self._rebuild(exc)
+            rebuilt = True
             self._conn = self._connect()
             recovered = self._read()
         else:
@@ -330,12 +332,13 @@ class Journal:
             value = secrets.randbits(63)
             self._conn.execute("INSERT INTO meta VALUES ('epoch', ?)", (value,))
             recovered.epoch = f"{value:016x}"
-        replayed = self._recover_intake(recovered)
+        replayed = self._recover_intake(recovered, rebuilt)
         self._intake.open(recovered.last_seq, appending=self._appending)
-        self._intake.drop_applied(self._highest_seq)
-        if replayed:  # into SQLite with the first commit
+        if replayed:  # into SQLite with the first commit (after which the files go)
             self._queue_replayed(replayed)
             self._start()
+        else:
+            self._intake.drop_applied(self._highest_seq)
         recovered.skipped = notes + recovered.skipped
         for note in recovered.skipped:
             log.warning("journal %s: %s", self.path, note)
@@ -399,18 +402,26 @@ class Journal:
         self._highest_seq = found.last_seq
         return found
 
-    def _recover_intake(self, found: Recovered) -> list[Accepted]:
+    def _recover_intake(self, found: Recovered, rebuilt: bool = False) -> list[Accepted]:
         """The intake's tasks beyond SQLite's highest seq (``found.last_seq``), added to ``found``
-        as queued tasks enqueued since the counters; returned for the next commit."""
+        as queued tasks enqueued since the counters; returned for the next commit. ``rebuilt``:
+        SQLite's file was repaired and may have lost rows below its highest seq too, so every
+        task of the intake it does not hold comes back (one trimmed meanwhile would run again:
+        at least once, as after any lost lease)."""
         records, notes = self._intake.read(Accepted)
-        beyond = {r.seq: r for r in records if r.seq > found.last_seq}
-        replayed = [beyond[seq] for seq in sorted(beyond)]
+        if rebuilt and records:
+            held = {seq for (seq,) in self._conn.execute("SELECT seq FROM tasks")}
+            missing = {r.seq: r for r in records if r.seq not in held}
+        else:
+            missing = {r.seq: r for r in records if r.seq > found.last_seq}
+        replayed = [missing[seq] for seq in sorted(missing)]
         for r in replayed:
             found.queued.append(StoredTask(r.seq, r.id, r.iterations, r.enqueued_at, r.body,
                                            priority=r.priority if 0 <= r.priority <= 9 else 0,
                                            not_before=r.not_before, deadline=r.deadline, owner=r.owner))
         if replayed:
-            found.last_seq = replayed[-1].seq
+            found.queued.sort(key=lambda task: task.seq)  # submission order, the repaired gaps filled
+            found.last_seq = max(found.last_seq, replayed[-1].seq)
             found.accepted_since_counters += len(replayed)
             log.info("journal %s: %d accepted task(s) read back from the intake files", self.path, len(replayed))
         found.skipped += notes
@@ -848,9 +859,17 @@ def erase(data_dir: str | os.PathLike, also: Iterable[str] = ()) -> dict[str, in
         return None
     fd = _take_lock(data_dir / LOCK_NAME)
     try:
-        held = _held(data_dir / DB_NAME) if (data_dir / DB_NAME).is_file() else None
+        held, last_seq = _held(data_dir / DB_NAME) if (data_dir / DB_NAME).is_file() else (None, 0)
         found = [p for p in data_dir.glob(f"{DB_NAME}*") if p.is_file()]  # with the WAL that reading left
-        found += intake.paths(data_dir)
+        files = intake.paths(data_dir)
+        beyond = set()  # tasks acknowledged from the intake that SQLite had not caught up with
+        for path in files:
+            with contextlib.suppress(OSError):
+                beyond.update(r.seq for r in intake.decode(path.read_bytes(), Accepted)[0] if r.seq > last_seq)
+        if beyond or (files and held is None):
+            held = held or {"queued": 0, "results": 0, "failed": 0}
+            held["queued"] += len(beyond)
+        found += files
         for path in found + [p for name in also for p in data_dir.glob(f"{name}*") if p.is_file()]:
             path.unlink()
         return held
@@ -858,18 +877,21 @@ def erase(data_dir: str | os.PathLike, also: Iterable[str] = ()) -> dict[str, in
         os.close(fd)
 
 
-def _held(path: Path) -> dict[str, int]:
-    """Tasks by state in the journal at ``path`` (zeros if it cannot be read)."""
+def _held(path: Path) -> tuple[dict[str, int], int]:
+    """Tasks by state in the journal at ``path``, and the highest seq it holds (zeros if it
+    cannot be read)."""
     held = {"queued": 0, "results": 0, "failed": 0}
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
             rows = db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall()
+            last_seq = max([db.execute("SELECT coalesce(max(seq), 0) FROM tasks").fetchone()[0],
+                            *(value for (value,) in db.execute("SELECT value FROM meta WHERE name = 'last_seq'"))])
     except sqlite3.Error:
-        return held
+        return held, 0
     names = {QUEUED: "queued", COMPLETED: "results", FAILED: "failed", CANCELLED: "failed"}
     for state, count in rows:
         held[names.get(state, "failed")] += count
-    return held
+    return held, last_seq
 
 
 def check_free(data_dir: str | os.PathLike, wait: float = 0.0) -> None:
