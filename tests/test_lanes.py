@@ -250,14 +250,14 @@ def test_a_worker_process_with_lanes_on_the_hashlib_loop_uses_a_process_pool(clu
 def test_the_local_cap_counts_the_workers_an_earlier_app_process_of_the_node_left_running():
     """gunicorn restarts a killed app process; the workers it had started run on in the node's
     process group and claim from the new one, so the new launcher has room only for the rest."""
-    launcher = LocalProcessLauncher(token=TOKEN, idle_seconds=1, node_name="capnode", max_running=3)
-    assert launcher.room() == 3
+    assert LocalProcessLauncher(token=TOKEN, idle_seconds=1, node_name="capnode", max_running=3).room() == 3
     left = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "workerapp", "--worker-id",
                               f"local-capnode-1-{i}"]) for i in range(2)]  # as an earlier app process started them
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "workerapp", "--worker-id",
                               "local-othernode-1-1"])  # another node's: not counted
+    launcher = LocalProcessLauncher(token=TOKEN, idle_seconds=1, node_name="capnode", max_running=3)  # the new one
     try:
-        wait_for(lambda: launcher.room() == 1, 10, what="the two running workers counted")
+        assert launcher.room() == 1  # the two running workers counted
         assert len(launcher.launch(3, [f"http://127.0.0.1:{free_port()}"])) == 1  # one, not three
     finally:
         launcher.stop_all(grace=1.0)
