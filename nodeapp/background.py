@@ -9,6 +9,7 @@ from flask import Flask
 
 from nodeapp.context import EXTENSION_KEY, NodeContext
 from nodeapp.fleet.keysync import KEY_SYNC_SECONDS
+from nodeapp.fleet import quarantine_sync
 
 #: Seconds between two runs of the store's upkeep (deadlines, RESULTS_TTL_SECONDS).
 UPKEEP_SECONDS = 1.0
@@ -46,6 +47,10 @@ def start_background(app: Flask, node_url: str | None = None) -> BackgroundSched
         )
         scheduler.add_job(
             ctx.key_sync.exchange, "interval", seconds=KEY_SYNC_SECONDS, id="keys",
+            max_instances=1, coalesce=True, replace_existing=True,
+        )
+        scheduler.add_job(
+            ctx.quarantine_sync.exchange, "interval", seconds=quarantine_sync.SYNC_SECONDS, id="quarantine",
             max_instances=1, coalesce=True, replace_existing=True,
         )
         scheduler.start()

@@ -15,6 +15,7 @@ from nodeapp.store.apikeys import KeyRing
 from nodeapp.config import NodeConfig
 from nodeapp.history import HISTORY_FILE, History, Sample
 from nodeapp.fleet.keysync import KeySync
+from nodeapp.fleet.quarantine_sync import QuarantineSync
 from nodeapp.metrics import Metrics
 from nodeapp.node import Node
 from nodeapp.fleet.peer import PeerClient
@@ -59,6 +60,7 @@ class NodeContext:
     scheduler: Any = None
     intake: Intake = field(default_factory=Intake)
     key_sync: KeySync = field(init=False)
+    quarantine_sync: QuarantineSync = field(init=False)
     background_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -67,6 +69,8 @@ class NodeContext:
         kept = os.path.join(self.config.data_dir, HISTORY_FILE) if self.config.data_dir else None
         self.history = History(self.config.history_seconds, path=kept)
         self.key_sync = KeySync(self.keys, self.peer)
+        self.quarantine_sync = QuarantineSync(self.node, self.peer)
+        self.node.on_caught = self.quarantine_sync.caught
 
     def keys_refresh(self) -> bool:
         """Ask the peer for keys this node may not know yet; True if new ones came."""

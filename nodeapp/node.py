@@ -51,6 +51,8 @@ class Node:
         self.quarantine = Quarantine()
         self.checker: Checker | None = None
         self.launcher_kind = "local"  # for the record of a quarantined worker
+        #: Called (the checker's thread) after this node caught a worker: the peer is told.
+        self.on_caught: Callable[[Caught], None] | None = None
 
     def enable_checks(self, *, budget: int, probation: int, max_pending: int, rerun_seconds: float,
                       rng: random.Random | None = None) -> None:
@@ -78,11 +80,23 @@ class Node:
     def quarantine_worker(self, worker_id: str, task_id: str, reason: str) -> Caught | None:
         """No more claims from ``worker_id``; ours is stopped (the scaler's next run terminates it),
         its leases are requeued, and its unchecked results of the last VERIFY_RERUN_SECONDS are
-        taken back and computed again. None if it was quarantined already."""
+        taken back and computed again; then the peer is told (``on_caught``). None if it was
+        quarantined already."""
         report = self.workers.report_of(worker_id)
         launcher = self.launcher_kind + (" spot" if report and report.spot else "")
-        caught = Caught(worker_id, time.time(), task_id, reason, report and report.engine, report and report.cpu,
-                        report and report.lanes, launcher)
+        caught = self._quarantine(Caught(worker_id, time.time(), task_id, reason, report and report.engine,
+                                         report and report.cpu, report and report.lanes, launcher))
+        if caught is not None and self.on_caught is not None:
+            self.on_caught(caught)
+        return caught
+
+    def quarantine_from_peer(self, caught: Caught, peer: str) -> Caught | None:
+        """A worker the peer caught (an entry of its list): the same here as if this node had
+        caught it. None if it was quarantined already (or too old to keep)."""
+        return self._quarantine(replace(caught, rerun=0, by=peer))
+
+    def _quarantine(self, caught: Caught) -> Caught | None:
+        worker_id, reason, launcher = caught.worker_id, caught.reason, caught.launcher
         if not self.quarantine.add(caught):
             return None
         ours = self.workers.remove(worker_id, terminate=True)
@@ -90,10 +104,11 @@ class Node:
         rerun = self.tasks.rerun(worker_id)
         caught = replace(caught, rerun=len(rerun))
         self.quarantine.update(caught)
-        log.error("worker %s quarantined: %s (task %s); engine %s, %s lane(s), CPU %s, launched by %s%s; "
+        log.error("worker %s quarantined%s: %s (task %s); engine %s, %s lane(s), CPU %s, launched by %s%s; "
                   "%d lease(s) requeued, %d failed, %d unchecked result(s) taken back to compute again",
-                  worker_id, reason, task_id, caught.engine, caught.lanes, caught.cpu, launcher,
-                  "" if ours else " (not this node's worker)", requeued, failed, len(rerun))
+                  worker_id, f" by the peer {caught.by}" if caught.by else "", reason, caught.task_id, caught.engine,
+                  caught.lanes, caught.cpu, launcher, "" if ours else " (not this node's worker)", requeued, failed,
+                  len(rerun))
         return caught
 
     @classmethod

@@ -97,6 +97,15 @@ def test_a_hostile_worker_is_caught_on_its_first_batch_and_a_sound_one_redoes_it
         # which holds at most one task per vector lane (8)
         assert after["checks"]["mismatches"] > before["checks"]["mismatches"]
         assert ids.index(caught[0]["task"]) < 8
+        # node B, which never saw it, was told: it refuses the worker too, without counting it as its catch
+        b = cluster.urls[1]
+        told = wait_for(lambda: [c for c in stats(b)["checks"]["quarantine"] if c["worker"] == "w-hostile"], 30,
+                        what="node B told of the catch")
+        assert told[0]["by"].rstrip("/") == a.rstrip("/") and told[0]["task"] == caught[0]["task"]
+        refused = requests.post(f"{b}/claim", json={"worker_id": "w-hostile"}, headers={"X-Cluster-Token": cluster.token},
+                                timeout=5)
+        assert refused.status_code == 403 and refused.json()["error"] == "quarantined"
+        assert stats(b)["checks"]["quarantined"] == 0
         assert all(requests.get(f"{a}/status/{i}", timeout=5).json()["state"] == "queued" for i in ids)
         code, out = run_to_end(start_worker(cluster, "w-sound-1"))
         assert code == exitcodes.OK, out

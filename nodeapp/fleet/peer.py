@@ -224,3 +224,9 @@ class PeerClient:
         data = self._json("POST", "/keys/sync", json={"keys": keys})
         keys = data.get("keys") if isinstance(data, dict) else None
         return keys if isinstance(keys, list) else None
+
+    def sync_quarantine(self, entries: list[dict]) -> list | None:
+        """Send this node's quarantined workers (``POST /quarantine/sync``); the peer's list, or None."""
+        data = self._json("POST", "/quarantine/sync", json={"quarantine": entries})
+        items = data.get("quarantine") if isinstance(data, dict) else None
+        return items if isinstance(items, list) else None

@@ -12,6 +12,7 @@ engine from the workers' native one). Nothing here holds a lock of the store; ``
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import threading
 from collections import OrderedDict, deque
@@ -21,6 +22,9 @@ from tmcommon.marks import MAX_SEGMENTS, positions
 
 #: Workers whose count of checked results a node remembers (the oldest are forgotten past it).
 WORKERS_KEPT = 4096
+#: The longest worker id, and other text, in an entry of the peer's quarantine list.
+WORKER_ID_CHARS = 256
+TEXT_CHARS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,11 +175,37 @@ class Caught:
     cpu: str | None = None
     lanes: int | None = None
     launcher: str | None = None
-    rerun: int = 0
+    rerun: int = 0  # its results taken back on this node
+    by: str | None = None  # caught by the peer (its URL), not by this node
+
+    def to_json(self) -> dict:
+        """As ``/stats`` lists it, and as the nodes exchange it (``POST /quarantine/sync``)."""
+        return {"worker": self.worker_id, "at": self.at, "task": self.task_id, "reason": self.reason,
+                "engine": self.engine, "cpu": self.cpu, "lanes": self.lanes, "launcher": self.launcher,
+                "rerun": self.rerun, "by": self.by}
+
+    @classmethod
+    def from_json(cls, item: object) -> Caught | None:
+        """An entry of the peer's list, or None if it is malformed."""
+        if not isinstance(item, dict):
+            return None
+        texts = {key: item.get(key) for key in ("worker", "task", "reason", "engine", "cpu", "launcher")}
+        if not (isinstance(texts["worker"], str) and 0 < len(texts["worker"]) <= WORKER_ID_CHARS
+                and all(value is None or (isinstance(value, str) and len(value) <= TEXT_CHARS)
+                        for value in texts.values())
+                and isinstance(texts["task"], str) and isinstance(texts["reason"], str)):
+            return None
+        at, lanes = item.get("at"), item.get("lanes")
+        if not (type(at) in (int, float) and math.isfinite(at)) or not (lanes is None or type(lanes) is int):
+            return None
+        return cls(texts["worker"], float(at), texts["task"], texts["reason"], texts["engine"], texts["cpu"],
+                   lanes, texts["launcher"])
 
 
 class Quarantine:
-    """The workers caught with a wrong result: they may claim nothing more. Thread-safe."""
+    """The workers caught with a wrong result: they may claim nothing more. Thread-safe.
+
+    ``total`` counts those this node caught; those the peer caught (``Caught.by``) are kept too."""
 
     def __init__(self, kept: int = WORKERS_KEPT) -> None:
         self._lock = threading.Lock()
@@ -185,12 +215,16 @@ class Quarantine:
         self.rerun = 0  # their results taken back
 
     def add(self, caught: Caught) -> bool:
-        """Quarantine a worker; False if it was already."""
+        """Quarantine a worker; False if it was already, or if it is one of the peer's older than
+        every entry of a full list (it would go at once: the two lists would pass it back and forth)."""
         with self._lock:
             if caught.worker_id in self._caught:
                 return False
+            if (caught.by is not None and len(self._caught) >= self._kept
+                    and caught.at < next(iter(self._caught.values())).at):
+                return False
             self._caught[caught.worker_id] = caught
-            self.total += 1
+            self.total += caught.by is None
             while len(self._caught) > self._kept:
                 self._caught.popitem(last=False)
             return True

@@ -21,7 +21,8 @@ from nodeapp.store.results import merge_newest
 from nodeapp.web.enqueueing import REPLAYED_HEADER, queue, request_key, reuse_wanted, submission
 from nodeapp.web.task_options import task_options
 from nodeapp.store.records import COMPLETED, is_task_id
-from nodeapp.store.verification import MAX_MARKS
+from nodeapp.store.verification import MAX_MARKS, Caught
+from nodeapp.fleet.quarantine_sync import EXCHANGED
 from nodeapp.version import __version__
 from nodeapp.fleet.pool import Report
 from nodeapp.store.results import encode_json
@@ -202,6 +203,22 @@ def return_quota():
     new_max = get_context().node.workers.loan_returned(loan)
     log.info("quota returned by peer%s: max now %d", f": loan {loan}" if loan else "", new_max)
     return jsonify(max=new_max)
+
+
+@bp.post("/quarantine/sync")
+@peer_only
+def sync_quarantine():
+    """The peer sends the workers it quarantined and gets this node's (each takes in the other's)."""
+    ctx = get_context()
+    items = json_field(json_body(), "quarantine", list)
+    if len(items) > EXCHANGED:
+        raise ApiError(400, "bad_request", f"at most {EXCHANGED} entries")
+    entries = [Caught.from_json(item) for item in items]
+    if any(e is None for e in entries):
+        raise ApiError(400, "bad_request", "each entry must be {worker, at, task, reason, engine, cpu, lanes, "
+                                           "launcher} as in /stats checks.quarantine")
+    ctx.quarantine_sync.merge(entries)
+    return jsonify(quarantine=ctx.quarantine_sync.listed())
 
 
 @bp.post("/claim")

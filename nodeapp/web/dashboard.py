@@ -138,8 +138,17 @@ def worker_row(item: dict, node: str, path: str = "/dashboard/node") -> dict:
 def caught_row(item: dict, node: str, path: str = "/stats") -> dict:
     """A quarantined worker of ``/stats`` (``checks.quarantine``)."""
     return {"node": node, "at": number(item.get("at"), path, "at"), "worker": text(item.get("worker"), path, "worker"),
-            **{key: text(item.get(key), path, key) for key in ("engine", "cpu", "launcher", "task", "reason")},
+            **{key: text(item.get(key), path, key) for key in ("engine", "cpu", "launcher", "task", "reason", "by")},
             "rerun": count(item.get("rerun"), path, "rerun")}
+
+
+def caught_once(rows: list[dict]) -> list[dict]:
+    """A worker both nodes list (each quarantines those the other caught): the row of the node
+    that caught it, unless only the other one answered."""
+    kept: dict[str, dict] = {}
+    for row in sorted(rows, key=lambda r: r["by"] is not None):
+        kept.setdefault(row["worker"], row)
+    return list(kept.values())
 
 
 def failed_row(item: dict, node: str, path: str = "/dashboard/node") -> dict:
@@ -242,7 +251,7 @@ def cluster_view() -> dict:
         "in_progress": sorted(in_progress, key=lambda p: p["percent"], reverse=True)[:NEWEST],
         "workers": workers[:2 * WORKERS_SHOWN],
         "failed": sorted(failed, key=lambda f: when(f["at"]), reverse=True)[:FAILED_SHOWN],
-        "quarantined": sorted(caught, key=lambda c: when(c["at"]), reverse=True)[:FAILED_SHOWN],
+        "quarantined": sorted(caught_once(caught), key=lambda c: when(c["at"]), reverse=True)[:FAILED_SHOWN],
     }
 
 

@@ -62,8 +62,7 @@ def checks_json(node, budget: int) -> dict:
         "mismatches": counts.mismatches if counts else 0, "iterations": counts.iterations if counts else 0,
         "skipped": counts.skipped if counts else 0, "pending": counts.pending if counts else 0,
         "quarantined": node.quarantine.total, "rerun": node.quarantine.rerun,
-        "quarantine": [{"worker": c.worker_id, "at": c.at, "task": c.task_id, "reason": c.reason, "engine": c.engine,
-                        "cpu": c.cpu, "lanes": c.lanes, "launcher": c.launcher, "rerun": c.rerun} for c in caught],
+        "quarantine": [c.to_json() for c in caught],
     }
 
 
