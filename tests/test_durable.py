@@ -197,3 +197,29 @@ def test_identical_tasks_count_against_max_queued_and_come_back_sharing_one_run(
         assert task["state"] == "completed" and task["result"] == sha512_result(b"same", 3)
     assert client.get("/stats").get_json()["reused"] == 9
     close(app)
+
+
+def test_a_restarted_node_still_says_which_results_were_spot_checked(tmp_path):
+    from tests.helpers import wait_for
+    from tmcommon.marks import positions
+
+    long = 200_000  # with VERIFY_ITERATIONS=1: checked with probability 1 / 200,000; a 1-iteration task always
+    app, client = node(tmp_path, verify_iterations=1, verify_probation=0)
+    checked = enqueue(client, b"short", 1)
+    unchecked = enqueue(client, b"long", long)
+    auth = {"X-Cluster-Token": TOKEN}
+    client.post("/claim", json={"worker_id": "w", "max_tasks": 2, "rate": 1e9}, headers=auth)
+    results = [{"id": checked, "result": sha512_result(b"short", 1)},
+               {"id": unchecked, "result": "11" * 64, "marks": ["22" * 64] * len(positions(long))}]
+    assert client.post("/complete", json={"worker_id": "w", "results": results}, headers=auth).get_json() == \
+        {"accepted": 2}
+    wait_for(lambda: client.get(f"/status/{checked}").get_json()["state"] == "completed", 10, what="the check")
+    before = {i: client.get(f"/status/{i}").get_json()["spot_checked"] for i in (checked, unchecked)}
+    assert before == {checked: True, unchecked: False}
+    close(app)
+    app, client = node(tmp_path, verify_iterations=1, verify_probation=0)
+    assert {i: client.get(f"/status/{i}").get_json()["spot_checked"] for i in (checked, unchecked)} == before
+    close(app)
+    app, client = node(tmp_path)  # checks off now: what was known then is still said
+    assert {i: client.get(f"/status/{i}").get_json()["spot_checked"] for i in (checked, unchecked)} == before
+    close(app)

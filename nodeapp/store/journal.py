@@ -90,7 +90,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     priority INTEGER,                 -- 0 to 9 (NULL: 0)
     not_before REAL,                  -- wall clock, NULL: none
     deadline REAL,
-    owner TEXT                        -- the client key id that queued it
+    owner TEXT,                       -- the client key id that queued it
+    checked INTEGER                   -- completed: 1 spot-checked, 0 accepted unchecked, NULL unknown
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -102,7 +103,7 @@ _INSERT_ACCEPTED = ("INSERT INTO tasks (seq, id, iterations, body, enqueued_at, 
 _ACCEPTED_VALUES = "(?,?,?,?,?,nullif(?, 0),?,?,?)"
 #: Columns added after the first version: added to an older file when it is opened.
 ADDED_COLUMNS = {"ckpt_done": "INTEGER", "ckpt_digest": "TEXT", "priority": "INTEGER", "not_before": "REAL",
-                 "deadline": "REAL", "owner": "TEXT"}
+                 "deadline": "REAL", "owner": "TEXT", "checked": "INTEGER"}
 
 
 class JournalError(RuntimeError):
@@ -130,6 +131,7 @@ class Completed(NamedTuple):
     seq: int
     result: str
     completed_at: float
+    checked: bool | None = None  # spot-checked before it was accepted (None: checks are off)
 
 
 class Failed(NamedTuple):
@@ -184,6 +186,7 @@ class StoredTask:
     not_before: float | None = None
     deadline: float | None = None
     owner: str | None = None
+    checked: bool | None = None  # completed: spot-checked (``Completed.checked``)
 
 
 @dataclass
@@ -737,7 +740,8 @@ class Journal:
             elif kind is Checkpointed:
                 checkpointed.append((record.done, record.digest, record.seq, record.done))
             elif kind is Completed:
-                completed.append((record.result, record.completed_at, record.seq))
+                completed.append((record.result, record.completed_at,
+                                  None if record.checked is None else int(record.checked), record.seq))
             elif kind is Failed:
                 failed.append((CANCELLED if record.cancelled else FAILED, record.reason, record.failed_at, record.seq))
             elif kind is Trimmed:
@@ -761,7 +765,7 @@ class Journal:
             conn.executemany(f"UPDATE tasks SET ckpt_done = ?, ckpt_digest = ? WHERE seq = ? AND state = {QUEUED} "
                              "AND coalesce(ckpt_done, 0) < ?", checkpointed)
         if completed:
-            conn.executemany(f"UPDATE tasks SET state = {COMPLETED}, result = ?, done_at = ?, body = NULL, "
+            conn.executemany(f"UPDATE tasks SET state = {COMPLETED}, result = ?, done_at = ?, checked = ?, body = NULL, "
                              "ckpt_done = NULL, ckpt_digest = NULL WHERE seq = ?", completed)
         if failed:
             conn.executemany("UPDATE tasks SET state = ?, reason = ?, done_at = ?, body = NULL, ckpt_done = NULL, "
@@ -937,7 +941,7 @@ def _task_from_row(row: tuple) -> StoredTask | None:
     """A row as read back, or None if a value has the wrong type (a damaged cell). A damaged
     checkpoint is dropped (the task starts from 0), not the task."""
     (seq, task_id, iterations, enqueued_at, body, state, result, done_at, reason, ckpt_done, ckpt_digest, priority,
-     not_before, deadline, owner) = row
+     not_before, deadline, owner, checked) = row
     if not (isinstance(seq, int) and isinstance(task_id, str) and isinstance(iterations, int)
             and isinstance(enqueued_at, (int, float)) and state in (QUEUED, COMPLETED, FAILED, CANCELLED)):
         return None
@@ -954,7 +958,8 @@ def _task_from_row(row: tuple) -> StoredTask | None:
     return StoredTask(seq, task_id, iterations, float(enqueued_at), body if state == QUEUED else None,
                       result, done_at, reason if isinstance(reason, str) else None, state == CANCELLED, checkpoint,
                       priority if type(priority) is int and 0 <= priority <= 9 else 0, _time(not_before),
-                      _time(deadline), owner if isinstance(owner, str) else None)
+                      _time(deadline), owner if isinstance(owner, str) else None,
+                      bool(checked) if state == COMPLETED and checked in (0, 1) else None)
 
 
 def _time(value: object) -> float | None:

@@ -84,8 +84,9 @@ class SpotChecks:
                  results: KeptResults) -> tuple[list[Unchecked], list[TaskRecord]]:
         """The unchecked results ``worker_id`` posted in the last VERIFY_RERUN_SECONDS that are
         still kept (no longer remembered after this), and the kept results copied from them. A
-        result read back by ``_resync`` no longer says it was unchecked (``spot_checked`` None):
-        it is still taken back, unless it is a copy (it shares a run since)."""
+        result read back by ``_resync`` is taken back too (``spot_checked`` is journaled with it,
+        and a result of unknown state, None, counts as unchecked), unless it is a copy (it
+        shares a run since)."""
         items = [i for i in self._recent.take(worker_id, tick)
                  if (r := results.completed(i.task_id)) is not None and r.spot_checked is not True
                  and r.reused_from is None]

@@ -659,7 +659,7 @@ class TaskStore:
         for stored in recovered.completed:
             record = TaskRecord(stored.id, COMPLETED, stored.iterations, stored.enqueued_at,
                                 result=stored.result, completed_at=stored.done_at, seq=stored.seq,
-                                priority=stored.priority, owner=stored.owner)
+                                priority=stored.priority, owner=stored.owner, spot_checked=stored.checked)
             self.results.add_completed(record)
         for stored in recovered.failed:
             self.results.add_failed(TaskRecord(stored.id, CANCELLED if stored.cancelled else FAILED,
@@ -865,7 +865,7 @@ class TaskStore:
     def _completed_now(self, record: TaskRecord, task: _Task) -> None:
         """Keep a completed record, numbered in the completion log; the tasks that shared its run
         complete with it."""
-        self._note(Completed(task.seq, record.result, record.completed_at))
+        self._note(Completed(task.seq, record.result, record.completed_at, record.spot_checked))
         self.results.add_completed(record)
         self._completed_total += 1
         work = (task.digest, task.iterations)
