@@ -16,7 +16,9 @@ import pytest
 
 from nodeapp.store import intake
 from nodeapp.store import journal as journal_module
-from nodeapp.store.journal import DB_NAME, Accepted, Appended, Completed, Journal, JournalError, erase
+from nodeapp.store.journal import (
+    DB_NAME, Accepted, Appended, Checkpointed, Completed, Counters, Failed, Journal, JournalError, Trimmed, erase,
+)
 from tests.helpers import wait_for
 from tests.test_api import claim, complete, enqueue, sha512_result
 from tests.test_durable import AUTH, close, node
@@ -83,6 +85,32 @@ def test_a_body_holding_the_magic_bytes_does_not_confuse_the_reader():
     assert intake.decode(b"junk" + frames[5:], Accepted)[0] == [task(2, body)]  # the first torn at its head
 
 
+def test_a_frame_of_changes_gives_back_every_record_in_order_among_the_tasks():
+    changes = [Completed(1, "ab" * 64, 5.5, True), Completed(2, "cd" * 64, 6.0), Failed(3, "cancelled \u00e9", 7.0, True),
+               Checkpointed(4, 1000, "ef" * 64), Trimmed(5), Counters({"completed": 2, "failed": 1}, 9),
+               Counters({"enqueued": 3})]
+    data = (intake.encode([task(1)]) + intake.changes_frame(7, journal_module._changes_to_json(changes))
+            + intake.encode([task(2)]))
+    found, skipped = intake.decode(data, Accepted, journal_module._changes_from_json)
+    assert found == [task(1), journal_module.Changes(7, changes), task(2)] and skipped == 0
+    assert intake.decode(data, Accepted)[0] == [task(1), task(2)]  # a reader of tasks alone leaves them out
+
+
+@pytest.mark.parametrize("payload", [b"not json", b'[["C", 1, "r"]]', b'[["X", 1]]', b'[["C", "1", "r", 1.0, null]]',
+                                     b'[["F", 1, "why", 2.0, "yes"]]', b'[["N", {"a": "b"}, null]]', b'{"C": 1}'])
+def test_a_frame_of_changes_that_is_not_what_the_journal_writes_is_skipped_as_damaged(payload):
+    data = intake.changes_frame(1, payload) + intake.encode([task(1)])
+    found, skipped = intake.decode(data, Accepted, journal_module._changes_from_json)
+    assert found == [task(1)] and skipped > 0
+
+
+def test_a_torn_frame_of_changes_is_dropped_whole():
+    frame = intake.changes_frame(3, journal_module._changes_to_json([Completed(1, "r", 1.0), Failed(2, "x", 2.0)]))
+    for cut in range(1, len(frame)):
+        found, _ = intake.decode(intake.encode([task(1)]) + frame[:cut], Accepted, journal_module._changes_from_json)
+        assert found == [task(1)]
+
+
 # -------------------------------------------------------------------------- the journal with it
 @pytest.fixture
 def slow_sqlite(monkeypatch):
@@ -108,7 +136,7 @@ def acknowledge(journal: Journal, records: list[Accepted]) -> None:
 KILLED = """
 import os, signal, sys
 from nodeapp.store import journal as journal_module
-from nodeapp.store.journal import Accepted, Completed, Journal
+from nodeapp.store.journal import Accepted, Completed, Failed, Journal
 journal_module.INTAKE_DELAY = 3600.0  # SQLite is not brought up to date before the kill
 journal = Journal(sys.argv[1])
 journal.load()
@@ -116,9 +144,11 @@ journal.start()
 for seq in range(1, 51):
     journal.wait(journal.write([Accepted(seq, f"t{seq}", seq, b"b%d" % seq, float(seq))], waited=True))
 journal.wait(journal.write([Accepted(seq, f"t{seq}", 1, b"", 0.0) for seq in range(51, 61)], waited=True))  # a batch
-journal.wait(journal.write([Completed(2, "r2", 2.0)], waited=True))  # a completion is SQLite's: it carries 1-50 in
+journal.write([Completed(2, "r2", 2.0)]).wait()  # not to the intake: the writer's SQLite commit carries 1-60 in
 for seq in range(61, 71):
     journal.wait(journal.write([Accepted(seq, f"t{seq}", 1, b"late", float(seq))], waited=True))
+journal.wait(journal.write([Completed(3, "r3", 3.0, True), Completed(65, "r65", 4.0)], waited=True))  # a result, as a worker's
+journal.wait(journal.write([Failed(4, "cancelled by a client", 5.0, True)], waited=True))  # a cancel
 print("durable", flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
@@ -128,25 +158,34 @@ def test_kill_9_keeps_every_task_acknowledged_from_the_intake_once(tmp_path):
     run = subprocess.run([sys.executable, "-c", KILLED, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == -9 and run.stdout.strip() == "durable", run.stderr
-    assert sqlite_seqs(tmp_path) == set(range(1, 61))  # 61-70 were only in the intake when it died
+    # 61-70, the results of 3 and 65 and the cancel of 4 were only in the intake when it died
+    assert sqlite_seqs(tmp_path) == set(range(1, 61))
+
+    def as_before(recovered) -> None:
+        assert [t.seq for t in recovered.queued] == [seq for seq in range(1, 71) if seq not in (2, 3, 4, 65)]
+        assert [(t.seq, t.result, t.done_at, t.checked) for t in recovered.completed] == [
+            (2, "r2", 2.0, None), (3, "r3", 3.0, True), (65, "r65", 4.0, None)]
+        assert [(t.seq, t.reason, t.cancelled) for t in recovered.failed] == [(4, "cancelled by a client", True)]
+        assert recovered.accepted_since_counters == 70 and recovered.last_seq == 70
+
     journal, recovered = opened(tmp_path)
-    assert [t.seq for t in recovered.queued] == [seq for seq in range(1, 71) if seq != 2]
+    as_before(recovered)
     late = recovered.queued[-1]
     assert (late.id, late.iterations, late.body, late.enqueued_at) == ("t70", 1, b"late", 70.0)
-    assert recovered.accepted_since_counters == 70 and recovered.last_seq == 70
-    wait_for(lambda: sqlite_seqs(tmp_path) == set(range(1, 71)), what="the replayed tasks in SQLite")
+    assert sqlite_seqs(tmp_path) == set(range(1, 71))  # committed as the journal opened
     journal.close()
     assert intake_files(tmp_path) == []  # SQLite holds everything: the files are gone
     journal, recovered = opened(tmp_path)  # once, not twice
-    assert [t.seq for t in recovered.queued] == [seq for seq in range(1, 71) if seq != 2]
-    assert [t.result for t in recovered.completed] == ["r2"]
+    as_before(recovered)
     journal.close()
 
 
 def test_tasks_sqlite_already_holds_are_not_read_back_twice(tmp_path, slow_sqlite):
     journal, _ = opened(tmp_path)
     acknowledge(journal, [task(1), task(2)])
-    journal.wait(journal.write([Completed(1, "r1", 5.0)], waited=True))  # SQLite now has 1 and 2; the intake too
+    journal.wait(journal.write([Completed(1, "r1", 5.0), Counters({"completed": 1})], waited=True))  # to the intake
+    journal.write([Completed(2, "r2", 6.0), Counters({"completed": 2})]).wait()  # SQLite has 1 and 2, both results
+    journal.wait(journal.write([Failed(1, "not applied twice", 7.0)], waited=True))  # (a made-up change, after it)
     acknowledge(journal, [task(3)])
     assert sqlite_seqs(tmp_path) == {1, 2} and len(intake_files(tmp_path)) == 1
     copy = tmp_path / "copy"
@@ -156,7 +195,9 @@ def test_tasks_sqlite_already_holds_are_not_read_back_twice(tmp_path, slow_sqlit
             (copy / path.name).write_bytes(path.read_bytes())
     journal.close()
     crashed, recovered = opened(copy)
-    assert [t.seq for t in recovered.queued] == [2, 3] and [t.seq for t in recovered.completed] == [1]
+    assert [t.seq for t in recovered.queued] == [3] and [t.seq for t in recovered.completed] == [2]
+    assert [(t.seq, t.reason) for t in recovered.failed] == [(1, "not applied twice")]  # once, after r1
+    assert recovered.counters["completed"] == 2  # the older frame of changes was not applied again over it
     assert recovered.accepted_since_counters == 3  # as many as were accepted: none counted twice
     crashed.close()
 
@@ -250,7 +291,7 @@ def test_a_failed_commit_loses_no_task_acknowledged_from_the_intake(tmp_path, sl
     assert len(sqlite_seqs(tmp_path)) == 1  # the first enqueue took the new counters to SQLite; not the others
     journal._conn = FailingCommit(journal._conn, sqlite3.OperationalError("injected: disk I/O error"))
     with pytest.raises(JournalError):
-        journal.wait(journal.write([Completed(999, "r", 1.0)], waited=True))  # the commit carrying them fails
+        journal.write([Completed(999, "r", 1.0)]).wait()  # the writer's commit, carrying them, fails
     assert journal.state() == "failed"
     answer = client.put("/enqueue?iterations=1", data=b"after")  # reads the file back first: a 503 for it
     assert answer.status_code == 503 and journal.state() == "ok"
@@ -306,7 +347,7 @@ def test_a_repaired_file_takes_back_from_the_intake_the_tasks_its_damage_lost(tm
 def test_erase_counts_the_tasks_only_the_intake_holds(tmp_path, slow_sqlite):
     journal, _ = opened(tmp_path)
     acknowledge(journal, [task(1), task(2)])
-    journal.wait(journal.write([Completed(1, "r1", 5.0)], waited=True))  # SQLite: 1 completed, 2 queued
+    journal.write([Completed(1, "r1", 5.0)]).wait()  # the writer's commit. SQLite: 1 completed, 2 queued
     acknowledge(journal, [task(3), task(4)])  # the intake only
     copy = crash_copy(tmp_path)
     journal.close()

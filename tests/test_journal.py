@@ -368,7 +368,7 @@ def test_write_blocks_while_the_writer_is_behind(tmp_path):
     journal = Journal(tmp_path, max_pending=2)
     journal.load()
     gate, commit = threading.Event(), journal._commit
-    journal._commit = lambda records: (gate.wait(), commit(records))[1]  # a slow disk
+    journal._commit = lambda records, lsn=None: (gate.wait(), commit(records, lsn))[1]  # a slow disk
     journal.write([accepted(1), accepted(2)])
     wait_for(lambda: journal._pending == 0, what="the writer to take the first records")
     journal.write([accepted(3), accepted(4)])  # max_pending records wait now

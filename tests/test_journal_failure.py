@@ -58,7 +58,7 @@ def intake_full(journal) -> None:
     intake = journal._intake
     intake._current.end = intake.file_bytes
     intake._spare = None
-    intake.data_dir = journal.data_dir / "no-such-directory"
+    intake._made = lambda: None  # what it answers when the file cannot be made (the files there are still read)
 
 
 def counts(client) -> tuple[int, int, int, int]:
@@ -157,7 +157,7 @@ class DyingCommit:
     def __init__(self) -> None:
         self.release, self.entered = threading.Event(), threading.Event()
 
-    def __call__(self, records):
+    def __call__(self, records, lsn=None):
         self.entered.set()
         self.release.wait(30)
         raise WriterKilled()
@@ -223,10 +223,10 @@ def test_a_stuck_commit_is_a_503_after_journal_wait_seconds(tmp_path, sync):
     release, entered = threading.Event(), threading.Event()
     real_commit = journal._commit
 
-    def stuck(records):  # a disk that does not answer, until released
+    def stuck(records, lsn=None):  # a disk that does not answer, until released
         entered.set()
         release.wait(30)
-        return real_commit(records)
+        return real_commit(records, lsn)
 
     journal._commit = stuck
     first: list = []

@@ -202,6 +202,7 @@ def test_a_wrong_result_quarantines_its_worker_though_the_commit_of_its_batch_fa
     assert complete(client, AUTH, "w1", [(right, sha512_result(b"right", 1000)), (wrong, "00" * 64)]) == 2
     journal = journal_of(app)
     journal._conn = FailingCommit(journal._conn, sqlite3.OperationalError("injected: disk I/O error"))
+    intake_full(journal)  # the settling waits for SQLite's commit (from the intake it could not fail)
     gate.set()
     wait_for(lambda: the_node.checker.idle() and journal.failures >= 1, timeout=20, what="the checks and their commit")
     assert "w1" in the_node.quarantine

@@ -1,4 +1,5 @@
-"""The journal's intake files: an accepted task made durable by a copy into a mapped file.
+"""The journal's intake files: an accepted task, or another change, made durable by a copy into a
+mapped file.
 
 With ``JOURNAL_SYNC=off`` an enqueue is answered once its request's own thread has copied its
 tasks into the current ``DATA_DIR/intake-<n>.log``, a file mapped into memory (``mmap``, shared):
@@ -10,6 +11,10 @@ for none. The journal's writer brings SQLite up to date from memory within ``INT
 its highest, and the intake files matter only for the tasks beyond it: at start
 (``Journal.load``) and after a failed commit (``Journal.reload``) those are read back from here.
 
+Other changes a request waits for (a worker's results, a cancel) go in frames of changes
+(``CHANGES_MAGIC``): the journal's JSON of the records under a log sequence number (LSN), given
+in order; SQLite keeps the newest LSN it holds, and only the frames beyond it are read back.
+
 A file is ``FILE_BYTES`` long, its blocks allocated when it is made (``posix_fallocate``: a copy
 into the map never meets a full disk, which would be a SIGBUS). It holds one frame per request:
 ``MAGIC``, the payload's length and CRC-32, then the payload, the tasks of the request (all of a
@@ -17,7 +22,7 @@ batch or none: a torn frame fails its CRC and is skipped whole; the reader then 
 ``MAGIC``). Space is reserved under the journal's lock, in submission order, and copied into
 after it; zeros are space reserved and never written to (a request that did not get its answer).
 When a frame does not fit, the next file is taken (made ahead by the writer); a file is deleted
-once SQLite holds every task that can be in it and no request is still copying into it.
+once SQLite holds every task and change that can be in it and no request is still copying into it.
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ log = logging.getLogger(__name__)
 
 PREFIX = "intake-"
 SUFFIX = ".log"
-MAGIC = b"TMi1"
+MAGIC = b"TMi1"  # a frame of accepted tasks
+CHANGES_MAGIC = b"TMc1"  # a frame of other changes (a result, a cancel, ...): its LSN, then JSON
 _FRAME = struct.Struct("<4sII")  # magic, payload length, CRC-32 of the payload
+_LSN = struct.Struct("<Q")
 _COUNT = struct.Struct("<I")
 #: seq, iterations, enqueued_at, priority, not_before, deadline (NaN: none), id, owner, body lengths
 _TASK = struct.Struct("<qqdqddHHI")
@@ -66,13 +73,25 @@ def encode(records) -> bytes:
     return _FRAME.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-def decode(data: bytes, make) -> tuple[list, int]:
-    """Every record of the whole frames in ``data``, made by ``make(seq, id, iterations, body,
-    enqueued_at, priority, not_before, deadline, owner)``; and the count of bytes skipped (torn or
-    damaged frames; zeros are space never written to, not counted)."""
+def changes_frame(lsn: int, payload: bytes) -> bytes:
+    """A frame of changes: ``payload`` (the journal's JSON of its records) under ``lsn``, the
+    number SQLite keeps of the last such frame it holds."""
+    body = _LSN.pack(lsn) + payload
+    return _FRAME.pack(CHANGES_MAGIC, len(body), zlib.crc32(body)) + body
+
+
+def changes_frame_size(payload: bytes) -> int:
+    return _FRAME.size + _LSN.size + len(payload)
+
+
+def decode(data: bytes, make, make_changes=None) -> tuple[list, int]:
+    """Every record of the whole frames in ``data``, in order: accepted tasks made by ``make(seq,
+    id, iterations, body, enqueued_at, priority, not_before, deadline, owner)``, and for each frame
+    of changes ``make_changes(lsn, payload)`` (None: such frames are left out); and the count of
+    bytes skipped (torn or damaged frames; zeros are space never written to, not counted)."""
     records, skipped, pos, end = [], 0, 0, len(data)
     while pos < end:
-        start = data.find(MAGIC, pos)
+        start = _next_magic(data, pos)
         if start < 0:
             skipped += _written(data, pos, end)
             break
@@ -81,9 +100,11 @@ def decode(data: bytes, make) -> tuple[list, int]:
         if pos + _FRAME.size > end:
             skipped += _written(data, pos, end)
             break
-        _, length, crc = _FRAME.unpack_from(data, pos)
+        magic, length, crc = _FRAME.unpack_from(data, pos)
         payload = data[pos + _FRAME.size:pos + _FRAME.size + length]
-        frame = _frame_records(payload, make) if len(payload) == length and zlib.crc32(payload) == crc else None
+        frame = None
+        if len(payload) == length and zlib.crc32(payload) == crc:
+            frame = _frame_records(payload, make) if magic == MAGIC else _frame_changes(payload, make_changes)
         if frame is None:  # torn or damaged: look for the next frame after this magic
             skipped += len(MAGIC)
             pos += len(MAGIC)
@@ -91,6 +112,20 @@ def decode(data: bytes, make) -> tuple[list, int]:
         records += frame
         pos += _FRAME.size + length
     return records, skipped
+
+
+def _next_magic(data: bytes, pos: int) -> int:
+    found = [i for i in (data.find(MAGIC, pos), data.find(CHANGES_MAGIC, pos)) if i >= 0]
+    return min(found, default=-1)
+
+
+def _frame_changes(payload: bytes, make_changes) -> list | None:
+    if len(payload) < _LSN.size:
+        return None
+    if make_changes is None:
+        return []
+    made = make_changes(_LSN.unpack_from(payload)[0], payload[_LSN.size:])
+    return None if made is None else [made]
 
 
 def _written(data: bytes, start: int, end: int) -> int:
@@ -123,11 +158,12 @@ class IntakeFile:
     """One intake file: mapped when it is made here (``size``); else one found at start, to be
     read and deleted. ``end``: its space reserved so far; ``users``: requests copying into it."""
 
-    __slots__ = ("path", "fd", "map", "end", "users", "sealed_at")
+    __slots__ = ("path", "fd", "map", "end", "users", "sealed_at", "sealed_lsn")
 
     def __init__(self, path: Path, size: int = 0) -> None:
         self.path, self.fd, self.map, self.end, self.users = path, None, None, 0, 0
         self.sealed_at: int | None = None  # no longer current: the highest seq it may hold
+        self.sealed_lsn = 0  # and the highest LSN of its frames of changes
         if size:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             try:
@@ -170,13 +206,13 @@ class Intake:
     def paths(self) -> list[Path]:
         return paths(self.data_dir)
 
-    def read(self, make) -> tuple[list, list[str]]:
-        """Every record in the files now (for ``load`` and ``reload``: no request is copying);
-        and notes on what was skipped."""
+    def read(self, make, make_changes=None) -> tuple[list, list[str]]:
+        """Every record in the files now, in order (``decode``; for ``load`` and ``reload``: no
+        request is copying); and notes on what was skipped."""
         records, notes = [], []
         for path in self.paths():
             try:
-                found, skipped = decode(path.read_bytes(), make)
+                found, skipped = decode(path.read_bytes(), make, make_changes)
             except OSError as exc:
                 notes.append(f"intake file {path.name} could not be read: {exc}")
                 continue
@@ -185,14 +221,15 @@ class Intake:
                 notes.append(f"intake file {path.name}: {skipped} byte(s) of torn or damaged writes skipped")
         return records, notes
 
-    def open(self, holds_up_to: int, appending: bool = True) -> None:
-        """Seal the files already there at ``holds_up_to`` (the highest seq of what they hold: they
-        go once SQLite holds that much); with ``appending``, start a new current file."""
+    def open(self, holds_up_to: int, lsn_up_to: int = 0, appending: bool = True) -> None:
+        """Seal the files already there at ``holds_up_to`` and ``lsn_up_to`` (the highest seq and
+        LSN of what they hold: they go once SQLite holds that much); with ``appending``, start a
+        new current file."""
         files = self.paths()
         self._next = max((_number(p) for p in files), default=-1) + 1
         for path in files:
             sealed = IntakeFile(path)
-            sealed.sealed_at = holds_up_to
+            sealed.sealed_at, sealed.sealed_lsn = holds_up_to, lsn_up_to
             self._sealed.append(sealed)
         if appending:
             self._current = self._made()
@@ -211,11 +248,11 @@ class Intake:
         self._failing = False
         return made
 
-    def reserve(self, size: int, queued_up_to: int) -> tuple[IntakeFile, int] | None:
+    def reserve(self, size: int, queued_up_to: int, lsn_up_to: int = 0) -> tuple[IntakeFile, int] | None:
         """(the journal's lock held) Room for a frame of ``size`` bytes: the file and offset to
         copy it to (then ``release`` the file); None if there is none (a frame larger than a
-        quarter of a file, or no file can be made). ``queued_up_to``: the highest seq reserved
-        for so far, which a file left behind here may hold."""
+        quarter of a file, or no file can be made). ``queued_up_to`` and ``lsn_up_to``: the
+        highest seq and LSN reserved for so far, which a file left behind here may hold."""
         current = self._current
         if current is None:
             return None
@@ -228,7 +265,7 @@ class Intake:
             if new is None:
                 self.fallbacks += 1
                 return None
-            current.sealed_at = queued_up_to
+            current.sealed_at, current.sealed_lsn = queued_up_to, lsn_up_to
             with self._lock:
                 self._sealed.append(current)
             self._current = current = new
@@ -261,11 +298,13 @@ class Intake:
         if self._spare is None and current is not None and current.end > self.file_bytes // 2:
             self._spare = self._made()
 
-    def drop_applied(self, applied_up_to: int) -> None:
-        """Delete the sealed files whose every task SQLite holds (``applied_up_to``, its highest
-        seq) and that no request still copies into."""
+    def drop_applied(self, applied_up_to: int, lsn_applied: int = 0) -> None:
+        """Delete the sealed files whose every record SQLite holds (``applied_up_to``, its highest
+        seq, and ``lsn_applied``, the LSN of the last frame of changes it holds) and that no
+        request still copies into."""
         with self._lock:
-            done = [f for f in self._sealed if f.sealed_at <= applied_up_to and not f.users]
+            done = [f for f in self._sealed
+                    if f.sealed_at <= applied_up_to and f.sealed_lsn <= lsn_applied and not f.users]
             self._sealed = [f for f in self._sealed if f not in done]
         for file in done:
             file.close()
@@ -278,16 +317,17 @@ class Intake:
             files = [f for f in (self._current, *self._sealed) if f is not None]
             return self._lock.wait_for(lambda: not any(f.users for f in files), timeout)
 
-    def reset(self, holds_up_to: int, appending: bool = True) -> None:
-        """After ``read``, for ``reload``: the files there now are sealed at ``holds_up_to`` and,
-        with ``appending``, a new current one started (no request copies meanwhile)."""
+    def reset(self, holds_up_to: int, lsn_up_to: int = 0, appending: bool = True) -> None:
+        """After ``read``, for ``reload``: the files there now are sealed at ``holds_up_to`` and
+        ``lsn_up_to`` and, with ``appending``, a new current one started (no request copies
+        meanwhile)."""
         with self._lock:
             files = [self._current, self._spare, *self._sealed]
             self._sealed, self._current, self._spare = [], None, None
         for file in files:
             if file is not None:
                 file.close()
-        self.open(holds_up_to, appending)
+        self.open(holds_up_to, lsn_up_to, appending)
 
     def size_bytes(self) -> int:
         total = 0

@@ -11,9 +11,10 @@ until they are durable as JOURNAL_SYNC promises:
     synchronous=NORMAL: a commit is written to the OS before the caller goes on, not fsynced
     (the WAL is fsynced at checkpoints, and the kernel writes it back within ~30 s). Survives
     ``kill -9`` or any crash of the node; a power cut or OS crash may lose the last commits
-    (SQLite keeps the file consistent, it never corrupts it). Accepted tasks alone (an
-    enqueue) are copied to a mapped intake file by the caller's thread instead of waiting for a
-    commit, and committed within ``INTAKE_DELAY`` (``nodeapp.store.intake``).
+    (SQLite keeps the file consistent, it never corrupts it). A request's records (an
+    enqueue's tasks; a worker's results, a cancel: any change that accepts no task) are copied
+    to a mapped intake file by the caller's thread instead of waiting for a commit, and
+    committed within ``INTAKE_DELAY`` (``nodeapp.store.intake``).
 ``always``
     synchronous=FULL: each commit is fsynced before its callers go on. Also survives a power cut
     or OS crash; each answer waits for an fsync.
@@ -39,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import math
 import os
@@ -212,10 +214,11 @@ class Commit:
     per waiter on a busy machine: a third of its time in ``bench.journal``'s profile).
     """
 
-    __slots__ = ("records", "error", "done", "_latch")
+    __slots__ = ("records", "error", "done", "lsn", "_latch")
 
     def __init__(self) -> None:
         self.records: list[Record] = []
+        self.lsn: int | None = None  # the newest frame of changes in the intake among its records
         self.error: BaseException | None = None
         self.done = False
         self._latch = threading.Lock()
@@ -237,12 +240,22 @@ class Commit:
 
 
 class Appended(NamedTuple):
-    """Accepted tasks ``write`` handed to the intake: ``wait`` copies them to ``file`` at
-    ``offset`` (or, if that fails, waits for ``commit``, the SQLite commit they also ride in)."""
+    """Records ``write`` handed to the intake: ``wait`` copies them to ``file`` at ``offset`` (or,
+    if that fails, waits for ``commit``, the SQLite commit they also ride in). ``frame``: the
+    frame of changes, made under the lock (its LSN is given there); None for accepted tasks,
+    whose frame ``wait`` makes."""
 
     commit: Commit
     file: intake.IntakeFile
     offset: int
+    records: list
+    frame: bytes | None = None
+
+
+class Changes(NamedTuple):
+    """A frame of changes read back from the intake: its LSN and records."""
+
+    lsn: int
     records: list
 
 
@@ -302,6 +315,8 @@ class Journal:
         self._intake = intake.Intake(self.data_dir)  # read at start whatever the policy
         self._appending = sync == "off"
         self._intake_seq = 0  # the highest seq handed to the intake
+        self._lsn = 0  # the highest LSN given to a frame of changes
+        self._applied_lsn = 0  # the LSN of the newest frame of changes SQLite holds (meta 'intake_lsn')
         self._due: float | None = None  # when the records waiting must be committed (None: none wait)
         self.failures = 0
         #: Called when the file cannot be read back after a failure (the serving process stops
@@ -335,13 +350,13 @@ class Journal:
             value = secrets.randbits(63)
             self._conn.execute("INSERT INTO meta VALUES ('epoch', ?)", (value,))
             recovered.epoch = f"{value:016x}"
-        replayed = self._recover_intake(recovered, rebuilt)
-        self._intake.open(recovered.last_seq, appending=self._appending)
-        if replayed:  # into SQLite with the first commit (after which the files go)
-            self._queue_replayed(replayed)
+        recovered, unwritten = self._with_intake(recovered, rebuilt)
+        self._intake.open(recovered.last_seq, self._lsn, appending=self._appending)
+        if unwritten is not None:  # into SQLite with the first commit (after which the files go)
+            self._queue_replayed(unwritten)
             self._start()
         else:
-            self._intake.drop_applied(self._highest_seq)
+            self._intake.drop_applied(self._highest_seq, self._applied_lsn)
         recovered.skipped = notes + recovered.skipped
         for note in recovered.skipped:
             log.warning("journal %s: %s", self.path, note)
@@ -405,37 +420,69 @@ class Journal:
         self._highest_seq = found.last_seq
         return found
 
-    def _recover_intake(self, found: Recovered, rebuilt: bool = False) -> list[Accepted]:
-        """The intake's tasks beyond SQLite's highest seq (``found.last_seq``), added to ``found``
-        as queued tasks enqueued since the counters; returned for the next commit. ``rebuilt``:
-        SQLite's file was repaired and may have lost rows below its highest seq too, so every
-        task of the intake it does not hold comes back (one trimmed meanwhile would run again:
-        at least once, as after any lost lease)."""
-        records, notes = self._intake.read(Accepted)
-        if rebuilt and records:
-            held = {seq for (seq,) in self._conn.execute("SELECT seq FROM tasks")}
-            missing = {r.seq: r for r in records if r.seq not in held}
-        else:
-            missing = {r.seq: r for r in records if r.seq > found.last_seq}
-        replayed = [missing[seq] for seq in sorted(missing)]
-        for r in replayed:
-            found.queued.append(StoredTask(r.seq, r.id, r.iterations, r.enqueued_at, r.body,
-                                           priority=r.priority if 0 <= r.priority <= 9 else 0,
-                                           not_before=r.not_before, deadline=r.deadline, owner=r.owner))
-        if replayed:
-            found.queued.sort(key=lambda task: task.seq)  # submission order, the repaired gaps filled
-            found.last_seq = max(found.last_seq, replayed[-1].seq)
-            found.accepted_since_counters += len(replayed)
-            log.info("journal %s: %d accepted task(s) read back from the intake files", self.path, len(replayed))
-        found.skipped += notes
-        return replayed
+    def _with_intake(self, found: Recovered, rebuilt: bool = False) -> tuple[Recovered, Commit | None]:
+        """What SQLite holds (``found``) and the intake beyond it: the accepted tasks of a higher
+        seq than SQLite's highest, and the frames of changes of a higher LSN than the last one it
+        holds, applied to SQLite in file order (the order they happened) and read back with it,
+        in one transaction. ``rebuilt``: SQLite's file was repaired and may have lost rows below
+        its highest seq too, so every task of the intake it does not hold comes back (one trimmed
+        meanwhile would run again: at least once, as after any lost lease).
 
-    def _queue_replayed(self, replayed: list[Accepted]) -> None:
-        """(``_cond`` held, or no other thread yet) Commit ``replayed`` to SQLite as soon as possible."""
-        self._current.records.extend(replayed)
-        self._pending += len(replayed)
+        Returns what the node has, and None; or, if that commit failed, the records still to
+        commit (the node has them, read back inside the transaction)."""
+        entries, notes = self._intake.read(Accepted, _changes_from_json)
+        found.skipped += notes
+        held = {seq for (seq,) in self._conn.execute("SELECT seq FROM tasks")} if rebuilt and entries else None
+        applied_lsn = self._applied_lsn = self._stored_lsn()
+        replay, accepted, changes, lsn = [], 0, 0, applied_lsn
+        for entry in entries:
+            if type(entry) is Accepted:
+                if (entry.seq not in held) if held is not None else entry.seq > found.last_seq:
+                    replay.append(entry)
+                    accepted += 1
+            elif entry.lsn > applied_lsn:
+                replay += entry.records
+                changes += 1
+                lsn = max(lsn, entry.lsn)
+        self._lsn = max(self._lsn, lsn, max((e.lsn for e in entries if type(e) is Changes), default=0))
+        if not replay:
+            return found, None
+        log.info("journal %s: %d accepted task(s) and %d frame(s) of changes read back from the intake files",
+                 self.path, accepted, changes)
+        unwritten = Commit()
+        unwritten.records, unwritten.lsn = replay, (lsn if changes else None)
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            self._write(conn, replay, self._highest_seq, unwritten.lsn)
+            again = self._read()
+            again.skipped = found.skipped
+        except BaseException:
+            conn.rollback()
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:  # full disk, I/O: the node has them; the next commit takes them
+            conn.rollback()
+            log.error("journal %s: the records read back from the intake could not be committed (%s); "
+                      "they are committed with the next write", self.path, exc)
+            self._highest_seq = found.last_seq
+            return again, unwritten
+        self._applied_lsn = max(applied_lsn, lsn)
+        return again, None
+
+    def _stored_lsn(self) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE name = 'intake_lsn'").fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def _queue_replayed(self, unwritten: Commit) -> None:
+        """(``_cond`` held, or no other thread yet) Commit what ``_with_intake`` could not, as soon
+        as possible."""
+        self._current.records.extend(unwritten.records)
+        self._pending += len(unwritten.records)
+        self._current.lsn = unwritten.lsn
         self._due = 0.0
-        self._intake_seq = max(self._intake_seq, replayed[-1].seq)
+        self._intake_seq = max([self._intake_seq, *(r.seq for r in unwritten.records if type(r) is Accepted)])
 
     def _rebuild(self, error: sqlite3.DatabaseError) -> list[str]:
         """The file cannot be read: move it aside and copy what is still readable into a new one."""
@@ -500,20 +547,39 @@ class Journal:
             commit = self._current
             commit.records.extend(records)
             self._pending += len(records)
-            room = (self._intake.reserve(intake.frame_size(records), self._intake_seq)
-                    if waited and self._appending and records and all(type(r) is Accepted for r in records) else None)
-            if room is not None:
-                self._intake_seq = records[-1].seq  # records come in seq order
+            appended = self._to_intake(commit, records) if waited and self._appending and records else None
+            if appended is not None:
                 if self._due is None:
                     self._due = time.monotonic() + INTAKE_DELAY
                     self._cond.notify_all()  # the writer's timer starts
                 elif self._pending >= INTAKE_BATCH:
                     self._cond.notify_all()
-                return Appended(commit, *room, records)
+                return appended
             self._due = 0.0
             if not (waited and self._inline and self._inflight is None):
                 self._cond.notify_all()  # the writer's turn; else the caller's ``wait`` commits it itself
             return commit
+
+    def _to_intake(self, commit: Commit, records: list[Record]) -> Appended | None:
+        """(``_cond`` held, ``records`` queued in ``commit``) Room in the intake for ``records``:
+        accepted tasks alone go as they are; other changes (results, cancels, ...) in a frame of
+        changes with the next LSN, unless a task is accepted among them (a retry: it waits for
+        SQLite). None if there is no room."""
+        if all(type(r) is Accepted for r in records):
+            room = self._intake.reserve(intake.frame_size(records), self._intake_seq, self._lsn)
+            if room is None:
+                return None
+            self._intake_seq = records[-1].seq  # records come in seq order
+            return Appended(commit, *room, records)
+        if any(type(r) is Accepted for r in records):
+            return None
+        payload = _changes_to_json(records)
+        room = self._intake.reserve(intake.changes_frame_size(payload), self._intake_seq, self._lsn + 1)
+        if room is None:
+            return None
+        self._lsn += 1
+        commit.lsn = self._lsn
+        return Appended(commit, *room, records, intake.changes_frame(self._lsn, payload))
 
     def _check_open(self) -> None:
         if self._closing:
@@ -532,7 +598,7 @@ class Journal:
         if commit is None:
             return
         if type(commit) is Appended:
-            appended = self._intake.append(commit.file, commit.offset, intake.encode(commit.records))
+            appended = self._intake.append(commit.file, commit.offset, commit.frame or intake.encode(commit.records))
             self._intake.release(commit.file)
             if appended:
                 return
@@ -594,22 +660,21 @@ class Journal:
             try:
                 if self._conn.in_transaction:
                     self._conn.rollback()
-                recovered = self._read()
-                replayed = self._recover_intake(recovered)
-                self._intake.reset(recovered.last_seq, appending=self._appending)
+                recovered, unwritten = self._with_intake(self._read())
+                self._intake.reset(recovered.last_seq, self._lsn, appending=self._appending)
             except Exception as exc:
                 log.critical("journal %s: could not be read back after a failure: %s", self.path, exc)
                 if self.on_lost is not None:
                     self.on_lost()
                 raise JournalError(f"the journal could not be read back after a failure: {exc}") from exc
         with self._cond:
-            log.warning("journal %s: read back after a failure (%s): %d queued (%d from the intake), %d completed, "
-                        "%d failed", self.path, self._failure, len(recovered.queued), len(replayed),
-                        len(recovered.completed), len(recovered.failed))
+            log.warning("journal %s: read back after a failure (%s): %d queued, %d completed, %d failed",
+                        self.path, self._failure, len(recovered.queued), len(recovered.completed),
+                        len(recovered.failed))
             self._failure = None
             self._writer_ending = False
-            if replayed:  # acknowledged, not yet in SQLite: committed first
-                self._queue_replayed(replayed)
+            if unwritten is not None:  # acknowledged, not yet in SQLite: committed first
+                self._queue_replayed(unwritten)
             self._start()
         return recovered
 
@@ -682,9 +747,9 @@ class Journal:
         """Commit what ``_take`` took (the writer thread, or a request thread in ``wait``)."""
         try:
             with self._io:
-                error = self._commit(commit.records)
+                error = self._commit(commit.records, commit.lsn)
                 if error is None:
-                    self._intake.drop_applied(self._highest_seq)
+                    self._intake.drop_applied(self._highest_seq, self._applied_lsn)
                     self._intake.prepare()
                     if self.commits % 256 == 0:
                         self._give_back_space()
@@ -703,11 +768,12 @@ class Journal:
         if error is None:
             commit._finish()
 
-    def _commit(self, records: list[Record]) -> BaseException | None:
-        """Write ``records`` in one transaction; the error if it failed (rolled back), else None."""
+    def _commit(self, records: list[Record], lsn: int | None = None) -> BaseException | None:
+        """Write ``records`` in one transaction (with ``lsn``, the newest frame of changes among
+        them); the error if it failed (rolled back), else None."""
         conn = self._conn
         try:
-            highest = self._apply(conn, records, self._highest_seq)
+            highest = self._apply(conn, records, self._highest_seq, lsn)
         except Exception as exc:  # SQLite's (disk full, I/O) or any other: the commit failed
             try:
                 if conn.in_transaction:
@@ -719,15 +785,32 @@ class Journal:
         self.commits += 1
         self.records_written += len(records)
         self._highest_seq = highest
+        if lsn is not None:
+            self._applied_lsn = max(self._applied_lsn, lsn)
         return None
 
-    @staticmethod
-    def _apply(conn: sqlite3.Connection, records: list[Record], highest_seq: int) -> int:
+    @classmethod
+    def _apply(cls, conn: sqlite3.Connection, records: list[Record], highest_seq: int, lsn: int | None = None) -> int:
         """Write ``records`` in one transaction; returns the highest seq the file has held.
 
         The highest seq given out is the highest row's, read back at start; it is written to
         ``meta`` only by a commit that deletes rows (one of them may be that row), so that an
-        enqueue's commit is one statement and its transaction."""
+        enqueue's commit is one statement and its transaction. ``lsn``: the newest frame of
+        changes of the intake among the records, kept in ``meta`` ('intake_lsn')."""
+        if lsn is None and len(records) <= ROWS_PER_INSERT and all(type(r) is Accepted for r in records):
+            # Accepted tasks alone (an enqueue): one statement, its own transaction. Each
+            # statement lets the GIL go and take it back; under load that costs a request more
+            # than SQLite's work does.
+            _insert_accepted(conn, records)
+            return max([highest_seq, *(r.seq for r in records)])
+        conn.execute("BEGIN")
+        highest_seq = cls._write(conn, records, highest_seq, lsn)
+        conn.execute("COMMIT")
+        return highest_seq
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, records: list[Record], highest_seq: int, lsn: int | None) -> int:
+        """(in a transaction) The statements of ``_apply``."""
         accepted, checkpointed, completed, failed, trimmed = [], [], [], [], []
         counters: dict[str, int] = {}
         counters_seq = None
@@ -749,13 +832,6 @@ class Journal:
             else:
                 counters.update(record.values)
                 counters_seq = record.seq if record.seq is not None else counters_seq
-        if len(accepted) == len(records) and len(accepted) <= ROWS_PER_INSERT:
-            # Accepted tasks alone (an enqueue): one statement, its own transaction. Each
-            # statement lets the GIL go and take it back; under load that costs a request more
-            # than SQLite's work does.
-            _insert_accepted(conn, accepted)
-            return max(highest_seq, last_seq)
-        conn.execute("BEGIN")
         # For one task the order is always accepted -> checkpoints -> completed or failed ->
         # trimmed, so applying the kinds in that order is the same as applying the records one
         # by one (a checkpoint only ever moves forward, and only while the task is queued).
@@ -781,7 +857,9 @@ class Journal:
         if counters_seq is not None:
             conn.execute("INSERT INTO meta VALUES ('counters_seq', ?) ON CONFLICT(name) DO UPDATE "
                          "SET value = excluded.value", (counters_seq,))
-        conn.execute("COMMIT")
+        if lsn is not None:
+            conn.execute("INSERT INTO meta VALUES ('intake_lsn', ?) ON CONFLICT(name) DO UPDATE "
+                         "SET value = max(value, excluded.value)", (lsn,))
         return highest_seq
 
     def _give_back_space(self) -> None:
@@ -834,6 +912,46 @@ class Journal:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
+
+
+#: The kinds of records in a frame of changes, by their tag in its JSON.
+_CHANGE_TAGS = {Completed: "C", Failed: "F", Checkpointed: "P", Trimmed: "T", Counters: "N"}
+_CHANGE_KINDS = {tag: kind for kind, tag in _CHANGE_TAGS.items()}
+
+
+def _changes_to_json(records: list[Record]) -> bytes:
+    """The payload of a frame of changes: each record as ``[tag, *fields]``."""
+    return json.dumps([[_CHANGE_TAGS[type(r)], *r] for r in records], separators=(",", ":")).encode()
+
+
+def _changes_from_json(lsn: int, payload: bytes) -> Changes | None:
+    """A frame of changes read back, or None if its records are not what ``_changes_to_json``
+    writes (then the frame counts as damaged)."""
+    try:
+        items = json.loads(payload)
+        records = [_CHANGE_KINDS[item[0]](*item[1:]) for item in items]
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
+    if not all(_well_formed(r) for r in records):
+        return None
+    return Changes(lsn, records)
+
+
+def _well_formed(record: Record) -> bool:
+    kind, seq = type(record), record.seq
+    if kind is Counters:
+        return (isinstance(record.values, dict) and all(type(v) is int for v in record.values.values())
+                and (seq is None or type(seq) is int))
+    if type(seq) is not int:
+        return False
+    if kind is Completed:
+        return isinstance(record.result, str) and type(record.completed_at) in (int, float) \
+            and record.checked in (None, True, False)
+    if kind is Failed:
+        return isinstance(record.reason, str) and type(record.failed_at) in (int, float) and type(record.cancelled) is bool
+    if kind is Checkpointed:
+        return type(record.done) is int and isinstance(record.digest, str)
+    return True  # Trimmed
 
 
 def _insert_accepted(conn: sqlite3.Connection, accepted: list[Accepted]) -> None:
