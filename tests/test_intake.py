@@ -353,3 +353,41 @@ def test_erase_counts_the_tasks_only_the_intake_holds(tmp_path, slow_sqlite):
     journal.close()
     assert erase(copy) == {"queued": 3, "results": 1, "failed": 0}
     assert list(copy.iterdir()) == [copy / "node.lock"]
+
+
+class CommitFailsOnce:
+    """An SQLite connection whose next COMMIT fails (a full disk), as ``_connect`` gives it."""
+
+    def __init__(self, conn) -> None:
+        self._conn, self.failed = conn, False
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT" and not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("injected: database or disk is full")
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def test_a_read_back_whose_commit_fails_still_starts_and_goes_into_sqlite_with_the_first_commit(
+        tmp_path, slow_sqlite, monkeypatch):
+    journal, _ = opened(tmp_path)
+    acknowledge(journal, [task(1), task(2), task(3)])
+    journal.wait(journal.write([Completed(1, "r1", 5.0, True)], waited=True))
+    copy = crash_copy(tmp_path)
+    journal.close()
+    connect = Journal._connect
+    wrapped = []
+    monkeypatch.setattr(Journal, "_connect", lambda self: wrapped.append(CommitFailsOnce(connect(self))) or wrapped[-1])
+    crashed, recovered = opened(copy)
+    assert wrapped[0].failed and sqlite_seqs(copy) == set()  # the node has them; SQLite not yet
+    assert [t.seq for t in recovered.queued] == [2, 3] and [(t.seq, t.checked) for t in recovered.completed] == [(1, True)]
+    wait_for(lambda: sqlite_seqs(copy) == {1, 2, 3}, what="the first commit")  # made at once after the start
+    crashed.close()
+    assert intake_files(copy) == []
+    monkeypatch.setattr(Journal, "_connect", connect)
+    again, recovered = opened(copy)
+    assert [t.seq for t in recovered.queued] == [2, 3] and [(t.seq, t.result) for t in recovered.completed] == [(1, "r1")]
+    again.close()

@@ -452,6 +452,9 @@ class Journal:
         unwritten = Commit()
         unwritten.records, unwritten.lsn = replay, (lsn if changes else None)
         conn = self._conn
+        # Dirty pages stay in memory until the COMMIT (not spilled to the WAL on the way), so a
+        # full disk shows at the COMMIT, which is recovered from, not in a statement.
+        conn.execute("PRAGMA cache_spill=OFF")
         conn.execute("BEGIN")
         try:
             self._write(conn, replay, self._highest_seq, unwritten.lsn)
@@ -459,6 +462,7 @@ class Journal:
             again.skipped = found.skipped
         except BaseException:
             conn.rollback()
+            conn.execute("PRAGMA cache_spill=ON")
             raise
         try:
             conn.execute("COMMIT")
@@ -468,6 +472,8 @@ class Journal:
                       "they are committed with the next write", self.path, exc)
             self._highest_seq = found.last_seq
             return again, unwritten
+        finally:
+            conn.execute("PRAGMA cache_spill=ON")
         self._applied_lsn = max(applied_lsn, lsn)
         return again, None
 
