@@ -459,3 +459,19 @@ def test_erase_deletes_the_journal_unless_a_node_uses_it(tmp_path):  # erase doe
     journal, recovered = opened(tmp_path)
     assert recovered.queued == []
     journal.close()
+
+
+@pytest.mark.parametrize("sqlite_version", [None, (3, 31, 0)])  # UPDATE ... FROM, or a statement per row before 3.33
+def test_many_results_in_one_commit_each_land_on_their_own_row(tmp_path, monkeypatch, sqlite_version):
+    if sqlite_version:
+        monkeypatch.setattr(journal_module.sqlite3, "sqlite_version_info", sqlite_version)
+    journal, _ = opened(tmp_path)
+    journal.write([accepted(seq) for seq in range(1, 301)]).wait()
+    checked = {0: None, 1: True, 2: False}
+    journal.write([Completed(seq, f"{seq:0128x}", 2000.0 + seq, checked[seq % 3]) for seq in range(300, 50, -2)]).wait()
+    journal.close()
+    journal, recovered = opened(tmp_path)
+    assert [(t.seq, t.result, t.done_at, t.checked, t.body) for t in recovered.completed] == [
+        (seq, f"{seq:0128x}", 2000.0 + seq, checked[seq % 3], None) for seq in range(52, 301, 2)]
+    assert [t.seq for t in recovered.queued] == [seq for seq in range(1, 301) if seq < 52 or seq % 2]
+    journal.close()

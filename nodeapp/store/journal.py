@@ -829,8 +829,8 @@ class Journal:
             elif kind is Checkpointed:
                 checkpointed.append((record.done, record.digest, record.seq, record.done))
             elif kind is Completed:
-                completed.append((record.result, record.completed_at,
-                                  None if record.checked is None else int(record.checked), record.seq))
+                completed += (record.seq, record.result, record.completed_at,
+                              None if record.checked is None else int(record.checked))
             elif kind is Failed:
                 failed.append((CANCELLED if record.cancelled else FAILED, record.reason, record.failed_at, record.seq))
             elif kind is Trimmed:
@@ -846,9 +846,8 @@ class Journal:
         if checkpointed:
             conn.executemany(f"UPDATE tasks SET ckpt_done = ?, ckpt_digest = ? WHERE seq = ? AND state = {QUEUED} "
                              "AND coalesce(ckpt_done, 0) < ?", checkpointed)
-        if completed:
-            conn.executemany(f"UPDATE tasks SET state = {COMPLETED}, result = ?, done_at = ?, checked = ?, body = NULL, "
-                             "ckpt_done = NULL, ckpt_digest = NULL WHERE seq = ?", completed)
+        for start in range(0, len(completed), 4 * ROWS_PER_INSERT):  # as the INSERTs: a statement per 64 rows
+            _update_completed(conn, completed[start:start + 4 * ROWS_PER_INSERT])
         if failed:
             conn.executemany("UPDATE tasks SET state = ?, reason = ?, done_at = ?, body = NULL, ckpt_done = NULL, "
                              "ckpt_digest = NULL WHERE seq = ?", failed)
@@ -958,6 +957,21 @@ def _well_formed(record: Record) -> bool:
     if kind is Checkpointed:
         return type(record.done) is int and isinstance(record.digest, str)
     return True  # Trimmed
+
+
+def _update_completed(conn: sqlite3.Connection, values: list) -> None:
+    """Rows completed (``values``: seq, result, done_at, checked of each, flat), in one UPDATE
+    (``UPDATE ... FROM``, SQLite 3.33 and later: else one statement per row). SQLite looks each
+    up by its seq (``SEARCH tasks USING INTEGER PRIMARY KEY``)."""
+    if sqlite3.sqlite_version_info < (3, 33):
+        rows = [values[i:i + 4] for i in range(0, len(values), 4)]
+        conn.executemany(f"UPDATE tasks SET state = {COMPLETED}, result = ?, done_at = ?, checked = ?, body = NULL, "
+                         "ckpt_done = NULL, ckpt_digest = NULL WHERE seq = ?", [(r, d, c, q) for q, r, d, c in rows])
+        return
+    conn.execute(f"UPDATE tasks SET state = {COMPLETED}, result = v.column2, done_at = v.column3, checked = v.column4, "
+                 "body = NULL, ckpt_done = NULL, ckpt_digest = NULL "
+                 f"FROM (VALUES {','.join(['(?,?,?,?)'] * (len(values) // 4))}) AS v WHERE tasks.seq = v.column1",
+                 values)
 
 
 def _insert_accepted(conn: sqlite3.Connection, accepted: list[Accepted]) -> None:
