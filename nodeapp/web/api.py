@@ -14,7 +14,8 @@ from nodeapp.store.checkpoints import is_digest, parse_checkpoints
 from nodeapp.context import get_context
 from nodeapp.web.errors import ApiError
 from nodeapp.web.params import (
-    checked, from_peer, internal, json_field, operator_only, peer_only, peer_unavailable, positive_int, query_args,
+    checked, from_peer, internal, json_entries, json_field, operator_only, peer_only, peer_unavailable, positive_int,
+    query_args,
 )
 from nodeapp.fleet.loans import MAX_LOANS, is_loan_id
 from nodeapp.store.results import merge_newest
@@ -210,14 +211,9 @@ def return_quota():
 def sync_quarantine():
     """The peer sends the workers it quarantined and gets this node's (each takes in the other's)."""
     ctx = get_context()
-    items = json_field(json_body(), "quarantine", list)
-    if len(items) > EXCHANGED:
-        raise ApiError(400, "bad_request", f"at most {EXCHANGED} entries")
-    entries = [Caught.from_json(item) for item in items]
-    if any(e is None for e in entries):
-        raise ApiError(400, "bad_request", "each entry must be {worker, at, task, reason, engine, cpu, lanes, "
-                                           "launcher} as in /stats checks.quarantine")
-    ctx.quarantine_sync.merge(entries)
+    ctx.quarantine_sync.merge(json_entries(json_body(), "quarantine", Caught.from_json, EXCHANGED, "entry",
+                                           "{worker, at, task, reason, engine, cpu, lanes, launcher} as in /stats "
+                                           "checks.quarantine"))
     return jsonify(quarantine=ctx.quarantine_sync.listed())
 
 

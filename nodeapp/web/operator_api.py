@@ -8,7 +8,7 @@ import time
 
 from flask import Blueprint, jsonify
 
-from nodeapp.web.params import json_field, operator_only, peer_only
+from nodeapp.web.params import json_entries, json_field, operator_only, peer_only
 from nodeapp.store.apikeys import ApiKey, MAX_KEYS, TooManyKeys, is_key_id, is_name
 from nodeapp.web.bodies import json_body
 from nodeapp.context import get_context
@@ -63,13 +63,8 @@ def revoke_key(key_id: str):
 def sync_keys():
     """The peer sends its keys and gets this node's (both merge: a revocation wins)."""
     ctx = get_context()
-    items = json_field(json_body(), "keys", list)
-    if len(items) > MAX_KEYS:
-        raise ApiError(400, "bad_request", f"at most {MAX_KEYS} keys")
-    entries = [ApiKey.from_json(item) for item in items]
-    if any(e is None for e in entries):
-        raise ApiError(400, "bad_request", "each key must be {id, name, digest, created_at, revoked_at}")
-    ctx.keys.merge(entries)
+    ctx.keys.merge(json_entries(json_body(), "keys", ApiKey.from_json, MAX_KEYS, "key",
+                                "{id, name, digest, created_at, revoked_at}"))
     return jsonify(keys=ctx.keys.to_json())
 
 

@@ -67,6 +67,18 @@ def json_field(data: dict, name: str, kind: type | tuple[type, ...], required: b
     return value
 
 
+def json_entries(data: dict, name: str, parse: Callable[[Any], Any], most: int, noun: str, form: str) -> list:
+    """The list in field ``name``, each item made by ``parse`` (None: malformed); a 400 for more
+    than ``most`` items ("at most 256 entries") or a malformed one ("each entry must be ...")."""
+    items = json_field(data, name, list)
+    if len(items) > most:
+        raise ApiError(400, "bad_request", f"at most {most} {noun}s")
+    entries = [parse(item) for item in items]
+    if any(entry is None for entry in entries):
+        raise ApiError(400, "bad_request", f"each {noun} must be {form}")
+    return entries
+
+
 def from_peer() -> bool:
     """A request forwarded by the peer is answered from local state only (no ping-pong)."""
     return PEER_HEADER in request.headers
