@@ -94,10 +94,12 @@ def test_pull_completed_merges_both_nodes_newest_first(nodes):
         for node, task in ((a, task_a), (b, task_b)):
             worker = "worker-0" if node is a else "worker-1"
             assert node.complete(worker, [(task["id"], sha512_chain(bodies[task["id"]], 2))]) == 1
+            # A short result is held until the node's spot-check of it ends, and completes then: each
+            # is let settle before the next is posted, so that the completion order is the posting order.
+            wait_for(lambda: node.status(task["id"]).json()["state"] == "completed", timeout=30,
+                     what="the result checked")
             order.append(task["id"])
     newest_first = order[::-1]
-    # a short result is held until the node's spot-check of it ends (one thread, in order)
-    wait_for(lambda: set(bodies) <= {r["id"] for r in a.pull(1000).json()}, timeout=30, what="every result checked")
     for node in nodes:
         response = node.pull(1000)
         assert response.status_code == 200
