@@ -38,10 +38,13 @@ class Node(two_nodes.Node):
                             headers=headers, timeout=10)
 
     def run_all(self, worker: str) -> list[str]:
-        """Claim everything queued here and complete it with the right results."""
+        """Claim everything queued here and complete it with the right results; return once each
+        is completed (a result picked for a spot-check is held, its task running, until it ends)."""
         tasks = self.claim(worker, 1000)
         results = [(t["id"], sha512_chain(base64.b64decode(t["data"]), t["iterations"])) for t in tasks]
         assert self.complete(worker, results) == len(tasks)
+        wait_for(lambda: all(self.status(t["id"]).json()["state"] == "completed" for t in tasks), timeout=30,
+                 what="the results settled")
         return [t["id"] for t in tasks]
 
     def get(self, path: str, **params) -> requests.Response:
