@@ -74,7 +74,9 @@ class _Task:
     claimed_point: Checkpoint | None = None  # the checkpoint the current lease began from
     digest: bytes = b""  # sha512(data)
     leader: _Task | None = None
-    followers: list[_Task] = field(default_factory=list)
+    # the tasks that share its run; a list only once it has one (an empty tuple is one object for all,
+    # which the garbage collector never scans: a full collection scans every queued task's fields)
+    followers: list[_Task] | tuple = ()
     peer_run: str | None = None  # waits for the run of this identical task of the peer's (not in the queue)
     priority: int = PRIORITY_DEFAULT
     not_before: float | None = None  # wall clock
@@ -603,7 +605,7 @@ class TaskStore:
                 del self._active[task.id]
                 self._body_bytes -= len(task.data)
                 self._reuse.drop_leader((task.digest, task.iterations), task.id)
-                followers, task.followers = task.followers, []
+                followers, task.followers = task.followers, ()
                 for ended in (task, *followers):
                     if ended is not task:
                         del self._active[ended.id]
@@ -840,6 +842,8 @@ class TaskStore:
         if how == _FOLLOW:
             leader = self._active[source]
             task.leader, task.data = leader, leader.data
+            if not leader.followers:
+                leader.followers = []
             leader.followers.append(task)
             return leader.id
         if how == _WAIT_PEER:
@@ -871,7 +875,7 @@ class TaskStore:
         work = (task.digest, task.iterations)
         self._reuse.drop_leader(work, task.id)
         self._reuse.add_done(work, task.id)
-        followers, task.followers = task.followers, []
+        followers, task.followers = task.followers, ()
         for follower in followers:
             del self._active[follower.id]
             self._reused += 1
@@ -883,7 +887,7 @@ class TaskStore:
         self._end(task.record(state=FAILED, completed_at=self._wall(), reason=reason), task)
         self._failed_total += 1
         self._reuse.drop_leader((task.digest, task.iterations), task.id)
-        followers, task.followers = task.followers, []
+        followers, task.followers = task.followers, ()
         for follower in followers:
             del self._active[follower.id]
             self._fail(follower, f"it shared the run of task {task.id}, which failed: {reason}")
@@ -893,11 +897,11 @@ class TaskStore:
         the head in its place, the rest share that one's run."""
         work = (task.digest, task.iterations)
         self._reuse.drop_leader(work, task.id)
-        followers, task.followers = task.followers, []
+        followers, task.followers = task.followers, ()
         if not followers:
             return
         first, *rest = followers
-        first.leader, first.followers, first.state = None, rest, QUEUED
+        first.leader, first.followers, first.state = None, rest or (), QUEUED
         for follower in rest:
             follower.leader = first
         self._queue.push_head(first)
