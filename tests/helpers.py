@@ -70,6 +70,15 @@ class Clock:
         return self.now
 
 
+def in_threads(target: Callable[[], Any], count: int) -> None:
+    """Run ``target`` in ``count`` threads at once and wait for them all."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
     """Poll ``condition`` until it returns a truthy value; fail with ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout

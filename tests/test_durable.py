@@ -12,7 +12,7 @@ import pytest
 from nodeapp import create_app
 from nodeapp.store.journal import DB_NAME, DataDirInUse
 from tests.conftest import TOKEN
-from tests.helpers import FakeLauncher
+from tests.helpers import FakeLauncher, in_threads
 from tests.test_api import RESULT, assert_error, claim, complete, enqueue, sha512_result
 
 AUTH = {"X-Cluster-Token": TOKEN}
@@ -136,11 +136,7 @@ def test_concurrent_enqueues_share_commits_and_all_survive(tmp_path):
         with lock:
             ids.extend(mine)
 
-    threads = [threading.Thread(target=send) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(send, 8)
     journal = client.get("/stats").get_json()["journal"]
     assert journal["commits"] < len(ids)
     close(app)

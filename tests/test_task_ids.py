@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 
 from nodeapp.store.ids import TaskIds, uuid4_hexes
 from nodeapp.store.records import is_task_id
+from tests.helpers import in_threads
 
 
 def test_ids_have_uuid4s_form_and_bits():
@@ -28,9 +28,5 @@ def test_no_id_is_given_twice_across_threads():
         mine = [source.take() for _ in range(2000)]
         ids.extend(mine)
 
-    threads = [threading.Thread(target=take) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(take, 8)
     assert len(ids) == len(set(ids)) == 16_000

@@ -265,7 +265,10 @@ class Journal:
     Why one class of this size (10 public methods): the group commit, the failure state that
     refuses writes until ``reload`` and the writer thread share one condition variable and one
     SQLite connection; the schema and its upgrades (``SCHEMA``), the repair of a damaged file
-    (``journal_repair``) and the intake files with their frames (``intake``) are apart already.
+    (``journal_repair``), the intake files with their frames (``intake``) and the JSON of a frame
+    of changes (the module's ``_changes_*``) are apart already. The read-back of the intake
+    (``_with_intake``) stays: it writes and reads in one transaction on that connection, and
+    sets the LSN state the writer continues from.
 
     Use: ``journal = Journal(dir)`` (takes the lock), ``recovered = journal.load()``, then
     ``journal.wait(journal.write([...], waited=True))`` (a request: the commit may be made by its
